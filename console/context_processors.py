@@ -1,0 +1,39 @@
+"""What every page of the shell needs: the user's role and the active navigation entry."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+
+from console.roles import is_administrator
+
+NAVIGATION = (
+    ("instances", "Instances", "instance-list", "server"),
+    ("certificates", "Certificates", "certificate-list", "shield"),
+    ("server-groups", "Server Groups", "servergroup-list", "layers"),
+    ("tls-policies", "TLS Security Policies", "tlspolicy-list", "lock"),
+    ("access-control", "Access Control", "acl-list", "filter"),
+)
+
+
+def _built_navigation() -> list[tuple[str, str, str, str]]:
+    # Only pages that exist are offered; an entry appears once its app provides the URL.
+    entries = []
+    for section, label, url_name, icon in NAVIGATION:
+        try:
+            entries.append((section, label, reverse(url_name), icon))
+        except NoReverseMatch:
+            continue
+    return entries
+
+
+def shell(request: HttpRequest) -> dict[str, object]:
+    user = getattr(request, "user", None)
+    admin = user is not None and is_administrator(user)
+    section = request.path.strip("/").split("/", 1)[0]
+    return {
+        "can_change": admin,
+        "role_name": "Administrator" if admin else "Viewer",
+        "navigation": _built_navigation(),
+        "nav_section": section,
+    }

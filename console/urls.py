@@ -1,0 +1,22 @@
+"""URL map of the console."""
+
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from console import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("instances/", views.instance_list, name="instance-list"),
+    path("instances/create/", views.instance_create, name="instance-create"),
+    path("instances/<str:instance_id>/", views.instance_detail, name="instance-detail"),
+    path("instances/<str:instance_id>/delete/", views.instance_delete, name="instance-delete"),
+    path("", include("listeners.urls")),
+    path("certificates/", include("certificates.urls")),
+]

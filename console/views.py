@@ -1,0 +1,67 @@
+"""Pages of the console shell: instances and their Listener tab."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from console.forms import InstanceForm
+from console.htmx import redirect_after_change, render_dialog
+from console.models import Instance
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    return redirect("instance-list")
+
+
+def instance_list(request: HttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "").strip()
+    instances = Instance.objects.all()
+    if query:
+        instances = instances.filter(name__icontains=query) | instances.filter(id__icontains=query)
+    return render(request, "console/instance_list.html", {"instances": instances, "q": query})
+
+
+@require_http_methods(["GET", "POST"])
+def instance_create(request: HttpRequest) -> HttpResponse:
+    form = InstanceForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        instance = form.save()
+        messages.success(request, f"Instance {instance.name} ({instance.id}) created.")
+        return redirect_after_change(request, reverse("instance-list"))
+    return render_dialog(
+        request,
+        "console/_instance_form.html",
+        {"form": form, "title": "Create Instance", "breadcrumbs": [("Instances", "instance-list")]},
+        status=422 if form.errors else 200,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def instance_delete(request: HttpRequest, instance_id: str) -> HttpResponse:
+    instance = get_object_or_404(Instance, pk=instance_id)
+    blockers = list(instance.listeners.all()[:20]) if hasattr(instance, "listeners") else []
+    if request.method == "POST" and not blockers:
+        with transaction.atomic():
+            instance.delete()
+        messages.success(request, f"Instance {instance.name} ({instance.id}) deleted.")
+        return redirect_after_change(request, reverse("instance-list"))
+    return render_dialog(
+        request,
+        "console/_instance_delete.html",
+        {
+            "instance": instance,
+            "blockers": blockers,
+            "title": "Delete Instance",
+            "breadcrumbs": [("Instances", "instance-list")],
+        },
+        status=409 if request.method == "POST" else 200,
+    )
+
+
+def instance_detail(request: HttpRequest, instance_id: str) -> HttpResponse:
+    return redirect("instance-listeners", instance_id=instance_id)

@@ -1,0 +1,1 @@
+"""Listeners, server groups, health checks, TLS security policies and access control lists."""
