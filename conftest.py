@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.users",
     "tests.fixtures.browser",
     "tests.fixtures.instances",
+    "tests.fixtures.listeners",
 ]

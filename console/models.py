@@ -46,6 +46,12 @@ class Instance(models.Model):
         self.refresh_from_db(fields=["generation"])
         return self.generation
 
+    @staticmethod
+    def bump_generations(instance_ids: set[str]) -> None:
+        """Bump several instances at once, e.g. when a shared certificate changes."""
+        if instance_ids:
+            Instance.objects.filter(pk__in=instance_ids).update(generation=F("generation") + 1)
+
     @property
     def supports_mutual_authentication(self) -> bool:
         # Seed 001: Basic edition instances support neither mutual authentication nor

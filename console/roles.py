@@ -21,6 +21,14 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 ALWAYS_ALLOWED_PATHS = frozenset({"/accounts/logout/", "/accounts/login/"})
 
 
+def ensure_role_groups() -> None:
+    """The groups are created by a migration; this re-creates them where they were removed."""
+    from django.contrib.auth.models import Group
+
+    for name in (ADMINISTRATORS, VIEWERS):
+        Group.objects.get_or_create(name=name)
+
+
 def is_administrator(user: AbstractBaseUser | AnonymousUser) -> bool:
     if not user.is_authenticated:
         return False

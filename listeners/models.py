@@ -1,16 +1,208 @@
-"""Listeners and what they use."""
+"""Listeners and what they use: server groups, health checks, TLS policies and ACLs.
+
+Field names, ranges and defaults follow the seeds (../shared/seeds). Where two seeds give
+different ranges for the same field, the accepted range is their union, so a value valid in
+either console is valid here; the defaults are the stricter seed's.
+"""
 
 from __future__ import annotations
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.urls import reverse
 
+from certificates.models import Certificate
 from console.ids import new_id
 from console.models import Instance
 
 
 def new_listener_id() -> str:
     return new_id("lsn")
+
+
+def new_server_group_id() -> str:
+    return new_id("sgp")
+
+
+def new_acl_id() -> str:
+    return new_id("acl")
+
+
+def new_tls_policy_id() -> str:
+    return new_id("tls")
+
+
+def bounded(low: int, high: int) -> list:
+    return [MinValueValidator(low), MaxValueValidator(high)]
+
+
+class Scheduler(models.TextChoices):
+    WRR = "weighted_round_robin", "Weighted Round-robin (WRR)"
+    RR = "round_robin", "Round Robin (RR)"
+    WLC = "weighted_least_connections", "Weighted Least Connections (WLC)"
+    SOURCE_IP_HASH = "source_ip_hash", "Source IP Hash"
+
+
+class TlsVersion(models.TextChoices):
+    TLS10 = "TLSv1.0", "TLS 1.0"
+    TLS11 = "TLSv1.1", "TLS 1.1"
+    TLS12 = "TLSv1.2", "TLS 1.2"
+    TLS13 = "TLSv1.3", "TLS 1.3"
+
+
+class TlsPolicy(models.Model):
+    """A TLS security policy: protocol versions and cipher suites.
+
+    The five predefined policies are rows with ``predefined=True`` created by a migration; they
+    are read-only in the console and the dataplane knows them by name.
+    """
+
+    id = models.CharField(primary_key=True, max_length=48, default=new_tls_policy_id)
+    name = models.CharField(max_length=64)
+    predefined = models.BooleanField(default=False, editable=False)
+    min_version = models.CharField(max_length=8, choices=TlsVersion.choices)
+    max_version = models.CharField(max_length=8, choices=TlsVersion.choices)
+    ciphers = models.JSONField(default=list, blank=True)
+    tls13_ciphersuites = models.JSONField(default=list, blank=True)
+    description = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-predefined", "name"]
+        verbose_name = "TLS security policy"
+        verbose_name_plural = "TLS security policies"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("tlspolicy-detail", args=[self.id])
+
+    @property
+    def versions(self) -> list[str]:
+        order = list(TlsVersion.values)
+        return order[order.index(self.min_version) : order.index(self.max_version) + 1]
+
+    def can_serve(self, key_algorithm: str) -> bool:
+        """Whether a certificate with this key algorithm ("RSA"/"ECDSA") can be negotiated."""
+        if TlsVersion.TLS13 in self.versions:
+            # TLS 1.3 suites are independent of the certificate's key type.
+            return True
+        if key_algorithm == "ECDSA":
+            return any("ECDSA" in cipher for cipher in self.ciphers)
+        return any("ECDSA" not in cipher for cipher in self.ciphers)
+
+
+class AccessControlList(models.Model):
+    """An IP address group: CIDR entries that a listener allows (whitelist) or denies."""
+
+    id = models.CharField(primary_key=True, max_length=16, default=new_acl_id, editable=False)
+    name = models.CharField(max_length=128)
+    description = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("acl-detail", args=[self.id])
+
+
+class AclEntry(models.Model):
+    acl = models.ForeignKey(AccessControlList, on_delete=models.CASCADE, related_name="entries")
+    cidr = models.CharField(max_length=64)
+    description = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["acl", "cidr"], name="acl_entry_unique")]
+
+    def __str__(self) -> str:
+        return self.cidr
+
+
+class ServerGroup(models.Model):
+    class BackendProtocol(models.TextChoices):
+        HTTP = "http", "HTTP"
+        HTTPS = "https", "HTTPS"
+        TCP = "tcp", "TCP"
+
+    id = models.CharField(
+        primary_key=True, max_length=16, default=new_server_group_id, editable=False
+    )
+    name = models.CharField(max_length=128)
+    backend_protocol = models.CharField(
+        max_length=8, choices=BackendProtocol.choices, default=BackendProtocol.HTTP
+    )
+    description = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("servergroup-detail", args=[self.id])
+
+
+class BackendServer(models.Model):
+    group = models.ForeignKey(ServerGroup, on_delete=models.CASCADE, related_name="servers")
+    address = models.GenericIPAddressField()
+    port = models.PositiveIntegerField(validators=bounded(1, 65535))
+    # Seed 000: default 100; 0 means the server receives no new requests.
+    weight = models.PositiveSmallIntegerField(default=100, validators=bounded(0, 100))
+    description = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["group", "address", "port"], name="backend_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    @property
+    def server_id(self) -> str:
+        return f"srv-{self.pk}"
+
+
+class HealthCheck(models.Model):
+    """Health check of a server group (seeds 002 and 004)."""
+
+    class Protocol(models.TextChoices):
+        TCP = "tcp", "TCP"
+        HTTP = "http", "HTTP"
+        HTTPS = "https", "HTTPS"
+
+    EXPECTED_CODES = (
+        ("http_2xx", "http_2xx"),
+        ("http_3xx", "http_3xx"),
+        ("http_4xx", "http_4xx"),
+        ("http_5xx", "http_5xx"),
+    )
+
+    group = models.OneToOneField(
+        ServerGroup, on_delete=models.CASCADE, related_name="health_check", primary_key=True
+    )
+    enabled = models.BooleanField(default=True)
+    protocol = models.CharField(max_length=8, choices=Protocol.choices, default=Protocol.TCP)
+    domain = models.CharField(max_length=100, blank=True, default="")
+    port = models.PositiveIntegerField(null=True, blank=True, validators=bounded(1, 65535))
+    path = models.CharField(max_length=80, default="/")
+    interval = models.PositiveSmallIntegerField(default=5, validators=bounded(1, 300))
+    timeout = models.PositiveSmallIntegerField(default=2, validators=bounded(1, 60))
+    healthy_threshold = models.PositiveSmallIntegerField(default=3, validators=bounded(2, 10))
+    unhealthy_threshold = models.PositiveSmallIntegerField(default=3, validators=bounded(1, 10))
+    expected_codes = models.JSONField(default=list)
+
+    def __str__(self) -> str:
+        return f"{self.get_protocol_display()} check of {self.group_id}"
 
 
 class Listener(models.Model):
@@ -20,27 +212,127 @@ class Listener(models.Model):
         TCP = "tcp", "TCP"
         TCP_SSL = "tcp_ssl", "TCP SSL"
 
+    class DesiredState(models.TextChoices):
+        RUNNING = "running", "Running"
+        STOPPED = "stopped", "Stopped"
+
     class Status(models.TextChoices):
         CONFIGURING = "configuring", "Configuring"
         RUNNING = "running", "Running"
         STOPPED = "stopped", "Stopped"
         FAILED = "failed", "Failed"
 
+    class Persistence(models.TextChoices):
+        NONE = "none", "Off"
+        INSERT_COOKIE = "insert_cookie", "Insert Cookie"
+        REWRITE_COOKIE = "rewrite_cookie", "Rewrite Cookie"
+        SOURCE_IP = "source_ip", "Source IP"
+
+    class AclMode(models.TextChoices):
+        OFF = "off", "Off"
+        WHITELIST = "whitelist", "Whitelist"
+        BLACKLIST = "blacklist", "Blacklist"
+
+    class ForwardedFor(models.TextChoices):
+        ADD = "add", "Add"
+        REMOVE = "remove", "Remove"
+        OFF = "off", "Off (pass through unchanged)"
+
+    TLS_PROTOCOLS = frozenset({Protocol.HTTPS, Protocol.TCP_SSL})
+    HTTP_PROTOCOLS = frozenset({Protocol.HTTP, Protocol.HTTPS})
+
     id = models.CharField(primary_key=True, max_length=16, default=new_listener_id, editable=False)
     instance = models.ForeignKey(Instance, on_delete=models.PROTECT, related_name="listeners")
     name = models.CharField(max_length=128)
+    description = models.CharField(max_length=255, blank=True, default="")
+    tags = models.JSONField(default=list, blank=True)
     protocol = models.CharField(max_length=16, choices=Protocol.choices)
-    port = models.PositiveIntegerField()
-    status = models.CharField(
-        max_length=16, choices=Status.choices, default=Status.CONFIGURING
+    port = models.PositiveIntegerField(validators=bounded(1, 65535))
+    server_group = models.ForeignKey(
+        ServerGroup, on_delete=models.PROTECT, related_name="listeners"
     )
+
+    scheduler = models.CharField(max_length=32, choices=Scheduler.choices, default=Scheduler.WRR)
+    persistence = models.CharField(
+        max_length=16, choices=Persistence.choices, default=Persistence.NONE
+    )
+    persistence_timeout = models.PositiveIntegerField(default=1000, validators=bounded(1, 86400))
+    cookie_name = models.CharField(max_length=200, blank=True, default="")
+    acl_mode = models.CharField(max_length=16, choices=AclMode.choices, default=AclMode.OFF)
+    acl = models.ForeignKey(
+        AccessControlList, null=True, blank=True, on_delete=models.PROTECT, related_name="listeners"
+    )
+    idle_timeout = models.PositiveSmallIntegerField(default=15, validators=bounded(1, 600))
+    request_timeout = models.PositiveSmallIntegerField(default=60, validators=bounded(1, 600))
+    x_forwarded_for = models.CharField(
+        max_length=8, choices=ForwardedFor.choices, default=ForwardedFor.ADD
+    )
+    header_x_forwarded_proto = models.BooleanField(default=False)
+    header_x_forwarded_port = models.BooleanField(default=False)
+    header_x_forwarded_host = models.BooleanField(default=False)
+    header_x_forwarded_client_srcport = models.BooleanField(default=False)
+    header_slb_id = models.BooleanField(default=False)
+    header_slb_ip = models.BooleanField(default=False)
+    header_clientcert_subjectdn = models.BooleanField(default=False)
+    header_clientcert_issuerdn = models.BooleanField(default=False)
+    header_clientcert_fingerprint = models.BooleanField(default=False)
+    header_clientcert_clientverify = models.BooleanField(default=False)
+    retrieve_client_ip = models.BooleanField(default=False)
+    trusted_proxies = models.CharField(max_length=1024, blank=True, default="")
+
+    default_certificate = models.ForeignKey(
+        Certificate,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="default_for_listeners",
+    )
+    additional_certificates = models.ManyToManyField(
+        Certificate, blank=True, related_name="additional_for_listeners"
+    )
+    tls_policy = models.ForeignKey(
+        TlsPolicy, null=True, blank=True, on_delete=models.PROTECT, related_name="listeners"
+    )
+    mutual_authentication = models.BooleanField(default=False)
+    ca_certificate = models.ForeignKey(
+        Certificate,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="ca_for_listeners",
+    )
+
+    desired_state = models.CharField(
+        max_length=8, choices=DesiredState.choices, default=DesiredState.RUNNING
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONFIGURING)
+    last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["port", "protocol"]
+        constraints = [
+            # The form explains the rule; this keeps two racing submits from both winning.
+            models.UniqueConstraint(
+                fields=["instance", "protocol", "port"], name="listener_port_unique"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.id})"
 
     def get_absolute_url(self) -> str:
-        return reverse("instance-listeners", args=[self.instance_id])
+        return reverse("listener-detail", args=[self.instance_id, self.id])
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.protocol in self.TLS_PROTOCOLS
+
+    @property
+    def is_http(self) -> bool:
+        return self.protocol in self.HTTP_PROTOCOLS
+
+    @property
+    def is_configuring(self) -> bool:
+        return self.status == self.Status.CONFIGURING

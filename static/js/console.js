@@ -10,3 +10,10 @@ document.body?.addEventListener("htmx:beforeSwap", (event) => {
     document.querySelectorAll("#dialog-root dialog").forEach((d) => d.remove());
   }
 });
+// A second click on Submit while the first request is on its way sends nothing more; the
+// server also recognises a repeated wizard submit by its token.
+document.addEventListener("submit", (event) => {
+  event.target.querySelectorAll("[data-submit-once]").forEach((button) => {
+    setTimeout(() => { button.disabled = true; }, 0);
+  });
+});

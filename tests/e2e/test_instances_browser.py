@@ -8,7 +8,7 @@ from playwright.sync_api import Page, expect
 from console.models import Instance
 from tests.fixtures.users import PASSWORD
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
 
 def test_sign_in_and_create_an_instance(page: Page, live_server, admin_user) -> None:

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from console.models import Instance
-from console.roles import ADMINISTRATORS
+from console.roles import ADMINISTRATORS, ensure_role_groups
 
 
 class Command(BaseCommand):
@@ -19,6 +19,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         with transaction.atomic():
+            ensure_role_groups()
             self._ensure_admin()
             self._ensure_instance()
 

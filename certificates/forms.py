@@ -1,0 +1,138 @@
+"""Upload forms: each PEM field takes a file or pasted text, and errors land on their field."""
+
+from __future__ import annotations
+
+from django import forms
+from django.core.files.uploadedfile import UploadedFile
+
+from certificates import validation
+from certificates.models import Certificate
+
+MAX_FILE_BYTES = 64 * 1024
+
+
+class SecretTextarea(forms.Textarea):
+    """A textarea that never renders its value back, so a failed upload cannot echo a key."""
+
+    def format_value(self, value: object) -> None:
+        return None
+
+
+def _read_upload(upload: UploadedFile | None) -> bytes | None:
+    if upload is None:
+        return None
+    # One byte over the limit is enough for the validator to say the field is too large,
+    # without reading an arbitrarily large file into memory.
+    return upload.read(MAX_FILE_BYTES + 1)
+
+
+class PemUploadForm(forms.Form):
+    """Shared handling: for each PEM field, a file (if chosen) wins over pasted text."""
+
+    pem_fields: tuple[str, ...] = ()
+
+    def pem_input(self, name: str) -> str | bytes | None:
+        data = _read_upload(self.cleaned_data.get(f"{name}_file"))
+        if data is not None:
+            return data
+        return self.cleaned_data.get(name) or ""
+
+    def add_certificate_error(self, error: validation.CertificateError) -> None:
+        field = error.field if error.field in self.fields else None
+        self.add_error(field, error.message)
+
+
+class ServerCertificateForm(PemUploadForm):
+    pem_fields = ("certificate", "private_key", "chain")
+
+    name = forms.CharField(label="Certificate Name", max_length=128)
+    certificate = forms.CharField(
+        label="Certificate",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 6, "placeholder": "-----BEGIN CERTIFICATE-----"}),
+        help_text="PEM. The leaf certificate only; intermediates go in Certificate Chain.",
+    )
+    certificate_file = forms.FileField(label="Certificate file", required=False)
+    private_key = forms.CharField(
+        label="Private Key",
+        required=False,
+        strip=False,
+        widget=SecretTextarea(
+            attrs={"rows": 6, "placeholder": "Paste the PEM key (PKCS#1, SEC1 or PKCS#8)"}
+        ),
+        help_text="PEM. RSA 1024/2048/4096 or ECDSA P-256/P-384/P-521. Stored encrypted and "
+        "never shown again.",
+    )
+    private_key_file = forms.FileField(label="Private Key file", required=False)
+    chain = forms.CharField(
+        label="Certificate Chain",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        help_text="Optional. Intermediate certificates in order: each signed by the next.",
+    )
+    chain_file = forms.FileField(label="Certificate Chain file", required=False)
+    passphrase = forms.CharField(
+        label="Private Key Passphrase",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Only if the private key is encrypted.",
+    )
+
+    def __init__(self, *args, require_name: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not require_name:
+            del self.fields["name"]
+        self.validated: validation.ValidatedServerCertificate | None = None
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            self.validated = validation.validate_server_certificate(
+                self.pem_input("certificate"),
+                self.pem_input("private_key"),
+                self.pem_input("chain") or None,
+                cleaned.get("passphrase") or None,
+            )
+        except validation.CertificateError as error:
+            self.add_certificate_error(error)
+        return cleaned
+
+
+class CaCertificateForm(PemUploadForm):
+    pem_fields = ("certificate",)
+
+    name = forms.CharField(label="Certificate Name", max_length=128)
+    certificate = forms.CharField(
+        label="CA Certificate",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 6, "placeholder": "-----BEGIN CERTIFICATE-----"}),
+        help_text="PEM. A CA certificate (basicConstraints CA:TRUE) that signs client "
+        "certificates for mutual authentication.",
+    )
+    certificate_file = forms.FileField(label="CA Certificate file", required=False)
+
+    def __init__(self, *args, require_name: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not require_name:
+            del self.fields["name"]
+        self.validated: validation.ValidatedCaCertificate | None = None
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            self.validated = validation.validate_ca_certificate(self.pem_input("certificate"))
+        except validation.CertificateError as error:
+            self.add_certificate_error(error)
+        return cleaned
+
+
+def form_class_for(kind: str) -> type[PemUploadForm]:
+    return ServerCertificateForm if kind == Certificate.Kind.SERVER else CaCertificateForm

@@ -1,0 +1,158 @@
+"""Certificate pages: list, upload, details, replace and delete."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.db import transaction
+from django.db.models import Count, Q
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods
+
+from certificates.forms import form_class_for
+from certificates.models import Certificate
+from console.htmx import redirect_after_change, render_dialog
+from listeners.services import listeners_changed
+
+CRUMBS = [("Certificates", "certificate-list")]
+SECRET_FIELDS = ("private_key", "passphrase")
+
+
+def _with_usage(queryset):
+    return queryset.annotate(
+        usage=Count("default_for_listeners", distinct=True)
+        + Count("additional_for_listeners", distinct=True)
+        + Count("ca_for_listeners", distinct=True)
+    )
+
+
+def certificate_list(request: HttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "").strip()
+    kind = request.GET.get("kind", "")
+    certificates = _with_usage(Certificate.objects.all())
+    if kind in Certificate.Kind.values:
+        certificates = certificates.filter(kind=kind)
+    if query:
+        certificates = certificates.filter(
+            Q(name__icontains=query)
+            | Q(id__icontains=query)
+            | Q(primary_domain__icontains=query)
+            | Q(issuer__icontains=query)
+        )
+    return render(
+        request,
+        "certificates/certificate_list.html",
+        {"certificates": certificates, "q": query, "kind": kind, "kinds": Certificate.Kind},
+    )
+
+
+def _kind_or_404(kind: str) -> str:
+    if kind not in Certificate.Kind.values:
+        raise Http404("Unknown certificate type")
+    return kind
+
+
+@sensitive_post_parameters(*SECRET_FIELDS)
+@require_http_methods(["GET", "POST"])
+def certificate_upload(request: HttpRequest, kind: str) -> HttpResponse:
+    kind = _kind_or_404(kind)
+    form = form_class_for(kind)(request.POST or None, request.FILES or None)
+    # The listener wizard opens this dialog and wants to come back with the new certificate
+    # selected, without losing its draft.
+    next_url = request.GET.get("next", "")
+    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
+        next_url = ""
+    if request.method == "POST" and form.is_valid():
+        certificate = Certificate(name=form.cleaned_data["name"], kind=kind)
+        certificate.apply_validated(form.validated)
+        certificate.save()
+        messages.success(request, f"Certificate {certificate.name} ({certificate.id}) uploaded.")
+        if next_url:
+            return redirect_after_change(
+                request, f"{next_url}?{urlencode({'certificate': certificate.id})}"
+            )
+        return redirect_after_change(request, certificate.get_absolute_url())
+    label = Certificate.Kind(kind).label
+    action = reverse("certificate-upload", args=[kind])
+    if next_url:
+        action += "?" + urlencode({"next": next_url})
+    return render_dialog(
+        request,
+        "certificates/_certificate_form.html",
+        {
+            "form": form,
+            "kind": kind,
+            "title": f"Upload {label}",
+            "action": action,
+            "breadcrumbs": CRUMBS,
+        },
+        status=422 if form.errors else 200,
+    )
+
+
+def certificate_detail(request: HttpRequest, certificate_id: str) -> HttpResponse:
+    certificate = get_object_or_404(Certificate, pk=certificate_id)
+    return render(
+        request,
+        "certificates/certificate_detail.html",
+        {
+            "certificate": certificate,
+            "listeners": certificate.listeners_using().select_related("instance"),
+            "title": certificate.name,
+            "breadcrumbs": CRUMBS,
+        },
+    )
+
+
+@sensitive_post_parameters(*SECRET_FIELDS)
+@require_http_methods(["GET", "POST"])
+def certificate_replace(request: HttpRequest, certificate_id: str) -> HttpResponse:
+    certificate = get_object_or_404(Certificate, pk=certificate_id)
+    form = form_class_for(certificate.kind)(
+        request.POST or None, request.FILES or None, require_name=False
+    )
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            certificate.apply_validated(form.validated)
+            certificate.save()
+            # Listeners that use it pick up the new certificate on their instance's next push.
+            listeners_changed(certificate.listeners_using())
+        messages.success(request, f"Certificate {certificate.name} replaced.")
+        return redirect_after_change(request, certificate.get_absolute_url())
+    return render_dialog(
+        request,
+        "certificates/_certificate_form.html",
+        {
+            "form": form,
+            "kind": certificate.kind,
+            "certificate": certificate,
+            "title": f"Replace {certificate.name}",
+            "action": reverse("certificate-replace", args=[certificate.id]),
+            "breadcrumbs": CRUMBS,
+        },
+        status=422 if form.errors else 200,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def certificate_delete(request: HttpRequest, certificate_id: str) -> HttpResponse:
+    certificate = get_object_or_404(Certificate, pk=certificate_id)
+    blockers = list(certificate.listeners_using().select_related("instance")[:50])
+    if request.method == "POST" and not blockers:
+        certificate.delete()
+        messages.success(request, f"Certificate {certificate.name} ({certificate.id}) deleted.")
+        return redirect_after_change(request, reverse("certificate-list"))
+    return render_dialog(
+        request,
+        "certificates/_certificate_delete.html",
+        {
+            "certificate": certificate,
+            "blockers": blockers,
+            "title": "Delete Certificate",
+            "breadcrumbs": CRUMBS,
+        },
+        status=409 if request.method == "POST" else 200,
+    )

@@ -1,0 +1,1 @@
+"""The proxy engine: snapshot schema, control API, protocols, balancing, health, TLS."""

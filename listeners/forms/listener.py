@@ -1,0 +1,649 @@
+"""Forms of the listener wizard, Quick Create and the Modify dialogs.
+
+Which options exist depends on the Listener Protocol. The browser shows only the options that
+apply, and ``clean()`` enforces the same table, so a crafted POST cannot set an option the
+protocol does not have.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from django import forms
+from django.utils import timezone
+
+from certificates.models import Certificate
+from console.models import Instance
+from listeners import rules
+from listeners.models import (
+    AccessControlList,
+    HealthCheck,
+    Listener,
+    Scheduler,
+    ServerGroup,
+    TlsPolicy,
+)
+
+P = Listener.Protocol
+HTTP_LIKE = {P.HTTP, P.HTTPS}
+TLS = {P.HTTPS, P.TCP_SSL}
+
+# Seed 004: TCP SSL listeners offer WRR and WLC only.
+SCHEDULERS = {
+    P.HTTP: list(Scheduler.choices),
+    P.HTTPS: list(Scheduler.choices),
+    P.TCP: list(Scheduler.choices),
+    P.TCP_SSL: [(Scheduler.WRR, Scheduler.WRR.label), (Scheduler.WLC, Scheduler.WLC.label)],
+}
+PERSISTENCE = {
+    P.HTTP: ["none", "insert_cookie", "rewrite_cookie"],
+    P.HTTPS: ["none", "insert_cookie", "rewrite_cookie"],
+    P.TCP: ["none", "source_ip"],
+    P.TCP_SSL: ["none", "source_ip"],
+}
+SUGGESTED_PORT = {P.HTTP: 80, P.HTTPS: 443, P.TCP: 8080, P.TCP_SSL: 8443}
+HTTP_HEADER_FIELDS = (
+    ("header_x_forwarded_proto", "X-Forwarded-Proto: Retrieve Listener Protocol"),
+    ("header_x_forwarded_port", "X-Forwarded-Port: Retrieve Listener Port"),
+    ("header_x_forwarded_host", "X-Forwarded-Host: Retrieve Client Domain Name"),
+    ("header_x_forwarded_client_srcport", "X-Forwarded-Client-srcport: Retrieve Client Port"),
+    ("header_slb_id", "SLB-ID: Retrieve SLB ID"),
+    ("header_slb_ip", "SLB-IP: Retrieve SLB IP"),
+)
+CLIENTCERT_HEADER_FIELDS = (
+    ("header_clientcert_subjectdn", "X-Forwarded-Clientcert-subjectdn"),
+    ("header_clientcert_issuerdn", "X-Forwarded-Clientcert-issuerdn"),
+    ("header_clientcert_fingerprint", "X-Forwarded-Clientcert-fingerprint"),
+    ("header_clientcert_clientverify", "X-Forwarded-Clientcert-clientverify"),
+)
+TAG_LINE = re.compile(r"^\s*([^=\s][^=]{0,127}?)\s*=\s*(.{0,255}?)\s*$")
+MAX_TAGS = 20
+
+
+def default_listener_name(protocol: str, port: int) -> str:
+    """The name a listener gets when none is typed, as the cloud consoles do: HTTPS_443."""
+    return f"{P(protocol).label.replace(' ', '_')}_{port}"
+
+
+def parse_tags(text: str) -> list[dict[str, str]]:
+    tags: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = TAG_LINE.match(line)
+        if not match:
+            raise forms.ValidationError(
+                f"Line {number}: write each tag as key=value (key up to 128 characters)."
+            )
+        key, value = match.groups()
+        if key in seen:
+            raise forms.ValidationError(f"Line {number}: tag key {key!r} is repeated.")
+        seen.add(key)
+        tags.append({"key": key, "value": value})
+    if len(tags) > MAX_TAGS:
+        raise forms.ValidationError(f"At most {MAX_TAGS} tags per listener.")
+    return tags
+
+
+def format_tags(tags: list[dict[str, str]]) -> str:
+    return "\n".join(f"{tag['key']}={tag['value']}" for tag in tags)
+
+
+def parse_trusted_proxies(text: str) -> list[str]:
+    """Seed 001: ``0.0.0.0/0``, or addresses separated by semicolons (``ip1;ip2``)."""
+    entries = [item.strip() for item in re.split(r"[;,\s]+", text) if item.strip()]
+    if not entries:
+        raise forms.ValidationError("Enter 0.0.0.0/0 or trusted proxy addresses as ip1;ip2.")
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise forms.ValidationError(f"{entry!r} is not an IP address or CIDR block.") from exc
+    return entries
+
+
+class ListenerSettingsForm(forms.Form):
+    """Name, description, tags and the Advanced Settings: what Modify Listener can change."""
+
+    name = forms.CharField(
+        label="Listener Name",
+        max_length=128,
+        required=False,
+        help_text="Defaults to the protocol and port, e.g. HTTPS_443.",
+    )
+    description = forms.CharField(
+        label="Description", max_length=255, required=False, widget=forms.TextInput
+    )
+    tags = forms.CharField(
+        label="Tags",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "placeholder": "env=prod"}),
+        help_text="One key=value per line; the Listener tab filters by tag.",
+    )
+    scheduler = forms.ChoiceField(label="Scheduling Algorithm", choices=Scheduler.choices)
+    persistence = forms.ChoiceField(
+        label="Session Persistence", choices=Listener.Persistence.choices
+    )
+    persistence_timeout = forms.IntegerField(
+        label="Session Persistence Timeout Period (s)",
+        min_value=1,
+        max_value=86400,
+        initial=1000,
+        required=False,
+        help_text="1-86400 seconds.",
+    )
+    cookie_name = forms.CharField(
+        label="Cookie Name",
+        max_length=200,
+        required=False,
+        help_text="The application's cookie that the listener follows (Rewrite Cookie).",
+    )
+    acl_mode = forms.ChoiceField(
+        label="Access Control", choices=Listener.AclMode.choices, initial="off"
+    )
+    acl = forms.ModelChoiceField(
+        label="Access Control List",
+        queryset=AccessControlList.objects.all(),
+        required=False,
+        help_text="An empty list forwards every request.",
+    )
+    idle_timeout = forms.IntegerField(
+        label="Idle Connection Timeout Period (s)", min_value=1, max_value=600, initial=15
+    )
+    request_timeout = forms.IntegerField(
+        label="Connection Request Timeout (s)",
+        min_value=1,
+        max_value=600,
+        initial=60,
+        required=False,
+        help_text="The client gets HTTP 504 when a backend does not answer in time.",
+    )
+    x_forwarded_for = forms.ChoiceField(
+        label="X-Forwarded-For", choices=Listener.ForwardedFor.choices, initial="add"
+    )
+    retrieve_client_ip = forms.BooleanField(label="Retrieve Client IP", required=False)
+    trusted_proxies = forms.CharField(
+        label="Trusted IP Addresses",
+        required=False,
+        help_text="0.0.0.0/0 takes the leftmost X-Forwarded-For address; a list such as "
+        "10.0.0.1;10.0.0.2 takes the first address from the right that is not trusted.",
+    )
+
+    def __init__(self, *args, instance: Instance, protocol: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance = instance
+        for field_name, label in HTTP_HEADER_FIELDS + CLIENTCERT_HEADER_FIELDS:
+            self.fields[field_name] = forms.BooleanField(label=label, required=False)
+        self.fixed_protocol = protocol
+        self._shape_for(self.protocol_value())
+
+    # -- which options apply -------------------------------------------------------------
+    def protocol_value(self) -> str:
+        if self.fixed_protocol:
+            return self.fixed_protocol
+        raw = self.data.get(self.add_prefix("protocol")) if self.is_bound else None
+        raw = raw or self.initial.get("protocol") or P.HTTP
+        return raw if raw in P.values else P.HTTP
+
+    def _shape_for(self, protocol: str) -> None:
+        self.fields["scheduler"].choices = SCHEDULERS[protocol]
+        self.fields["persistence"].choices = [
+            (value, label)
+            for value, label in Listener.Persistence.choices
+            if value in PERSISTENCE[protocol]
+        ]
+        if not self.instance.supports_mutual_authentication:
+            self.fields["retrieve_client_ip"].disabled = True
+            self.fields[
+                "retrieve_client_ip"
+            ].help_text = "Not available on Basic edition instances (seed: Standard edition only)."
+
+    def applies(self, protocol: str) -> dict[str, bool]:
+        http = protocol in HTTP_LIKE
+        return {
+            "http": http,
+            "https": protocol == P.HTTPS,
+            "cookie": http,
+            "source_ip": not http,
+            "request_timeout": http,
+            "headers": http,
+            "retrieve_client_ip": http,
+        }
+
+    def header_fields(self):
+        return [self[name] for name, _ in HTTP_HEADER_FIELDS]
+
+    def clientcert_fields(self):
+        return [self[name] for name, _ in CLIENTCERT_HEADER_FIELDS]
+
+    # -- validation ----------------------------------------------------------------------
+    def clean_tags(self) -> list[dict[str, str]]:
+        return parse_tags(self.cleaned_data.get("tags") or "")
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        protocol = self.protocol_value()
+        applies = self.applies(protocol)
+        persistence = cleaned.get("persistence")
+        if persistence == "insert_cookie" and not cleaned.get("persistence_timeout"):
+            self.add_error("persistence_timeout", "Insert Cookie needs a timeout (1-86400 s).")
+        if persistence == "source_ip" and not cleaned.get("persistence_timeout"):
+            self.add_error("persistence_timeout", "Source IP persistence needs a timeout.")
+        if persistence == "rewrite_cookie" and not cleaned.get("cookie_name"):
+            self.add_error("cookie_name", "Rewrite Cookie needs the name of the cookie.")
+        elif persistence == "rewrite_cookie" and not re.fullmatch(
+            r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,200}", cleaned["cookie_name"]
+        ):
+            self.add_error("cookie_name", "A cookie name may not contain spaces, ; , or =.")
+        if cleaned.get("acl_mode") in ("whitelist", "blacklist") and not cleaned.get("acl"):
+            self.add_error("acl", "Choose the access control list for the whitelist/blacklist.")
+        if applies["request_timeout"] and not cleaned.get("request_timeout"):
+            self.add_error("request_timeout", "Enter a request timeout between 1 and 600.")
+        if cleaned.get("retrieve_client_ip"):
+            if not applies["retrieve_client_ip"]:
+                self.add_error("retrieve_client_ip", "Only HTTP and HTTPS listeners have this.")
+            else:
+                try:
+                    cleaned["trusted_proxies"] = ";".join(
+                        parse_trusted_proxies(cleaned.get("trusted_proxies") or "")
+                    )
+                except forms.ValidationError as error:
+                    self.add_error("trusted_proxies", error)
+        self._reset_inapplicable(cleaned, applies)
+        return cleaned
+
+    def _reset_inapplicable(self, cleaned: dict, applies: dict[str, bool]) -> None:
+        """Options that do not apply to the protocol are stored at their defaults."""
+        if cleaned.get("persistence") not in ("insert_cookie", "source_ip"):
+            cleaned["persistence_timeout"] = 1000
+        if cleaned.get("persistence") != "rewrite_cookie":
+            cleaned["cookie_name"] = ""
+        if cleaned.get("acl_mode") == "off":
+            cleaned["acl"] = None
+        if not applies["request_timeout"]:
+            cleaned["request_timeout"] = 60
+        if not applies["headers"]:
+            cleaned["x_forwarded_for"] = "add"
+            for name, _ in HTTP_HEADER_FIELDS:
+                cleaned[name] = False
+        if not applies["https"]:
+            for name, _ in CLIENTCERT_HEADER_FIELDS:
+                cleaned[name] = False
+        if not applies["retrieve_client_ip"] or not cleaned.get("retrieve_client_ip"):
+            cleaned["retrieve_client_ip"] = False
+            cleaned["trusted_proxies"] = ""
+
+    def settings_values(self) -> dict:
+        """The cleaned values as Listener field values."""
+        names = [
+            "description",
+            "tags",
+            "scheduler",
+            "persistence",
+            "persistence_timeout",
+            "cookie_name",
+            "acl_mode",
+            "acl",
+            "idle_timeout",
+            "request_timeout",
+            "x_forwarded_for",
+            "retrieve_client_ip",
+            "trusted_proxies",
+        ] + [name for name, _ in HTTP_HEADER_FIELDS + CLIENTCERT_HEADER_FIELDS]
+        values = {name: self.cleaned_data[name] for name in names}
+        if self.cleaned_data.get("name"):
+            values["name"] = self.cleaned_data["name"]
+        return values
+
+    @classmethod
+    def initial_from(cls, listener: Listener) -> dict:
+        initial = {
+            name: getattr(listener, name)
+            for name in (
+                "name",
+                "description",
+                "scheduler",
+                "persistence",
+                "persistence_timeout",
+                "cookie_name",
+                "acl_mode",
+                "acl",
+                "idle_timeout",
+                "request_timeout",
+                "x_forwarded_for",
+                "retrieve_client_ip",
+                "trusted_proxies",
+            )
+        }
+        initial["tags"] = format_tags(listener.tags)
+        for name, _ in HTTP_HEADER_FIELDS + CLIENTCERT_HEADER_FIELDS:
+            initial[name] = getattr(listener, name)
+        return initial
+
+
+class ProtocolListenerForm(ListenerSettingsForm):
+    """Wizard step 1: Protocol & Listener."""
+
+    field_order = ["protocol", "port", "name", "description", "tags"]
+
+    protocol = forms.ChoiceField(label="Listener Protocol", choices=P.choices, initial=P.HTTP)
+    port = forms.IntegerField(
+        label="Listener Port",
+        min_value=1,
+        max_value=65535,
+        help_text="1-65535. HTTP usually uses 80 and HTTPS 443.",
+    )
+    auto_enable = forms.BooleanField(
+        label="Automatically Enable Listener", required=False, initial=True
+    )
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        protocol, port = cleaned.get("protocol"), cleaned.get("port")
+        if protocol and port:
+            conflict = rules.port_conflict(self.instance, protocol, port)
+            if conflict:
+                self.add_error("port", conflict)
+        quota = rules.quota_exceeded(self.instance)
+        if quota:
+            self.add_error(None, quota)
+        if protocol and port and not cleaned.get("name"):
+            cleaned["name"] = default_listener_name(protocol, port)
+        return cleaned
+
+
+class CertificateStepForm(forms.Form):
+    """Wizard step 2: SSL Certificate (HTTPS and TCP SSL only)."""
+
+    default_certificate = forms.ModelChoiceField(
+        label="Server Certificate",
+        queryset=Certificate.objects.filter(kind=Certificate.Kind.SERVER),
+        empty_label="Select a server certificate",
+        error_messages={"required": "HTTPS and TCP SSL listeners need a server certificate."},
+    )
+    additional_certificates = forms.ModelMultipleChoiceField(
+        label="Additional Certificates",
+        queryset=Certificate.objects.filter(kind=Certificate.Kind.SERVER),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Served by SNI to clients that ask for their domain names; other clients get "
+        "the default certificate.",
+    )
+    tls_policy = forms.ModelChoiceField(
+        label="TLS Security Policy",
+        queryset=TlsPolicy.objects.all(),
+        initial="tls_cipher_policy_1_0",
+        empty_label=None,
+    )
+    mutual_authentication = forms.BooleanField(label="Mutual Authentication", required=False)
+    ca_certificate = forms.ModelChoiceField(
+        label="CA Certificate",
+        queryset=Certificate.objects.filter(kind=Certificate.Kind.CA),
+        required=False,
+        empty_label="Select a CA certificate",
+        help_text="Clients must present a certificate signed by this CA.",
+    )
+
+    def __init__(self, *args, instance: Instance, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance = instance
+        if not instance.supports_mutual_authentication:
+            self.fields["mutual_authentication"].disabled = True
+            self.fields[
+                "mutual_authentication"
+            ].help_text = "Basic edition instances do not support mutual authentication."
+            self.fields["ca_certificate"].disabled = True
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        default = cleaned.get("default_certificate")
+        additional = list(cleaned.get("additional_certificates") or [])
+        policy = cleaned.get("tls_policy")
+        now = timezone.now()
+        if default and default.not_after <= now:
+            self.add_error(
+                "default_certificate",
+                f"{default.name} expired on {default.not_after:%Y-%m-%d}; choose another one.",
+            )
+        if default and default in additional:
+            self.add_error(
+                "additional_certificates",
+                f"{default.name} is already the default certificate.",
+            )
+        for certificate in additional:
+            if certificate.not_after <= now:
+                self.add_error(
+                    "additional_certificates",
+                    f"{certificate.name} expired on {certificate.not_after:%Y-%m-%d}.",
+                )
+        if policy:
+            for field, certificate in [("default_certificate", default)] + [
+                ("additional_certificates", c) for c in additional
+            ]:
+                if certificate is None:
+                    continue
+                problem = rules.policy_cannot_serve(policy, certificate)
+                if problem:
+                    self.add_error(
+                        field if field != "default_certificate" else "tls_policy", problem
+                    )
+        if cleaned.get("mutual_authentication"):
+            if not cleaned.get("ca_certificate"):
+                self.add_error("ca_certificate", "Mutual authentication needs a CA certificate.")
+        else:
+            cleaned["ca_certificate"] = None
+        return cleaned
+
+
+class ServerGroupStepForm(forms.Form):
+    """Wizard step 3: select a server group or create one."""
+
+    group_mode = forms.ChoiceField(
+        label="Server Group",
+        choices=[("existing", "Select Existing Server Group"), ("new", "Create Server Group")],
+        initial="existing",
+        widget=forms.RadioSelect,
+    )
+    server_group = forms.ModelChoiceField(
+        label="Select Server Group",
+        queryset=ServerGroup.objects.all(),
+        required=False,
+        empty_label="Select a server group",
+    )
+    new_group_name = forms.CharField(label="Server Group Name", max_length=128, required=False)
+    new_backend_protocol = forms.ChoiceField(
+        label="Backend Protocol", choices=ServerGroup.BackendProtocol.choices, required=False
+    )
+
+    def __init__(self, *args, protocol: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.protocol = protocol
+        allowed = compatible_backend_protocols(protocol)
+        self.fields["server_group"].queryset = ServerGroup.objects.filter(
+            backend_protocol__in=allowed
+        )
+        self.fields["new_backend_protocol"].choices = [
+            choice for choice in ServerGroup.BackendProtocol.choices if choice[0] in allowed
+        ]
+        self.fields["new_backend_protocol"].initial = allowed[0]
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if cleaned.get("group_mode") == "existing":
+            if not cleaned.get("server_group"):
+                self.add_error("server_group", "Select a server group, or create one.")
+        elif cleaned.get("group_mode") == "new" and not cleaned.get("new_group_name"):
+            self.add_error("new_group_name", "Name the new server group.")
+        return cleaned
+
+
+def compatible_backend_protocols(protocol: str) -> list[str]:
+    # Seed 003: HTTP and HTTPS listeners forward to HTTP or HTTPS backends; TCP and TCP SSL
+    # listeners forward raw bytes, so their group speaks TCP.
+    if protocol in HTTP_LIKE:
+        return [ServerGroup.BackendProtocol.HTTP, ServerGroup.BackendProtocol.HTTPS]
+    return [ServerGroup.BackendProtocol.TCP]
+
+
+# Seed 002: health check domain: at least two labels of letters, digits and hyphens, not
+# starting or ending with a hyphen, at most 100 characters, labels at most 63; or an IP address.
+DOMAIN_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# Seed 002: path 1-80 characters, starting with "/", from this set.
+HEALTH_PATH = re.compile(r"^/[A-Za-z0-9\-/.%?#&_~';@$*+,=!:()]{0,79}$")
+
+
+class HealthCheckForm(forms.ModelForm):
+    """Wizard step 4 and the Health Check Modify dialog."""
+
+    expected_codes = forms.MultipleChoiceField(
+        label="Health Check Status Codes",
+        choices=HealthCheck.EXPECTED_CODES,
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        initial=["http_2xx", "http_3xx"],
+    )
+
+    class Meta:
+        model = HealthCheck
+        fields = [
+            "enabled",
+            "protocol",
+            "domain",
+            "port",
+            "path",
+            "interval",
+            "timeout",
+            "healthy_threshold",
+            "unhealthy_threshold",
+            "expected_codes",
+        ]
+        labels = {
+            "enabled": "Enable Health Check",
+            "protocol": "Health Check Protocol",
+            "domain": "Domain Name",
+            "port": "Health Check Port",
+            "path": "Health Check Path",
+            "interval": "Health Check Interval (s)",
+            "timeout": "Response Timeout (s)",
+            "healthy_threshold": "Healthy Threshold",
+            "unhealthy_threshold": "Unhealthy Threshold",
+        }
+        help_texts = {
+            "domain": "HTTP/HTTPS only. Empty uses the backend server's address.",
+            "port": "Empty uses each backend server's own port.",
+            "path": "HTTP/HTTPS only. 1-80 characters starting with /.",
+            "interval": "1-300 seconds.",
+            "timeout": "1-60 seconds, at most the interval.",
+            "healthy_threshold": "2-10 consecutive successes.",
+            "unhealthy_threshold": "1-10 consecutive failures.",
+        }
+
+    def clean_domain(self) -> str:
+        domain = (self.cleaned_data.get("domain") or "").strip()
+        if not domain:
+            return ""
+        try:
+            ipaddress.ip_address(domain)
+            return domain
+        except ValueError:
+            pass
+        labels = domain.split(".")
+        if (
+            len(domain) > 100
+            or len(labels) < 2
+            or not all(DOMAIN_LABEL.match(label) for label in labels)
+        ):
+            raise forms.ValidationError(
+                "Use an IP address, or a domain name of at least two labels made of letters, "
+                "digits and hyphens (not at the start or end of a label), up to 100 characters."
+            )
+        return domain.lower()
+
+    def clean_path(self) -> str:
+        path = self.cleaned_data.get("path") or "/"
+        if not HEALTH_PATH.match(path):
+            raise forms.ValidationError(
+                "The path starts with / and has 1-80 characters: letters, digits and "
+                "- / . % ? # & _ ~ ' ; @ $ * + , = ! : ( )"
+            )
+        return path
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        interval, timeout = cleaned.get("interval"), cleaned.get("timeout")
+        if interval and timeout and timeout > interval:
+            self.add_error("timeout", "The response timeout may not exceed the interval.")
+        if cleaned.get("protocol") in ("http", "https") and not cleaned.get("expected_codes"):
+            self.add_error("expected_codes", "Choose at least one status code class.")
+        if cleaned.get("protocol") == "tcp":
+            cleaned["domain"], cleaned["path"] = "", "/"
+        return cleaned
+
+
+class QuickCreateForm(forms.Form):
+    """Seed 003 Quick Create: protocol, port, certificate and policy (TLS), server group."""
+
+    protocol = forms.ChoiceField(label="Listener Protocol", choices=P.choices, initial=P.HTTP)
+    port = forms.IntegerField(label="Listener Port", min_value=1, max_value=65535)
+    default_certificate = forms.ModelChoiceField(
+        label="Server Certificate",
+        queryset=Certificate.objects.filter(kind=Certificate.Kind.SERVER),
+        required=False,
+        empty_label="Select a server certificate",
+    )
+    tls_policy = forms.ModelChoiceField(
+        label="TLS Security Policy",
+        queryset=TlsPolicy.objects.all(),
+        initial="tls_cipher_policy_1_0",
+        required=False,
+        empty_label=None,
+    )
+    server_group = forms.ModelChoiceField(
+        label="Server Group",
+        queryset=ServerGroup.objects.all(),
+        empty_label="Select a server group",
+    )
+
+    def __init__(self, *args, instance: Instance, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance = instance
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        protocol, port = cleaned.get("protocol"), cleaned.get("port")
+        if protocol and port:
+            conflict = rules.port_conflict(self.instance, protocol, port)
+            if conflict:
+                self.add_error("port", conflict)
+        quota = rules.quota_exceeded(self.instance)
+        if quota:
+            self.add_error(None, quota)
+        group = cleaned.get("server_group")
+        if (
+            protocol
+            and group
+            and group.backend_protocol not in compatible_backend_protocols(protocol)
+        ):
+            self.add_error(
+                "server_group",
+                f"{group.name} uses backend protocol {group.get_backend_protocol_display()}, "
+                f"which a {P(protocol).label} listener cannot forward to.",
+            )
+        if protocol in TLS:
+            certificate, policy = cleaned.get("default_certificate"), cleaned.get("tls_policy")
+            if not certificate:
+                self.add_error(
+                    "default_certificate", "HTTPS and TCP SSL listeners need a server certificate."
+                )
+            elif certificate.not_after <= timezone.now():
+                self.add_error("default_certificate", f"{certificate.name} has expired.")
+            elif policy:
+                problem = rules.policy_cannot_serve(policy, certificate)
+                if problem:
+                    self.add_error("tls_policy", problem)
+        else:
+            cleaned["default_certificate"] = None
+            cleaned["tls_policy"] = None
+        return cleaned

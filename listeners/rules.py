@@ -1,0 +1,76 @@
+"""The seeds' rules for listeners, in one place for the wizard, Quick Create and Modify.
+
+Each function returns an error message or None, so the caller decides which field shows it.
+"""
+
+from __future__ import annotations
+
+from console.models import Instance
+from listeners.models import Listener, TlsPolicy
+
+# Seed 001/003: HTTP and HTTPS listeners never share a port. Every protocol here is carried over
+# TCP, and one TCP port can be bound only once, so the dataplane needs the same for TCP and
+# TCP SSL (seed 004: "The listener port must be unique in the same CLB instance"). UDP and QUIC,
+# once offered, form their own transport and may reuse a TCP port number.
+TRANSPORT = {
+    Listener.Protocol.HTTP: "tcp",
+    Listener.Protocol.HTTPS: "tcp",
+    Listener.Protocol.TCP: "tcp",
+    Listener.Protocol.TCP_SSL: "tcp",
+}
+
+
+def port_conflict(instance: Instance, protocol: str, port: int, exclude_id: str = "") -> str | None:
+    transport = TRANSPORT[protocol]
+    clashing = (
+        instance.listeners.filter(port=port)
+        .exclude(pk=exclude_id)
+        .only("id", "name", "protocol", "port")
+    )
+    for other in clashing:
+        if TRANSPORT[other.protocol] != transport:
+            continue
+        if other.protocol == protocol:
+            return (
+                f"Port {port} is already used by {other.get_protocol_display()} listener "
+                f"{other.name} ({other.id}). Listeners of the same protocol need unique ports."
+            )
+        if {other.protocol, protocol} == {Listener.Protocol.HTTP, Listener.Protocol.HTTPS}:
+            return (
+                f"Port {port} is used by {other.get_protocol_display()} listener {other.name} "
+                f"({other.id}). HTTP and HTTPS listeners cannot use the same port."
+            )
+        return (
+            f"Port {port} is used by {other.get_protocol_display()} listener {other.name} "
+            f"({other.id}). Listeners carried over TCP cannot share a port."
+        )
+    return None
+
+
+def quota_exceeded(instance: Instance) -> str | None:
+    count = instance.listeners.count()
+    if count >= instance.listener_quota:
+        return (
+            f"This instance already has {count} listeners, its quota of "
+            f"{instance.listener_quota}. Delete a listener or raise the instance's quota."
+        )
+    return None
+
+
+def policy_cannot_serve(policy: TlsPolicy, certificate) -> str | None:
+    if policy.can_serve(certificate.key_algorithm):
+        return None
+    return (
+        f"TLS security policy {policy.name} has no cipher suite for a {certificate.key_type} "
+        f"certificate ({certificate.name}). Choose a policy with "
+        f"{'ECDSA' if certificate.key_algorithm == 'ECDSA' else 'RSA'} suites or TLS 1.3."
+    )
+
+
+def configuring_refusal(listener: Listener, action: str) -> str | None:
+    if listener.is_configuring:
+        return (
+            f"Listener {listener.name} is Configuring; {action} is possible once the "
+            "configuration has been applied."
+        )
+    return None

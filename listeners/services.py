@@ -1,0 +1,109 @@
+"""Saving desired state: every change bumps its instance's generation in the same transaction.
+
+Views and forms validate; these functions write. Callers run them inside
+``transaction.atomic()`` so that the listener rows, their status and the instance generation move
+together, and work for the dataplane is queued only once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db.models import QuerySet
+
+from console.models import Instance
+from listeners import rules
+from listeners.models import BackendServer, HealthCheck, Listener, ServerGroup
+
+
+def listeners_changed(listeners: QuerySet[Listener] | Iterable[Listener]) -> None:
+    """Record that the desired configuration of these listeners changed.
+
+    They go to ``configuring`` until every node of their instance has applied the new
+    generation (seed 003: a temporary Configuring state during which edits are refused).
+    """
+    listener_ids = {listener.pk for listener in listeners}
+    if not listener_ids:
+        return
+    instance_ids = set(
+        Listener.objects.filter(pk__in=listener_ids).values_list("instance_id", flat=True)
+    )
+    Listener.objects.filter(pk__in=listener_ids).update(
+        status=Listener.Status.CONFIGURING, last_error=""
+    )
+    Instance.bump_generations(instance_ids)
+
+
+def create_listener(
+    instance: Instance,
+    *,
+    protocol: str,
+    port: int,
+    name: str,
+    settings: dict,
+    server_group: ServerGroup,
+    certificates: dict | None = None,
+    enabled: bool = True,
+) -> Listener:
+    """Create one listener in ``configuring``; the caller holds a transaction.
+
+    The rules are checked again here under a row lock on the instance, so two submits racing
+    for the same port or the last quota slot cannot both succeed.
+    """
+    Instance.objects.select_for_update().filter(pk=instance.pk).first()
+    problem = rules.quota_exceeded(instance) or rules.port_conflict(instance, protocol, port)
+    if problem:
+        raise RuleViolation(problem)
+    certificates = dict(certificates or {})
+    additional = certificates.pop("additional_certificates", [])
+    listener = Listener.objects.create(
+        instance=instance,
+        protocol=protocol,
+        port=port,
+        name=name,
+        server_group=server_group,
+        desired_state=Listener.DesiredState.RUNNING if enabled else Listener.DesiredState.STOPPED,
+        status=Listener.Status.CONFIGURING,
+        **settings,
+        **certificates,
+    )
+    if additional:
+        listener.additional_certificates.set(additional)
+    listeners_changed([listener])
+    return listener
+
+
+def create_server_group(
+    *, name: str, backend_protocol: str, servers: list[dict], health_check: dict | None = None
+) -> ServerGroup:
+    group = ServerGroup.objects.create(name=name, backend_protocol=backend_protocol)
+    BackendServer.objects.bulk_create(
+        BackendServer(
+            group=group,
+            address=row["address"],
+            port=row["port"],
+            weight=row.get("weight", 100),
+            description=row.get("description", ""),
+        )
+        for row in servers
+    )
+    HealthCheck.objects.create(group=group, **(health_check or default_health_check(group)))
+    return group
+
+
+def default_health_check(group: ServerGroup) -> dict:
+    http = group.backend_protocol in (ServerGroup.BackendProtocol.HTTP,)
+    return {
+        "protocol": HealthCheck.Protocol.HTTP if http else HealthCheck.Protocol.TCP,
+        "expected_codes": ["http_2xx", "http_3xx"],
+    }
+
+
+def update_health_check(group: ServerGroup, values: dict) -> HealthCheck:
+    check, _ = HealthCheck.objects.update_or_create(group=group, defaults=values)
+    listeners_changed(group.listeners.all())
+    return check
+
+
+class RuleViolation(ValueError):
+    """A seed rule that a concurrent change made false after the form was validated."""

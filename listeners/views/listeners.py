@@ -1,0 +1,325 @@
+"""The Listener tab, the listener details page and its lifecycle actions (seed 003)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods
+from django_htmx.http import HttpResponseStopPolling
+
+from console.htmx import redirect_after_change, render_dialog
+from console.models import Instance
+from listeners import rules, services
+from listeners.forms.lifecycle import ChangeServerGroupForm, ManageCertificatesForm, TlsPolicyForm
+from listeners.forms.listener import HealthCheckForm, ListenerSettingsForm
+from listeners.models import Listener
+
+
+def _listener(instance_id: str, listener_id: str) -> Listener:
+    return get_object_or_404(
+        Listener.objects.select_related(
+            "instance", "server_group", "default_certificate", "tls_policy", "ca_certificate", "acl"
+        ),
+        pk=listener_id,
+        instance_id=instance_id,
+    )
+
+
+def _crumbs() -> list[tuple[str, str]]:
+    return [("Instances", "instance-list")]
+
+
+def _tag_filter(listeners, tag: str):
+    key, _, value = tag.partition("=")
+    matching = []
+    for listener in listeners:
+        for item in listener.tags:
+            if item["key"] == key and (not value or item["value"] == value):
+                matching.append(listener)
+                break
+    return matching
+
+
+@require_GET
+def listener_tab(request: HttpRequest, instance_id: str) -> HttpResponse:
+    instance = get_object_or_404(Instance, pk=instance_id)
+    listeners = list(instance.listeners.select_related("server_group", "default_certificate").all())
+    tag = request.GET.get("tag", "").strip()
+    if tag:
+        listeners = _tag_filter(listeners, tag)
+    all_tags = sorted(
+        {f"{t['key']}={t['value']}" for listener in instance.listeners.all() for t in listener.tags}
+    )
+    return render(
+        request,
+        "listeners/listener_tab.html",
+        {
+            "instance": instance,
+            "listeners": listeners,
+            "tag": tag,
+            "all_tags": all_tags,
+            "configuring": any(listener.is_configuring for listener in listeners),
+            "title": instance.name,
+            "breadcrumbs": _crumbs(),
+        },
+    )
+
+
+@require_GET
+def listener_detail(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    listener = _listener(instance_id, listener_id)
+    group = listener.server_group
+    return render(
+        request,
+        "listeners/listener_detail.html",
+        {
+            "listener": listener,
+            "instance": listener.instance,
+            "group": group,
+            "servers": group.servers.all(),
+            "health_check": getattr(group, "health_check", None),
+            "additional": listener.additional_certificates.all(),
+            "title": listener.name,
+            "breadcrumbs": _crumbs(),
+        },
+    )
+
+
+@require_GET
+def listener_status(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    """htmx polling target: the status badge while Configuring, then polling stops."""
+    listener = _listener(instance_id, listener_id)
+    response = render(request, "listeners/_status.html", {"listener": listener})
+    if not listener.is_configuring and request.htmx:
+        stop = HttpResponseStopPolling(response.content)
+        return stop
+    return response
+
+
+def _refused(request: HttpRequest, listener: Listener, action: str) -> HttpResponse | None:
+    problem = rules.configuring_refusal(listener, action)
+    if problem is None:
+        return None
+    if request.htmx:
+        return render_dialog(
+            request,
+            "listeners/_refusal.html",
+            {"listener": listener, "problem": problem, "title": "Not possible now"},
+            status=409,
+        )
+    messages.error(request, problem)
+    return redirect_after_change(request, listener.get_absolute_url())
+
+
+def _dialog(request, listener, partial, title, form, *, status=200, **extra) -> HttpResponse:
+    return render_dialog(
+        request,
+        partial,
+        {"listener": listener, "form": form, "title": title, "breadcrumbs": _crumbs(), **extra},
+        status=status,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def listener_modify(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    listener = _listener(instance_id, listener_id)
+    refused = _refused(request, listener, "modifying it")
+    if refused:
+        return refused
+    form = ListenerSettingsForm(
+        request.POST or None,
+        instance=listener.instance,
+        protocol=listener.protocol,
+        initial=ListenerSettingsForm.initial_from(listener),
+    )
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            for name, value in form.settings_values().items():
+                setattr(listener, name, value)
+            listener.save()
+            services.listeners_changed([listener])
+        messages.success(request, f"Listener {listener.name} modified.")
+        return redirect_after_change(request, listener.get_absolute_url())
+    return _dialog(
+        request,
+        listener,
+        "listeners/_modify.html",
+        "Modify Listener",
+        form,
+        status=422 if form.errors else 200,
+        applies=form.applies(listener.protocol),
+    )
+
+
+def _set_state(
+    request: HttpRequest, instance_id: str, listener_id: str, state: str
+) -> HttpResponse:
+    listener = _listener(instance_id, listener_id)
+    verb = "starting" if state == Listener.DesiredState.RUNNING else "stopping"
+    refused = _refused(request, listener, f"{verb} it")
+    if refused:
+        return refused
+    if request.method == "POST":
+        with transaction.atomic():
+            listener.desired_state = state
+            listener.save(update_fields=["desired_state", "updated_at"])
+            services.listeners_changed([listener])
+        label = "started" if state == Listener.DesiredState.RUNNING else "stopped"
+        messages.success(request, f"Listener {listener.name} is being {label}.")
+        return redirect_after_change(request, listener.get_absolute_url())
+    return _dialog(
+        request,
+        listener,
+        "listeners/_start_stop.html",
+        "Start Listener" if state == Listener.DesiredState.RUNNING else "Stop Listener",
+        None,
+        state=state,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def listener_start(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    return _set_state(request, instance_id, listener_id, Listener.DesiredState.RUNNING)
+
+
+@require_http_methods(["GET", "POST"])
+def listener_stop(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    return _set_state(request, instance_id, listener_id, Listener.DesiredState.STOPPED)
+
+
+@require_http_methods(["GET", "POST"])
+def listener_delete(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    listener = _listener(instance_id, listener_id)
+    refused = _refused(request, listener, "deleting it")
+    if refused:
+        return refused
+    if request.method == "POST":
+        with transaction.atomic():
+            instance = listener.instance
+            listener.delete()
+            Instance.bump_generations({instance.pk})
+        messages.success(request, f"Listener {listener.name} ({listener_id}) deleted.")
+        return redirect_after_change(request, _tab_url(instance))
+    return _dialog(request, listener, "listeners/_delete.html", "Delete Listener", None)
+
+
+def _tab_url(instance: Instance) -> str:
+    return reverse("instance-listeners", args=[instance.pk])
+
+
+@require_http_methods(["GET", "POST"])
+def listener_server_group(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    listener = _listener(instance_id, listener_id)
+    refused = _refused(request, listener, "changing its server group")
+    if refused:
+        return refused
+    form = ChangeServerGroupForm(request.POST or None, listener=listener)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            listener.server_group = form.cleaned_data["server_group"]
+            listener.save(update_fields=["server_group", "updated_at"])
+            services.listeners_changed([listener])
+        messages.success(request, f"Listener {listener.name} now uses {listener.server_group}.")
+        return redirect_after_change(request, listener.get_absolute_url())
+    return _dialog(
+        request,
+        listener,
+        "listeners/_simple_form.html",
+        "Change Server Group",
+        form,
+        status=422 if form.errors else 200,
+        action_name="listener-server-group",
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def listener_certificates(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    listener = _listener(instance_id, listener_id)
+    refused = _refused(request, listener, "changing its certificates")
+    if refused:
+        return refused
+    initial = {
+        "default_certificate": listener.default_certificate_id,
+        "additional_certificates": list(listener.additional_certificates.all()),
+        "mutual_authentication": listener.mutual_authentication,
+        "ca_certificate": listener.ca_certificate_id,
+        "tls_policy": listener.tls_policy_id,
+    }
+    data = None
+    if request.method == "POST":
+        data = request.POST.copy()
+        data["tls_policy"] = listener.tls_policy_id or "tls_cipher_policy_1_0"
+    form = ManageCertificatesForm(data, listener=listener, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            listener.default_certificate = form.cleaned_data["default_certificate"]
+            listener.mutual_authentication = bool(form.cleaned_data["mutual_authentication"])
+            listener.ca_certificate = form.cleaned_data["ca_certificate"]
+            listener.save()
+            listener.additional_certificates.set(form.cleaned_data["additional_certificates"])
+            services.listeners_changed([listener])
+        messages.success(request, f"Certificates of {listener.name} updated.")
+        return redirect_after_change(request, listener.get_absolute_url())
+    return _dialog(
+        request,
+        listener,
+        "listeners/_simple_form.html",
+        "Manage Certificates",
+        form,
+        status=422 if form.errors else 200,
+        action_name="listener-certificates",
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def listener_tls_policy(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    listener = _listener(instance_id, listener_id)
+    refused = _refused(request, listener, "changing its TLS policy")
+    if refused:
+        return refused
+    form = TlsPolicyForm(request.POST or None, listener=listener)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            listener.tls_policy = form.cleaned_data["tls_policy"]
+            listener.save(update_fields=["tls_policy", "updated_at"])
+            services.listeners_changed([listener])
+        messages.success(request, f"TLS security policy of {listener.name} changed.")
+        return redirect_after_change(request, listener.get_absolute_url())
+    return _dialog(
+        request,
+        listener,
+        "listeners/_simple_form.html",
+        "Modify TLS Security Policy",
+        form,
+        status=422 if form.errors else 200,
+        action_name="listener-tls-policy",
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def listener_health_check(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    listener = _listener(instance_id, listener_id)
+    refused = _refused(request, listener, "modifying its health check")
+    if refused:
+        return refused
+    check = getattr(listener.server_group, "health_check", None)
+    form = HealthCheckForm(request.POST or None, instance=check)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            services.update_health_check(listener.server_group, form.cleaned_data)
+        messages.success(request, f"Health check of {listener.server_group.name} modified.")
+        return redirect_after_change(request, listener.get_absolute_url())
+    return _dialog(
+        request,
+        listener,
+        "listeners/_simple_form.html",
+        "Modify Health Check",
+        form,
+        status=422 if form.errors else 200,
+        action_name="listener-health-check",
+        note="The health check belongs to server group "
+        f"{listener.server_group.name}; listeners sharing the group share it.",
+    )

@@ -1,0 +1,240 @@
+"""The Create Listener wizard's draft: one entry per step, kept in the session.
+
+Like django-formtools, each step stores what was posted (valid or not), so Next, Previous and a
+reload keep what was typed, and Submit re-validates every step from the stored data before
+anything is created.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from django.http import HttpRequest, QueryDict
+
+from console.models import Instance
+from listeners.forms.listener import (
+    TLS,
+    CertificateStepForm,
+    HealthCheckForm,
+    ProtocolListenerForm,
+    ServerGroupStepForm,
+)
+from listeners.forms.servergroups import BackendServerFormSet, server_rows
+from listeners.models import HealthCheck, ServerGroup
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    label: str
+
+
+STEPS = (
+    Step("protocol", "Protocol & Listener"),
+    Step("certificate", "SSL Certificate"),
+    Step("servergroup", "Server Group"),
+    Step("healthcheck", "Health Check"),
+    Step("confirm", "Confirm"),
+)
+STEP_NAMES = tuple(step.name for step in STEPS)
+IGNORED_KEYS = {"csrfmiddlewaretoken", "action", "token"}
+DONE_KEY = "listener-wizard-done"
+
+
+class Draft:
+    def __init__(self, request: HttpRequest, instance: Instance) -> None:
+        self.request = request
+        self.instance = instance
+        self.key = f"listener-wizard:{instance.pk}"
+        stored = request.session.get(self.key)
+        if not stored:
+            stored = {"steps": {}, "token": secrets.token_urlsafe(16)}
+            request.session[self.key] = stored
+        self.stored = stored
+
+    # -- storage ---------------------------------------------------------------------------
+    @property
+    def token(self) -> str:
+        return self.stored["token"]
+
+    def data(self, step: str) -> QueryDict | None:
+        raw = self.stored["steps"].get(step)
+        if raw is None:
+            return None
+        query = QueryDict(mutable=True)
+        for key, values in raw.items():
+            query.setlist(key, values)
+        return query
+
+    def save(self, step: str, posted: QueryDict) -> None:
+        self.stored["steps"][step] = {
+            key: values for key, values in posted.lists() if key not in IGNORED_KEYS
+        }
+        self.request.session.modified = True
+
+    def reset(self) -> None:
+        self.request.session.pop(self.key, None)
+
+    def finish(self, listener_id: str) -> None:
+        done = self.request.session.get(DONE_KEY, {})
+        done[self.token] = listener_id
+        # A handful is enough to answer a double submit; older ones are dropped.
+        self.request.session[DONE_KEY] = dict(list(done.items())[-10:])
+        self.reset()
+
+    def created_for(self, token: str) -> str | None:
+        return self.request.session.get(DONE_KEY, {}).get(token)
+
+    # -- steps -----------------------------------------------------------------------------
+    def protocol(self) -> str:
+        data = self.data("protocol")
+        value = data.get("protocol") if data else None
+        return value or "http"
+
+    def active_steps(self) -> list[Step]:
+        uses_tls = self.protocol() in TLS
+        return [step for step in STEPS if step.name != "certificate" or uses_tls]
+
+    def neighbour(self, step: str, offset: int) -> str | None:
+        names = [s.name for s in self.active_steps()]
+        index = names.index(step) + offset
+        return names[index] if 0 <= index < len(names) else None
+
+    def completed(self) -> set[str]:
+        return set(self.stored["steps"])
+
+    # -- forms -----------------------------------------------------------------------------
+    def forms_for(self, step: str, data: QueryDict | None = None) -> dict[str, object]:
+        """The bound (or initial) forms of one step; ``data`` overrides the stored data."""
+        if data is None:
+            data = self.data(step)
+        if step == "protocol":
+            return {"form": ProtocolListenerForm(data, instance=self.instance)}
+        if step == "certificate":
+            return {"form": CertificateStepForm(data, instance=self.instance)}
+        if step == "servergroup":
+            form = ServerGroupStepForm(data, protocol=self.protocol())
+            formset = BackendServerFormSet(
+                data,
+                prefix="servers",
+                initial=None if data else [{"weight": 100}],
+            )
+            return {
+                "form": form,
+                "formset": formset,
+                "groups": form.fields["server_group"].queryset,
+            }
+        if step == "healthcheck":
+            group = self.selected_group()
+            initial_check = getattr(group, "health_check", None) if group else None
+            if data is None and initial_check is None:
+                protocol = self.backend_protocol()
+                initial = {
+                    "protocol": "http" if protocol == "http" else "tcp",
+                    "expected_codes": ["http_2xx", "http_3xx"],
+                }
+                return {"form": HealthCheckForm(initial=initial), "group": group}
+            return {"form": HealthCheckForm(data, instance=initial_check), "group": group}
+        return {}
+
+    def selected_group(self) -> ServerGroup | None:
+        data = self.data("servergroup")
+        if not data or data.get("group_mode") != "existing" or not data.get("server_group"):
+            return None
+        return ServerGroup.objects.filter(pk=data.get("server_group")).first()
+
+    def backend_protocol(self) -> str:
+        group = self.selected_group()
+        if group:
+            return group.backend_protocol
+        data = self.data("servergroup")
+        return (data.get("new_backend_protocol") if data else None) or "http"
+
+    def validate_all(self) -> tuple[dict[str, dict], str | None]:
+        """Re-validate every active step; return the forms and the first invalid step."""
+        result: dict[str, dict] = {}
+        for step in self.active_steps():
+            if step.name == "confirm":
+                continue
+            if self.data(step.name) is None and step.name != "healthcheck":
+                return result, step.name
+            forms = self.forms_for(step.name)
+            if step.name == "healthcheck" and self.data(step.name) is None:
+                forms = self.forms_for(step.name, self._health_check_data())
+            result[step.name] = forms
+            if not all(
+                form.is_valid() for key, form in forms.items() if key in ("form", "formset")
+            ):
+                return result, step.name
+            if (
+                step.name == "servergroup"
+                and forms["form"].cleaned_data["group_mode"] == "existing"
+            ):
+                continue
+        return result, None
+
+    def _health_check_data(self) -> QueryDict:
+        """Health Check is optional to visit (seed 000): unvisited, it keeps its defaults."""
+        group = self.selected_group()
+        check = getattr(group, "health_check", None) if group else None
+        query = QueryDict(mutable=True)
+        defaults = HealthCheck(
+            protocol="http" if self.backend_protocol() == "http" else "tcp",
+            expected_codes=["http_2xx", "http_3xx"],
+        )
+        source = check or defaults
+        for name in HealthCheckForm.Meta.fields:
+            value = getattr(source, name)
+            if name == "expected_codes":
+                query.setlist(name, list(value))
+            elif isinstance(value, bool):
+                if value:
+                    query[name] = "on"
+            elif value is not None:
+                query[name] = str(value)
+        return query
+
+    def server_rows_for_existing(self) -> list[dict]:
+        group = self.selected_group()
+        return server_rows(group) if group else []
+
+
+def _display(field, value) -> str:
+    if value in (None, "", []):
+        return "—"
+    if isinstance(value, bool):
+        return "On" if value else "Off"
+    choices = dict(getattr(field, "choices", []) or [])
+    if isinstance(value, list | tuple) or hasattr(value, "all"):
+        items = list(value.all()) if hasattr(value, "all") else list(value)
+        return ", ".join(str(choices.get(item, item)) for item in items) or "—"
+    if isinstance(value, str) and value in choices:
+        return str(choices[value])
+    return str(value)
+
+
+def summary(forms: dict[str, dict]) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """Every setting, grouped by step, as (step name, step label, [(label, value)])."""
+    groups = []
+    for step in STEPS:
+        if step.name not in forms:
+            continue
+        step_forms = forms[step.name]
+        form = step_forms["form"]
+        rows = []
+        for name, field in form.fields.items():
+            if field.widget.is_hidden or field.disabled:
+                continue
+            value = form.cleaned_data.get(name)
+            if name == "tags":
+                value = ", ".join(f"{t['key']}={t['value']}" for t in value) or None
+            rows.append((field.label, _display(field, value)))
+        if step.name == "servergroup" and form.cleaned_data.get("group_mode") == "new":
+            for row in step_forms["formset"].cleaned_data:
+                if row and not row.get("DELETE"):
+                    rows.append(
+                        ("Backend Server", f"{row['address']}:{row['port']} weight {row['weight']}")
+                    )
+        groups.append((step.name, step.label, rows))
+    return groups
