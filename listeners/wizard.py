@@ -20,7 +20,7 @@ from listeners.forms.listener import (
     ProtocolListenerForm,
     ServerGroupStepForm,
 )
-from listeners.forms.servergroups import BackendServerFormSet, server_rows
+from listeners.forms.servergroups import BackendServerFormSet, blank_rows, server_rows
 from listeners.models import HealthCheck, ServerGroup
 
 
@@ -116,9 +116,7 @@ class Draft:
         if step == "servergroup":
             form = ServerGroupStepForm(data, protocol=self.protocol())
             formset = BackendServerFormSet(
-                data,
-                prefix="servers",
-                initial=None if data else [{"weight": 100}],
+                data, prefix="servers", initial=None if data else blank_rows()
             )
             return {
                 "form": form,
@@ -163,16 +161,18 @@ class Draft:
             if step.name == "healthcheck" and self.data(step.name) is None:
                 forms = self.forms_for(step.name, self._health_check_data())
             result[step.name] = forms
-            if not all(
-                form.is_valid() for key, form in forms.items() if key in ("form", "formset")
-            ):
+            if not self.step_valid(step.name, forms):
                 return result, step.name
-            if (
-                step.name == "servergroup"
-                and forms["form"].cleaned_data["group_mode"] == "existing"
-            ):
-                continue
         return result, None
+
+    @staticmethod
+    def step_valid(step: str, forms: dict) -> bool:
+        form = forms["form"]
+        if not form.is_valid():
+            return False
+        if step == "servergroup" and form.cleaned_data["group_mode"] == "new":
+            return forms["formset"].is_valid()
+        return True
 
     def _health_check_data(self) -> QueryDict:
         """Health Check is optional to visit (seed 000): unvisited, it keeps its defaults."""

@@ -276,7 +276,7 @@ class ListenerSettingsForm(forms.Form):
             cleaned["trusted_proxies"] = ""
 
     def settings_values(self) -> dict:
-        """The cleaned values as Listener field values."""
+        """The cleaned Advanced Settings, description and tags as Listener field values."""
         names = [
             "description",
             "tags",
@@ -292,10 +292,7 @@ class ListenerSettingsForm(forms.Form):
             "retrieve_client_ip",
             "trusted_proxies",
         ] + [name for name, _ in HTTP_HEADER_FIELDS + CLIENTCERT_HEADER_FIELDS]
-        values = {name: self.cleaned_data[name] for name in names}
-        if self.cleaned_data.get("name"):
-            values["name"] = self.cleaned_data["name"]
-        return values
+        return {name: self.cleaned_data[name] for name in names}
 
     @classmethod
     def initial_from(cls, listener: Listener) -> dict:
@@ -539,6 +536,11 @@ class HealthCheckForm(forms.ModelForm):
             "healthy_threshold": "2-10 consecutive successes.",
             "unhealthy_threshold": "1-10 consecutive failures.",
         }
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # TCP checks have no path; HTTP(S) checks default to "/".
+        self.fields["path"].required = False
 
     def clean_domain(self) -> str:
         domain = (self.cleaned_data.get("domain") or "").strip()

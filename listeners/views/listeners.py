@@ -139,6 +139,7 @@ def listener_modify(request: HttpRequest, instance_id: str, listener_id: str) ->
         with transaction.atomic():
             for name, value in form.settings_values().items():
                 setattr(listener, name, value)
+            listener.name = form.cleaned_data["name"] or listener.name
             listener.save()
             services.listeners_changed([listener])
         messages.success(request, f"Listener {listener.name} modified.")

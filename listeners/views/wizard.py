@@ -50,6 +50,8 @@ def step(request: HttpRequest, instance_id: str, step: str) -> HttpResponse:
         return _confirm(request, instance, draft)
 
     action = request.POST.get("action", "next") if request.method == "POST" else None
+    if request.method == "POST" and "add_server" in request.POST:
+        action = "add_server"
     data = None
     uploaded = request.GET.get("certificate")
     if step == "certificate" and uploaded and request.method == "GET":
@@ -57,7 +59,7 @@ def step(request: HttpRequest, instance_id: str, step: str) -> HttpResponse:
     if request.method == "POST":
         data = request.POST.copy()
         if action == "add_server":
-            data = add_row(data, prefix="servers")
+            data = _as_query_dict(add_row(data, prefix="servers"))
         draft.save(step, data)
         if action == "previous":
             previous = draft.neighbour(step, -1) or step
@@ -69,7 +71,16 @@ def step(request: HttpRequest, instance_id: str, step: str) -> HttpResponse:
             following = draft.neighbour(step, +1)
             return redirect("listener-create-step", instance_id=instance.id, step=following)
         status = 422
+    if action == "add_server":
+        forms["hide_row_errors"] = True
     return _render_step(request, instance, draft, step, forms, status=status)
+
+
+def _as_query_dict(values: dict) -> QueryDict:
+    query = QueryDict(mutable=True)
+    for key, value in values.items():
+        query.setlist(key, value if isinstance(value, list) else [value])
+    return query
 
 
 def _select_uploaded_certificate(draft: Draft, certificate_id: str) -> None:

@@ -165,9 +165,7 @@ def test_edit_starts_from_the_stored_entries(admin_client: Client, acl: AccessCo
 def test_edit_replaces_entries_and_bumps_listeners(
     admin_client: Client, acl: AccessControlList, server_group, instance
 ) -> None:
-    listener = make_listener(
-        instance, server_group, acl=acl, acl_mode=Listener.AclMode.BLACKLIST
-    )
+    listener = make_listener(instance, server_group, acl=acl, acl_mode=Listener.AclMode.BLACKLIST)
     Listener.objects.filter(pk=listener.pk).update(status=Listener.Status.RUNNING)
     kept = acl.entries.get(cidr="10.0.0.0/8")
     before = instance.generation

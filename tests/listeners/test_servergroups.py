@@ -341,7 +341,10 @@ def test_backend_protocol_must_suit_the_listeners_using_the_group(
 ) -> None:
     listener = make_listener(instance, server_group, name="shop")
     data = group_data(
-        ("127.0.0.1", 8081, 100), ("127.0.0.1", 8082, 50), name="web-backends", protocol="tcp",
+        ("127.0.0.1", 8081, 100),
+        ("127.0.0.1", 8082, 50),
+        name="web-backends",
+        protocol="tcp",
         initial=2,
     )
     response = admin_client.post(reverse("servergroup-edit", args=[server_group.id]), data)
