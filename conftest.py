@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.browser",
     "tests.fixtures.instances",
     "tests.fixtures.listeners",
+    "tests.fixtures.nodes",
 ]

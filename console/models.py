@@ -57,3 +57,72 @@ class Instance(models.Model):
         # Seed 001: Basic edition instances support neither mutual authentication nor
         # Retrieve Client IP.
         return self.edition == self.Edition.STANDARD
+
+
+class DataplaneNode(models.Model):
+    """A dataplane process that serves an instance: where to reach it and what it last said."""
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="nodes")
+    name = models.CharField(max_length=64)
+    control_url = models.URLField(
+        help_text="Base URL of the node's control API, e.g. http://127.0.0.1:9901"
+    )
+    # The bearer token, Fernet-encrypted like private keys: it grants full control of the node.
+    token_encrypted = models.TextField(editable=False)
+    applied_generation = models.PositiveBigIntegerField(null=True, blank=True)
+    reachable = models.BooleanField(default=False)
+    last_contact = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    # The node's last per-listener results ({listener_id: {status, reason}}) for
+    # ``acked_generation``; listener statuses are derived from these across all nodes.
+    acked_generation = models.PositiveBigIntegerField(null=True, blank=True)
+    listener_results = models.JSONField(default=dict, blank=True)
+    # The last two /v1/status answers, so the details page can show rates.
+    status_report = models.JSONField(default=dict, blank=True)
+    status_report_at = models.DateTimeField(null=True, blank=True)
+    previous_report = models.JSONField(default=dict, blank=True)
+    previous_report_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["instance", "name"], name="node_name_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.control_url})"
+
+    @property
+    def token(self) -> str:
+        from certificates.keystore import decrypt_private_key
+
+        return decrypt_private_key(self.token_encrypted)
+
+    @token.setter
+    def token(self, value: str) -> None:
+        from certificates.keystore import encrypt_private_key
+
+        self.token_encrypted = encrypt_private_key(value)
+
+
+class PushAttempt(models.Model):
+    """One PUT of a snapshot to one node, kept so the console can show what happened."""
+
+    class Result(models.TextChoices):
+        ACK = "ack", "Applied"
+        NACK = "nack", "Rejected"
+        UNREACHABLE = "unreachable", "Unreachable"
+
+    node = models.ForeignKey(DataplaneNode, on_delete=models.CASCADE, related_name="attempts")
+    generation = models.PositiveBigIntegerField()
+    started_at = models.DateTimeField(auto_now_add=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    result = models.CharField(max_length=16, choices=Result.choices)
+    detail = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["node", "-started_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.node.name} g{self.generation} {self.result}"

@@ -192,6 +192,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 RECONCILE_INTERVAL = float(os.environ.get("RECONCILE_INTERVAL", "5"))
+# A listener still Configuring after this many seconds is marked Failed with the reason.
+CONFIGURING_DEADLINE = float(os.environ.get("CONFIGURING_DEADLINE", "20"))
 
 LOGGING = {
     "version": 1,

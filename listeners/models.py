@@ -307,6 +307,9 @@ class Listener(models.Model):
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONFIGURING)
     last_error = models.TextField(blank=True, default="")
+    # Set when a change puts the listener in Configuring; reconcile fails it after a deadline
+    # instead of leaving it Configuring forever while a node is unreachable.
+    configuring_since = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from django.db import transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from console.models import Instance
 from listeners import rules
@@ -29,9 +31,26 @@ def listeners_changed(listeners: QuerySet[Listener] | Iterable[Listener]) -> Non
         Listener.objects.filter(pk__in=listener_ids).values_list("instance_id", flat=True)
     )
     Listener.objects.filter(pk__in=listener_ids).update(
-        status=Listener.Status.CONFIGURING, last_error=""
+        status=Listener.Status.CONFIGURING, last_error="", configuring_since=timezone.now()
     )
+    instances_changed(instance_ids)
+
+
+def instances_changed(instance_ids: set[str]) -> None:
+    """Bump the generations and, once committed, hand them to the push pipeline."""
+    if not instance_ids:
+        return
     Instance.bump_generations(instance_ids)
+    transaction.on_commit(lambda: queue_push(instance_ids))
+
+
+def queue_push(instance_ids: set[str]) -> None:
+    from console.tasks import push_instance
+
+    for instance_id, generation in Instance.objects.filter(pk__in=instance_ids).values_list(
+        "id", "generation"
+    ):
+        push_instance.delay(instance_id=instance_id, generation=generation)
 
 
 def create_listener(

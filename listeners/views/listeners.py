@@ -201,7 +201,7 @@ def listener_delete(request: HttpRequest, instance_id: str, listener_id: str) ->
         with transaction.atomic():
             instance = listener.instance
             listener.delete()
-            Instance.bump_generations({instance.pk})
+            services.instances_changed({instance.pk})
         messages.success(request, f"Listener {listener.name} ({listener_id}) deleted.")
         return redirect_after_change(request, _tab_url(instance))
     return _dialog(request, listener, "listeners/_delete.html", "Delete Listener", None)

@@ -1,0 +1,146 @@
+"""The one place that knows both sides: an instance's models become a dataplane Snapshot."""
+
+from __future__ import annotations
+
+from console.models import Instance
+from dataplane import config as dp
+from listeners.models import Listener
+
+
+def build_snapshot(instance: Instance) -> dp.Snapshot:
+    """The instance's desired configuration at its current generation.
+
+    Certificates travel with their decrypted private keys: the snapshot is built in the worker
+    and sent only to the nodes' control APIs.
+    """
+    listeners = list(
+        Listener.objects.filter(instance=instance)
+        .select_related("server_group__health_check", "acl", "tls_policy")
+        .prefetch_related("additional_certificates", "server_group__servers", "acl__entries")
+        .order_by("port", "protocol")
+    )
+    groups, certificates, cas, policies, acls = {}, {}, {}, {}, {}
+    snapshot_listeners = []
+    for listener in listeners:
+        group = listener.server_group
+        groups[group.id] = group
+        sni_ids: tuple[str, ...] = ()
+        if listener.uses_tls:
+            for certificate in [
+                listener.default_certificate,
+                *listener.additional_certificates.all(),
+            ]:
+                if certificate is not None:
+                    certificates[certificate.id] = certificate
+            sni_ids = tuple(c.id for c in listener.additional_certificates.all())
+            if listener.mutual_authentication and listener.ca_certificate is not None:
+                cas[listener.ca_certificate.id] = listener.ca_certificate
+            if listener.tls_policy is not None and not listener.tls_policy.predefined:
+                policies[listener.tls_policy.id] = listener.tls_policy
+        if listener.acl is not None and listener.acl_mode != Listener.AclMode.OFF:
+            acls[listener.acl.id] = listener.acl
+        snapshot_listeners.append(_listener(listener, sni_ids))
+    return dp.Snapshot(
+        instance_id=instance.id,
+        generation=instance.generation,
+        bind_address=instance.bind_address,
+        listeners=tuple(snapshot_listeners),
+        server_groups=tuple(_group(group) for group in groups.values()),
+        certificates=tuple(
+            dp.Certificate(
+                id=c.id,
+                certificate_pem=c.certificate_pem,
+                private_key_pem=c.private_key_pem(),
+                chain_pem=c.chain_pem,
+            )
+            for c in certificates.values()
+        ),
+        ca_certificates=tuple(
+            dp.CaCertificate(id=c.id, certificate_pem=c.certificate_pem) for c in cas.values()
+        ),
+        tls_policies=tuple(
+            dp.TlsPolicy(
+                id=p.id,
+                name=p.name,
+                min_version=p.min_version,
+                max_version=p.max_version,
+                ciphers=tuple(p.ciphers),
+                tls13_ciphersuites=tuple(p.tls13_ciphersuites),
+            )
+            for p in policies.values()
+        ),
+        acls=tuple(
+            dp.Acl(id=a.id, entries=tuple(e.cidr for e in a.entries.all())) for a in acls.values()
+        ),
+    )
+
+
+def _listener(listener: Listener, sni_ids: tuple[str, ...]) -> dp.Listener:
+    mutual = listener.uses_tls and listener.mutual_authentication
+    return dp.Listener(
+        id=listener.id,
+        protocol=listener.protocol,
+        port=listener.port,
+        name=listener.name,
+        server_group_id=listener.server_group_id,
+        enabled=listener.desired_state == Listener.DesiredState.RUNNING,
+        scheduler=listener.scheduler,
+        persistence=dp.Persistence(
+            mode=listener.persistence,
+            cookie_timeout=listener.persistence_timeout,
+            cookie_name=listener.cookie_name or None,
+        ),
+        acl=dp.AccessControl(
+            mode=listener.acl_mode if listener.acl_id else "off",
+            acl_id=listener.acl_id if listener.acl_mode != Listener.AclMode.OFF else None,
+        ),
+        idle_timeout=listener.idle_timeout,
+        request_timeout=listener.request_timeout,
+        x_forwarded_for=listener.x_forwarded_for,
+        x_forwarded_proto=listener.header_x_forwarded_proto,
+        x_forwarded_port=listener.header_x_forwarded_port,
+        x_forwarded_host=listener.header_x_forwarded_host,
+        x_forwarded_client_srcport=listener.header_x_forwarded_client_srcport,
+        slb_id=listener.header_slb_id,
+        slb_ip=listener.header_slb_ip,
+        clientcert_subjectdn=mutual and listener.header_clientcert_subjectdn,
+        clientcert_issuerdn=mutual and listener.header_clientcert_issuerdn,
+        clientcert_fingerprint=mutual and listener.header_clientcert_fingerprint,
+        clientcert_clientverify=mutual and listener.header_clientcert_clientverify,
+        retrieve_client_ip=dp.RetrieveClientIp(
+            enabled=listener.retrieve_client_ip,
+            trusted=tuple(p for p in listener.trusted_proxies.split(";") if p),
+        ),
+        default_certificate_id=listener.default_certificate_id if listener.uses_tls else None,
+        sni_certificate_ids=sni_ids,
+        tls_policy=(listener.tls_policy_id or "tls_cipher_policy_1_0"),
+        ca_certificate_id=listener.ca_certificate_id if mutual else None,
+    )
+
+
+def _group(group) -> dp.ServerGroup:
+    check = getattr(group, "health_check", None)
+    health = dp.HealthCheck(enabled=False)
+    if check is not None:
+        health = dp.HealthCheck(
+            enabled=check.enabled,
+            protocol=check.protocol,
+            port=check.port,
+            domain=check.domain or None,
+            path=check.path or "/",
+            interval=check.interval,
+            timeout=check.timeout,
+            healthy_threshold=check.healthy_threshold,
+            unhealthy_threshold=check.unhealthy_threshold,
+            expected_codes=tuple(check.expected_codes or ("http_2xx", "http_3xx")),
+        )
+    return dp.ServerGroup(
+        id=group.id,
+        name=group.name,
+        backend_protocol=group.backend_protocol,
+        servers=tuple(
+            dp.BackendServer(id=s.server_id, address=s.address, port=s.port, weight=s.weight)
+            for s in group.servers.all()
+        ),
+        health_check=health,
+    )
