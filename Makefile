@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
+DATAPLANE_CONTROL_PORT ?= 9901
+export PORT DATAPLANE_CONTROL_PORT
 
 # The test suite runs against this machine's PostgreSQL and Redis.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ferry
@@ -26,9 +28,9 @@ run: $(STAMP)
 	chmod 600 var/dataplane/token
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	$(BIN)/python manage.py bootstrap
+	$(BIN)/python manage.py bootstrap --node-token-file var/dataplane/token --node-url http://127.0.0.1:$(DATAPLANE_CONTROL_PORT)
 	@echo "Console: http://127.0.0.1:$(PORT)/  (Ctrl-C stops every process)"
-	PORT=$(PORT) exec $(BIN)/honcho -f Procfile start
+	exec $(BIN)/honcho -f Procfile start
 
 # Debian's Chromium for the browser tests: Playwright cannot download its own build here.
 chromium:

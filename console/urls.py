@@ -17,6 +17,13 @@ urlpatterns = [
     path("instances/create/", views.instance_create, name="instance-create"),
     path("instances/<str:instance_id>/", views.instance_detail, name="instance-detail"),
     path("instances/<str:instance_id>/delete/", views.instance_delete, name="instance-delete"),
+    path("instances/<str:instance_id>/nodes/", views.node_list, name="instance-nodes"),
+    path("instances/<str:instance_id>/nodes/add/", views.node_create, name="node-create"),
+    path(
+        "instances/<str:instance_id>/nodes/<int:node_id>/delete/",
+        views.node_delete,
+        name="node-delete",
+    ),
     path("", include("listeners.urls")),
     path("certificates/", include("certificates.urls")),
 ]

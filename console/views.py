@@ -7,11 +7,14 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
-from console.forms import InstanceForm
+from console import pipeline
+from console.forms import DataplaneNodeForm, InstanceForm
 from console.htmx import redirect_after_change, render_dialog
-from console.models import Instance
+from console.models import DataplaneNode, Instance
+from listeners.services import instances_changed
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -65,3 +68,64 @@ def instance_delete(request: HttpRequest, instance_id: str) -> HttpResponse:
 
 def instance_detail(request: HttpRequest, instance_id: str) -> HttpResponse:
     return redirect("instance-listeners", instance_id=instance_id)
+
+
+def node_list(request: HttpRequest, instance_id: str) -> HttpResponse:
+    instance = get_object_or_404(Instance, pk=instance_id)
+    return render(
+        request,
+        "console/node_list.html",
+        {
+            "instance": instance,
+            "nodes": instance.nodes.all(),
+            "attempts": pipeline.recent_attempts(instance, limit=20),
+            "title": instance.name,
+            "breadcrumbs": [("Instances", "instance-list")],
+        },
+    )
+
+
+@sensitive_post_parameters("token")
+@require_http_methods(["GET", "POST"])
+def node_create(request: HttpRequest, instance_id: str) -> HttpResponse:
+    instance = get_object_or_404(Instance, pk=instance_id)
+    form = DataplaneNodeForm(request.POST or None, instance_obj=instance)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            node = form.save()
+            # A new node has nothing yet: push the instance's configuration to it.
+            instances_changed({instance.pk})
+        messages.success(request, f"Node {node.name} added; its configuration is being pushed.")
+        return redirect_after_change(request, reverse("instance-nodes", args=[instance.pk]))
+    return render_dialog(
+        request,
+        "console/_node_form.html",
+        {
+            "form": form,
+            "instance": instance,
+            "title": "Add Dataplane Node",
+            "breadcrumbs": [("Instances", "instance-list")],
+        },
+        status=422 if form.errors else 200,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def node_delete(request: HttpRequest, instance_id: str, node_id: int) -> HttpResponse:
+    node = get_object_or_404(DataplaneNode, pk=node_id, instance_id=instance_id)
+    if request.method == "POST":
+        with transaction.atomic():
+            node.delete()
+            # Listener status is computed over the remaining nodes.
+            instances_changed({instance_id})
+        messages.success(request, f"Node {node.name} removed from the instance.")
+        return redirect_after_change(request, reverse("instance-nodes", args=[instance_id]))
+    return render_dialog(
+        request,
+        "console/_node_delete.html",
+        {
+            "node": node,
+            "title": "Remove Dataplane Node",
+            "breadcrumbs": [("Instances", "instance-list")],
+        },
+    )

@@ -10,7 +10,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseStopPolling
 
+from console import pipeline
 from console.htmx import redirect_after_change, render_dialog
+from console.metrics import listener_metrics
 from console.models import Instance
 from listeners import rules, services
 from listeners.forms.lifecycle import ChangeServerGroupForm, ManageCertificatesForm, TlsPolicyForm
@@ -72,6 +74,7 @@ def listener_tab(request: HttpRequest, instance_id: str) -> HttpResponse:
 def listener_detail(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
     listener = _listener(instance_id, listener_id)
     group = listener.server_group
+    nodes = list(listener.instance.nodes.all())
     return render(
         request,
         "listeners/listener_detail.html",
@@ -82,6 +85,8 @@ def listener_detail(request: HttpRequest, instance_id: str, listener_id: str) ->
             "servers": group.servers.all(),
             "health_check": getattr(group, "health_check", None),
             "additional": listener.additional_certificates.all(),
+            "metrics": listener_metrics(listener.id, nodes),
+            "attempts": pipeline.recent_attempts(listener.instance, limit=10),
             "title": listener.name,
             "breadcrumbs": _crumbs(),
         },

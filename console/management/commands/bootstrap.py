@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
-from console.models import Instance
+from console.models import DataplaneNode, Instance
 from console.roles import ADMINISTRATORS, ensure_role_groups
+from listeners.services import instances_changed
 
 
 class Command(BaseCommand):
     help = "Create the admin user if no user exists, and a default instance if none exists."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--node-token-file", default="", help="Register a local node.")
+        parser.add_argument("--node-url", default="http://127.0.0.1:9901")
 
     def handle(self, *args: object, **options: object) -> None:
         with transaction.atomic():
             ensure_role_groups()
             self._ensure_admin()
             self._ensure_instance()
+            self._ensure_local_node(str(options["node_token_file"]), str(options["node_url"]))
 
     def _ensure_admin(self) -> None:
         users = get_user_model().objects
@@ -45,3 +52,15 @@ class Command(BaseCommand):
         if not Instance.objects.exists():
             instance = Instance.objects.create(name="default")
             self.stdout.write(f"Created default instance {instance.id}.")
+
+    def _ensure_local_node(self, token_file: str, control_url: str) -> None:
+        """Register the dataplane node that ``make run`` starts, for the first instance."""
+        if not token_file or DataplaneNode.objects.filter(control_url=control_url).exists():
+            return
+        token = Path(token_file).read_text().strip()
+        instance = Instance.objects.order_by("created_at").first()
+        node = DataplaneNode(instance=instance, name="local", control_url=control_url)
+        node.token = token
+        node.save()
+        instances_changed({instance.pk})
+        self.stdout.write(f"Registered dataplane node local ({control_url}) for {instance.id}.")

@@ -1,0 +1,655 @@
+"""The snapshot schema: the single contract between the console and a dataplane node.
+
+A snapshot is the whole desired configuration of one load balancer instance at one `generation`.
+It is plain data (frozen dataclasses), decoded strictly from JSON: unknown fields and wrong types
+are refused, and `validate()` collects every problem as "path: message" so the console can show
+all of them at once. Ranges and defaults follow the seeds; docs/dataplane-config.md lists them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+PROTOCOLS = ("http", "https", "tcp", "tcp_ssl")
+HTTP_PROTOCOLS = frozenset({"http", "https"})
+TLS_PROTOCOLS = frozenset({"https", "tcp_ssl"})
+# Same names as dataplane.balancing.ALGORITHMS (a test keeps them equal); repeated here so the
+# schema stays importable on its own by the console.
+SCHEDULERS = (
+    "weighted_round_robin",
+    "round_robin",
+    "weighted_least_connections",
+    "source_ip_hash",
+)
+# Seed 004: a TCP SSL listener offers weighted round robin and weighted least connections.
+TCP_SSL_SCHEDULERS = ("weighted_round_robin", "weighted_least_connections")
+PERSISTENCE_MODES = ("none", "insert_cookie", "rewrite_cookie", "source_ip")
+ACL_MODES = ("off", "whitelist", "blacklist")
+XFF_MODES = ("add", "remove", "off")
+BACKEND_PROTOCOLS = ("http", "https", "tcp")
+HEALTH_CHECK_PROTOCOLS = ("tcp", "http", "https")
+STATUS_CLASSES = ("http_1xx", "http_2xx", "http_3xx", "http_4xx", "http_5xx")
+TLS_VERSIONS = ("TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+PREDEFINED_TLS_POLICIES = (
+    "tls_cipher_policy_1_0",
+    "tls_cipher_policy_1_1",
+    "tls_cipher_policy_1_2",
+    "tls_cipher_policy_1_2_strict",
+    "tls_cipher_policy_1_2_strict_with_1_3",
+)
+# The cipher suites a custom policy may name (the set the ALB security policies are built from).
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-AES128-SHA256",
+    "ECDHE-ECDSA-AES256-SHA384",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES128-SHA256",
+    "ECDHE-RSA-AES256-SHA384",
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA256",
+    "AES256-SHA256",
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "AES128-SHA",
+    "AES256-SHA",
+    "DES-CBC3-SHA",
+)
+TLS13_CIPHERSUITES = (
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+    "TLS_AES_128_CCM_SHA256",
+    "TLS_AES_128_CCM_8_SHA256",
+)
+
+_ID_BODY = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+_HOSTNAME_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# Seed 002 health check path: 1-80 characters starting with "/", from this character set.
+_HEALTH_PATH = re.compile(r"^/[A-Za-z0-9\-/.%?#&_~';@$*+,=!:()]{0,79}$")
+_COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,200}$")
+
+
+class ConfigError(ValueError):
+    """A snapshot that cannot be applied; `reasons` lists every problem as 'path: message'."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+@dataclass(frozen=True, slots=True)
+class BackendServer:
+    id: str
+    address: str
+    port: int
+    weight: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    enabled: bool = True
+    protocol: str = "tcp"
+    port: int | None = None
+    domain: str | None = None
+    path: str = "/"
+    interval: int = 5
+    timeout: int = 2
+    healthy_threshold: int = 3
+    unhealthy_threshold: int = 3
+    expected_codes: tuple[str, ...] = ("http_2xx", "http_3xx")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerGroup:
+    id: str
+    name: str = ""
+    backend_protocol: str = "http"
+    servers: tuple[BackendServer, ...] = ()
+    health_check: HealthCheck = field(default_factory=HealthCheck)
+
+
+@dataclass(frozen=True, slots=True)
+class Persistence:
+    mode: str = "none"
+    # insert_cookie: the SERVERID cookie's Max-Age; source_ip: how long an idle client keeps its
+    # server.
+    cookie_timeout: int = 1000
+    cookie_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessControl:
+    mode: str = "off"
+    acl_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveClientIp:
+    enabled: bool = False
+    trusted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    id: str
+    protocol: str
+    port: int
+    server_group_id: str | None = None
+    name: str = ""
+    enabled: bool = True
+    scheduler: str = "weighted_round_robin"
+    persistence: Persistence = field(default_factory=Persistence)
+    acl: AccessControl = field(default_factory=AccessControl)
+    idle_timeout: int = 15
+    request_timeout: int = 60
+    x_forwarded_for: str = "add"
+    x_forwarded_proto: bool = False
+    x_forwarded_port: bool = False
+    x_forwarded_host: bool = False
+    x_forwarded_client_srcport: bool = False
+    slb_id: bool = False
+    slb_ip: bool = False
+    clientcert_subjectdn: bool = False
+    clientcert_issuerdn: bool = False
+    clientcert_fingerprint: bool = False
+    clientcert_clientverify: bool = False
+    retrieve_client_ip: RetrieveClientIp = field(default_factory=RetrieveClientIp)
+    default_certificate_id: str | None = None
+    sni_certificate_ids: tuple[str, ...] = ()
+    tls_policy: str = "tls_cipher_policy_1_0"
+    ca_certificate_id: str | None = None
+
+    @property
+    def is_http(self) -> bool:
+        return self.protocol in HTTP_PROTOCOLS
+
+    @property
+    def is_tls(self) -> bool:
+        return self.protocol in TLS_PROTOCOLS
+
+    @property
+    def mutual_tls(self) -> bool:
+        return self.ca_certificate_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    id: str
+    certificate_pem: str
+    private_key_pem: str
+    chain_pem: str = ""
+
+    def __repr__(self) -> str:
+        # Keep private keys out of logs and tracebacks.
+        return f"Certificate(id={self.id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class CaCertificate:
+    id: str
+    certificate_pem: str
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPolicy:
+    id: str
+    name: str = ""
+    min_version: str = "TLSv1.2"
+    max_version: str = "TLSv1.2"
+    ciphers: tuple[str, ...] = ()
+    tls13_ciphersuites: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Acl:
+    id: str
+    entries: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    instance_id: str
+    generation: int
+    bind_address: str = "127.0.0.1"
+    listeners: tuple[Listener, ...] = ()
+    server_groups: tuple[ServerGroup, ...] = ()
+    certificates: tuple[Certificate, ...] = ()
+    ca_certificates: tuple[CaCertificate, ...] = ()
+    tls_policies: tuple[TlsPolicy, ...] = ()
+    acls: tuple[Acl, ...] = ()
+
+    ID_PREFIXES: ClassVar[dict[str, str]] = {
+        "listeners": "lsn-",
+        "server_groups": "sgp-",
+        "certificates": "cert-",
+        "ca_certificates": "cert-",
+        "tls_policies": "tls-",
+        "acls": "acl-",
+    }
+
+    # -- JSON ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Snapshot:
+        """Decode and validate; raises ConfigError listing every problem found."""
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"snapshot: not valid JSON ({exc})"]) from None
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Snapshot:
+        errors: list[str] = []
+        snapshot = _decode(cls, raw, "", errors)
+        if errors:
+            raise ConfigError(errors)
+        snapshot.validate()
+        return snapshot
+
+    def to_dict(self) -> dict[str, Any]:
+        return _encode(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=False)
+
+    # -- lookups ---------------------------------------------------------------------------------
+
+    def server_group(self, group_id: str | None) -> ServerGroup | None:
+        return next((g for g in self.server_groups if g.id == group_id), None)
+
+    def certificate(self, cert_id: str | None) -> Certificate | None:
+        return next((c for c in self.certificates if c.id == cert_id), None)
+
+    def ca_certificate(self, cert_id: str | None) -> CaCertificate | None:
+        return next((c for c in self.ca_certificates if c.id == cert_id), None)
+
+    def tls_policy(self, policy_id: str) -> TlsPolicy | None:
+        """A custom policy by id; None for predefined names (dataplane.tls knows those)."""
+        return next((p for p in self.tls_policies if p.id == policy_id), None)
+
+    def acl(self, acl_id: str | None) -> Acl | None:
+        return next((a for a in self.acls if a.id == acl_id), None)
+
+    # -- validation ------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise ConfigError with every range, format and cross-reference problem."""
+        errors: list[str] = []
+        _Validator(self, errors).run()
+        if errors:
+            raise ConfigError(errors)
+
+
+# -- decoding --------------------------------------------------------------------------------------
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def _type_name(tp: Any) -> str:
+    if tp is bool:
+        return "a boolean"
+    if tp is int:
+        return "an integer"
+    if tp is str:
+        return "a string"
+    if dataclasses.is_dataclass(tp):
+        return "an object"
+    return "a list" if typing.get_origin(tp) is tuple else str(tp)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _decode(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is types.UnionType or origin is typing.Union:
+        options = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+        if value is None:
+            return None
+        return _decode(options[0], value, path, errors)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            errors.append(f"{path or 'snapshot'}: must be an object")
+            return None
+        hints = _hints(tp)
+        errors_before = len(errors)
+        known = {f.name for f in dataclasses.fields(tp)}
+        for key in value:
+            if key not in known:
+                errors.append(f"{_join(path, key)}: unknown field")
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _decode(hints[f.name], value[f.name], _join(path, f.name), errors)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                errors.append(f"{_join(path, f.name)}: is required")
+        if len(errors) > errors_before:
+            # Keep decoding siblings for more reasons, but never build a half-typed object.
+            return None
+        return tp(**kwargs)
+    if origin is tuple:
+        item_type = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            errors.append(f"{path}: must be a list")
+            return ()
+        return tuple(
+            _decode(item_type, item, f"{path}[{index}]", errors) for index, item in enumerate(value)
+        )
+    if tp is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{path}: must be {_type_name(tp)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"{path}: must be {_type_name(tp)}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            errors.append(f"{path}: must be {_type_name(tp)}")
+        return value
+    raise TypeError(f"unsupported schema type {tp!r}")  # a bug in this module, not in the input
+
+
+def _encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_encode(item) for item in value]
+    return value
+
+
+# -- validation ------------------------------------------------------------------------------------
+
+
+def _in_range(errors: list[str], path: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        errors.append(f"{path}: {value} is out of range {low}-{high}")
+
+
+def _one_of(errors: list[str], path: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        errors.append(f"{path}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_hostname(text: str) -> bool:
+    if not text or len(text) > 253:
+        return False
+    labels = text.rstrip(".").split(".")
+    return all(_HOSTNAME_LABEL.match(label) for label in labels)
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+class _Validator:
+    def __init__(self, snapshot: Snapshot, errors: list[str]) -> None:
+        self.s = snapshot
+        self.errors = errors
+
+    def run(self) -> None:
+        s, errors = self.s, self.errors
+        if not re.fullmatch("lb-" + _ID_BODY, s.instance_id):
+            errors.append(f"instance_id: {s.instance_id!r} must look like lb-xxxxxxxx")
+        if s.generation < 1:
+            errors.append(f"generation: {s.generation} must be at least 1")
+        if not _is_ip(s.bind_address):
+            errors.append(f"bind_address: {s.bind_address!r} is not an IP address")
+        for collection, prefix in Snapshot.ID_PREFIXES.items():
+            seen: set[str] = set()
+            for index, item in enumerate(getattr(s, collection)):
+                path = f"{collection}[{index}].id"
+                if not re.fullmatch(re.escape(prefix) + _ID_BODY, item.id):
+                    errors.append(f"{path}: {item.id!r} must look like {prefix}xxxxxxxx")
+                if item.id in seen:
+                    errors.append(f"{path}: duplicate id {item.id!r}")
+                seen.add(item.id)
+        for index, group in enumerate(s.server_groups):
+            self.server_group(f"server_groups[{index}]", group)
+        for index, cert in enumerate(s.certificates):
+            self.certificate(f"certificates[{index}]", cert)
+        for index, ca in enumerate(s.ca_certificates):
+            if "-----BEGIN CERTIFICATE-----" not in ca.certificate_pem:
+                errors.append(f"ca_certificates[{index}].certificate_pem: not a PEM certificate")
+        for index, policy in enumerate(s.tls_policies):
+            self.tls_policy(f"tls_policies[{index}]", policy)
+        for index, acl in enumerate(s.acls):
+            for entry_index, entry in enumerate(acl.entries):
+                if not _is_network(entry):
+                    errors.append(
+                        f"acls[{index}].entries[{entry_index}]: {entry!r} is not an IP address "
+                        "or CIDR block"
+                    )
+        ports: dict[tuple[str, int], str] = {}
+        for index, listener in enumerate(s.listeners):
+            path = f"listeners[{index}]"
+            self.listener(path, listener)
+            if listener.enabled:
+                key = (listener.protocol, listener.port)
+                if key in ports:
+                    errors.append(
+                        f"{path}.port: {listener.port} is already used by {listener.protocol} "
+                        f"listener {ports[key]}"
+                    )
+                ports.setdefault(key, listener.id)
+
+    def server_group(self, path: str, group: ServerGroup) -> None:
+        errors = self.errors
+        _one_of(errors, f"{path}.backend_protocol", group.backend_protocol, BACKEND_PROTOCOLS)
+        ids: set[str] = set()
+        endpoints: set[tuple[str, int]] = set()
+        for index, server in enumerate(group.servers):
+            spath = f"{path}.servers[{index}]"
+            if not server.id:
+                errors.append(f"{spath}.id: must not be empty")
+            if server.id in ids:
+                errors.append(f"{spath}.id: duplicate server id {server.id!r}")
+            ids.add(server.id)
+            if not (_is_ip(server.address) or _is_hostname(server.address)):
+                errors.append(f"{spath}.address: {server.address!r} is not an IP address or host")
+            _in_range(errors, f"{spath}.port", server.port, 1, 65535)
+            _in_range(errors, f"{spath}.weight", server.weight, 0, 100)
+            if (server.address, server.port) in endpoints:
+                errors.append(f"{spath}: {server.address}:{server.port} is listed twice")
+            endpoints.add((server.address, server.port))
+        check = group.health_check
+        hpath = f"{path}.health_check"
+        _one_of(errors, f"{hpath}.protocol", check.protocol, HEALTH_CHECK_PROTOCOLS)
+        if check.port is not None:
+            _in_range(errors, f"{hpath}.port", check.port, 1, 65535)
+        if check.domain is not None and not (
+            _is_ip(check.domain) or (_is_hostname(check.domain) and len(check.domain) <= 100)
+        ):
+            errors.append(f"{hpath}.domain: {check.domain!r} is not a domain name or IP address")
+        if not _HEALTH_PATH.match(check.path):
+            errors.append(
+                f"{hpath}.path: {check.path!r} must start with / and have 1-80 allowed characters"
+            )
+        # The wider union of seed 002 (1-50 s) and seed 004 (interval 5-300 s, timeout 2-60 s).
+        _in_range(errors, f"{hpath}.interval", check.interval, 1, 300)
+        _in_range(errors, f"{hpath}.timeout", check.timeout, 1, 60)
+        if check.timeout > check.interval:
+            errors.append(
+                f"{hpath}.timeout: {check.timeout} must not exceed the interval {check.interval}"
+            )
+        _in_range(errors, f"{hpath}.healthy_threshold", check.healthy_threshold, 1, 10)
+        _in_range(errors, f"{hpath}.unhealthy_threshold", check.unhealthy_threshold, 1, 10)
+        if check.protocol != "tcp" and not check.expected_codes:
+            errors.append(f"{hpath}.expected_codes: at least one is needed for HTTP checks")
+        for index, code in enumerate(check.expected_codes):
+            if code not in STATUS_CLASSES and not (
+                len(code) == 3 and code.isdigit() and 100 <= int(code) <= 599
+            ):
+                errors.append(
+                    f"{hpath}.expected_codes[{index}]: {code!r} is neither a class such as "
+                    "http_2xx nor a status code 100-599"
+                )
+
+    def certificate(self, path: str, cert: Certificate) -> None:
+        errors = self.errors
+        if "-----BEGIN CERTIFICATE-----" not in cert.certificate_pem:
+            errors.append(f"{path}.certificate_pem: not a PEM certificate")
+        if not re.search(r"-----BEGIN (?:RSA |EC )?PRIVATE KEY-----", cert.private_key_pem):
+            errors.append(f"{path}.private_key_pem: not an unencrypted PEM private key")
+        if cert.chain_pem and "-----BEGIN CERTIFICATE-----" not in cert.chain_pem:
+            errors.append(f"{path}.chain_pem: not a PEM certificate chain")
+        for name in ("certificate_pem", "private_key_pem", "chain_pem"):
+            if "DH PARAMETERS" in getattr(cert, name):
+                # Seed 000: DH parameter files are not supported (ECDHE only).
+                errors.append(f"{path}.{name}: DH PARAMETERS are not supported")
+
+    def tls_policy(self, path: str, policy: TlsPolicy) -> None:
+        errors = self.errors
+        if policy.id in PREDEFINED_TLS_POLICIES:
+            errors.append(f"{path}.id: {policy.id!r} is a predefined policy name")
+        _one_of(errors, f"{path}.min_version", policy.min_version, TLS_VERSIONS)
+        _one_of(errors, f"{path}.max_version", policy.max_version, TLS_VERSIONS)
+        if (
+            policy.min_version in TLS_VERSIONS
+            and policy.max_version in TLS_VERSIONS
+            and TLS_VERSIONS.index(policy.min_version) > TLS_VERSIONS.index(policy.max_version)
+        ):
+            errors.append(f"{path}.min_version: {policy.min_version} is above max_version")
+        for index, cipher in enumerate(policy.ciphers):
+            _one_of(errors, f"{path}.ciphers[{index}]", cipher, TLS12_CIPHERS)
+        for index, suite in enumerate(policy.tls13_ciphersuites):
+            _one_of(errors, f"{path}.tls13_ciphersuites[{index}]", suite, TLS13_CIPHERSUITES)
+        if policy.min_version != "TLSv1.3" and not policy.ciphers:
+            errors.append(f"{path}.ciphers: at least one cipher is needed below TLSv1.3")
+        if policy.max_version == "TLSv1.3" and not policy.tls13_ciphersuites:
+            errors.append(f"{path}.tls13_ciphersuites: at least one is needed for TLSv1.3")
+
+    def listener(self, path: str, listener: Listener) -> None:
+        s, errors = self.s, self.errors
+        _one_of(errors, f"{path}.protocol", listener.protocol, PROTOCOLS)
+        _in_range(errors, f"{path}.port", listener.port, 1, 65535)
+        if len(listener.name) > 255:
+            errors.append(f"{path}.name: longer than 255 characters")
+        schedulers = TCP_SSL_SCHEDULERS if listener.protocol == "tcp_ssl" else SCHEDULERS
+        _one_of(errors, f"{path}.scheduler", listener.scheduler, schedulers)
+        _in_range(errors, f"{path}.idle_timeout", listener.idle_timeout, 1, 600)
+        _in_range(errors, f"{path}.request_timeout", listener.request_timeout, 1, 600)
+        _one_of(errors, f"{path}.x_forwarded_for", listener.x_forwarded_for, XFF_MODES)
+
+        if listener.server_group_id is not None:
+            group = s.server_group(listener.server_group_id)
+            if group is None:
+                errors.append(
+                    f"{path}.server_group_id: no server group {listener.server_group_id!r}"
+                )
+            elif listener.is_http and group.backend_protocol not in ("http", "https"):
+                errors.append(
+                    f"{path}.server_group_id: {listener.protocol} listeners need an http or "
+                    f"https server group, {group.id} is {group.backend_protocol}"
+                )
+            elif not listener.is_http and group.backend_protocol != "tcp":
+                errors.append(
+                    f"{path}.server_group_id: {listener.protocol} listeners need a tcp server "
+                    f"group, {group.id} is {group.backend_protocol}"
+                )
+
+        persistence = listener.persistence
+        ppath = f"{path}.persistence"
+        _one_of(errors, f"{ppath}.mode", persistence.mode, PERSISTENCE_MODES)
+        _in_range(errors, f"{ppath}.cookie_timeout", persistence.cookie_timeout, 1, 86400)
+        if persistence.mode in ("insert_cookie", "rewrite_cookie") and not listener.is_http:
+            errors.append(f"{ppath}.mode: cookie persistence is for http and https listeners")
+        if persistence.mode == "source_ip" and listener.is_http:
+            errors.append(f"{ppath}.mode: source_ip persistence is for tcp and tcp_ssl listeners")
+        if persistence.mode == "rewrite_cookie" and not (
+            persistence.cookie_name and _COOKIE_NAME.match(persistence.cookie_name)
+        ):
+            errors.append(f"{ppath}.cookie_name: rewrite_cookie needs a valid cookie name")
+
+        acl = listener.acl
+        _one_of(errors, f"{path}.acl.mode", acl.mode, ACL_MODES)
+        if acl.mode != "off" and s.acl(acl.acl_id) is None:
+            errors.append(f"{path}.acl.acl_id: no access control list {acl.acl_id!r}")
+
+        for index, entry in enumerate(listener.retrieve_client_ip.trusted):
+            for part in entry.replace(";", ",").split(","):
+                if part.strip() and not _is_network(part):
+                    errors.append(
+                        f"{path}.retrieve_client_ip.trusted[{index}]: {part.strip()!r} is not "
+                        "an IP address or CIDR block"
+                    )
+        if listener.retrieve_client_ip.enabled and not listener.retrieve_client_ip.trusted:
+            errors.append(f"{path}.retrieve_client_ip.trusted: list the trusted proxies")
+
+        clientcert_flags = (
+            listener.clientcert_subjectdn,
+            listener.clientcert_issuerdn,
+            listener.clientcert_fingerprint,
+            listener.clientcert_clientverify,
+        )
+        if listener.is_tls:
+            if listener.default_certificate_id is None:
+                errors.append(f"{path}.default_certificate_id: {listener.protocol} needs one")
+            elif s.certificate(listener.default_certificate_id) is None:
+                errors.append(
+                    f"{path}.default_certificate_id: no certificate "
+                    f"{listener.default_certificate_id!r}"
+                )
+            for index, cert_id in enumerate(listener.sni_certificate_ids):
+                if s.certificate(cert_id) is None:
+                    errors.append(
+                        f"{path}.sni_certificate_ids[{index}]: no certificate {cert_id!r}"
+                    )
+            if listener.tls_policy not in PREDEFINED_TLS_POLICIES and (
+                s.tls_policy(listener.tls_policy) is None
+            ):
+                errors.append(f"{path}.tls_policy: no TLS policy {listener.tls_policy!r}")
+            if listener.ca_certificate_id is not None and (
+                s.ca_certificate(listener.ca_certificate_id) is None
+            ):
+                errors.append(
+                    f"{path}.ca_certificate_id: no CA certificate {listener.ca_certificate_id!r}"
+                )
+            if any(clientcert_flags) and listener.ca_certificate_id is None:
+                errors.append(
+                    f"{path}: client certificate headers need mutual authentication "
+                    "(ca_certificate_id)"
+                )
+        else:
+            for name in ("default_certificate_id", "ca_certificate_id"):
+                if getattr(listener, name) is not None:
+                    errors.append(f"{path}.{name}: only https and tcp_ssl listeners use TLS")
+            if listener.sni_certificate_ids:
+                errors.append(
+                    f"{path}.sni_certificate_ids: only https and tcp_ssl listeners use TLS"
+                )
+            if any(clientcert_flags):
+                errors.append(f"{path}: client certificate headers need an https listener")

@@ -1,0 +1,454 @@
+"""The runtime of one dataplane node: applies snapshots to its listeners without dropping traffic.
+
+Applying compares each listener, together with everything it references (server group,
+certificates, TLS policy, ACL), with what is running:
+- unchanged listeners are not touched: same sockets, same connections, same health checkers;
+- changed listeners get a new `ListenerSettings`. New connections and new requests use it, requests
+  in flight finish on the old one. The listening socket is kept when protocol, address and port are
+  the same. A TLS listener whose front context changed gets a new asyncio server on a duplicate of
+  the same socket (the policy and CA live in the context the server was created with), and the old
+  server is closed without closing its connections;
+- stopped and removed listeners close their socket and cut their open connections (seed 003);
+- a listener that cannot start (port in use, a certificate OpenSSL refuses) is reported `failed`
+  with a reason, and the others still apply.
+
+Server groups are shared by the listeners that use them. A group whose configuration is unchanged
+keeps its backends and health checker; a changed group starts fresh but keeps the health of servers
+that are still there when its health check did not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from dataplane.balancing import Backend
+from dataplane.config import Listener, ServerGroup, Snapshot
+from dataplane.health import HealthChecker, HealthCheckSpec
+from dataplane.protocols import ListenerSettings, ServerGroupRuntime
+from dataplane.protocols.http import HttpProxy
+from dataplane.protocols.tcp import TcpProxy
+from dataplane.stats import ListenerStats
+from dataplane.tls import TlsContextCache, TlsError
+from dataplane.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    import ssl
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 1024
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+class StaleGeneration(Exception):
+    """A snapshot older than the applied one."""
+
+
+class GenerationConflict(Exception):
+    """The applied generation again, but with different content."""
+
+
+class ListenerRuntime:
+    """One listener on this node: its socket, server, settings, connections and counters."""
+
+    __slots__ = (
+        "bind_key",
+        "config",
+        "connections",
+        "fingerprint",
+        "id",
+        "loop",
+        "reason",
+        "server",
+        "server_context",
+        "settings",
+        "sock",
+        "stats",
+        "status",
+    )
+
+    def __init__(self, listener_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.id = listener_id
+        self.loop = loop
+        self.config: Listener | None = None
+        self.fingerprint: tuple | None = None
+        self.settings: ListenerSettings | None = None
+        self.stats = ListenerStats()
+        self.connections: set[HttpProxy | TcpProxy] = set()
+        self.status = "stopped"
+        self.reason = ""
+        self.sock: socket.socket | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.server_context: ssl.SSLContext | None = None
+        self.bind_key: tuple[str, str, int] | None = None
+
+    def close_socket(self) -> None:
+        """Stop accepting: close the server and the listening socket."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.server_context = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.bind_key = None
+
+    def stop(self, status: str = "stopped", reason: str = "") -> None:
+        """Close the socket and cut every open connection (seed 003)."""
+        self.close_socket()
+        self.settings = None
+        for connection in list(self.connections):
+            connection.abort()
+        self.status = status
+        self.reason = reason
+
+
+def _bind_key(listener: Listener, snapshot: Snapshot) -> tuple[str, str, int]:
+    return (listener.protocol, snapshot.bind_address, listener.port)
+
+
+def _bind(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_reason(exc: OSError, address: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} already in use"
+    if exc.errno == errno.EACCES:
+        return f"permission denied to listen on port {port}"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"address {address} is not available on this host"
+    return f"cannot listen on {address}:{port}: {exc.strerror or exc}"
+
+
+def _health_spec(group: ServerGroup) -> HealthCheckSpec:
+    check = group.health_check
+    return HealthCheckSpec(
+        protocol=check.protocol,
+        port=check.port,
+        domain=check.domain,
+        path=check.path,
+        interval=float(check.interval),
+        timeout=float(check.timeout),
+        healthy_threshold=check.healthy_threshold,
+        unhealthy_threshold=check.unhealthy_threshold,
+        expected_codes=tuple(check.expected_codes) or ("http_2xx", "http_3xx"),
+    )
+
+
+class Node:
+    """Applies snapshots and reports status; one per dataplane process."""
+
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
+        self.generation = 0
+        self.listeners: dict[str, ListenerRuntime] = {}
+        self.groups: dict[str, ServerGroupRuntime] = {}
+        self.pool = UpstreamPool()
+        self.tls_cache = TlsContextCache()
+        self.draining = False
+        self.started = time.time()
+        self._lock = asyncio.Lock()
+
+    # -- applying --------------------------------------------------------------------------------
+
+    async def apply(self, snapshot: Snapshot) -> dict[str, dict[str, str]]:
+        """Apply a validated snapshot; returns per-listener status and reason.
+
+        Raises StaleGeneration for an older generation and GenerationConflict for the applied
+        generation with other content. Re-sending the applied snapshot is idempotent, and retries
+        listeners that failed (a port that has become free starts now).
+        """
+        async with self._lock:
+            if snapshot.generation < self.generation:
+                raise StaleGeneration(
+                    f"generation {snapshot.generation} is older than the applied "
+                    f"generation {self.generation}"
+                )
+            if self.snapshot is not None and snapshot.generation == self.generation:
+                if snapshot != self.snapshot:
+                    raise GenerationConflict(
+                        f"generation {snapshot.generation} is already applied with other content"
+                    )
+                await self._retry_failed()
+                return self.results()
+            started = time.perf_counter()
+            await self._apply(snapshot)
+            log.info(
+                "applied generation %d in %.1f ms",
+                snapshot.generation,
+                (time.perf_counter() - started) * 1000,
+                extra={"generation": snapshot.generation},
+            )
+            return self.results()
+
+    def results(self) -> dict[str, dict[str, str]]:
+        return {
+            listener_id: {"status": runtime.status, "reason": runtime.reason}
+            for listener_id, runtime in self.listeners.items()
+        }
+
+    async def _apply(self, snapshot: Snapshot) -> None:
+        loop = asyncio.get_running_loop()
+        groups = self._plan_groups(snapshot)
+
+        # Free sockets first, so a port moving between listeners can be bound again below.
+        wanted = {listener.id: listener for listener in snapshot.listeners}
+        for listener_id in list(self.listeners):
+            if listener_id not in wanted:
+                self.listeners.pop(listener_id).stop()
+        for listener in snapshot.listeners:
+            runtime = self.listeners.get(listener.id)
+            if runtime is None:
+                continue
+            if not listener.enabled:
+                runtime.stop()
+            elif runtime.bind_key is not None and runtime.bind_key != _bind_key(listener, snapshot):
+                runtime.stop()
+
+        self.tls_cache.begin()
+        for listener in snapshot.listeners:
+            runtime = self.listeners.get(listener.id)
+            if runtime is None:
+                runtime = self.listeners[listener.id] = ListenerRuntime(listener.id, loop)
+            fingerprint = self._fingerprint(listener, snapshot)
+            if not listener.enabled:
+                runtime.config = listener
+                runtime.fingerprint = fingerprint
+                continue
+            if runtime.status == "running" and runtime.fingerprint == fingerprint:
+                if listener.is_tls:
+                    # Untouched, but its contexts must stay cached for the next change.
+                    self.tls_cache.listener_tls(listener, snapshot)
+                continue
+            await self._start_listener(runtime, listener, snapshot, groups, fingerprint)
+        self.tls_cache.end()
+
+        # Groups no listener uses any more stop checking; new ones start.
+        for group_id, group in self.groups.items():
+            if groups.get(group_id) is not group and group.checker is not None:
+                await group.checker.stop()
+        for group in groups.values():
+            if group.checker is not None:
+                group.checker.start()
+        self.groups = groups
+        self.snapshot = snapshot
+        self.generation = snapshot.generation
+
+    async def _retry_failed(self) -> None:
+        snapshot = self.snapshot
+        if snapshot is None:
+            return
+        self.tls_cache.begin()
+        for listener in snapshot.listeners:
+            runtime = self.listeners.get(listener.id)
+            if runtime is not None and listener.enabled and runtime.status == "failed":
+                fingerprint = self._fingerprint(listener, snapshot)
+                await self._start_listener(runtime, listener, snapshot, self.groups, fingerprint)
+            elif listener.is_tls and listener.enabled:
+                self.tls_cache.listener_tls(listener, snapshot)
+        self.tls_cache.end()
+
+    def _plan_groups(self, snapshot: Snapshot) -> dict[str, ServerGroupRuntime]:
+        needed = {
+            listener.server_group_id
+            for listener in snapshot.listeners
+            if listener.enabled and listener.server_group_id is not None
+        }
+        groups: dict[str, ServerGroupRuntime] = {}
+        for group_id in needed:
+            config = snapshot.server_group(group_id)
+            if config is None:
+                continue
+            old = self.groups.get(group_id)
+            if old is not None and old.config == config:
+                groups[group_id] = old
+            else:
+                groups[group_id] = self._build_group(config, old)
+        return groups
+
+    @staticmethod
+    def _build_group(config: ServerGroup, old: ServerGroupRuntime | None) -> ServerGroupRuntime:
+        backends = [
+            Backend(server.id, server.address, server.port, server.weight)
+            for server in config.servers
+        ]
+        if old is not None and old.config.health_check == config.health_check:
+            previous = {(b.id, b.address, b.port): b for b in old.backends}
+            for backend in backends:
+                before = previous.get((backend.id, backend.address, backend.port))
+                if before is not None:
+                    backend.healthy = before.healthy
+                    backend.health_reason = before.health_reason
+                    backend.last_check = before.last_check
+        group = ServerGroupRuntime(config, backends)
+        if config.health_check.enabled and backends:
+            group.checker = HealthChecker(_health_spec(config), backends)
+        return group
+
+    @staticmethod
+    def _fingerprint(listener: Listener, snapshot: Snapshot) -> tuple:
+        """Everything a listener's behaviour depends on; equal means nothing to do."""
+        return (
+            listener,
+            snapshot.instance_id,
+            snapshot.bind_address,
+            snapshot.server_group(listener.server_group_id),
+            snapshot.certificate(listener.default_certificate_id),
+            tuple(snapshot.certificate(cert_id) for cert_id in listener.sni_certificate_ids),
+            snapshot.ca_certificate(listener.ca_certificate_id),
+            snapshot.tls_policy(listener.tls_policy) if listener.is_tls else None,
+            snapshot.acl(listener.acl.acl_id),
+        )
+
+    async def _start_listener(
+        self,
+        runtime: ListenerRuntime,
+        listener: Listener,
+        snapshot: Snapshot,
+        groups: dict[str, ServerGroupRuntime],
+        fingerprint: tuple,
+    ) -> None:
+        runtime.config = listener
+        runtime.fingerprint = fingerprint
+        try:
+            tls = self.tls_cache.listener_tls(listener, snapshot) if listener.is_tls else None
+            settings = ListenerSettings(
+                listener,
+                snapshot,
+                group=groups.get(listener.server_group_id or ""),
+                tls=tls,
+                pool=self.pool,
+                stats=runtime.stats,
+            )
+        except (TlsError, ValueError) as exc:
+            log.warning(
+                "listener %s failed: %s", listener.id, exc, extra={"listener_id": listener.id}
+            )
+            runtime.stop("failed", str(exc))
+            return
+
+        bind_key = _bind_key(listener, snapshot)
+        if runtime.sock is None:
+            try:
+                runtime.sock = _bind(snapshot.bind_address, listener.port)
+            except OSError as exc:
+                reason = _bind_reason(exc, snapshot.bind_address, listener.port)
+                log.warning(
+                    "listener %s failed: %s",
+                    listener.id,
+                    reason,
+                    extra={"listener_id": listener.id},
+                )
+                runtime.stop("failed", reason)
+                return
+            runtime.bind_key = bind_key
+
+        runtime.settings = settings
+        context = tls.context if tls is not None else None
+        if runtime.server is None or context is not runtime.server_context:
+            protocol = HttpProxy if listener.is_http else TcpProxy
+            old_server = runtime.server
+            try:
+                runtime.server = await runtime.loop.create_server(
+                    lambda: protocol(runtime),
+                    sock=runtime.sock.dup(),  # type: ignore[union-attr]
+                    ssl=context,
+                    backlog=LISTEN_BACKLOG,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None,
+                )
+            except OSError as exc:
+                runtime.stop("failed", f"cannot serve on port {listener.port}: {exc}")
+                return
+            runtime.server_context = context
+            if old_server is not None:
+                # The old server only stops accepting; its connections finish on their settings.
+                old_server.close()
+        runtime.status = "running"
+        runtime.reason = ""
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        now = time.monotonic()
+        listeners: dict[str, object] = {}
+        for listener_id, runtime in self.listeners.items():
+            config = runtime.config
+            settings = runtime.settings
+            backends = []
+            group = settings.group if settings is not None else None
+            if group is not None:
+                for backend in group.backends:
+                    backends.append(
+                        {
+                            "id": backend.id,
+                            "address": backend.address,
+                            "port": backend.port,
+                            "weight": backend.weight,
+                            "healthy": backend.healthy,
+                            "reason": backend.health_reason
+                            or (
+                                "health check disabled"
+                                if group.checker is None
+                                else "not checked yet"
+                            ),
+                            "seconds_since_check": (
+                                round(now - backend.last_check, 3)
+                                if backend.last_check is not None
+                                else None
+                            ),
+                            "active": backend.active,
+                        }
+                    )
+            listeners[listener_id] = {
+                "status": runtime.status,
+                "reason": runtime.reason,
+                "protocol": config.protocol if config else None,
+                "port": config.port if config else None,
+                "server_group_id": config.server_group_id if config else None,
+                "counters": runtime.stats.as_dict(),
+                "backends": backends,
+            }
+        return {
+            "instance_id": self.snapshot.instance_id if self.snapshot else None,
+            "generation": self.generation,
+            "draining": self.draining,
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "listeners": listeners,
+        }
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        """Stop accepting, let requests in flight finish within `drain_timeout`, cut the rest."""
+        self.draining = True
+        for runtime in self.listeners.values():
+            runtime.close_socket()
+        for runtime in self.listeners.values():
+            for connection in list(runtime.connections):
+                connection.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+        while loop.time() < deadline and any(r.connections for r in self.listeners.values()):
+            await asyncio.sleep(0.05)
+        for runtime in self.listeners.values():
+            runtime.stop()
+        for group in self.groups.values():
+            if group.checker is not None:
+                await group.checker.stop()
+        self.pool.close()

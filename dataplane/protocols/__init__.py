@@ -1,0 +1,164 @@
+"""Listener protocols: HTTP and HTTPS (`http`), TCP and TCP SSL (`tcp`).
+
+`ListenerSettings` is everything a connection needs from one listener generation, compiled once
+when a snapshot is applied: the scheduler over the server group's backends, persistence, access
+control, TLS and the header lines that never change per request. A connection keeps the settings it
+started with, so requests in flight finish on the old generation while new ones use the new.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dataplane.acl import AccessControl
+from dataplane.balancing import Backend, Scheduler, make_scheduler
+from dataplane.clientip import ClientIpResolver
+from dataplane.config import Listener, ServerGroup, Snapshot
+from dataplane.persistence import CookiePersistence, SourceIpPersistence
+
+if TYPE_CHECKING:
+    from dataplane.health import HealthChecker
+    from dataplane.stats import ListenerStats
+    from dataplane.tls import ListenerTls
+    from dataplane.upstream import UpstreamPool
+
+
+CLIENTCERT_HEADERS = (
+    b"x-forwarded-clientcert-subjectdn",
+    b"x-forwarded-clientcert-issuerdn",
+    b"x-forwarded-clientcert-fingerprint",
+    b"x-forwarded-clientcert-clientverify",
+)
+
+
+class ServerGroupRuntime:
+    """The live backends of one server group, shared by every listener that uses the group."""
+
+    __slots__ = ("backend_tls", "backends", "checker", "config")
+
+    def __init__(self, config: ServerGroup, backends: list[Backend]) -> None:
+        self.config = config
+        self.backends = backends
+        self.backend_tls = config.backend_protocol == "https"
+        self.checker: HealthChecker | None = None
+
+
+class ListenerSettings:
+    """One listener generation, compiled for the hot path."""
+
+    __slots__ = (
+        "acl",
+        "backend_tls",
+        "backends_by_token",
+        "client_ip",
+        "clientcert",
+        "cookie_persistence",
+        "drop_headers",
+        "group",
+        "idle_timeout",
+        "listener",
+        "pool",
+        "request_timeout",
+        "scheduler",
+        "source_persistence",
+        "srcport",
+        "static_headers",
+        "stats",
+        "tls",
+        "xff_mode",
+    )
+
+    def __init__(
+        self,
+        listener: Listener,
+        snapshot: Snapshot,
+        *,
+        group: ServerGroupRuntime | None,
+        tls: ListenerTls | None,
+        pool: UpstreamPool,
+        stats: ListenerStats,
+    ) -> None:
+        self.listener = listener
+        self.group = group
+        self.tls = tls
+        self.pool = pool
+        self.stats = stats
+        self.idle_timeout = float(listener.idle_timeout)
+        self.request_timeout = float(listener.request_timeout)
+        self.backend_tls = group.backend_tls if group is not None else False
+
+        backends = group.backends if group is not None else []
+        self.scheduler: Scheduler | None = (
+            make_scheduler(listener.scheduler, backends) if backends else None
+        )
+
+        acl = snapshot.acl(listener.acl.acl_id) if listener.acl.mode != "off" else None
+        self.acl: AccessControl | None = (
+            AccessControl(listener.acl.mode, acl.entries)
+            if acl is not None and acl.entries
+            else None
+        )
+        trusted = listener.retrieve_client_ip
+        self.client_ip: ClientIpResolver | None = (
+            ClientIpResolver(trusted.trusted) if trusted.enabled and trusted.trusted else None
+        )
+
+        persistence = listener.persistence
+        self.cookie_persistence: CookiePersistence | None = None
+        self.backends_by_token: dict[str, Backend] = {}
+        self.source_persistence: SourceIpPersistence | None = None
+        if persistence.mode in ("insert_cookie", "rewrite_cookie"):
+            # Keyed by the instance, so every node of the instance issues the same SERVERID.
+            self.cookie_persistence = CookiePersistence(
+                persistence.mode,
+                cookie_name=persistence.cookie_name,
+                timeout=persistence.cookie_timeout,
+                secret=snapshot.instance_id.encode(),
+            )
+            self.backends_by_token = self.cookie_persistence.index(backends)
+        elif persistence.mode == "source_ip":
+            self.source_persistence = SourceIpPersistence(float(persistence.cookie_timeout))
+
+        self.xff_mode = listener.x_forwarded_for
+        self.srcport = listener.x_forwarded_client_srcport
+        self.clientcert = (
+            tls is not None
+            and tls.mutual
+            and (
+                listener.clientcert_subjectdn
+                or listener.clientcert_issuerdn
+                or listener.clientcert_fingerprint
+                or listener.clientcert_clientverify
+            )
+        )
+        # Headers the dataplane sets itself (seed 001). A client's own copy is dropped, so it
+        # cannot forge them; the value here replaces it.
+        scheme = b"https" if listener.protocol == "https" else b"http"
+        managed: dict[bytes, tuple[bytes, bytes]] = {}
+        drop = set()
+        if listener.x_forwarded_proto:
+            managed[b"x-forwarded-proto"] = (b"X-Forwarded-Proto", scheme)
+        if listener.x_forwarded_port:
+            managed[b"x-forwarded-port"] = (b"X-Forwarded-Port", str(listener.port).encode())
+        if listener.slb_id:
+            managed[b"slb-id"] = (b"SLB-ID", snapshot.instance_id.encode())
+        if listener.slb_ip:
+            managed[b"slb-ip"] = (b"SLB-IP", snapshot.bind_address.encode())
+        self.static_headers = b"".join(
+            b"%s: %s\r\n" % (name, value) for name, value in managed.values()
+        )
+        drop.update(managed)
+        if listener.x_forwarded_host:
+            drop.add(b"x-forwarded-host")
+        if listener.x_forwarded_client_srcport:
+            drop.add(b"x-forwarded-client-srcport")
+        if self.clientcert:
+            drop.update(CLIENTCERT_HEADERS)
+        # Lower-case request header names the client may not pass on to the backend.
+        self.drop_headers = frozenset(drop)
+
+    def pick(self, client_ip: str | None, exclude: Backend | None = None) -> Backend | None:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return None
+        return scheduler.pick(client_ip, exclude)

@@ -1,0 +1,872 @@
+"""HTTP/1.1 reverse proxy for HTTP and HTTPS listeners.
+
+Everything runs in asyncio.Protocol callbacks: httptools parses the client's bytes, the request
+head is rebuilt once (hop-by-hop headers out, X-Forwarded-* and SLB-* in) and written to a pooled
+keep-alive backend connection, and the response streams back as it arrives. There is no await per
+request; only opening a new backend connection runs in a task.
+
+Bodies are never buffered whole. Request bodies stream to the backend (re-chunked when the client
+sent chunks); response bodies stream to the client (re-chunked for HTTP/1.1 clients when the
+backend did not send a length). Backpressure works both ways through asyncio's flow-control
+callbacks: when one side's write buffer passes its high-water mark, reading from the other side
+pauses until it drains.
+
+Answers the dataplane gives itself:
+- 400 malformed request (both Content-Length and Transfer-Encoding, invalid Content-Length, bad
+  chunking), 431 request header block over MAX_HEADER_BYTES, 501 unknown transfer coding, 405
+  CONNECT; the connection is closed and nothing is forwarded;
+- 503 when the server group has no healthy server with a weight above 0;
+- 502 when connecting fails on the chosen server and on one other (a single retry), or when the
+  backend's response is not valid HTTP;
+- 504 when the backend has not answered within the listener's request timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import httptools
+
+from dataplane.balancing import Backend
+from dataplane.tls import client_certificate_headers
+
+if TYPE_CHECKING:
+    from dataplane.node import ListenerRuntime
+    from dataplane.protocols import ListenerSettings
+    from dataplane.upstream import HttpUpstream
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADERS = 256
+# Request body buffered while the backend connection is being opened, before the client pauses.
+MAX_BUFFERED_BODY = 256 * 1024
+
+# Why reading from the client is paused (a bit set: reading resumes when no reason is left).
+_PAUSE_PIPELINE = 1  # a pipelined request waits for the one before it
+_PAUSE_UPSTREAM = 2  # the backend connection's write buffer is full
+_PAUSE_BUFFER = 4  # request body waiting for a backend connection
+_PAUSE_DONE = 8  # no further request will be read on this connection
+
+# Request headers that need more than copying.
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _HOP, _HOST, _XFF, _COOKIE, _EXPECT = range(8)
+_REQUEST_HEADERS = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+    b"upgrade": _HOP,
+    b"host": _HOST,
+    b"x-forwarded-for": _XFF,
+    b"cookie": _COOKIE,
+    b"expect": _EXPECT,
+}
+_SET_COOKIE = 8
+_RESPONSE_HEADERS = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _HOP,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+    b"upgrade": _HOP,
+    b"set-cookie": _SET_COOKIE,
+}
+_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_REASONS = {
+    400: "Bad Request",
+    405: "Method Not Allowed",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_date_cache = [0, b""]
+
+
+def http_date() -> bytes:
+    """The Date header value, formatted at most once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = email.utils.formatdate(now, usegmt=True).encode()
+    return _date_cache[1]  # type: ignore[return-value]
+
+
+def error_response(status: int) -> bytes:
+    reason = _REASONS[status].encode()
+    body = b"%d %s\n" % (status, reason)
+    return b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % (
+        status,
+        reason,
+        len(body),
+    ) + b"Connection: close\r\nDate: %s\r\n\r\n%s" % (http_date(), body)
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to stop parsing; the status is on the protocol."""
+
+
+class Request:
+    """One client request: its rebuilt head and any body waiting for a backend connection."""
+
+    __slots__ = (
+        "body",
+        "buffered",
+        "chunked",
+        "complete",
+        "connection_tokens",
+        "content_length",
+        "cookies",
+        "expect_continue",
+        "has_body",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "transfer_encoding",
+        "upgrade",
+        "url",
+        "version",
+        "xff",
+    )
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        # Header lines to forward as they are, already formatted.
+        self.headers: list[bytes] = []
+        self.host: bytes | None = None
+        # Lists most requests never need stay None until a header fills them.
+        self.xff: list[bytes] | None = None
+        self.cookies: list[bytes] | None = None
+        self.content_length: bytes | None = None
+        self.transfer_encoding: list[bytes] | None = None
+        self.connection_tokens: list[bytes] | None = None
+        self.expect_continue = False
+        self.upgrade = False
+        self.chunked = False
+        self.has_body = False
+        self.complete = False
+        # Body bytes (already framed for the backend) not yet written to it.
+        self.body: list[bytes] | None = None
+        self.buffered = 0
+
+
+class HttpProxy(asyncio.Protocol):
+    """The client side of one HTTP or HTTPS connection."""
+
+    __slots__ = (
+        "accounted",
+        "backend",
+        "client_ip",
+        "closed",
+        "conn_headers",
+        "connect_task",
+        "current",
+        "deadline",
+        "draining",
+        "eof_body",
+        "head",
+        "head_began",
+        "head_bytes",
+        "head_mark",
+        "head_size",
+        "in_head",
+        "keep_alive",
+        "loop",
+        "out",
+        "parser",
+        "parsing",
+        "paused",
+        "peer_ip",
+        "peer_ip_bytes",
+        "peer_port",
+        "queue",
+        "rechunk",
+        "registered",
+        "reject_status",
+        "response_started",
+        "retried",
+        "runtime",
+        "settings",
+        "timer",
+        "timer_at",
+        "transport",
+        "upstream",
+        "writing_paused",
+    )
+
+    def __init__(self, runtime: ListenerRuntime) -> None:
+        # shared state
+        self.runtime = runtime
+        self.settings: ListenerSettings = runtime.settings  # type: ignore[assignment]
+        self.loop = runtime.loop
+        # connection state
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser: httptools.HttpRequestParser | None = None
+        self.peer_ip = ""
+        self.peer_ip_bytes = b""
+        self.peer_port = 0
+        self.conn_headers = b""
+        self.registered = False
+        self.closed = False
+        self.draining = False
+        self.paused = 0
+        self.writing_paused = False
+        # timeouts: one lazily re-armed timer per connection checks `deadline`, which is the
+        # idle deadline between requests and the backend's answer deadline during one
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.deadline = 0.0
+        # request being parsed
+        self.parsing: Request | None = None
+        self.in_head = False
+        self.head_began = False
+        self.head_mark = 0
+        self.head_bytes = 0
+        self.head_size = 0
+        self.accounted = 0
+        self.reject_status = 0
+        # request being proxied, and pipelined ones behind it
+        self.current: Request | None = None
+        self.queue: collections.deque[Request] = collections.deque()
+        self.head = b""
+        self.client_ip = ""
+        self.backend: Backend | None = None
+        self.upstream: HttpUpstream | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.retried = False
+        self.response_started = False
+        self.rechunk = False
+        self.eof_body = False
+        self.keep_alive = True
+        # Response bytes gathered during one read from the backend, written with one call.
+        self.out: list[bytes] = []
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        settings = self.settings
+        if self.runtime.settings is None:
+            # The listener stopped while this connection was still in its TLS handshake.
+            self.closed = True
+            transport.abort()
+            return
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip, self.peer_port = peer[0], peer[1]
+        acl = settings.acl
+        if acl is not None and not acl.allows(self.peer_ip):
+            settings.stats.denied_connections += 1
+            self.closed = True
+            transport.abort()
+            return
+        self.registered = True
+        self.runtime.connections.add(self)
+        settings.stats.active_connections += 1
+        settings.stats.total_connections += 1
+        self.peer_ip_bytes = self.peer_ip.encode()
+        self.conn_headers = self._connection_headers(settings)
+        self.parser = httptools.HttpRequestParser(self)
+        self._go_idle()
+
+    def _connection_headers(self, settings: ListenerSettings) -> bytes:
+        """Header lines that stay the same for every request of this connection."""
+        lines = settings.static_headers
+        if settings.srcport:
+            lines += b"X-Forwarded-Client-srcport: %d\r\n" % self.peer_port
+        if settings.clientcert:
+            ssl_object = self.transport.get_extra_info("ssl_object")
+            lines += client_certificate_headers(ssl_object, settings.listener)
+        return lines
+
+    def _adopt(self, settings: ListenerSettings) -> None:
+        # A new generation of this listener: the next request uses it.
+        self.settings = settings
+        self.conn_headers = self._connection_headers(settings)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.settings.stats.bytes_in += len(data)
+        # Bytes of this read that the parser handed to callbacks; what is left over when a
+        # request head is still incomplete is (at most) that head's part of this read.
+        self.accounted = 0
+        self.head_began = False
+        try:
+            self.parser.feed_data(data)  # type: ignore[union-attr]
+        except httptools.HttpParserUpgrade:
+            # The Upgrade header is not forwarded, so the backend answers a plain request; nothing
+            # after it can be read as HTTP.
+            self._pause(_PAUSE_DONE)
+            return
+        except httptools.HttpParserError as exc:
+            if self.closed:
+                return
+            cause = exc.__context__
+            if cause is not None and not isinstance(cause, _Reject):
+                log.error("error while handling a request", exc_info=cause)
+            self._reject(self.reject_status or 400)
+            return
+        if self.in_head:
+            if self.head_began:
+                self.head_bytes = len(data) - self.head_mark
+            else:
+                self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEADER_BYTES:
+                self._reject(431)
+
+    def eof_received(self) -> bool:
+        # A plain-TCP client that half-closes after its request still gets the response (TLS
+        # transports cannot stay half-open); the connection closes after it.
+        self.draining = True
+        return self.current is not None and self.settings.tls is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._teardown()
+        if self.registered:
+            self.registered = False
+            self.runtime.connections.discard(self)
+            self.settings.stats.active_connections -= 1
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self.upstream is not None:
+            self.upstream.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.upstream is not None and not self.upstream.closed:
+            self.upstream.transport.resume_reading()  # type: ignore[union-attr]
+
+    # -- parser callbacks ------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.current is None:
+            settings = self.runtime.settings
+            if settings is not None and settings is not self.settings:
+                self._adopt(settings)
+        self.parsing = Request()
+        self.in_head = True
+        self.head_began = True
+        self.head_mark = self.accounted
+        self.head_bytes = 0
+        self.head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.parsing.url += url  # type: ignore[union-attr]
+        self.head_size += len(url)
+        self.accounted += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request: Request = self.parsing  # type: ignore[assignment]
+        size = len(name) + len(value) + 4
+        self.head_size += size
+        self.accounted += size
+        if self.head_size > MAX_HEADER_BYTES or len(request.headers) > MAX_HEADERS:
+            self.reject_status = 431
+            raise _Reject
+        lower = name.lower()
+        kind = _REQUEST_HEADERS.get(lower)
+        if kind is None:
+            if lower not in self.settings.drop_headers:
+                request.headers.append(b"%s: %s\r\n" % (name, value))
+        elif kind == _HOST:
+            request.host = value
+            request.headers.append(b"%s: %s\r\n" % (name, value))
+        elif kind == _XFF:
+            if request.xff is None:
+                request.xff = []
+            request.xff.append(value.strip())
+        elif kind == _COOKIE:
+            if request.cookies is None:
+                request.cookies = []
+            request.cookies.append(value)
+        elif kind == _CONTENT_LENGTH:
+            request.content_length = value
+            request.headers.append(b"Content-Length: %s\r\n" % value)
+        elif kind == _TRANSFER_ENCODING:
+            if request.transfer_encoding is None:
+                request.transfer_encoding = []
+            request.transfer_encoding.append(value)
+        elif kind == _CONNECTION:
+            tokens = [token.strip().lower() for token in value.split(b",")]
+            if request.connection_tokens is None:
+                request.connection_tokens = tokens
+            else:
+                request.connection_tokens += tokens
+        elif kind == _EXPECT:
+            if value.strip().lower() == b"100-continue":
+                request.expect_continue = True
+            else:
+                request.headers.append(b"%s: %s\r\n" % (name, value))
+        elif lower == b"upgrade":
+            request.upgrade = True
+
+    def on_headers_complete(self) -> None:
+        request: Request = self.parsing  # type: ignore[assignment]
+        self.in_head = False
+        if self.closed:
+            # Bytes after a request that ended the connection are not requests any more.
+            return
+        parser = self.parser
+        if request.transfer_encoding:
+            if request.content_length is not None:
+                # Request smuggling defence (RFC 9112 6.3): never guess which length wins.
+                self.reject_status = 400
+                raise _Reject
+            codings = b",".join(request.transfer_encoding).lower().replace(b" ", b"")
+            if codings != b"chunked":
+                self.reject_status = 501
+                raise _Reject
+            request.chunked = True
+            request.has_body = True
+        elif request.content_length is not None:
+            try:
+                length = int(request.content_length)
+            except ValueError:
+                length = -1
+            if length < 0:
+                self.reject_status = 400
+                raise _Reject
+            request.has_body = length > 0
+        request.method = parser.get_method()  # type: ignore[union-attr]
+        if request.method == b"CONNECT":
+            self.reject_status = 405
+            raise _Reject
+        request.version = parser.get_http_version()  # type: ignore[union-attr]
+        request.keep_alive = parser.should_keep_alive() and not request.upgrade  # type: ignore[union-attr]
+        if self.current is None:
+            self._start(request)
+        else:
+            self.queue.append(request)
+            self._pause(_PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        request: Request = self.parsing  # type: ignore[assignment]
+        self.accounted += len(body)
+        if self.closed:
+            return
+        if request is self.current and self.upstream is not None:
+            transport = self.upstream.transport
+            if request.chunked:
+                transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))  # type: ignore[union-attr]
+            else:
+                transport.write(body)  # type: ignore[union-attr]
+            return
+        if request.body is None:
+            request.body = []
+        if request.chunked:
+            request.body.append(b"%x\r\n%s\r\n" % (len(body), body))
+        else:
+            request.body.append(body)
+        request.buffered += len(body)
+        if request.buffered > MAX_BUFFERED_BODY:
+            self._pause(_PAUSE_BUFFER)
+
+    def on_message_complete(self) -> None:
+        request: Request = self.parsing  # type: ignore[assignment]
+        self.parsing = None
+        request.complete = True
+        if not request.keep_alive:
+            self._pause(_PAUSE_DONE)
+        if self.closed:
+            return
+        if request.chunked:
+            if request is self.current and self.upstream is not None:
+                self.upstream.write(_LAST_CHUNK)
+            elif request.body is None:
+                request.body = [_LAST_CHUNK]
+            else:
+                request.body.append(_LAST_CHUNK)
+
+    # -- forwarding ------------------------------------------------------------------------------
+
+    def _start(self, request: Request) -> None:
+        self.current = request
+        settings = self.settings
+        settings.stats.requests += 1
+        self.retried = False
+        self.response_started = False
+        client_ip = self.peer_ip
+        if settings.client_ip is not None and request.xff:
+            client_ip = settings.client_ip.resolve(client_ip, b",".join(request.xff))
+        self.client_ip = client_ip
+
+        backend = None
+        cookie = b"; ".join(request.cookies) if request.cookies else None
+        persistence = settings.cookie_persistence
+        if persistence is not None and cookie is not None:
+            backend, rewritten = persistence.backend_for_request(cookie, settings.backends_by_token)
+            if rewritten is not None:
+                cookie = rewritten or None
+        if backend is None:
+            backend = settings.pick(client_ip)
+            if backend is None:
+                self._reject(503)
+                return
+
+        parts = [request.method, b" ", request.url, b" HTTP/1.1\r\n"]
+        headers = request.headers
+        if request.connection_tokens:
+            # Headers the client named in Connection are hop-by-hop too.
+            dropped = set(request.connection_tokens) - _CONNECTION_TOKENS
+            if dropped:
+                headers = [h for h in headers if h.split(b":", 1)[0].lower() not in dropped]
+        parts += headers
+        if cookie is not None:
+            parts.append(b"Cookie: %s\r\n" % cookie)
+        mode = settings.xff_mode
+        if mode == "add":
+            if request.xff:
+                xff = b"%s, %s" % (b", ".join(request.xff), self.peer_ip_bytes)
+            else:
+                xff = self.peer_ip_bytes
+            parts.append(b"X-Forwarded-For: %s\r\n" % xff)
+        elif mode == "off" and request.xff:
+            parts.extend(b"X-Forwarded-For: %s\r\n" % value for value in request.xff)
+        if request.host is not None and settings.listener.x_forwarded_host:
+            parts.append(b"X-Forwarded-Host: %s\r\n" % request.host)
+        parts.append(self.conn_headers)
+        if request.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        self.head = b"".join(parts)
+        self._set_deadline(settings.request_timeout)
+        self._connect(backend)
+
+    def _connect(self, backend: Backend) -> None:
+        self.backend = backend
+        backend.active += 1
+        settings = self.settings
+        upstream = settings.pool.acquire((backend.address, backend.port, settings.backend_tls))
+        if upstream is not None:
+            self._attach(upstream)
+        else:
+            self.connect_task = self.loop.create_task(self._open(backend, settings))
+
+    async def _open(self, backend: Backend, settings: ListenerSettings) -> None:
+        try:
+            upstream = await settings.pool.connect(
+                backend.address, backend.port, settings.backend_tls
+            )
+        except OSError as exc:  # includes ssl.SSLError
+            self.connect_task = None
+            if not self.closed and self.backend is backend:
+                self._connect_failed(backend, exc)
+            return
+        self.connect_task = None
+        if self.closed or self.backend is not backend or self.upstream is not None:
+            settings.pool.release(upstream)
+            return
+        self._attach(upstream)
+
+    def _connect_failed(self, backend: Backend, exc: OSError) -> None:
+        log.info(
+            "cannot connect to backend %s (%s:%d): %s",
+            backend.id,
+            backend.address,
+            backend.port,
+            exc,
+            extra={"listener_id": self.settings.listener.id, "backend_id": backend.id},
+        )
+        self._release_backend()
+        if not self.retried:
+            self.retried = True
+            other = self.settings.pick(self.client_ip, exclude=backend)
+            if other is not None:
+                self._connect(other)
+                return
+        self._reject(502)
+
+    def _attach(self, upstream: HttpUpstream) -> None:
+        self.upstream = upstream
+        upstream.begin(self)
+        request: Request = self.current  # type: ignore[assignment]
+        if request.body:
+            upstream.transport.writelines([self.head, *request.body])  # type: ignore[union-attr]
+            request.body = None
+            request.buffered = 0
+            self._resume(_PAUSE_BUFFER)
+        else:
+            upstream.write(self.head)
+            if request.expect_continue and not request.complete:
+                # The client waits for this before it sends the body.
+                self.transport.write(_CONTINUE)
+        if self.writing_paused:
+            upstream.transport.pause_reading()  # type: ignore[union-attr]
+
+    def _release_backend(self) -> None:
+        backend = self.backend
+        if backend is not None:
+            self.backend = None
+            backend.active -= 1
+
+    # -- backend callbacks -----------------------------------------------------------------------
+
+    def upstream_headers(self, upstream: HttpUpstream) -> None:
+        request: Request = self.current  # type: ignore[assignment]
+        settings = self.settings
+        status = upstream.status
+        self.response_started = True
+        head_request = request.method == b"HEAD"
+        no_body = head_request or status in (204, 304)
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, upstream.reason)]
+        has_length = False
+        chunked = False
+        persistence = settings.cookie_persistence
+        set_cookies: list[bytes] = []
+        for name, value in upstream.headers:
+            kind = _RESPONSE_HEADERS.get(name.lower())
+            if kind is None:
+                out.append(b"%s: %s\r\n" % (name, value))
+            elif kind == _CONTENT_LENGTH:
+                has_length = True
+                out.append(b"Content-Length: %s\r\n" % value)
+            elif kind == _TRANSFER_ENCODING:
+                chunked = True
+            elif kind == _SET_COOKIE:
+                if persistence is None:
+                    out.append(b"%s: %s\r\n" % (name, value))
+                else:
+                    set_cookies.append(value)
+        if persistence is not None and self.backend is not None:
+            cookies = persistence.response_headers(self.backend, set_cookies)
+            if cookies is None:
+                out.extend(b"Set-Cookie: %s\r\n" % value for value in set_cookies)
+            else:
+                out.extend(b"%s: %s\r\n" % pair for pair in cookies)
+        keep_alive = request.keep_alive and request.complete and not self.draining
+        self.rechunk = False
+        self.eof_body = False
+        if not no_body and (chunked or not has_length):
+            self.eof_body = not chunked
+            if request.version == "1.1":
+                out.append(b"Transfer-Encoding: chunked\r\n")
+                self.rechunk = True
+            else:
+                keep_alive = False
+        if request.version != "1.1":
+            out.append(b"Connection: keep-alive\r\n" if keep_alive else b"Connection: close\r\n")
+        elif not keep_alive:
+            out.append(b"Connection: close\r\n")
+        self.keep_alive = keep_alive
+        out.append(b"\r\n")
+        data = b"".join(out)
+        stats = settings.stats
+        if 100 <= status < 600:
+            stats.responses[status // 100] += 1
+        stats.bytes_out += len(data)
+        self.out.append(data)
+        if head_request:
+            # httptools cannot be told that a HEAD response has no body; the exchange is over,
+            # and the connection cannot be trusted for the next response.
+            self._finish(upstream, reusable=False)
+
+    def upstream_body(self, data: bytes) -> None:
+        if self.rechunk:
+            self.out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self.out.append(data)
+        self.settings.stats.bytes_out += len(data)
+
+    def flush(self) -> None:
+        """Write what the backend's last read produced for the client, in one call."""
+        out = self.out
+        if out:
+            if self.closed:
+                out.clear()
+                return
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.write(b"".join(out))
+            out.clear()
+
+    def upstream_complete(self, upstream: HttpUpstream) -> None:
+        if self.rechunk:
+            self.out.append(_LAST_CHUNK)
+        request: Request = self.current  # type: ignore[assignment]
+        self._finish(upstream, reusable=upstream.keep_alive and request.complete)
+
+    def upstream_lost(self, upstream: HttpUpstream) -> None:
+        if upstream is not self.upstream:
+            return
+        if upstream.headers_done:
+            if self.eof_body:
+                # A response without a length ends when the backend closes.
+                self.upstream_complete(upstream)
+            else:
+                self.upstream = None
+                self._abort()
+            return
+        self.upstream = None
+        request: Request = self.current  # type: ignore[assignment]
+        if upstream.reused and not upstream.received and not request.has_body:
+            # The backend closed an idle pooled connection just as it was reused: nothing was
+            # processed, so the request goes again on a fresh connection to the same server.
+            backend: Backend = self.backend  # type: ignore[assignment]
+            self.connect_task = self.loop.create_task(self._open(backend, self.settings))
+            return
+        self._release_backend()
+        self._reject(502)
+
+    def upstream_error(self, upstream: HttpUpstream) -> None:
+        if upstream is not self.upstream:
+            return
+        self.upstream = None
+        upstream.close()
+        self._release_backend()
+        if self.response_started:
+            self._abort()
+        else:
+            self._reject(502)
+
+    def upstream_pause_client(self) -> None:
+        self._pause(_PAUSE_UPSTREAM)
+
+    def upstream_resume_client(self) -> None:
+        self._resume(_PAUSE_UPSTREAM)
+
+    def _finish(self, upstream: HttpUpstream, *, reusable: bool) -> None:
+        self.flush()
+        request: Request = self.current  # type: ignore[assignment]
+        self.upstream = None
+        upstream.owner = None
+        self._release_backend()
+        if reusable:
+            if self.writing_paused:
+                upstream.transport.resume_reading()  # type: ignore[union-attr]
+            self.settings.pool.release(upstream)
+        else:
+            upstream.close()
+        self.current = None
+        if not self.keep_alive or not request.complete or self.closed:
+            self._close()
+            return
+        if self.queue:
+            following = self.queue.popleft()
+            if not self.queue:
+                self._resume(_PAUSE_PIPELINE)
+            self._start(following)
+            return
+        self._go_idle()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _set_deadline(self, timeout: float) -> None:
+        deadline = self.deadline = self.loop.time() + timeout
+        timer = self.timer
+        if timer is not None:
+            if self.timer_at <= deadline:
+                # It fires first and re-arms itself for the rest: nothing to do per request.
+                return
+            timer.cancel()
+        self.timer_at = deadline
+        self.timer = self.loop.call_at(deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        remaining = self.deadline - self.loop.time()
+        if remaining > 0.001:
+            self.timer_at = self.deadline
+            self.timer = self.loop.call_at(self.deadline, self._check_deadline)
+            return
+        request = self.current
+        if request is None:
+            # Idle for the whole idle timeout (or a request head that never completed).
+            self._close()
+        elif self.response_started or (not request.complete and self.upstream is not None):
+            # Streaming a response, or still receiving the client's body: the backend cannot be
+            # late yet. Look again one request timeout later.
+            self._set_deadline(self.settings.request_timeout)
+        else:
+            self._reject(504)
+
+    def _go_idle(self) -> None:
+        if self.draining:
+            self._close()
+            return
+        self._set_deadline(self.settings.idle_timeout)
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
+
+    def _reject(self, status: int) -> None:
+        """Answer with an error of the dataplane's own and close the connection."""
+        if self.closed:
+            return
+        self._teardown()
+        if self.response_started:
+            self._abort()
+            return
+        data = error_response(status)
+        stats = self.settings.stats
+        stats.responses[status // 100] += 1
+        stats.bytes_out += len(data)
+        self.transport.write(data)
+        self._close()
+
+    def _teardown(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.close()
+        self._release_backend()
+
+    def _close(self) -> None:
+        if self.closed and self.transport.is_closing():
+            return
+        self.closed = True
+        self._teardown()
+        self.transport.close()
+
+    def _abort(self) -> None:
+        self.closed = True
+        self._teardown()
+        self.transport.abort()
+
+    def shutdown(self) -> None:
+        """Graceful: close now if idle, otherwise after the response in flight."""
+        self.draining = True
+        if self.current is None:
+            self._close()
+
+    def abort(self) -> None:
+        """Immediate: a stopped or removed listener cuts its connections (seed 003)."""
+        if not self.closed or not self.transport.is_closing():
+            self._abort()

@@ -1,0 +1,313 @@
+"""TCP and TCP SSL listeners: a byte proxy, with TLS terminated by the listener for TCP SSL.
+
+Each client connection gets its own backend connection, chosen at accept time (source-IP
+persistence first, then the scheduler; one retry on another server if connecting fails). Bytes
+flow both ways with backpressure: when one side's write buffer is full, reading from the other
+side pauses. A half-close is passed on where the transport supports it (plain TCP); a TLS client
+that closes ends the connection once the pending bytes are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from dataplane.balancing import Backend
+
+if TYPE_CHECKING:
+    from dataplane.node import ListenerRuntime
+    from dataplane.protocols import ListenerSettings
+
+log = logging.getLogger(__name__)
+
+
+class TcpProxy(asyncio.Protocol):
+    """The client side of one TCP or TCP SSL connection."""
+
+    __slots__ = (
+        "backend",
+        "client_eof",
+        "closed",
+        "connect_task",
+        "idle_handle",
+        "last_activity",
+        "loop",
+        "peer_ip",
+        "pending",
+        "registered",
+        "retried",
+        "runtime",
+        "settings",
+        "transport",
+        "upstream",
+        "upstream_eof",
+    )
+
+    def __init__(self, runtime: ListenerRuntime) -> None:
+        self.runtime = runtime
+        self.settings: ListenerSettings = runtime.settings  # type: ignore[assignment]
+        self.loop = runtime.loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.upstream: TcpUpstream | None = None
+        self.backend: Backend | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.peer_ip = ""
+        self.pending: list[bytes] = []
+        self.registered = False
+        self.closed = False
+        self.retried = False
+        self.client_eof = False
+        self.upstream_eof = False
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.last_activity = 0.0
+
+    # -- client side -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        settings = self.settings
+        if self.runtime.settings is None:
+            # The listener stopped while this connection was still in its TLS handshake.
+            self.closed = True
+            transport.abort()
+            return
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        stats = settings.stats
+        if settings.acl is not None and not settings.acl.allows(self.peer_ip):
+            stats.denied_connections += 1
+            self.closed = True
+            transport.abort()
+            return
+        self.registered = True
+        self.runtime.connections.add(self)
+        stats.active_connections += 1
+        stats.total_connections += 1
+        stats.requests += 1
+        backend = None
+        persistence = settings.source_persistence
+        if persistence is not None:
+            backend = persistence.get(self.peer_ip)
+        if backend is None:
+            backend = settings.pick(self.peer_ip)
+        if backend is None:
+            log.info(
+                "no healthy server for a connection",
+                extra={"listener_id": settings.listener.id},
+            )
+            self._abort()
+            return
+        # Nothing is read until the backend connection is up; the kernel buffers meanwhile.
+        transport.pause_reading()
+        self._connect(backend)
+        self.last_activity = self.loop.time()
+        self.idle_handle = self.loop.call_later(settings.idle_timeout, self._idle_check)
+
+    def data_received(self, data: bytes) -> None:
+        self.settings.stats.bytes_in += len(data)
+        self.last_activity = self.loop.time()
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.transport.write(data)  # type: ignore[union-attr]
+        else:
+            self.pending.append(data)
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        upstream = self.upstream
+        if upstream is not None and upstream.transport.can_write_eof():  # type: ignore[union-attr]
+            upstream.transport.write_eof()  # type: ignore[union-attr]
+        if self.upstream_eof:
+            self._close()
+            return False
+        # Keep sending the backend's answer to a half-closed plain TCP client.
+        return self.settings.tls is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._teardown(graceful=True)
+        if self.registered:
+            self.registered = False
+            self.runtime.connections.discard(self)
+            self.settings.stats.active_connections -= 1
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and not self.upstream.closed:
+            self.upstream.transport.resume_reading()  # type: ignore[union-attr]
+
+    # -- backend side ----------------------------------------------------------------------------
+
+    def _connect(self, backend: Backend) -> None:
+        self.backend = backend
+        backend.active += 1
+        self.connect_task = self.loop.create_task(self._open(backend))
+
+    async def _open(self, backend: Backend) -> None:
+        try:
+            _, upstream = await self.loop.create_connection(
+                lambda: TcpUpstream(self), backend.address, backend.port
+            )
+        except OSError as exc:
+            self.connect_task = None
+            self._connect_failed(backend, exc)
+            return
+        self.connect_task = None
+        if self.closed:
+            upstream.close()
+            return
+        self.upstream = upstream
+        persistence = self.settings.source_persistence
+        if persistence is not None:
+            persistence.remember(self.peer_ip, backend)
+        if self.pending:
+            upstream.transport.writelines(self.pending)  # type: ignore[union-attr]
+            self.pending = []
+        if self.client_eof and upstream.transport.can_write_eof():  # type: ignore[union-attr]
+            upstream.transport.write_eof()  # type: ignore[union-attr]
+        self.transport.resume_reading()
+
+    def _connect_failed(self, backend: Backend, exc: OSError) -> None:
+        log.info(
+            "cannot connect to backend %s (%s:%d): %s",
+            backend.id,
+            backend.address,
+            backend.port,
+            exc,
+            extra={"listener_id": self.settings.listener.id, "backend_id": backend.id},
+        )
+        self._release_backend()
+        if self.closed:
+            return
+        if not self.retried:
+            self.retried = True
+            other = self.settings.pick(self.peer_ip, exclude=backend)
+            if other is not None:
+                self._connect(other)
+                return
+        self._abort()
+
+    def upstream_data(self, data: bytes) -> None:
+        self.settings.stats.bytes_out += len(data)
+        self.last_activity = self.loop.time()
+        self.transport.write(data)
+
+    def upstream_eof_received(self) -> bool:
+        self.upstream_eof = True
+        if self.client_eof or not self.transport.can_write_eof():
+            # TLS cannot half-close: close once the pending bytes are out.
+            self._close()
+            return False
+        self.transport.write_eof()
+        return True
+
+    def upstream_lost(self) -> None:
+        self.upstream = None
+        self._close()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _idle_check(self) -> None:
+        self.idle_handle = None
+        if self.closed:
+            return
+        timeout = self.settings.idle_timeout
+        remaining = self.last_activity + timeout - self.loop.time()
+        if remaining > 0.001:
+            self.idle_handle = self.loop.call_later(remaining, self._idle_check)
+            return
+        self._close()
+
+    def _release_backend(self) -> None:
+        backend = self.backend
+        if backend is not None:
+            self.backend = None
+            backend.active -= 1
+
+    def _teardown(self, *, graceful: bool) -> None:
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+            self.idle_handle = None
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.client = None
+            if graceful:
+                upstream.close()
+            else:
+                upstream.abort()
+        self._release_backend()
+
+    def _close(self) -> None:
+        self.closed = True
+        self._teardown(graceful=True)
+        self.transport.close()
+
+    def _abort(self) -> None:
+        self.closed = True
+        self._teardown(graceful=False)
+        self.transport.abort()
+
+    def shutdown(self) -> None:
+        """Graceful drain: a byte stream has no request boundary, so it may run until the end."""
+
+    def abort(self) -> None:
+        """Immediate: a stopped or removed listener cuts its connections (seed 003)."""
+        self._abort()
+
+
+class TcpUpstream(asyncio.Protocol):
+    """The backend side of one proxied TCP connection."""
+
+    __slots__ = ("client", "closed", "transport")
+
+    def __init__(self, client: TcpProxy) -> None:
+        self.client: TcpProxy | None = client
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.client is not None:
+            self.client.upstream_data(data)
+
+    def eof_received(self) -> bool:
+        if self.client is not None:
+            return self.client.upstream_eof_received()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        client = self.client
+        if client is not None:
+            self.client = None
+            client.upstream_lost()
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client is not None and not self.client.closed:
+            self.client.transport.resume_reading()
+
+    def close(self) -> None:
+        self.client = None
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.client = None
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.abort()
