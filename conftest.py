@@ -12,4 +12,15 @@ pytest_plugins = [
     "tests.fixtures.instances",
     "tests.fixtures.listeners",
     "tests.fixtures.nodes",
+    "tests.fixtures.processes",
 ]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    # A test that drives the browser is a browser test, whether or not its author marked it:
+    # `make test` runs those in their own process (see the Makefile).
+    import pytest
+
+    for item in items:
+        if "page" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)

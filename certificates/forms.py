@@ -33,7 +33,9 @@ class PemUploadForm(forms.Form):
 
     def pem_input(self, name: str) -> str | bytes | None:
         data = _read_upload(self.cleaned_data.get(f"{name}_file"))
-        if data is not None:
+        # An empty file counts as not chosen, so the validator names the field that is empty
+        # (or, for the optional chain, takes it as no chain).
+        if data:
             return data
         return self.cleaned_data.get(name) or ""
 
@@ -53,7 +55,9 @@ class ServerCertificateForm(PemUploadForm):
         widget=forms.Textarea(attrs={"rows": 6, "placeholder": "-----BEGIN CERTIFICATE-----"}),
         help_text="PEM. The leaf certificate only; intermediates go in Certificate Chain.",
     )
-    certificate_file = forms.FileField(label="Certificate file", required=False)
+    certificate_file = forms.FileField(
+        label="Certificate file", required=False, allow_empty_file=True
+    )
     private_key = forms.CharField(
         label="Private Key",
         required=False,
@@ -64,7 +68,9 @@ class ServerCertificateForm(PemUploadForm):
         help_text="PEM. RSA 1024/2048/4096 or ECDSA P-256/P-384/P-521. Stored encrypted and "
         "never shown again.",
     )
-    private_key_file = forms.FileField(label="Private Key file", required=False)
+    private_key_file = forms.FileField(
+        label="Private Key file", required=False, allow_empty_file=True
+    )
     chain = forms.CharField(
         label="Certificate Chain",
         required=False,
@@ -72,7 +78,9 @@ class ServerCertificateForm(PemUploadForm):
         widget=forms.Textarea(attrs={"rows": 4}),
         help_text="Optional. Intermediate certificates in order: each signed by the next.",
     )
-    chain_file = forms.FileField(label="Certificate Chain file", required=False)
+    chain_file = forms.FileField(
+        label="Certificate Chain file", required=False, allow_empty_file=True
+    )
     passphrase = forms.CharField(
         label="Private Key Passphrase",
         required=False,
@@ -115,7 +123,9 @@ class CaCertificateForm(PemUploadForm):
         help_text="PEM. A CA certificate (basicConstraints CA:TRUE) that signs client "
         "certificates for mutual authentication.",
     )
-    certificate_file = forms.FileField(label="CA Certificate file", required=False)
+    certificate_file = forms.FileField(
+        label="CA Certificate file", required=False, allow_empty_file=True
+    )
 
     def __init__(self, *args, require_name: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)

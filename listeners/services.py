@@ -7,15 +7,19 @@ together, and work for the dataplane is queued only once the transaction has com
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from console.models import Instance
 from listeners import rules
 from listeners.models import BackendServer, HealthCheck, Listener, ServerGroup
+
+log = logging.getLogger(__name__)
 
 
 def listeners_changed(listeners: QuerySet[Listener] | Iterable[Listener]) -> None:
@@ -41,7 +45,12 @@ def instances_changed(instance_ids: set[str]) -> None:
     if not instance_ids:
         return
     Instance.bump_generations(instance_ids)
-    transaction.on_commit(lambda: queue_push(instance_ids))
+    transaction.on_commit(lambda: queue_push(instance_ids), robust=True)
+
+
+# Publishing is a fast path only: if the broker is down, give up quickly and let reconcile
+# (which compares every node with the database) deliver the change once the broker is back.
+PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
 
 def queue_push(instance_ids: set[str]) -> None:
@@ -50,7 +59,19 @@ def queue_push(instance_ids: set[str]) -> None:
     for instance_id, generation in Instance.objects.filter(pk__in=instance_ids).values_list(
         "id", "generation"
     ):
-        push_instance.delay(instance_id=instance_id, generation=generation)
+        try:
+            push_instance.apply_async(
+                kwargs={"instance_id": instance_id, "generation": generation},
+                retry=True,
+                retry_policy=PUBLISH_RETRY,
+            )
+        except (OperationalError, OSError):
+            # The change is saved; a broker outage must not turn that into an error page.
+            log.warning(
+                "cannot queue the push; reconcile will deliver it",
+                exc_info=True,
+                extra={"instance_id": instance_id, "generation": generation},
+            )
 
 
 def create_listener(

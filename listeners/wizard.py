@@ -223,8 +223,9 @@ def summary(forms: dict[str, dict]) -> list[tuple[str, str, list[tuple[str, str]
         step_forms = forms[step.name]
         form = step_forms["form"]
         rows = []
+        skipped = form.not_applicable() if hasattr(form, "not_applicable") else set()
         for name, field in form.fields.items():
-            if field.widget.is_hidden or field.disabled:
+            if field.widget.is_hidden or field.disabled or name in skipped:
                 continue
             value = form.cleaned_data.get(name)
             if name == "tags":

@@ -104,6 +104,19 @@ def parse_trusted_proxies(text: str) -> list[str]:
     return entries
 
 
+class CertificateChoiceField(forms.ModelChoiceField):
+    """Options read like the certificate list: name, domain, key type and expiry."""
+
+    def label_from_instance(self, obj: Certificate) -> str:
+        domain = f" · {obj.primary_domain}" if obj.primary_domain else ""
+        return f"{obj.name}{domain} · {obj.key_type} · expires {obj.not_after:%Y-%m-%d}"
+
+
+class CertificateMultipleChoiceField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, obj: Certificate) -> str:
+        return CertificateChoiceField.label_from_instance(self, obj)
+
+
 class ListenerSettingsForm(forms.Form):
     """Name, description, tags and the Advanced Settings: what Modify Listener can change."""
 
@@ -188,6 +201,9 @@ class ListenerSettingsForm(forms.Form):
         return raw if raw in P.values else P.HTTP
 
     def _shape_for(self, protocol: str) -> None:
+        if protocol not in HTTP_LIKE:
+            # Not on the page for TCP and TCP SSL; clean() stores the default.
+            self.fields["x_forwarded_for"].required = False
         self.fields["scheduler"].choices = SCHEDULERS[protocol]
         self.fields["persistence"].choices = [
             (value, label)
@@ -211,6 +227,29 @@ class ListenerSettingsForm(forms.Form):
             "headers": http,
             "retrieve_client_ip": http,
         }
+
+    def not_applicable(self) -> set[str]:
+        """Fields that the chosen protocol and options make meaningless (for Confirm)."""
+        cleaned = self.cleaned_data
+        applies = self.applies(self.protocol_value())
+        hidden = set()
+        if cleaned.get("persistence") not in ("insert_cookie", "source_ip"):
+            hidden.add("persistence_timeout")
+        if cleaned.get("persistence") != "rewrite_cookie":
+            hidden.add("cookie_name")
+        if cleaned.get("acl_mode") == "off":
+            hidden.add("acl")
+        if not applies["request_timeout"]:
+            hidden.add("request_timeout")
+        if not applies["headers"]:
+            hidden |= {"x_forwarded_for", *dict(HTTP_HEADER_FIELDS)}
+        if not applies["https"]:
+            hidden |= set(dict(CLIENTCERT_HEADER_FIELDS))
+        if not applies["retrieve_client_ip"]:
+            hidden.add("retrieve_client_ip")
+        if not cleaned.get("retrieve_client_ip"):
+            hidden.add("trusted_proxies")
+        return hidden
 
     def header_fields(self):
         return [self[name] for name, _ in HTTP_HEADER_FIELDS]
@@ -354,13 +393,13 @@ class ProtocolListenerForm(ListenerSettingsForm):
 class CertificateStepForm(forms.Form):
     """Wizard step 2: SSL Certificate (HTTPS and TCP SSL only)."""
 
-    default_certificate = forms.ModelChoiceField(
+    default_certificate = CertificateChoiceField(
         label="Server Certificate",
         queryset=Certificate.objects.filter(kind=Certificate.Kind.SERVER),
         empty_label="Select a server certificate",
         error_messages={"required": "HTTPS and TCP SSL listeners need a server certificate."},
     )
-    additional_certificates = forms.ModelMultipleChoiceField(
+    additional_certificates = CertificateMultipleChoiceField(
         label="Additional Certificates",
         queryset=Certificate.objects.filter(kind=Certificate.Kind.SERVER),
         required=False,
@@ -375,7 +414,7 @@ class CertificateStepForm(forms.Form):
         empty_label=None,
     )
     mutual_authentication = forms.BooleanField(label="Mutual Authentication", required=False)
-    ca_certificate = forms.ModelChoiceField(
+    ca_certificate = CertificateChoiceField(
         label="CA Certificate",
         queryset=Certificate.objects.filter(kind=Certificate.Kind.CA),
         required=False,
@@ -392,6 +431,9 @@ class CertificateStepForm(forms.Form):
                 "mutual_authentication"
             ].help_text = "Basic edition instances do not support mutual authentication."
             self.fields["ca_certificate"].disabled = True
+
+    def not_applicable(self) -> set[str]:
+        return set() if self.cleaned_data.get("mutual_authentication") else {"ca_certificate"}
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -465,6 +507,11 @@ class ServerGroupStepForm(forms.Form):
             choice for choice in ServerGroup.BackendProtocol.choices if choice[0] in allowed
         ]
         self.fields["new_backend_protocol"].initial = allowed[0]
+
+    def not_applicable(self) -> set[str]:
+        if self.cleaned_data.get("group_mode") == "existing":
+            return {"new_group_name", "new_backend_protocol"}
+        return {"server_group"}
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -589,7 +636,7 @@ class QuickCreateForm(forms.Form):
 
     protocol = forms.ChoiceField(label="Listener Protocol", choices=P.choices, initial=P.HTTP)
     port = forms.IntegerField(label="Listener Port", min_value=1, max_value=65535)
-    default_certificate = forms.ModelChoiceField(
+    default_certificate = CertificateChoiceField(
         label="Server Certificate",
         queryset=Certificate.objects.filter(kind=Certificate.Kind.SERVER),
         required=False,

@@ -66,23 +66,29 @@ def current_step(page: Page):
     return page.get_by_role("list", name="Wizard steps").locator("[aria-current=step]")
 
 
+def open_advanced_settings(page: Page) -> None:
+    advanced = page.locator("details.advanced")
+    if not advanced.evaluate("details => details.open"):
+        advanced.get_by_text("Advanced Settings").click()
+    expect(page.get_by_label("Idle Connection Timeout Period (s)", exact=True)).to_be_visible()
+
+
 def next_step(page: Page, expected: str) -> None:
     page.get_by_role("button", name="Next", exact=True).click()
     expect(current_step(page)).to_have_text(expected)
 
 
-def test_http_wizard_end_to_end(
-    signed_in_page: Page, live_server, instance: Instance
-) -> None:
+def test_http_wizard_end_to_end(signed_in_page: Page, live_server, instance: Instance) -> None:
     page = signed_in_page
     open_wizard(page, live_server.url, instance)
 
     # Step 1: Protocol & Listener, with one Advanced Setting changed.
     expect(current_step(page)).to_have_text("Protocol & Listener")
     page.get_by_label("Listener Protocol", exact=True).select_option("HTTP")
-    page.get_by_label("Listener Port", exact=True).fill("80")
+    # The fields are re-rendered for the protocol; type once the suggested port is in.
+    expect(page.get_by_label("Listener Port", exact=True)).to_have_value("80")
     page.get_by_label("Listener Name", exact=True).fill("web-http")
-    page.get_by_text("Advanced Settings").click()
+    open_advanced_settings(page)
     page.get_by_label("Idle Connection Timeout Period (s)", exact=True).fill("30")
     shot(page, "wizard-1-protocol-http")
     next_step(page, "Server Group")
@@ -166,9 +172,9 @@ def test_https_wizard_uploads_certificates_and_turns_on_mutual_authentication(
     page.get_by_role("link", name="Upload Server Certificate").click()
     dialog = page.get_by_role("dialog", name="Upload Server Certificate")
     dialog.get_by_label("Certificate Name", exact=True).fill("shop")
-    dialog.get_by_label("Certificate file", exact=True).set_input_files(files["cert"])
-    dialog.get_by_label("Private Key file", exact=True).set_input_files(files["key"])
-    dialog.get_by_label("Certificate Chain file", exact=True).set_input_files(files["chain"])
+    dialog.get_by_label("Certificate file").set_input_files(files["cert"])
+    dialog.get_by_label("Private Key file").set_input_files(files["key"])
+    dialog.get_by_label("Certificate Chain file").set_input_files(files["chain"])
     shot(page, "wizard-2-certificate-upload-dialog")
     dialog.get_by_role("button", name="Upload", exact=True).click()
     expect(dialog).to_be_hidden()
@@ -180,7 +186,7 @@ def test_https_wizard_uploads_certificates_and_turns_on_mutual_authentication(
     page.get_by_role("link", name="Upload CA Certificate").click()
     dialog = page.get_by_role("dialog", name="Upload CA Certificate")
     dialog.get_by_label("Certificate Name", exact=True).fill("shop-clients")
-    dialog.get_by_label("CA Certificate file", exact=True).set_input_files(files["ca"])
+    dialog.get_by_label("CA Certificate file").set_input_files(files["ca"])
     dialog.get_by_role("button", name="Upload", exact=True).click()
     expect(dialog).to_be_hidden()
     ca = Certificate.objects.get(name="shop-clients")
@@ -222,7 +228,7 @@ def test_tcp_ssl_listener_offers_wrr_and_wlc_only(
     page.get_by_label("Listener Protocol", exact=True).select_option("TCP SSL")
     expect(page.get_by_label("Listener Port", exact=True)).to_have_value("8443")
     page.get_by_label("Listener Port", exact=True).fill("6443")
-    page.get_by_text("Advanced Settings").click()
+    open_advanced_settings(page)
     scheduler = page.get_by_label("Scheduling Algorithm", exact=True)
     options = scheduler.locator("option")
     expect(options).to_have_count(2)
@@ -233,7 +239,7 @@ def test_tcp_ssl_listener_offers_wrr_and_wlc_only(
     shot(page, "wizard-1-protocol-tcp-ssl")
     next_step(page, "SSL Certificate")
 
-    page.get_by_label("Server Certificate", exact=True).select_option(label=str(certificate))
+    page.get_by_label("Server Certificate", exact=True).select_option(certificate.id)
     next_step(page, "Server Group")
     # Only groups whose backend protocol a TCP SSL listener can forward to are offered.
     page.get_by_role("radio", name="Select Existing Server Group").check()
@@ -245,7 +251,8 @@ def test_tcp_ssl_listener_offers_wrr_and_wlc_only(
 
     expect(page.get_by_role("heading", name="TCP_SSL_6443", exact=True)).to_be_visible()
     listener = Listener.objects.get(instance=instance)
-    assert (listener.protocol, listener.port, listener.scheduler) == ("tcp_ssl", 6443, "wlc")
+    assert (listener.protocol, listener.port) == ("tcp_ssl", 6443)
+    assert listener.scheduler == Scheduler.WLC
     assert listener.default_certificate == certificate
     assert listener.server_group == tcp_group
     assert tcp_group.health_check.protocol == "tcp"
@@ -268,13 +275,13 @@ def test_modify_from_confirm_returns_to_the_step_and_keeps_the_change(
     expect(current_step(page)).to_have_text("Protocol & Listener")
     expect(page.get_by_label("Listener Name", exact=True)).to_have_value("first-name")
     page.get_by_label("Listener Name", exact=True).fill("second-name")
-    page.get_by_text("Advanced Settings").click()
+    open_advanced_settings(page)
     page.get_by_label("Connection Request Timeout (s)", exact=True).fill("120")
     next_step(page, "Server Group")
     # What was chosen on the later steps is still there.
     expect(page.get_by_label("Select Server Group", exact=True)).to_have_value(server_group.id)
-    page.get_by_role("link", name="Confirm").click()
-    expect(current_step(page)).to_have_text("Confirm")
+    next_step(page, "Health Check")
+    next_step(page, "Confirm")
     summary = page.get_by_role("region", name="Protocol & Listener")
     expect(summary).to_contain_text("second-name")
     expect(summary).not_to_contain_text("first-name")
@@ -292,28 +299,37 @@ def test_protocol_switch_rerenders_the_options(
     page = signed_in_page
     open_wizard(page, live_server.url, instance)
     steps = page.get_by_role("list", name="Wizard steps").get_by_role("listitem")
+    persistence = page.get_by_label("Session Persistence", exact=True)
+    cookie_name = page.get_by_label("Cookie Name", exact=True)
     expect(steps).to_have_text(["Protocol & Listener", "Server Group", "Health Check", "Confirm"])
     page.get_by_label("Listener Name", exact=True).fill("kept-while-switching")
-    page.get_by_text("Advanced Settings").click()
-    expect(page.get_by_label("Cookie Name", exact=True)).to_be_visible()
+    open_advanced_settings(page)
+    expect(persistence.locator("option")).to_have_text(["Off", "Insert Cookie", "Rewrite Cookie"])
+    # The cookie name is asked for only when the listener rewrites the application's cookie.
+    expect(cookie_name).to_be_hidden()
+    persistence.select_option("Rewrite Cookie")
+    expect(cookie_name).to_be_visible()
     expect(page.get_by_label("X-Forwarded-For", exact=True)).to_be_visible()
 
     page.get_by_label("Listener Protocol", exact=True).select_option("TCP")
     expect(page.get_by_label("Listener Port", exact=True)).to_have_value("8080")
-    expect(page.get_by_label("Cookie Name", exact=True)).to_have_count(0)
+    expect(cookie_name).to_have_count(0)
     expect(page.get_by_label("X-Forwarded-For", exact=True)).to_have_count(0)
     expect(page.get_by_label("Connection Request Timeout (s)", exact=True)).to_have_count(0)
-    persistence = page.get_by_label("Session Persistence", exact=True).locator("option")
-    expect(persistence).to_have_text(["Off", "Source IP"])
+    expect(persistence.locator("option")).to_have_text(["Off", "Source IP"])
+    expect(steps).to_have_text(["Protocol & Listener", "Server Group", "Health Check", "Confirm"])
+    # What was typed survives the re-render, and Advanced Settings stay open.
     expect(page.get_by_label("Listener Name", exact=True)).to_have_value("kept-while-switching")
+    expect(page.get_by_label("Idle Connection Timeout Period (s)", exact=True)).to_be_visible()
     shot(page, "wizard-1-protocol-tcp")
 
     page.get_by_label("Listener Protocol", exact=True).select_option("HTTPS")
     expect(page.get_by_label("Listener Port", exact=True)).to_have_value("443")
-    expect(page.get_by_label("Cookie Name", exact=True)).to_be_visible()
+    expect(persistence.locator("option")).to_have_text(["Off", "Insert Cookie", "Rewrite Cookie"])
     expect(page.get_by_label("X-Forwarded-Clientcert-subjectdn", exact=True)).to_be_visible()
     expect(steps).to_have_text(
         ["Protocol & Listener", "SSL Certificate", "Server Group", "Health Check", "Confirm"]
     )
+    shot(page, "wizard-1-protocol-https")
     next_step(page, "SSL Certificate")
     assert not Listener.objects.exists()

@@ -461,3 +461,17 @@ def test_viewer_cannot_run_the_wizard(viewer_client, instance) -> None:
         viewer_client, instance, "protocol", {"protocol": "http", "port": "80", **ADVANCED_DEFAULTS}
     )
     assert response.status_code == 403
+
+
+def test_tcp_listener_needs_no_http_only_fields(admin_client, instance) -> None:
+    """The page shows no X-Forwarded-For for TCP, so the form may not require it."""
+    data = {
+        "protocol": "tcp",
+        "port": "9000",
+        "scheduler": "weighted_round_robin",
+        "persistence": "none",
+        "acl_mode": "off",
+        "idle_timeout": "15",
+    }
+    response = post_step(admin_client, instance, "protocol", data)
+    assert response.status_code == 302, response.context["form"].errors
