@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from console import nodeclient
@@ -54,12 +55,9 @@ def push(instance_id: str, generation: int) -> Outcome:
     if instance is None:
         return Outcome(f"instance {instance_id} no longer exists")
     nodes = list(instance.nodes.all())
-    pending = [
-        node
-        for node in nodes
-        if (node.applied_generation or 0) < generation
-        and node.acked_generation != instance.generation
-    ]
+    # A node is done once its answer to the instance's current generation (which is at least
+    # ``generation``) is recorded: an ACK, or a NACK that resending would only repeat.
+    pending = [node for node in nodes if node.acked_generation != instance.generation]
     if not pending:
         settle(instance.id)
         return Outcome(f"generation {generation} already applied by every node")
@@ -77,27 +75,38 @@ def push(instance_id: str, generation: int) -> Outcome:
 
 
 def _record_push(node: DataplaneNode, generation: int, answer, duration: int) -> None:
+    """Store one node's answer; only the fields a push owns are written (reconcile runs
+    concurrently and writes the status-report fields of the same row)."""
     now = timezone.now()
+    changes: dict[str, object]
     if not answer.reachable:
         result, detail = PushAttempt.Result.UNREACHABLE, answer.error
-        node.reachable, node.last_error = False, answer.error
+        changes = {"reachable": False, "last_error": answer.error}
     elif answer.ok:
         result = PushAttempt.Result.ACK
-        failed = {
-            lid: r.get("reason", "")
-            for lid, r in (answer.payload.get("listeners") or {}).items()
+        listeners = answer.payload.get("listeners") or {}
+        detail = "; ".join(
+            f"{lid}: {r.get('reason', '')}"
+            for lid, r in listeners.items()
             if r.get("status") == "failed"
+        )
+        applied = int(answer.payload.get("generation") or generation)
+        changes = {
+            "applied_generation": applied,
+            "acked_generation": applied,
+            "listener_results": listeners,
+            "reachable": True,
+            "last_contact": now,
+            "last_error": "",
         }
-        detail = "; ".join(f"{lid}: {reason}" for lid, reason in failed.items())
-        node.applied_generation = answer.payload.get("generation", generation)
-        node.acked_generation = node.applied_generation
-        node.listener_results = answer.payload.get("listeners") or {}
-        node.reachable, node.last_contact, node.last_error = True, now, ""
     else:
         result = PushAttempt.Result.NACK
         detail = "; ".join(answer.reasons)
-        node.reachable, node.last_contact = True, now
-        node.last_error = f"rejected generation {generation}: {detail}"
+        changes = {
+            "reachable": True,
+            "last_contact": now,
+            "last_error": f"rejected generation {generation}: {detail}",
+        }
         if answer.status == 409:
             # The node runs a newer generation than the database knows (a restored database):
             # move past it so the next push is accepted.
@@ -105,13 +114,17 @@ def _record_push(node: DataplaneNode, generation: int, answer, duration: int) ->
             Instance.objects.filter(pk=node.instance_id, generation__lte=node_generation).update(
                 generation=node_generation + 1
             )
-            node.applied_generation = node_generation
+            changes["applied_generation"] = node_generation
         else:
             # The node keeps serving its last good snapshot; every listener of this generation
             # failed on it, for the same reasons.
-            node.acked_generation = generation
-            node.listener_results = {"*": {"status": "failed", "reason": f"rejected: {detail}"}}
-    node.save()
+            changes["acked_generation"] = generation
+            changes["listener_results"] = {
+                "*": {"status": "failed", "reason": f"rejected: {detail}"}
+            }
+    DataplaneNode.objects.filter(pk=node.pk).update(**changes)
+    for name, value in changes.items():
+        setattr(node, name, value)
     PushAttempt.objects.create(
         node=node, generation=generation, result=result, detail=detail[:4000], duration_ms=duration
     )
@@ -166,24 +179,30 @@ def collect(instance: Instance) -> list[DataplaneNode]:
     nodes = list(instance.nodes.all())
     now = timezone.now()
     for node, answer, _ in _parallel(nodes, nodeclient.get_status):
+        rows = DataplaneNode.objects.filter(pk=node.pk)
         if not answer.ok:
-            node.reachable = False
-            node.last_error = answer.error or f"status answered HTTP {answer.status}"
-            node.save(update_fields=["reachable", "last_error"])
+            error = answer.error or f"status answered HTTP {answer.status}"
+            rows.update(reachable=False, last_error=error)
             continue
         reported = int(answer.payload.get("generation") or 0)
-        if reported != (node.applied_generation or 0):
-            # Restarted (perhaps empty) or changed behind our back: what it runs is the truth.
-            node.applied_generation = reported
-            if reported != instance.generation:
-                node.acked_generation = None
-        node.previous_report, node.previous_report_at = node.status_report, node.status_report_at
-        node.status_report, node.status_report_at = answer.payload, now
-        node.reachable, node.last_contact = True, now
-        if node.last_error.startswith(("unreachable", "status answered")):
-            node.last_error = ""
-        node.save()
-    return nodes
+        # A node that reports less than it acknowledged restarted (perhaps empty): forget its
+        # acknowledgement so it is pushed again. A higher report means a push is landing right
+        # now; that push records it.
+        rows.filter(applied_generation__gt=reported).update(
+            applied_generation=reported, acked_generation=None
+        )
+        rows.update(
+            previous_report=node.status_report,
+            previous_report_at=node.status_report_at,
+            status_report=answer.payload,
+            status_report_at=now,
+            reachable=True,
+            last_contact=now,
+        )
+        rows.filter(
+            Q(last_error__startswith="unreachable") | Q(last_error__startswith="status answered")
+        ).update(last_error="")
+    return list(instance.nodes.all())
 
 
 def reconcile() -> list[str]:

@@ -25,6 +25,11 @@ urlpatterns = [
         wizard.protocol_options,
         name="listener-wizard-options",
     ),
+    path(
+        "listeners/server-group-preview/",
+        wizard.server_group_preview,
+        name="listener-wizard-group-preview",
+    ),
     # One listener: details and lifecycle actions.
     path(LISTENER, listeners.listener_detail, name="listener-detail"),
     path(LISTENER + "modify/", listeners.listener_modify, name="listener-modify"),

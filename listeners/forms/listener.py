@@ -11,6 +11,7 @@ import ipaddress
 import re
 
 from django import forms
+from django.urls import reverse
 from django.utils import timezone
 
 from certificates.models import Certificate
@@ -502,6 +503,13 @@ class ServerGroupStepForm(forms.Form):
         allowed = compatible_backend_protocols(protocol)
         self.fields["server_group"].queryset = ServerGroup.objects.filter(
             backend_protocol__in=allowed
+        )
+        self.fields["server_group"].widget.attrs.update(
+            {
+                "hx-get": reverse("listener-wizard-group-preview"),
+                "hx-target": "#existing-servers",
+                "hx-trigger": "change",
+            }
         )
         self.fields["new_backend_protocol"].choices = [
             choice for choice in ServerGroup.BackendProtocol.choices if choice[0] in allowed

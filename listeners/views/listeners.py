@@ -30,8 +30,11 @@ def _listener(instance_id: str, listener_id: str) -> Listener:
     )
 
 
-def _crumbs() -> list[tuple[str, str]]:
-    return [("Instances", "instance-list")]
+def _crumbs(instance: Instance | None = None) -> list[tuple[str, str]]:
+    crumbs = [("Instances", "instance-list")]
+    if instance is not None:
+        crumbs.append((instance.name, reverse("instance-listeners", args=[instance.pk])))
+    return crumbs
 
 
 def _tag_filter(listeners, tag: str):
@@ -88,7 +91,7 @@ def listener_detail(request: HttpRequest, instance_id: str, listener_id: str) ->
             "metrics": listener_metrics(listener.id, nodes),
             "attempts": pipeline.recent_attempts(listener.instance, limit=10),
             "title": listener.name,
-            "breadcrumbs": _crumbs(),
+            "breadcrumbs": _crumbs(listener.instance),
         },
     )
 
@@ -123,7 +126,13 @@ def _dialog(request, listener, partial, title, form, *, status=200, **extra) -> 
     return render_dialog(
         request,
         partial,
-        {"listener": listener, "form": form, "title": title, "breadcrumbs": _crumbs(), **extra},
+        {
+            "listener": listener,
+            "form": form,
+            "title": title,
+            "breadcrumbs": _crumbs(listener.instance),
+            **extra,
+        },
         status=status,
     )
 

@@ -20,13 +20,16 @@ from listeners.forms.listener import (
     QuickCreateForm,
     default_listener_name,
 )
-from listeners.forms.servergroups import add_row
-from listeners.models import Listener
+from listeners.forms.servergroups import add_row, server_rows
+from listeners.models import Listener, ServerGroup
 from listeners.wizard import STEP_NAMES, Draft, summary
 
 
 def _crumbs(instance: Instance) -> list[tuple[str, str]]:
-    return [("Instances", "instance-list")]
+    return [
+        ("Instances", "instance-list"),
+        (instance.name, reverse("instance-listeners", args=[instance.pk])),
+    ]
 
 
 def start(request: HttpRequest, instance_id: str) -> HttpResponse:
@@ -288,4 +291,15 @@ def quick_create(request: HttpRequest, instance_id: str) -> HttpResponse:
             "action": reverse("listener-quick-create", args=[instance.id]),
         },
         status=422 if form.errors else 200,
+    )
+
+
+@require_GET
+def server_group_preview(request: HttpRequest) -> HttpResponse:
+    """htmx: the servers of the group chosen in the Server Group step."""
+    group = ServerGroup.objects.filter(pk=request.GET.get("server_group", "")).first()
+    return render(
+        request,
+        "listeners/wizard/_group_servers.html",
+        {"existing_rows": server_rows(group) if group else []},
     )

@@ -475,3 +475,13 @@ def test_tcp_listener_needs_no_http_only_fields(admin_client, instance) -> None:
     }
     response = post_step(admin_client, instance, "protocol", data)
     assert response.status_code == 302, response.context["form"].errors
+
+
+def test_selected_group_servers_are_previewed(admin_client, server_group) -> None:
+    response = admin_client.get(
+        reverse("listener-wizard-group-preview"),
+        {"server_group": server_group.id},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 200
+    assert b"8081" in response.content and b"8082" in response.content

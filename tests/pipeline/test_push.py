@@ -188,3 +188,31 @@ def test_private_key_reaches_the_node_only(admin_client, instance, server_group,
     push_instance.delay(instance_id=instance.id, generation=instance.generation)
     sent = fake_node.puts[-1]["certificates"][0]
     assert sent["private_key_pem"] == certificate.private_key_pem()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_status_poll_does_not_undo_a_push_that_lands_meanwhile(
+    instance, listener, fake_node, monkeypatch
+) -> None:
+    """Reconcile reads a node's status while a push is being recorded: neither loses the other."""
+    from console import nodeclient
+
+    register_node(instance, fake_node.url)
+    pipeline.push(instance.id, instance.generation)
+    listeners_changed([listener])
+    instance.refresh_from_db()
+    original = nodeclient.get_status
+
+    def status_then_push(url: str, token: str):
+        answer = original(url, token)  # the node still reports the older generation
+        pipeline.push(instance.id, instance.generation)
+        return answer
+
+    monkeypatch.setattr(nodeclient, "get_status", status_then_push)
+    pipeline.collect(instance)
+    pipeline.settle(instance.id)
+
+    node = instance.nodes.get()
+    listener.refresh_from_db()
+    assert node.acked_generation == node.applied_generation == instance.generation
+    assert listener.status == "running"
