@@ -140,6 +140,10 @@ def default_health_check(group: ServerGroup) -> dict:
 
 
 def update_health_check(group: ServerGroup, values: dict) -> HealthCheck:
+    """Save the group's health check; its listeners are reconfigured only if it changed."""
+    check = HealthCheck.objects.filter(group=group).first()
+    if check is not None and all(getattr(check, name) == value for name, value in values.items()):
+        return check
     check, _ = HealthCheck.objects.update_or_create(group=group, defaults=values)
     listeners_changed(group.listeners.all())
     return check

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib import messages
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
+from django.forms import Form
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
@@ -225,37 +228,69 @@ def _tab_url(instance: Instance) -> str:
     return reverse("instance-listeners", args=[instance.pk])
 
 
-@require_http_methods(["GET", "POST"])
-def listener_server_group(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+def _settings_dialog(
+    request: HttpRequest,
+    instance_id: str,
+    listener_id: str,
+    *,
+    doing: str,
+    title: str,
+    url_name: str,
+    make_form: Callable[[Listener, QueryDict | None], Form],
+    apply: Callable[[Listener, dict], str],
+    note: str = "",
+) -> HttpResponse:
+    """One of the details page's dialogs: refused while Configuring, else form and apply.
+
+    ``apply`` changes the listener (inside the transaction that also bumps the generation)
+    and returns the success message.
+    """
     listener = _listener(instance_id, listener_id)
-    refused = _refused(request, listener, "changing its server group")
+    refused = _refused(request, listener, doing)
     if refused:
         return refused
-    form = ChangeServerGroupForm(request.POST or None, listener=listener)
+    form = make_form(listener, request.POST.copy() if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         with transaction.atomic():
-            listener.server_group = form.cleaned_data["server_group"]
-            listener.save(update_fields=["server_group", "updated_at"])
+            message = apply(listener, form.cleaned_data)
             services.listeners_changed([listener])
-        messages.success(request, f"Listener {listener.name} now uses {listener.server_group}.")
+        messages.success(request, message)
         return redirect_after_change(request, listener.get_absolute_url())
     return _dialog(
         request,
         listener,
         "listeners/_simple_form.html",
-        "Change Server Group",
+        title,
         form,
         status=422 if form.errors else 200,
-        action_name="listener-server-group",
+        action_name=url_name,
+        note=note,
     )
 
 
 @require_http_methods(["GET", "POST"])
-def listener_certificates(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
-    listener = _listener(instance_id, listener_id)
-    refused = _refused(request, listener, "changing its certificates")
-    if refused:
-        return refused
+def listener_server_group(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    def apply(listener: Listener, data: dict) -> str:
+        listener.server_group = data["server_group"]
+        listener.save(update_fields=["server_group", "updated_at"])
+        return f"Listener {listener.name} now uses {listener.server_group}."
+
+    return _settings_dialog(
+        request,
+        instance_id,
+        listener_id,
+        doing="changing its server group",
+        title="Change Server Group",
+        url_name="listener-server-group",
+        make_form=lambda listener, data: ChangeServerGroupForm(data, listener=listener),
+        apply=apply,
+    )
+
+
+def _certificates_form(listener: Listener, data: QueryDict | None) -> ManageCertificatesForm:
+    if data is not None:
+        # The TLS policy has its own dialog; the form checks the certificates against it.
+        data["tls_policy"] = listener.tls_policy_id or "tls_cipher_policy_1_0"
     initial = {
         "default_certificate": listener.default_certificate_id,
         "additional_certificates": list(listener.additional_certificates.all()),
@@ -263,78 +298,68 @@ def listener_certificates(request: HttpRequest, instance_id: str, listener_id: s
         "ca_certificate": listener.ca_certificate_id,
         "tls_policy": listener.tls_policy_id,
     }
-    data = None
-    if request.method == "POST":
-        data = request.POST.copy()
-        data["tls_policy"] = listener.tls_policy_id or "tls_cipher_policy_1_0"
-    form = ManageCertificatesForm(data, listener=listener, initial=initial)
-    if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            listener.default_certificate = form.cleaned_data["default_certificate"]
-            listener.mutual_authentication = bool(form.cleaned_data["mutual_authentication"])
-            listener.ca_certificate = form.cleaned_data["ca_certificate"]
-            listener.save()
-            listener.additional_certificates.set(form.cleaned_data["additional_certificates"])
-            services.listeners_changed([listener])
-        messages.success(request, f"Certificates of {listener.name} updated.")
-        return redirect_after_change(request, listener.get_absolute_url())
-    return _dialog(
+    return ManageCertificatesForm(data, listener=listener, initial=initial)
+
+
+@require_http_methods(["GET", "POST"])
+def listener_certificates(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    def apply(listener: Listener, data: dict) -> str:
+        listener.default_certificate = data["default_certificate"]
+        listener.mutual_authentication = bool(data["mutual_authentication"])
+        listener.ca_certificate = data["ca_certificate"]
+        listener.save()
+        listener.additional_certificates.set(data["additional_certificates"])
+        return f"Certificates of {listener.name} updated."
+
+    return _settings_dialog(
         request,
-        listener,
-        "listeners/_simple_form.html",
-        "Manage Certificates",
-        form,
-        status=422 if form.errors else 200,
-        action_name="listener-certificates",
+        instance_id,
+        listener_id,
+        doing="changing its certificates",
+        title="Manage Certificates",
+        url_name="listener-certificates",
+        make_form=_certificates_form,
+        apply=apply,
     )
 
 
 @require_http_methods(["GET", "POST"])
 def listener_tls_policy(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
-    listener = _listener(instance_id, listener_id)
-    refused = _refused(request, listener, "changing its TLS policy")
-    if refused:
-        return refused
-    form = TlsPolicyForm(request.POST or None, listener=listener)
-    if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            listener.tls_policy = form.cleaned_data["tls_policy"]
-            listener.save(update_fields=["tls_policy", "updated_at"])
-            services.listeners_changed([listener])
-        messages.success(request, f"TLS security policy of {listener.name} changed.")
-        return redirect_after_change(request, listener.get_absolute_url())
-    return _dialog(
+    def apply(listener: Listener, data: dict) -> str:
+        listener.tls_policy = data["tls_policy"]
+        listener.save(update_fields=["tls_policy", "updated_at"])
+        return f"TLS security policy of {listener.name} changed."
+
+    return _settings_dialog(
         request,
-        listener,
-        "listeners/_simple_form.html",
-        "Modify TLS Security Policy",
-        form,
-        status=422 if form.errors else 200,
-        action_name="listener-tls-policy",
+        instance_id,
+        listener_id,
+        doing="changing its TLS policy",
+        title="Modify TLS Security Policy",
+        url_name="listener-tls-policy",
+        make_form=lambda listener, data: TlsPolicyForm(data, listener=listener),
+        apply=apply,
     )
 
 
 @require_http_methods(["GET", "POST"])
 def listener_health_check(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
-    listener = _listener(instance_id, listener_id)
-    refused = _refused(request, listener, "modifying its health check")
-    if refused:
-        return refused
-    check = getattr(listener.server_group, "health_check", None)
-    form = HealthCheckForm(request.POST or None, instance=check)
-    if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            services.update_health_check(listener.server_group, form.cleaned_data)
-        messages.success(request, f"Health check of {listener.server_group.name} modified.")
-        return redirect_after_change(request, listener.get_absolute_url())
-    return _dialog(
+    def apply(listener: Listener, data: dict) -> str:
+        services.update_health_check(listener.server_group, data)
+        return f"Health check of {listener.server_group.name} modified."
+
+    group = get_object_or_404(Listener, pk=listener_id, instance_id=instance_id).server_group
+    return _settings_dialog(
         request,
-        listener,
-        "listeners/_simple_form.html",
-        "Modify Health Check",
-        form,
-        status=422 if form.errors else 200,
-        action_name="listener-health-check",
-        note="The health check belongs to server group "
-        f"{listener.server_group.name}; listeners sharing the group share it.",
+        instance_id,
+        listener_id,
+        doing="modifying its health check",
+        title="Modify Health Check",
+        url_name="listener-health-check",
+        make_form=lambda listener, data: HealthCheckForm(
+            data, instance=getattr(listener.server_group, "health_check", None)
+        ),
+        apply=apply,
+        note=f"The health check belongs to server group {group.name}; listeners sharing the "
+        "group share it.",
     )
