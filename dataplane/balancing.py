@@ -3,12 +3,20 @@
 Every scheduler skips servers that are unhealthy or have weight 0 (seed 000: "If the weight of a
 backend server is set to 0, no request is distributed to the backend server"). Eligibility is read
 live on each pick, so a health flip takes effect on the next request without rebuilding anything.
+
+Weighted round robin and weighted least connections can take a `SlowStart` (seed 002): a server
+that joins or recovers then counts with a weight that grows linearly over the ramp (see
+dataplane.slowstart). Without one they run exactly as before, on the configured weights.
 """
 
 from __future__ import annotations
 
 import hashlib
 from bisect import bisect_right
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dataplane.slowstart import SlowStart
 
 ALGORITHMS = (
     "weighted_round_robin",
@@ -29,6 +37,8 @@ class Backend:
         "id",
         "last_check",
         "port",
+        "ramp_started",
+        "seen_healthy",
         "weight",
     )
 
@@ -43,10 +53,22 @@ class Backend:
         self.last_check: float | None = None
         # Open connections (TCP) or in-flight requests (HTTP), maintained by the proxy.
         self.active = 0
+        # Slow start: when the current ramp began (None: full weight), and the health last seen
+        # by a slow-start scheduler, so a recovery nobody reported still starts a ramp.
+        self.ramp_started: float | None = None
+        self.seen_healthy = True
 
     @property
     def eligible(self) -> bool:
         return self.healthy and self.weight > 0
+
+    def adopt_state(self, before: Backend) -> None:
+        """Carry health and slow-start state over from the same server in the last snapshot."""
+        self.healthy = before.healthy
+        self.health_reason = before.health_reason
+        self.last_check = before.last_check
+        self.ramp_started = before.ramp_started
+        self.seen_healthy = before.seen_healthy
 
     def __repr__(self) -> str:
         state = "up" if self.healthy else "down"
@@ -58,7 +80,9 @@ class Scheduler:
 
     __slots__ = ("backends",)
 
-    def __init__(self, backends: list[Backend]) -> None:
+    def __init__(self, backends: list[Backend], slow_start: SlowStart | None = None) -> None:
+        # Only the weighted schedulers use slow_start; it is accepted here so every scheduler
+        # is built the same way.
         self.backends = list(backends)
 
     def pick(self, client_ip: str | None = None, exclude: Backend | None = None) -> Backend | None:
@@ -73,13 +97,16 @@ class WeightedRoundRobin(Scheduler):
     exactly weight times, and picks of a heavy server are spread out instead of bunched together.
     """
 
-    __slots__ = ("_current",)
+    __slots__ = ("_current", "_slow_start")
 
-    def __init__(self, backends: list[Backend]) -> None:
+    def __init__(self, backends: list[Backend], slow_start: SlowStart | None = None) -> None:
         super().__init__(backends)
         self._current = [0] * len(self.backends)
+        self._slow_start = slow_start
 
     def pick(self, client_ip: str | None = None, exclude: Backend | None = None) -> Backend | None:
+        if self._slow_start is not None:
+            return self._pick_ramped(self._slow_start, exclude)
         current = self._current
         best = -1
         best_weight = 0
@@ -99,13 +126,35 @@ class WeightedRoundRobin(Scheduler):
         current[best] -= total
         return self.backends[best]
 
+    def _pick_ramped(self, slow_start: SlowStart, exclude: Backend | None) -> Backend | None:
+        # The same algorithm on effective weights; kept apart so the plain path stays as lean.
+        now = slow_start.clock()
+        current = self._current
+        best = -1
+        best_weight = 0
+        total = 0
+        for i, backend in enumerate(self.backends):
+            weight = slow_start.weight(backend, now)
+            if weight <= 0 or not backend.healthy or backend is exclude:
+                continue
+            total += weight
+            value = current[i] + weight
+            current[i] = value
+            if best < 0 or value > best_weight:
+                best = i
+                best_weight = value
+        if best < 0:
+            return None
+        current[best] -= total
+        return self.backends[best]
+
 
 class RoundRobin(Scheduler):
     """Plain rotation; weights only matter in that weight 0 takes no traffic."""
 
     __slots__ = ("_next",)
 
-    def __init__(self, backends: list[Backend]) -> None:
+    def __init__(self, backends: list[Backend], slow_start: SlowStart | None = None) -> None:
         super().__init__(backends)
         self._next = 0
 
@@ -130,13 +179,18 @@ class WeightedLeastConnections(Scheduler):
     traffic of a lightly loaded listener.
     """
 
-    __slots__ = ("_current",)
+    __slots__ = ("_current", "_effective", "_slow_start")
 
-    def __init__(self, backends: list[Backend]) -> None:
+    def __init__(self, backends: list[Backend], slow_start: SlowStart | None = None) -> None:
         super().__init__(backends)
         self._current = [0] * len(self.backends)
+        self._slow_start = slow_start
+        # Effective weights of the current pick, reused so a ramped pick allocates nothing.
+        self._effective = [0] * len(self.backends)
 
     def pick(self, client_ip: str | None = None, exclude: Backend | None = None) -> Backend | None:
+        if self._slow_start is not None:
+            return self._pick_ramped(self._slow_start, exclude)
         backends = self.backends
         # First pass: the lowest ratio, compared by cross-multiplying to stay in integers.
         low_active = -1
@@ -170,6 +224,42 @@ class WeightedLeastConnections(Scheduler):
         current[best] -= total
         return backends[best]
 
+    def _pick_ramped(self, slow_start: SlowStart, exclude: Backend | None) -> Backend | None:
+        # The same two passes on effective weights, computed once per pick.
+        now = slow_start.clock()
+        backends = self.backends
+        effective = self._effective
+        low_active = -1
+        low_weight = 1
+        for i, backend in enumerate(backends):
+            weight = slow_start.weight(backend, now)
+            if not backend.healthy or backend is exclude:
+                weight = 0
+            effective[i] = weight
+            if weight <= 0:
+                continue
+            if low_active < 0 or backend.active * low_weight < low_active * weight:
+                low_active = backend.active
+                low_weight = weight
+        if low_active < 0:
+            return None
+        current = self._current
+        best = -1
+        best_weight = 0
+        total = 0
+        for i, backend in enumerate(backends):
+            weight = effective[i]
+            if weight <= 0 or backend.active * low_weight != low_active * weight:
+                continue
+            total += weight
+            value = current[i] + weight
+            current[i] = value
+            if best < 0 or value > best_weight:
+                best = i
+                best_weight = value
+        current[best] -= total
+        return backends[best]
+
 
 def _ring_hash(data: bytes) -> int:
     # Python's hash() is salted per process; every dataplane node of an instance must send a
@@ -193,7 +283,7 @@ class SourceIpHash(Scheduler):
     # well under a second.
     POINTS_PER_WEIGHT = 8
 
-    def __init__(self, backends: list[Backend]) -> None:
+    def __init__(self, backends: list[Backend], slow_start: SlowStart | None = None) -> None:
         super().__init__(backends)
         ring: list[tuple[int, int]] = []
         for index, backend in enumerate(self.backends):
@@ -229,8 +319,13 @@ _SCHEDULERS: dict[str, type[Scheduler]] = {
 }
 
 
-def make_scheduler(algorithm: str, backends: list[Backend]) -> Scheduler:
-    """Build the scheduler for a server group; raises ValueError for an unknown algorithm."""
+def make_scheduler(
+    algorithm: str, backends: list[Backend], *, slow_start: SlowStart | None = None
+) -> Scheduler:
+    """Build the scheduler for a server group; raises ValueError for an unknown algorithm.
+
+    `slow_start` applies to weighted round robin and weighted least connections only.
+    """
     try:
         scheduler_class = _SCHEDULERS[algorithm]
     except KeyError:
@@ -238,4 +333,4 @@ def make_scheduler(algorithm: str, backends: list[Backend]) -> Scheduler:
         raise ValueError(
             f"unknown scheduling algorithm {algorithm!r}; allowed: {allowed}"
         ) from None
-    return scheduler_class(backends)
+    return scheduler_class(backends, slow_start)

@@ -1,0 +1,155 @@
+"""Bandwidth throttling for listeners: a token bucket and a writer that keeps a stream under it.
+
+Seed 000 ("Bandwidth Throttling for Listeners"): each listener may get a maximum bandwidth in
+Mbit/s, and the listeners of an instance together may not exceed the instance's bandwidth; a
+listener given no share of a fully allocated instance is inaccessible. The console checks the sum
+and warns; the dataplane only enforces each listener's own limit, with one `TokenBucket` shared
+by every connection of the listener.
+
+How it is enforced here:
+
+- The bucket holds up to `burst_bytes` and refills at `rate_bytes_per_s`. Taking more than it holds
+  is allowed and leaves it in debt; `take()` answers how long the debt takes to pay off. Bytes
+  already read from a socket are therefore never held back or split (no buffering, no copies);
+  instead the *source* of the bytes stops being read until the debt is paid. Over any window the
+  bytes sent are at most rate x time + burst + the last chunk written.
+- `ThrottledWriter` does that for one direction of one connection: every write goes straight to
+  the transport and is charged to the bucket; when the bucket is in debt it calls the
+  connection's `pause_reading` for the other side and schedules `resume_reading` with
+  `loop.call_later`, checking the bucket again when the timer fires, because other connections
+  of the listener may have spent the refill meanwhile.
+- Mbit here is 10^6 bits, as cloud bandwidth is billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Final
+
+# Burst of a listener's bucket: what a connection may send at once after an idle spell. A tenth of
+# a second of the rate keeps short measurements close to the limit, and the floor lets one TLS
+# record (16 KiB) through without a pause on the slowest limits.
+BURST_SECONDS: Final = 0.1
+MIN_BURST_BYTES: Final = 16 * 1024
+
+
+def mbit_to_bytes_per_s(mbit_per_s: float) -> float:
+    """Mbit/s (10^6 bits per second) to bytes per second."""
+    return mbit_per_s * 1_000_000 / 8
+
+
+class TokenBucket:
+    """A byte budget that refills at a constant rate, up to a burst."""
+
+    __slots__ = ("_clock", "_stamp", "_tokens", "burst_bytes", "rate_bytes_per_s")
+
+    def __init__(
+        self,
+        rate_bytes_per_s: float,
+        burst_bytes: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate_bytes_per_s <= 0:
+            raise ValueError(f"rate must be above 0 bytes/s, not {rate_bytes_per_s}")
+        if burst_bytes <= 0:
+            raise ValueError(f"burst must be above 0 bytes, not {burst_bytes}")
+        self.rate_bytes_per_s = float(rate_bytes_per_s)
+        self.burst_bytes = float(burst_bytes)
+        self._clock = clock
+        # A new listener may send its burst at once.
+        self._tokens = self.burst_bytes
+        self._stamp = clock()
+
+    @classmethod
+    def for_mbit(
+        cls, mbit_per_s: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> TokenBucket:
+        """The bucket for a listener limit in Mbit/s, with the standard burst."""
+        rate = mbit_to_bytes_per_s(mbit_per_s)
+        return cls(rate, max(rate * BURST_SECONDS, MIN_BURST_BYTES), clock=clock)
+
+    def take(self, n: int) -> float:
+        """Charge n bytes; seconds to wait before sending more (0.0 when within budget).
+
+        `take(0)` asks for the wait without charging anything.
+        """
+        now = self._clock()
+        elapsed = now - self._stamp
+        tokens = self._tokens
+        if elapsed > 0:
+            self._stamp = now
+            tokens += elapsed * self.rate_bytes_per_s
+            tokens = min(tokens, self.burst_bytes)
+        tokens -= n
+        self._tokens = tokens
+        # Less than a byte owed is float rounding of the refill, not debt: a timer that fired on
+        # time must see the debt paid rather than wait again for a few nanoseconds.
+        if tokens > -1.0:
+            return 0.0
+        return -tokens / self.rate_bytes_per_s
+
+
+class ThrottledWriter:
+    """Writes one direction of a connection through a listener's bucket.
+
+    The writes themselves are never delayed: when the bucket goes into debt, the side that
+    produces the data (the backend for responses, the client for requests) is paused through
+    `pause_reading` and resumed through `resume_reading` once the debt is paid. The callbacks are
+    the connection's own, so it can combine this reason to pause with its other ones.
+    """
+
+    __slots__ = ("_bucket", "_handle", "_loop", "_pause", "_resume", "transport")
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        bucket: TokenBucket,
+        *,
+        pause_reading: Callable[[], None],
+        resume_reading: Callable[[], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.transport = transport
+        self._bucket = bucket
+        self._pause = pause_reading
+        self._resume = resume_reading
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = None
+
+    @property
+    def paused(self) -> bool:
+        """Is the producing side paused for bandwidth right now?"""
+        return self._handle is not None
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+        wait = self._bucket.take(len(data))
+        if wait > 0.0 and self._handle is None:
+            self._pause()
+            self._handle = self._loop.call_later(wait, self._check)
+
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        chunks = list(chunks)
+        self.transport.writelines(chunks)
+        wait = self._bucket.take(sum(len(chunk) for chunk in chunks))
+        if wait > 0.0 and self._handle is None:
+            self._pause()
+            self._handle = self._loop.call_later(wait, self._check)
+
+    def _check(self) -> None:
+        # Other connections of the listener may have spent the refill since the timer was set.
+        wait = self._bucket.take(0)
+        if wait > 0.0:
+            self._handle = self._loop.call_later(wait, self._check)
+            return
+        self._handle = None
+        self._resume()
+
+    def close(self) -> None:
+        """Cancel a pending resume; call when the connection is lost."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
