@@ -14,8 +14,9 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dataplane.balancing import Backend
 
@@ -192,7 +193,7 @@ async def probe(spec: HealthCheckSpec, address: str, port: int) -> tuple[bool, s
 class HealthChecker:
     """Checks every backend of one server group periodically and updates its health fields."""
 
-    __slots__ = ("_backends", "_clock", "_on_change", "_states", "_tasks", "spec")
+    __slots__ = ("_backends", "_clock", "_on_change", "_probe", "_states", "_tasks", "spec")
 
     def __init__(
         self,
@@ -201,11 +202,14 @@ class HealthChecker:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[Backend], None] | None = None,
+        probe: Callable[[Any, str, int], Awaitable[tuple[bool, str]]] = probe,
     ) -> None:
         self.spec = spec
         self._backends = list(backends)
         self._clock = clock
         self._on_change = on_change
+        # Another kind of check (dataplane.udp_health) brings its own probe and spec.
+        self._probe = probe
         self._states = {
             id(backend): HealthState(
                 spec.healthy_threshold, spec.unhealthy_threshold, healthy=backend.healthy
@@ -240,7 +244,7 @@ class HealthChecker:
 
     async def check_once(self, backend: Backend) -> bool:
         """Probe one backend now and record the result; returns True when its health flipped."""
-        ok, reason = await probe(self.spec, backend.address, backend.port)
+        ok, reason = await self._probe(self.spec, backend.address, backend.port)
         state = self._states[id(backend)]
         flipped = state.record(ok, reason, self._clock())
         backend.healthy = state.healthy

@@ -1,0 +1,517 @@
+"""QUIC listeners: real HTTP/3 requests from aioquic's client, through the listener, to recording
+HTTP/1.1 backends; certificates come from trustme at test time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+import trustme
+import uvloop
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+
+from dataplane.acl import AccessControl
+from dataplane.balancing import Backend, make_scheduler
+from dataplane.config import AccessControl as AclSetting
+from dataplane.config import Acl, Listener, Snapshot
+from dataplane.protocols.quic import (
+    QuicListener,
+    QuicSettings,
+    alt_svc_value,
+    quic_configuration,
+)
+from dataplane.protocols.udp import bind_udp
+from dataplane.stats import ListenerStats
+from dataplane.tls import TlsError
+from tests.dataplane.conftest import Recorded, RecordingBackend, Reply
+
+# Every wait in this file is bounded by this, so a broken listener fails instead of hanging.
+WAIT = 10.0
+SERVER_NAME = "quic.example"
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA(organization_name="QUIC Test CA")
+
+
+@pytest.fixture(scope="module")
+def leaf(ca: trustme.CA) -> trustme.LeafCert:
+    return ca.issue_cert(SERVER_NAME)
+
+
+def pem_of(leaf: trustme.LeafCert) -> tuple[str, str, str]:
+    chain = [blob.bytes().decode() for blob in leaf.cert_chain_pems]
+    return chain[0], leaf.private_key_pem.bytes().decode(), "".join(chain[1:])
+
+
+class H3Client(QuicConnectionProtocol):
+    """A small HTTP/3 client on aioquic: one future per request stream."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.h3 = H3Connection(self._quic)
+        self.pending: dict[int, asyncio.Future] = {}
+        self.heads: dict[int, list[tuple[bytes, bytes]]] = {}
+        self.bodies: dict[int, bytearray] = {}
+
+    async def request(
+        self,
+        method: bytes,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        body: bytes | list[bytes] = b"",
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
+        stream_id = self._quic.get_next_available_stream_id()
+        pieces = [body] if isinstance(body, bytes) else body
+        pieces = [piece for piece in pieces if piece]
+        fields = [
+            (b":method", method),
+            (b":scheme", b"https"),
+            (b":authority", SERVER_NAME.encode()),
+            (b":path", path),
+            *(headers or []),
+        ]
+        future = self._loop.create_future()
+        self.pending[stream_id] = future
+        self.h3.send_headers(stream_id, fields, end_stream=not pieces)
+        for index, piece in enumerate(pieces):
+            self.h3.send_data(stream_id, piece, end_stream=index == len(pieces) - 1)
+        self.transmit()
+        fields = await asyncio.wait_for(future, WAIT)
+        head = dict(fields)
+        return int(head[b":status"]), head, bytes(self.bodies.pop(stream_id, b""))
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamReset):
+            future = self.pending.pop(event.stream_id, None)
+            if future is not None and not future.done():
+                future.set_exception(ConnectionResetError("stream reset by the listener"))
+        for h3_event in self.h3.handle_event(event):
+            if isinstance(h3_event, HeadersReceived):
+                self.heads[h3_event.stream_id] = h3_event.headers
+            elif isinstance(h3_event, DataReceived):
+                self.bodies.setdefault(h3_event.stream_id, bytearray()).extend(h3_event.data)
+            if getattr(h3_event, "stream_ended", False):
+                future = self.pending.pop(h3_event.stream_id, None)
+                if future is not None and not future.done():
+                    future.set_result(self.heads.pop(h3_event.stream_id, []))
+
+
+class Harness:
+    def __init__(self, ca: trustme.CA, leaf: trustme.LeafCert) -> None:
+        self.ca = ca
+        self.leaf = leaf
+        self.stats = ListenerStats()
+        self.backends: list[RecordingBackend] = []
+        self.listeners: list[QuicListener] = []
+
+    async def backend(self, name: str, handler=None) -> RecordingBackend:
+        backend = RecordingBackend(name, handler)
+        await backend.start()
+        self.backends.append(backend)
+        return backend
+
+    def settings(self, *servers: RecordingBackend | Backend, **options) -> QuicSettings:
+        backends = [
+            server
+            if isinstance(server, Backend)
+            else Backend(server.name, "127.0.0.1", server.port)
+            for server in servers
+        ]
+        return QuicSettings(
+            listener_id="lsn-quic",
+            scheduler=make_scheduler("round_robin", backends) if backends else None,
+            stats=self.stats,
+            **options,
+        )
+
+    async def listener(
+        self, settings: QuicSettings, leaf: trustme.LeafCert | None = None
+    ) -> tuple[QuicListener, int]:
+        configuration = quic_configuration(*pem_of(leaf or self.leaf))
+        listener = QuicListener(settings, configuration)
+        sock = bind_udp("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        await listener.start(sock)
+        self.listeners.append(listener)
+        return listener, port
+
+    @contextlib.asynccontextmanager
+    async def client(
+        self, port: int, server_name: str = SERVER_NAME, idle_timeout: float = WAIT
+    ) -> AsyncIterator[H3Client]:
+        configuration = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=list(H3_ALPN),
+            server_name=server_name,
+            idle_timeout=idle_timeout,
+        )
+        configuration.load_verify_locations(cadata=self.ca.cert_pem.bytes())
+        async with asyncio.timeout(WAIT):
+            async with connect(
+                "127.0.0.1", port, configuration=configuration, create_protocol=H3Client
+            ) as client:
+                yield client  # type: ignore[misc]
+
+    async def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        for backend in self.backends:
+            await backend.stop()
+
+
+@pytest_asyncio.fixture
+async def quic(ca, leaf):
+    harness = Harness(ca, leaf)
+    yield harness
+    await harness.close()
+
+
+def closed_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_an_http3_request_reaches_the_backend_with_forwarded_headers(quic):
+    backend = await quic.backend(
+        "web", lambda request: Reply(headers=[("X-Served-By", "web")], body=b"hello over h3")
+    )
+    _, port = await quic.listener(quic.settings(backend))
+
+    async with quic.client(port) as client:
+        status, headers, body = await client.request(
+            b"GET",
+            b"/greeting?lang=en",
+            [
+                (b"x-forwarded-for", b"203.0.113.9"),
+                (b"x-forwarded-proto", b"forged"),
+                (b"cookie", b"a=1"),
+                (b"cookie", b"b=2"),
+                (b"user-agent", b"h3-test"),
+            ],
+        )
+
+    assert (status, body) == (200, b"hello over h3")
+    assert headers[b"x-served-by"] == b"web"
+    assert b"connection" not in headers
+    [seen] = backend.requests
+    assert (seen.method, seen.target, seen.version) == ("GET", "/greeting?lang=en", "HTTP/1.1")
+    assert seen.header("Host") == SERVER_NAME
+    assert seen.header("X-Forwarded-For") == "203.0.113.9, 127.0.0.1"
+    assert seen.all("X-Forwarded-Proto") == ["https"]
+    assert seen.header("Cookie") == "a=1; b=2"
+    assert seen.header("User-Agent") == "h3-test"
+    assert quic.stats.requests == 1
+    assert quic.stats.responses[2] == 1
+    assert quic.stats.bytes_in > 0
+    assert quic.stats.bytes_out > 0
+
+
+@pytest.mark.asyncio
+async def test_header_switches_remove_xff_and_add_host_and_source_port(quic):
+    backend = await quic.backend("web")
+    _, port = await quic.listener(
+        quic.settings(
+            backend,
+            xff_mode="remove",
+            x_forwarded_proto=False,
+            x_forwarded_host=True,
+            x_forwarded_client_srcport=True,
+        )
+    )
+
+    async with quic.client(port) as client:
+        await client.request(
+            b"GET",
+            b"/",
+            [(b"x-forwarded-for", b"203.0.113.9"), (b"x-forwarded-host", b"forged.example")],
+        )
+
+    [seen] = backend.requests
+    assert seen.header("X-Forwarded-For") is None
+    assert seen.header("X-Forwarded-Proto") is None
+    assert seen.all("X-Forwarded-Host") == [SERVER_NAME]
+    assert int(seen.header("X-Forwarded-Client-srcport") or 0) > 0
+
+
+@pytest.mark.asyncio
+async def test_request_bodies_reach_the_backend_with_and_without_a_length(quic):
+    backend = await quic.backend("echo", lambda request: Reply(body=b"got %d" % len(request.body)))
+    _, port = await quic.listener(quic.settings(backend))
+    pieces = [bytes([65 + n]) * 40_000 for n in range(5)]
+
+    async with quic.client(port) as client:
+        streamed = await client.request(b"POST", b"/upload", body=pieces)
+        sized = await client.request(
+            b"PUT", b"/upload", [(b"content-length", b"11")], body=b"hello world"
+        )
+
+    assert streamed[0] == 200 and streamed[2] == b"got 200000"
+    assert sized[0] == 200 and sized[2] == b"got 11"
+    first, second = backend.requests
+    assert first.header("Transfer-Encoding") == "chunked"
+    assert first.body == b"".join(pieces)
+    assert second.header("Content-Length") == "11"
+    assert second.body == b"hello world"
+
+
+@pytest.mark.asyncio
+async def test_large_and_chunked_responses_arrive_whole(quic):
+    big = bytes(range(256)) * 1200
+    backend = await quic.backend(
+        "big",
+        lambda request: Reply(body=big, chunked=request.target == "/chunked"),
+    )
+    _, port = await quic.listener(quic.settings(backend))
+
+    async with quic.client(port) as client:
+        sized = await client.request(b"GET", b"/sized")
+        chunked = await client.request(b"GET", b"/chunked")
+        head = await client.request(b"HEAD", b"/sized")
+
+    assert sized[0] == 200 and sized[2] == big
+    assert sized[1][b"content-length"] == str(len(big)).encode()
+    assert chunked[0] == 200 and chunked[2] == big
+    assert b"transfer-encoding" not in chunked[1]
+    assert head[0] == 200 and head[2] == b""
+
+
+@pytest.mark.asyncio
+async def test_concurrent_streams_share_one_connection_and_are_balanced(quic):
+    a, b = await quic.backend("a"), await quic.backend("b")
+    _, port = await quic.listener(quic.settings(a, b))
+
+    async with quic.client(port) as client:
+        answers = await asyncio.gather(*(client.request(b"GET", b"/item/%d" % n) for n in range(6)))
+
+    assert sorted(body for _, _, body in answers) == [b"a"] * 3 + [b"b"] * 3
+    assert quic.stats.total_connections == 1
+    assert quic.stats.requests == 6
+    assert sorted(r.target for r in a.requests + b.requests) == [f"/item/{n}" for n in range(6)]
+
+
+# -- answers of the listener itself ----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_503_without_an_eligible_server(quic):
+    backend = await quic.backend("web")
+    _, port = await quic.listener(quic.settings(Backend("web", "127.0.0.1", backend.port, 0)))
+
+    async with quic.client(port) as client:
+        status, _, body = await client.request(b"GET", b"/")
+
+    assert (status, body) == (503, b"503 Service Unavailable\n")
+    assert backend.requests == []
+    assert quic.stats.responses[5] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_target_that_would_split_the_request_line_is_refused(quic):
+    backend = await quic.backend("web")
+    _, port = await quic.listener(quic.settings(backend))
+
+    async with quic.client(port) as client:
+        spaced = await client.request(b"GET", b"/a b HTTP/1.1\tX")
+        connect = await client.request(b"CONNECT", b"/")
+
+    assert (spaced[0], connect[0]) == (400, 405)
+    assert backend.requests == []
+
+
+@pytest.mark.asyncio
+async def test_a_refused_connection_is_retried_once_on_another_server(quic):
+    live = await quic.backend("live")
+    dead = Backend("dead", "127.0.0.1", closed_tcp_port())
+    _, port = await quic.listener(quic.settings(dead, Backend("live", "127.0.0.1", live.port)))
+
+    async with quic.client(port) as client:
+        status, _, body = await client.request(b"GET", b"/")
+
+    assert (status, body) == (200, b"live")
+    assert dead.active == 0
+
+
+@pytest.mark.asyncio
+async def test_502_when_no_server_can_be_reached(quic):
+    dead = [Backend(f"dead{n}", "127.0.0.1", closed_tcp_port()) for n in range(2)]
+    _, port = await quic.listener(quic.settings(*dead))
+
+    async with quic.client(port) as client:
+        status, _, _ = await client.request(b"GET", b"/")
+
+    assert status == 502
+    assert [backend.active for backend in dead] == [0, 0]
+
+
+@pytest.mark.asyncio
+async def test_504_when_the_backend_does_not_answer_in_time(quic):
+    slow = await quic.backend("slow", lambda request: Reply(body=b"late", delay=WAIT))
+    backend = Backend("slow", "127.0.0.1", slow.port)
+    _, port = await quic.listener(quic.settings(backend, request_timeout=0.3))
+
+    async with quic.client(port) as client:
+        status, _, _ = await client.request(b"GET", b"/")
+
+    assert status == 504
+    assert backend.active == 0
+
+
+@pytest.mark.asyncio
+async def test_502_for_a_response_that_is_not_http(quic):
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    try:
+        port_of_garbage = server.sockets[0].getsockname()[1]
+        _, port = await quic.listener(quic.settings(Backend("odd", "127.0.0.1", port_of_garbage)))
+        async with quic.client(port) as client:
+            status, _, _ = await client.request(b"GET", b"/")
+    finally:
+        server.close()
+
+    assert status == 502
+
+
+# -- access control, certificates, lifecycle -------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_client_the_acl_refuses_cannot_even_handshake(quic):
+    backend = await quic.backend("web")
+    acl = AccessControl("whitelist", ["10.0.0.0/8"])
+    _, port = await quic.listener(quic.settings(backend, acl=acl))
+
+    # The client gives up when its idle timeout passes without a single answer.
+    with pytest.raises(ConnectionError):
+        async with quic.client(port, idle_timeout=0.5):
+            pass
+
+    assert quic.stats.denied_connections > 0
+    assert quic.stats.total_connections == 0
+    assert backend.requests == []
+
+
+@pytest.mark.asyncio
+async def test_a_new_certificate_serves_new_connections(quic, ca):
+    backend = await quic.backend("web")
+    listener, port = await quic.listener(quic.settings(backend))
+    renewed = ca.issue_cert("renewed.example")
+
+    listener.update(quic.settings(backend), quic_configuration(*pem_of(renewed)))
+    async with quic.client(port, server_name="renewed.example") as client:
+        status, _, _ = await client.request(b"GET", b"/")
+
+    assert status == 200
+
+
+@pytest.mark.asyncio
+async def test_close_ends_connections_and_frees_the_port(quic):
+    backend = await quic.backend("web")
+    listener, port = await quic.listener(quic.settings(backend))
+
+    async with quic.client(port) as client:
+        await client.request(b"GET", b"/")
+        listener.close()
+        await asyncio.wait_for(client.wait_closed(), WAIT)
+
+    assert listener.connections == set()
+    assert quic.stats.active_connections == 0
+    with contextlib.closing(bind_udp("127.0.0.1", port)):
+        pass
+
+
+def test_requests_work_on_uvloop(ca, leaf):
+    # The dataplane runs on uvloop; the other tests run on the default loop.
+    async def scenario() -> tuple[int, bytes, Recorded]:
+        harness = Harness(ca, leaf)
+        try:
+            backend = await harness.backend("uv")
+            _, port = await harness.listener(harness.settings(backend))
+            async with harness.client(port) as client:
+                status, _, body = await client.request(b"GET", b"/uv")
+            return status, body, backend.requests[0]
+        finally:
+            await harness.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        status, body, seen = runner.run(asyncio.wait_for(scenario(), WAIT * 2))
+
+    assert (status, body) == (200, b"uv")
+    assert seen.header("X-Forwarded-For") == "127.0.0.1"
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def test_alt_svc_value_advertises_the_quic_port():
+    assert alt_svc_value(443) == b'h3=":443"; ma=86400'
+    assert alt_svc_value(8443, max_age=60) == b'h3=":8443"; ma=60'
+    with pytest.raises(ValueError, match="port"):
+        alt_svc_value(0)
+
+
+def test_certificate_problems_are_named(ca, leaf):
+    certificate, key, chain = pem_of(leaf)
+    other_key = pem_of(ca.issue_cert("other.example"))[1]
+
+    with pytest.raises(TlsError, match="does not match"):
+        quic_configuration(certificate, other_key, chain)
+    with pytest.raises(TlsError, match="unreadable certificate"):
+        quic_configuration("-----BEGIN CERTIFICATE-----\nnope\n", key)
+    with pytest.raises(TlsError, match="unreadable private key"):
+        quic_configuration(certificate, "not a key")
+    configuration = quic_configuration(certificate, key, chain, idle_timeout=30)
+    assert configuration.is_client is False
+    assert configuration.idle_timeout == 30
+    assert configuration.verify_mode is None  # no client certificates: no mutual authentication
+    assert len(configuration.certificate_chain) == len(leaf.cert_chain_pems) - 1
+
+
+def test_settings_from_a_snapshot_listener():
+    listener = Listener(
+        id="lsn-quic",
+        protocol="quic",
+        port=443,
+        request_timeout=30,
+        x_forwarded_for="off",
+        x_forwarded_proto=True,
+        x_forwarded_port=True,
+        slb_id=True,
+        acl=AclSetting(mode="whitelist", acl_id="acl-office"),
+    )
+    snapshot = Snapshot(
+        instance_id="lb-test0001", generation=1, acls=(Acl("acl-office", ("192.0.2.0/24",)),)
+    )
+
+    settings = QuicSettings.from_listener(
+        listener, snapshot, [Backend("srv", "127.0.0.1", 80)], ListenerStats()
+    )
+
+    assert settings.request_timeout == 30.0
+    assert settings.xff_mode == "off"
+    assert settings.static_headers == (
+        b"X-Forwarded-Port: 443\r\nSLB-ID: lb-test0001\r\nX-Forwarded-Proto: https\r\n"
+    )
+    assert settings.drop_headers == {b"x-forwarded-port", b"slb-id", b"x-forwarded-proto"}
+    assert settings.acl is not None and settings.acl.allows("192.0.2.7")
+    assert not settings.acl.allows("198.51.100.1")
