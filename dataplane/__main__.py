@@ -1,11 +1,12 @@
 """python -m dataplane: run one dataplane node.
 
-    python -m dataplane --control 127.0.0.1:9901 --token-file PATH --state-dir DIR
+    python -m dataplane --control 127.0.0.1:9901 --token-file PATH --state-dir DIR [--workers N]
 
 On start it restores the last applied snapshot from the state directory. It logs one line
 "dataplane ready: control API on HOST:PORT" once the control API accepts requests (with port 0 the
 line names the port the system chose). SIGTERM or SIGINT stops accepting connections, lets requests
-in flight finish for at most --drain-timeout seconds, and exits 0.
+in flight finish for at most --drain-timeout seconds, and exits 0. With --workers N (N > 1), N
+worker processes share the listening ports behind the one control API (see dataplane.workers).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import uvloop
 from dataplane.control import ControlApi
 from dataplane.node import Node
 from dataplane.state import SnapshotStore
+from dataplane.workers import SupervisorApi, WorkerError, WorkerGroup, worker_command
 
 log = logging.getLogger("dataplane")
 
@@ -55,12 +57,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds requests in flight may take to finish on SIGTERM (default 10)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        help="proxy processes sharing the listening ports (SO_REUSEPORT); default 1",
+    )
     return parser.parse_args(argv)
+
+
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers from 1 to 64")
+    return int(text)
 
 
 async def serve(args: argparse.Namespace, token: str) -> int:
     loop = asyncio.get_running_loop()
-    node = Node()
+    node: Node | WorkerGroup
+    if args.workers > 1:
+        node = WorkerGroup(args.workers, worker_command(args), token)
+        try:
+            await node.start()
+        except WorkerError as exc:
+            log.error("%s", exc)
+            await node.shutdown(0)
+            return 1
+    else:
+        node = Node()
     store = SnapshotStore(args.state_dir)
     snapshot = store.load()
     if snapshot is not None:
@@ -74,7 +98,10 @@ async def serve(args: argparse.Namespace, token: str) -> int:
         )
         for listener_id, reason in failed.items():
             log.warning("listener %s failed after restore: %s", listener_id, reason)
-    api = ControlApi(node, token=token, store=store)
+    if isinstance(node, WorkerGroup):
+        api: ControlApi = SupervisorApi(node, token=token, store=store)
+    else:
+        api = ControlApi(node, token=token, store=store)
     host, port = await api.start(*args.control)
 
     stop = asyncio.Event()

@@ -112,11 +112,14 @@ def _bind_key(listener: Listener, snapshot: Snapshot) -> tuple[str, str, int]:
     return (listener.protocol, snapshot.bind_address, listener.port)
 
 
-def _bind(address: str, port: int) -> socket.socket:
+def _bind(address: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Worker processes each bind the same port; the kernel spreads new connections.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((address, port))
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
@@ -154,7 +157,9 @@ def _health_spec(group: ServerGroup) -> HealthCheckSpec:
 class Node:
     """Applies snapshots and reports status; one per dataplane process."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reuse_port: bool = False) -> None:
+        # True in a worker process: its listening sockets share their ports with the other workers.
+        self.reuse_port = reuse_port
         self.snapshot: Snapshot | None = None
         self.generation = 0
         self.listeners: dict[str, ListenerRuntime] = {}
@@ -346,7 +351,9 @@ class Node:
         bind_key = _bind_key(listener, snapshot)
         if runtime.sock is None:
             try:
-                runtime.sock = _bind(snapshot.bind_address, listener.port)
+                runtime.sock = _bind(
+                    snapshot.bind_address, listener.port, reuse_port=self.reuse_port
+                )
             except OSError as exc:
                 reason = _bind_reason(exc, snapshot.bind_address, listener.port)
                 log.warning(

@@ -65,6 +65,7 @@ class ListenerSettings:
         "static_headers",
         "stats",
         "tls",
+        "x_forwarded_host",
         "xff_mode",
     )
 
@@ -120,6 +121,7 @@ class ListenerSettings:
             self.source_persistence = SourceIpPersistence(float(persistence.cookie_timeout))
 
         self.xff_mode = listener.x_forwarded_for
+        self.x_forwarded_host = listener.x_forwarded_host
         self.srcport = listener.x_forwarded_client_srcport
         self.clientcert = (
             tls is not None

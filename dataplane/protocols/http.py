@@ -27,6 +27,7 @@ import asyncio
 import collections
 import email.utils
 import logging
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -69,18 +70,12 @@ _REQUEST_HEADERS = {
     b"cookie": _COOKIE,
     b"expect": _EXPECT,
 }
-_SET_COOKIE = 8
-_RESPONSE_HEADERS = {
-    b"content-length": _CONTENT_LENGTH,
-    b"transfer-encoding": _TRANSFER_ENCODING,
-    b"connection": _HOP,
-    b"keep-alive": _HOP,
-    b"proxy-connection": _HOP,
-    b"te": _HOP,
-    b"trailer": _HOP,
-    b"upgrade": _HOP,
-    b"set-cookie": _SET_COOKIE,
-}
+# Response header lines the dataplane handles itself, found in the lower-cased head; each match
+# spans "\r\nname: value" up to the line's CRLF.
+_RESPONSE_SPECIAL = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer"
+    rb"|upgrade|set-cookie):[^\r]*"
+)
 _CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -205,11 +200,13 @@ class HttpProxy(asyncio.Protocol):
         "retried",
         "runtime",
         "settings",
+        "stats",
         "timer",
         "timer_at",
         "transport",
         "upstream",
         "writing_paused",
+        "xff_line",
     )
 
     def __init__(self, runtime: ListenerRuntime) -> None:
@@ -217,6 +214,8 @@ class HttpProxy(asyncio.Protocol):
         self.runtime = runtime
         self.settings: ListenerSettings = runtime.settings  # type: ignore[assignment]
         self.loop = runtime.loop
+        # A listener keeps its counters across generations.
+        self.stats = runtime.stats
         # connection state
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser: httptools.HttpRequestParser | None = None
@@ -224,6 +223,7 @@ class HttpProxy(asyncio.Protocol):
         self.peer_ip_bytes = b""
         self.peer_port = 0
         self.conn_headers = b""
+        self.xff_line = b""
         self.registered = False
         self.closed = False
         self.draining = False
@@ -274,15 +274,17 @@ class HttpProxy(asyncio.Protocol):
             self.peer_ip, self.peer_port = peer[0], peer[1]
         acl = settings.acl
         if acl is not None and not acl.allows(self.peer_ip):
-            settings.stats.denied_connections += 1
+            self.stats.denied_connections += 1
             self.closed = True
             transport.abort()
             return
         self.registered = True
         self.runtime.connections.add(self)
-        settings.stats.active_connections += 1
-        settings.stats.total_connections += 1
+        stats = self.stats
+        stats.active_connections += 1
+        stats.total_connections += 1
         self.peer_ip_bytes = self.peer_ip.encode()
+        self.xff_line = b"X-Forwarded-For: %s\r\n" % self.peer_ip_bytes
         self.conn_headers = self._connection_headers(settings)
         self.parser = httptools.HttpRequestParser(self)
         self._go_idle()
@@ -305,7 +307,7 @@ class HttpProxy(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        self.settings.stats.bytes_in += len(data)
+        self.stats.bytes_in += len(data)
         # Bytes of this read that the parser handed to callbacks; what is left over when a
         # request head is still incomplete is (at most) that head's part of this read.
         self.accounted = 0
@@ -345,7 +347,7 @@ class HttpProxy(asyncio.Protocol):
         if self.registered:
             self.registered = False
             self.runtime.connections.discard(self)
-            self.settings.stats.active_connections -= 1
+            self.stats.active_connections -= 1
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -452,8 +454,14 @@ class HttpProxy(asyncio.Protocol):
         if request.method == b"CONNECT":
             self.reject_status = 405
             raise _Reject
-        request.version = parser.get_http_version()  # type: ignore[union-attr]
-        request.keep_alive = parser.should_keep_alive() and not request.upgrade  # type: ignore[union-attr]
+        keep_alive = parser.should_keep_alive()  # type: ignore[union-attr]
+        tokens = request.connection_tokens
+        if keep_alive and (tokens is None or b"keep-alive" not in tokens):
+            # Only HTTP/1.1 stays alive without asking; this spares formatting the version.
+            request.version = "1.1"
+        else:
+            request.version = parser.get_http_version()  # type: ignore[union-attr]
+        request.keep_alive = keep_alive and not request.upgrade
         if self.current is None:
             self._start(request)
         else:
@@ -503,7 +511,7 @@ class HttpProxy(asyncio.Protocol):
     def _start(self, request: Request) -> None:
         self.current = request
         settings = self.settings
-        settings.stats.requests += 1
+        self.stats.requests += 1
         self.retried = False
         self.response_started = False
         client_ip = self.peer_ip
@@ -537,13 +545,14 @@ class HttpProxy(asyncio.Protocol):
         mode = settings.xff_mode
         if mode == "add":
             if request.xff:
-                xff = b"%s, %s" % (b", ".join(request.xff), self.peer_ip_bytes)
+                parts.append(
+                    b"X-Forwarded-For: %s, %s\r\n" % (b", ".join(request.xff), self.peer_ip_bytes)
+                )
             else:
-                xff = self.peer_ip_bytes
-            parts.append(b"X-Forwarded-For: %s\r\n" % xff)
+                parts.append(self.xff_line)
         elif mode == "off" and request.xff:
             parts.extend(b"X-Forwarded-For: %s\r\n" % value for value in request.xff)
-        if request.host is not None and settings.listener.x_forwarded_host:
+        if request.host is not None and settings.x_forwarded_host:
             parts.append(b"X-Forwarded-Host: %s\r\n" % request.host)
         parts.append(self.conn_headers)
         if request.chunked:
@@ -629,25 +638,30 @@ class HttpProxy(asyncio.Protocol):
         self.response_started = True
         head_request = request.method == b"HEAD"
         no_body = head_request or status in (204, 304)
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, upstream.reason)]
+        head = upstream.head
+        if not head.startswith(b"HTTP/1.1 "):
+            head = b"HTTP/1.1" + head[8:]
+        # The backend's header lines pass through as they are, except the ones cut out here.
+        out = []
+        kept = 0
         has_length = False
         chunked = False
         persistence = settings.cookie_persistence
         set_cookies: list[bytes] = []
-        for name, value in upstream.headers:
-            kind = _RESPONSE_HEADERS.get(name.lower())
-            if kind is None:
-                out.append(b"%s: %s\r\n" % (name, value))
-            elif kind == _CONTENT_LENGTH:
+        for match in _RESPONSE_SPECIAL.finditer(head.lower()):
+            name = match[1]
+            if name == b"content-length":
                 has_length = True
-                out.append(b"Content-Length: %s\r\n" % value)
-            elif kind == _TRANSFER_ENCODING:
-                chunked = True
-            elif kind == _SET_COOKIE:
+                continue
+            if name == b"set-cookie":
                 if persistence is None:
-                    out.append(b"%s: %s\r\n" % (name, value))
-                else:
-                    set_cookies.append(value)
+                    continue
+                set_cookies.append(head[match.end(1) + 1 : match.end()].strip())
+            elif name == b"transfer-encoding":
+                chunked = True
+            out.append(head[kept : match.start()])
+            kept = match.end()
+        out.append(head[kept:] if kept else head)
         if persistence is not None and self.backend is not None:
             cookies = persistence.response_headers(self.backend, set_cookies)
             if cookies is None:
@@ -671,7 +685,7 @@ class HttpProxy(asyncio.Protocol):
         self.keep_alive = keep_alive
         out.append(b"\r\n")
         data = b"".join(out)
-        stats = settings.stats
+        stats = self.stats
         if 100 <= status < 600:
             stats.responses[status // 100] += 1
         stats.bytes_out += len(data)
@@ -686,7 +700,7 @@ class HttpProxy(asyncio.Protocol):
             self.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
             self.out.append(data)
-        self.settings.stats.bytes_out += len(data)
+        self.stats.bytes_out += len(data)
 
     def flush(self) -> None:
         """Write what the backend's last read produced for the client, in one call."""
@@ -829,7 +843,7 @@ class HttpProxy(asyncio.Protocol):
             self._abort()
             return
         data = error_response(status)
-        stats = self.settings.stats
+        stats = self.stats
         stats.responses[status // 100] += 1
         stats.bytes_out += len(data)
         self.transport.write(data)

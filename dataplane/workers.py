@@ -1,0 +1,371 @@
+"""Worker processes: one control API in front of N proxy processes sharing the listening ports.
+
+    python -m dataplane --workers 2 --control 127.0.0.1:9901 --token-file PATH --state-dir DIR
+
+One Python process serves one core. With `--workers N` (N > 1) the process started by the operator
+becomes a supervisor: it serves the control API and keeps the snapshot on disk, and it starts N
+worker processes (`python -m dataplane.workers`). Each worker runs its own `Node`, binds every
+listener's port with SO_REUSEPORT, so the kernel spreads new connections over the workers, and runs
+its own health checks.
+
+Every worker is fed the same snapshot. The supervisor relays each accepted `PUT /v1/config` to all
+workers at once, over their private control APIs on loopback (same token), and merges their
+answers: a listener is `running` when it runs in every worker, otherwise it carries the first
+worker's failure. `GET /v1/status` asks every worker and adds their counters up; backend health is
+the first worker's view. A worker that dies is started again and given the current snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import ctypes
+import gc
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dataplane.config import Snapshot
+from dataplane.control import ControlApi
+from dataplane.node import GenerationConflict, Node, StaleGeneration
+
+log = logging.getLogger("dataplane.workers")
+
+WORKER_READY = "dataplane worker ready on port "
+# How long a worker may take to start, and to answer one control request.
+START_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 60.0
+# A worker that keeps dying is started again at most this often.
+RESTART_DELAY = 1.0
+
+_NOT_EVERYWHERE = "not yet applied in every worker process"
+_COUNTERS = (
+    "active_connections",
+    "total_connections",
+    "denied_connections",
+    "requests",
+    "bytes_in",
+    "bytes_out",
+)
+
+
+class WorkerError(Exception):
+    """A worker that could not be started or did not answer."""
+
+
+class Worker:
+    """One worker process and its private control API."""
+
+    def __init__(self, index: int, command: list[str], token: str) -> None:
+        self.index = index
+        self.command = command
+        self._authorization = f"Bearer {token}".encode()
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+        )
+        try:
+            line = await asyncio.wait_for(self.process.stdout.readline(), START_TIMEOUT)  # type: ignore[union-attr]
+        except TimeoutError:
+            self.process.kill()
+            raise WorkerError(f"worker {self.index} did not start") from None
+        text = line.decode(errors="replace").strip()
+        if not text.startswith(WORKER_READY):
+            raise WorkerError(f"worker {self.index} did not start: {text or 'no output'}")
+        self.port = int(text[len(WORKER_READY) :])
+
+    async def request(
+        self, method: str, path: str, body: bytes = b""
+    ) -> tuple[int, dict[str, Any]]:
+        """One control request; raises WorkerError when the worker cannot be reached."""
+        try:
+            return await asyncio.wait_for(self._request(method, path, body), REQUEST_TIMEOUT)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+            raise WorkerError(f"worker {self.index}: {exc or type(exc).__name__}") from None
+
+    async def _request(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(
+                b"%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: %s\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                % (method.encode(), path.encode(), self._authorization, len(body))
+            )
+            writer.write(body)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            payload = json.loads(await reader.readexactly(length)) if length else {}
+        finally:
+            writer.close()
+        return status, payload
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def terminate(self) -> None:
+        if self.running():
+            self.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+
+
+class WorkerGroup:
+    """Stands where a `Node` stands for the control API: applies snapshots in every worker."""
+
+    def __init__(self, count: int, command: list[str], token: str) -> None:
+        if count < 1:
+            raise ValueError("at least one worker is needed")
+        self.workers = [Worker(index, command, token) for index in range(count)]
+        self.snapshot: Snapshot | None = None
+        self.generation = 0
+        self.draining = False
+        self.started = time.time()
+        self._lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await asyncio.gather(*(worker.start() for worker in self.workers))
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    # -- applying --------------------------------------------------------------------------------
+
+    async def apply(self, snapshot: Snapshot) -> dict[str, dict[str, str]]:
+        """Same contract as `Node.apply`, for every worker at once."""
+        async with self._lock:
+            if snapshot.generation < self.generation:
+                raise StaleGeneration(
+                    f"generation {snapshot.generation} is older than the applied "
+                    f"generation {self.generation}"
+                )
+            if (
+                self.snapshot is not None
+                and snapshot.generation == self.generation
+                and snapshot != self.snapshot
+            ):
+                raise GenerationConflict(
+                    f"generation {snapshot.generation} is already applied with other content"
+                )
+            body = snapshot.to_json().encode()
+            answers = await asyncio.gather(*(self._push(worker, body) for worker in self.workers))
+            self.snapshot = snapshot
+            self.generation = snapshot.generation
+            return _merge_results(snapshot, [answer for answer in answers if answer is not None])
+
+    async def _push(self, worker: Worker, body: bytes) -> dict[str, dict[str, str]] | None:
+        try:
+            status, payload = await worker.request("PUT", "/v1/config", body)
+        except WorkerError as exc:
+            # The watcher starts it again and gives it the snapshot.
+            log.warning("cannot apply in %s", exc)
+            return None
+        if status != 200:
+            log.error("worker %d refused the snapshot: %s", worker.index, payload)
+            return None
+        return payload.get("listeners", {})
+
+    def results(self) -> dict[str, dict[str, str]]:
+        return {}
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        """What the supervisor knows without asking the workers (no counters)."""
+        return {
+            "instance_id": self.snapshot.instance_id if self.snapshot else None,
+            "generation": self.generation,
+            "draining": self.draining,
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "listeners": {},
+        }
+
+    async def gather_status(self) -> dict[str, object]:
+        """The node's status: every worker's counters added up, the first worker's health."""
+        answers = await asyncio.gather(
+            *(worker.request("GET", "/v1/status") for worker in self.workers),
+            return_exceptions=True,
+        )
+        reports = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                log.warning("no status from %s", answer)
+            elif answer[0] == 200:
+                reports.append(answer[1])
+        result = self.status()
+        if reports:
+            result["listeners"] = _merge_listeners(reports)
+        return result
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RESTART_DELAY)
+            for worker in self.workers:
+                if worker.running() or self.draining:
+                    continue
+                log.warning(
+                    "worker %d exited with %s; starting it again",
+                    worker.index,
+                    worker.process.returncode if worker.process else None,
+                )
+                try:
+                    await worker.start()
+                except WorkerError as exc:
+                    log.error("%s", exc)
+                    continue
+                async with self._lock:
+                    if self.snapshot is not None:
+                        await self._push(worker, self.snapshot.to_json().encode())
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        """SIGTERM every worker (each drains on its own) and wait for them."""
+        self.draining = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for worker in self.workers:
+            worker.terminate()
+        for worker in self.workers:
+            if worker.process is None:
+                continue
+            try:
+                await asyncio.wait_for(worker.process.wait(), drain_timeout + 5)
+            except TimeoutError:
+                worker.process.kill()
+                await worker.process.wait()
+
+
+def _merge_results(
+    snapshot: Snapshot, answers: list[dict[str, dict[str, str]]]
+) -> dict[str, dict[str, str]]:
+    """One result per listener: running only where every worker runs it."""
+    merged: dict[str, dict[str, str]] = {}
+    for answer in answers:
+        for listener_id, result in answer.items():
+            known = merged.get(listener_id)
+            if known is None or (known["status"] == "running" and result["status"] != "running"):
+                merged[listener_id] = result
+    if not answers:
+        for listener in snapshot.listeners:
+            merged[listener.id] = {"status": "failed", "reason": "no worker process answered"}
+    return merged
+
+
+def _merge_listeners(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per listener: counters and backend activity added up, health from the first worker."""
+    by_worker = [report.get("listeners", {}) for report in reports]
+    merged: dict[str, Any] = {}
+    for listener_id in dict.fromkeys(key for listeners in by_worker for key in listeners):
+        entries = [listeners.get(listener_id) for listeners in by_worker]
+        present = [entry for entry in entries if entry is not None]
+        mine = copy.deepcopy(present[0])
+        counters = mine["counters"]
+        for other in present[1:]:
+            if mine["status"] == "running" and other["status"] != "running":
+                mine["status"], mine["reason"] = other["status"], other["reason"]
+            for name in _COUNTERS:
+                counters[name] += other["counters"][name]
+            for status_class, count in other["counters"]["responses"].items():
+                counters["responses"][status_class] = (
+                    counters["responses"].get(status_class, 0) + count
+                )
+            active = {backend["id"]: backend["active"] for backend in other["backends"]}
+            for backend in mine["backends"]:
+                backend["active"] += active.get(backend["id"], 0)
+        if len(present) < len(entries):
+            # A worker started again that has not got the snapshot yet.
+            mine["status"], mine["reason"] = "failed", _NOT_EVERYWHERE
+        merged[listener_id] = mine
+    return merged
+
+
+class SupervisorApi(ControlApi):
+    """The control API of a supervisor: status is gathered from the workers when asked."""
+
+    def __init__(self, group: WorkerGroup, **kwargs: Any) -> None:
+        super().__init__(group, **kwargs)  # type: ignore[arg-type]
+        self.group = group
+
+    async def handle(
+        self, method: bytes, path: bytes, authorization: bytes | None, body: bytes
+    ) -> tuple[int, object]:
+        if path == b"/v1/status" and method == b"GET" and self.authorized(authorization):
+            return 200, await self.group.gather_status()
+        return await super().handle(method, path, authorization, body)
+
+
+def worker_command(args: argparse.Namespace) -> list[str]:
+    """How the supervisor starts one worker."""
+    return [
+        sys.executable,
+        "-m",
+        "dataplane.workers",
+        "--token-file",
+        str(args.token_file),
+        "--drain-timeout",
+        str(args.drain_timeout),
+        "--log-level",
+        args.log_level,
+    ]
+
+
+# -- the worker process ----------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    # A worker must not outlive its supervisor and keep a port open (Linux prctl PR_SET_PDEATHSIG).
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)
+
+
+async def serve_worker(token: str, drain_timeout: float) -> int:
+    loop = asyncio.get_running_loop()
+    node = Node(reuse_port=True)
+    api = ControlApi(node, token=token, store=None)
+    _, port = await api.start("127.0.0.1", 0)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    gc.freeze()
+    sys.stdout.write(f"{WORKER_READY}{port}\n")
+    sys.stdout.flush()
+    await stop.wait()
+    api.close()
+    await node.shutdown(drain_timeout)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvloop
+
+    parser = argparse.ArgumentParser(prog="python -m dataplane.workers")
+    parser.add_argument("--token-file", type=Path, required=True)
+    parser.add_argument("--drain-timeout", type=float, default=10.0)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s",
+        stream=sys.stderr,
+    )
+    _die_with_parent()
+    token = args.token_file.read_text().strip()
+    return uvloop.run(serve_worker(token, args.drain_timeout))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
