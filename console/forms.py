@@ -10,17 +10,19 @@ from console.models import DataplaneNode, Instance
 class InstanceForm(forms.ModelForm):
     class Meta:
         model = Instance
-        fields = ["name", "edition", "bind_address", "listener_quota"]
+        fields = ["name", "edition", "bind_address", "listener_quota", "bandwidth_mbit"]
         labels = {
             "name": "Instance Name",
             "edition": "Edition",
             "bind_address": "Bind Address",
             "listener_quota": "Listener Quota",
+            "bandwidth_mbit": "Bandwidth (Mbit/s)",
         }
         help_texts = {
             "edition": "Basic instances support neither mutual authentication nor "
             "Retrieve Client IP.",
             "listener_quota": "Maximum number of listeners on this instance (1-100).",
+            "bandwidth_mbit": "Optional. Listener bandwidth limits may not add up to more.",
         }
 
     def clean_listener_quota(self) -> int:

@@ -25,6 +25,8 @@ class Instance(models.Model):
         help_text="Address the dataplane binds this instance's listeners on.",
     )
     listener_quota = models.PositiveIntegerField(default=50)
+    # Seed 000: the listeners' bandwidth limits may not add up to more than the instance's.
+    bandwidth_mbit = models.PositiveIntegerField(null=True, blank=True)
     # Desired configuration version. Every change to a listener or to something a listener uses
     # bumps it in the same transaction; nodes report the generation they applied.
     generation = models.PositiveBigIntegerField(default=1)

@@ -25,13 +25,11 @@ def build_snapshot(instance: Instance) -> dp.Snapshot:
         group = listener.server_group
         groups[group.id] = group
         sni_ids: tuple[str, ...] = ()
+        if listener.needs_certificate and listener.default_certificate is not None:
+            certificates[listener.default_certificate.id] = listener.default_certificate
         if listener.uses_tls:
-            for certificate in [
-                listener.default_certificate,
-                *listener.additional_certificates.all(),
-            ]:
-                if certificate is not None:
-                    certificates[certificate.id] = certificate
+            for certificate in listener.additional_certificates.all():
+                certificates[certificate.id] = certificate
             sni_ids = tuple(c.id for c in listener.additional_certificates.all())
             if listener.mutual_authentication and listener.ca_certificate is not None:
                 cas[listener.ca_certificate.id] = listener.ca_certificate
@@ -44,6 +42,7 @@ def build_snapshot(instance: Instance) -> dp.Snapshot:
         instance_id=instance.id,
         generation=instance.generation,
         bind_address=instance.bind_address,
+        bandwidth_mbit=instance.bandwidth_mbit,
         listeners=tuple(snapshot_listeners),
         server_groups=tuple(_group(group) for group in groups.values()),
         certificates=tuple(
@@ -111,10 +110,17 @@ def _listener(listener: Listener, sni_ids: tuple[str, ...]) -> dp.Listener:
             enabled=listener.retrieve_client_ip,
             trusted=tuple(p for p in listener.trusted_proxies.split(";") if p),
         ),
-        default_certificate_id=listener.default_certificate_id if listener.uses_tls else None,
+        default_certificate_id=(
+            listener.default_certificate_id if listener.needs_certificate else None
+        ),
         sni_certificate_ids=sni_ids,
         tls_policy=(listener.tls_policy_id or "tls_cipher_policy_1_0"),
         ca_certificate_id=listener.ca_certificate_id if mutual else None,
+        compression=listener.compression if listener.is_http else "off",
+        bandwidth_mbit=listener.bandwidth_mbit,
+        quic_listener_id=(
+            listener.quic_listener_id if listener.protocol == Listener.Protocol.HTTPS else None
+        ),
     )
 
 
@@ -133,6 +139,8 @@ def _group(group) -> dp.ServerGroup:
             healthy_threshold=check.healthy_threshold,
             unhealthy_threshold=check.unhealthy_threshold,
             expected_codes=tuple(check.expected_codes or ("http_2xx", "http_3xx")),
+            udp_request=check.udp_request,
+            udp_expected=check.udp_expected,
         )
     return dp.ServerGroup(
         id=group.id,
@@ -143,4 +151,6 @@ def _group(group) -> dp.ServerGroup:
             for s in group.servers.all()
         ),
         health_check=health,
+        slow_start=group.slow_start,
+        slow_start_duration=group.slow_start_duration,
     )

@@ -17,9 +17,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-PROTOCOLS = ("http", "https", "tcp", "tcp_ssl")
+PROTOCOLS = ("http", "https", "tcp", "tcp_ssl", "udp", "quic")
 HTTP_PROTOCOLS = frozenset({"http", "https"})
 TLS_PROTOCOLS = frozenset({"https", "tcp_ssl"})
+# Listeners on UDP sockets; the others listen on TCP. Ports are unique per transport.
+DATAGRAM_PROTOCOLS = frozenset({"udp", "quic"})
 # Same names as dataplane.balancing.ALGORITHMS (a test keeps them equal); repeated here so the
 # schema stays importable on its own by the console.
 SCHEDULERS = (
@@ -33,8 +35,18 @@ TCP_SSL_SCHEDULERS = ("weighted_round_robin", "weighted_least_connections")
 PERSISTENCE_MODES = ("none", "insert_cookie", "rewrite_cookie", "source_ip")
 ACL_MODES = ("off", "whitelist", "blacklist")
 XFF_MODES = ("add", "remove", "off")
-BACKEND_PROTOCOLS = ("http", "https", "tcp")
-HEALTH_CHECK_PROTOCOLS = ("tcp", "http", "https")
+BACKEND_PROTOCOLS = ("http", "https", "tcp", "udp")
+HEALTH_CHECK_PROTOCOLS = ("tcp", "http", "https", "udp")
+# Seed 001 "Data Compression": off, Gzip only (seed 000's GZIP), or Brotli with Gzip.
+COMPRESSION_MODES = ("off", "gzip", "brotli_gzip")
+# Seed 000: a listener's bandwidth limit, in Mbit/s.
+LISTENER_BANDWIDTH_MBIT = (1, 5120)
+INSTANCE_BANDWIDTH_MBIT = (1, 100_000)
+# Seed 002: slow start duration in seconds.
+SLOW_START_DURATION = (30, 1200)
+# Schedulers that take weights and so can ramp a server's weight (see dataplane.slowstart).
+SLOW_START_SCHEDULERS = ("weighted_round_robin", "weighted_least_connections")
+UDP_PAYLOAD_MAX = 64
 STATUS_CLASSES = ("http_1xx", "http_2xx", "http_3xx", "http_4xx", "http_5xx")
 TLS_VERSIONS = ("TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 PREDEFINED_TLS_POLICIES = (
@@ -79,6 +91,16 @@ _HOSTNAME_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 # Seed 002 health check path: 1-80 characters starting with "/", from this character set.
 _HEALTH_PATH = re.compile(r"^/[A-Za-z0-9\-/.%?#&_~';@$*+,=!:()]{0,79}$")
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,200}$")
+# The backend protocols each listener protocol can forward to (seed 003's table).
+_GROUP_PROTOCOLS = {
+    "http": ("http", "https"),
+    "https": ("http", "https"),
+    "tcp": ("tcp",),
+    "tcp_ssl": ("tcp",),
+    "udp": ("udp",),
+    "quic": ("http",),
+}
+_PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
 
 
 class ConfigError(ValueError):
@@ -109,6 +131,9 @@ class HealthCheck:
     healthy_threshold: int = 3
     unhealthy_threshold: int = 3
     expected_codes: tuple[str, ...] = ("http_2xx", "http_3xx")
+    # UDP checks: the request datagram, and text the reply must contain ("" accepts any reply).
+    udp_request: str = ""
+    udp_expected: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +143,8 @@ class ServerGroup:
     backend_protocol: str = "http"
     servers: tuple[BackendServer, ...] = ()
     health_check: HealthCheck = field(default_factory=HealthCheck)
+    slow_start: bool = False
+    slow_start_duration: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +197,9 @@ class Listener:
     sni_certificate_ids: tuple[str, ...] = ()
     tls_policy: str = "tls_cipher_policy_1_0"
     ca_certificate_id: str | None = None
+    compression: str = "off"
+    bandwidth_mbit: int | None = None
+    quic_listener_id: str | None = None
 
     @property
     def is_http(self) -> bool:
@@ -178,6 +208,10 @@ class Listener:
     @property
     def is_tls(self) -> bool:
         return self.protocol in TLS_PROTOCOLS
+
+    @property
+    def is_datagram(self) -> bool:
+        return self.protocol in DATAGRAM_PROTOCOLS
 
     @property
     def mutual_tls(self) -> bool:
@@ -229,6 +263,8 @@ class Snapshot:
     ca_certificates: tuple[CaCertificate, ...] = ()
     tls_policies: tuple[TlsPolicy, ...] = ()
     acls: tuple[Acl, ...] = ()
+    # The instance's bandwidth in Mbit/s; listener limits may not add up to more.
+    bandwidth_mbit: int | None = None
 
     ID_PREFIXES: ClassVar[dict[str, str]] = {
         "listeners": "lsn-",
@@ -282,6 +318,9 @@ class Snapshot:
 
     def acl(self, acl_id: str | None) -> Acl | None:
         return next((a for a in self.acls if a.id == acl_id), None)
+
+    def listener(self, listener_id: str | None) -> Listener | None:
+        return next((x for x in self.listeners if x.id == listener_id), None)
 
     # -- validation ------------------------------------------------------------------------------
 
@@ -453,18 +492,30 @@ class _Validator:
                         f"acls[{index}].entries[{entry_index}]: {entry!r} is not an IP address "
                         "or CIDR block"
                     )
-        ports: dict[tuple[str, int], str] = {}
+        # http, https, tcp and tcp_ssl listen on TCP sockets, udp and quic on UDP sockets: a port
+        # is taken per transport.
+        ports: dict[tuple[bool, int], Listener] = {}
         for index, listener in enumerate(s.listeners):
             path = f"listeners[{index}]"
             self.listener(path, listener)
             if listener.enabled:
-                key = (listener.protocol, listener.port)
-                if key in ports:
+                key = (listener.is_datagram, listener.port)
+                other = ports.get(key)
+                if other is not None:
+                    transport = "UDP" if listener.is_datagram else "TCP"
                     errors.append(
-                        f"{path}.port: {listener.port} is already used by {listener.protocol} "
-                        f"listener {ports[key]}"
+                        f"{path}.port: {transport} port {listener.port} is already used by "
+                        f"{other.protocol} listener {other.id}"
                     )
-                ports.setdefault(key, listener.id)
+                ports.setdefault(key, listener)
+        if s.bandwidth_mbit is not None:
+            _in_range(errors, "bandwidth_mbit", s.bandwidth_mbit, *INSTANCE_BANDWIDTH_MBIT)
+            allocated = sum(x.bandwidth_mbit or 0 for x in s.listeners)
+            if allocated > s.bandwidth_mbit:
+                errors.append(
+                    f"bandwidth_mbit: the listeners' limits add up to {allocated} Mbit/s, more "
+                    f"than the instance's {s.bandwidth_mbit} Mbit/s"
+                )
 
     def server_group(self, path: str, group: ServerGroup) -> None:
         errors = self.errors
@@ -507,7 +558,7 @@ class _Validator:
             )
         _in_range(errors, f"{hpath}.healthy_threshold", check.healthy_threshold, 1, 10)
         _in_range(errors, f"{hpath}.unhealthy_threshold", check.unhealthy_threshold, 1, 10)
-        if check.protocol != "tcp" and not check.expected_codes:
+        if check.protocol in ("http", "https") and not check.expected_codes:
             errors.append(f"{hpath}.expected_codes: at least one is needed for HTTP checks")
         for index, code in enumerate(check.expected_codes):
             if code not in STATUS_CLASSES and not (
@@ -517,6 +568,20 @@ class _Validator:
                     f"{hpath}.expected_codes[{index}]: {code!r} is neither a class such as "
                     "http_2xx nor a status code 100-599"
                 )
+        for name in ("udp_request", "udp_expected"):
+            text = getattr(check, name)
+            if len(text) > UDP_PAYLOAD_MAX or not _PRINTABLE.match(text):
+                errors.append(
+                    f"{hpath}.{name}: at most {UDP_PAYLOAD_MAX} printable ASCII characters"
+                )
+        if check.enabled and (group.backend_protocol == "udp") != (check.protocol == "udp"):
+            errors.append(
+                f"{hpath}.protocol: udp server groups are checked with udp, other groups with "
+                "tcp, http or https"
+            )
+        _in_range(
+            errors, f"{path}.slow_start_duration", group.slow_start_duration, *SLOW_START_DURATION
+        )
 
     def certificate(self, path: str, cert: Certificate) -> None:
         errors = self.errors
@@ -570,22 +635,28 @@ class _Validator:
                 errors.append(
                     f"{path}.server_group_id: no server group {listener.server_group_id!r}"
                 )
-            elif listener.is_http and group.backend_protocol not in ("http", "https"):
-                errors.append(
-                    f"{path}.server_group_id: {listener.protocol} listeners need an http or "
-                    f"https server group, {group.id} is {group.backend_protocol}"
-                )
-            elif not listener.is_http and group.backend_protocol != "tcp":
-                errors.append(
-                    f"{path}.server_group_id: {listener.protocol} listeners need a tcp server "
-                    f"group, {group.id} is {group.backend_protocol}"
-                )
+            else:
+                allowed = _GROUP_PROTOCOLS.get(listener.protocol, ())
+                if group.backend_protocol not in allowed:
+                    errors.append(
+                        f"{path}.server_group_id: {listener.protocol} listeners need "
+                        f"{' or '.join(allowed)} server groups, {group.id} is "
+                        f"{group.backend_protocol}"
+                    )
+                if group.slow_start and listener.scheduler not in SLOW_START_SCHEDULERS:
+                    errors.append(
+                        f"{path}.scheduler: server group {group.id} uses slow start, which needs "
+                        f"weighted_round_robin or weighted_least_connections, not "
+                        f"{listener.scheduler}"
+                    )
 
         persistence = listener.persistence
         ppath = f"{path}.persistence"
         _one_of(errors, f"{ppath}.mode", persistence.mode, PERSISTENCE_MODES)
         _in_range(errors, f"{ppath}.cookie_timeout", persistence.cookie_timeout, 1, 86400)
-        if persistence.mode in ("insert_cookie", "rewrite_cookie") and not listener.is_http:
+        if listener.is_datagram and persistence.mode != "none":
+            errors.append(f"{ppath}.mode: {listener.protocol} listeners have no persistence")
+        elif persistence.mode in ("insert_cookie", "rewrite_cookie") and not listener.is_http:
             errors.append(f"{ppath}.mode: cookie persistence is for http and https listeners")
         if persistence.mode == "source_ip" and listener.is_http:
             errors.append(f"{ppath}.mode: source_ip persistence is for tcp and tcp_ssl listeners")
@@ -615,7 +686,31 @@ class _Validator:
             listener.clientcert_fingerprint,
             listener.clientcert_clientverify,
         )
-        if listener.is_tls:
+        _one_of(errors, f"{path}.compression", listener.compression, COMPRESSION_MODES)
+        if listener.compression != "off" and not listener.is_http:
+            errors.append(f"{path}.compression: only http and https listeners compress")
+        if listener.bandwidth_mbit is not None:
+            _in_range(
+                errors, f"{path}.bandwidth_mbit", listener.bandwidth_mbit, *LISTENER_BANDWIDTH_MBIT
+            )
+            if listener.is_datagram:
+                errors.append(
+                    f"{path}.bandwidth_mbit: not supported yet on {listener.protocol} listeners"
+                )
+        if listener.quic_listener_id is not None:
+            quic = s.listener(listener.quic_listener_id)
+            if listener.protocol != "https":
+                errors.append(f"{path}.quic_listener_id: only https listeners upgrade to QUIC")
+            elif quic is None or quic.protocol != "quic":
+                errors.append(
+                    f"{path}.quic_listener_id: no quic listener {listener.quic_listener_id!r}"
+                )
+
+        if listener.protocol == "quic":
+            self.quic_listener(path, listener, clientcert_flags)
+        elif listener.protocol == "udp":
+            self.udp_listener(path, listener, clientcert_flags)
+        elif listener.is_tls:
             if listener.default_certificate_id is None:
                 errors.append(f"{path}.default_certificate_id: {listener.protocol} needs one")
             elif s.certificate(listener.default_certificate_id) is None:
@@ -653,3 +748,42 @@ class _Validator:
                 )
             if any(clientcert_flags):
                 errors.append(f"{path}: client certificate headers need an https listener")
+
+    def quic_listener(self, path: str, listener: Listener, clientcert_flags: tuple) -> None:
+        """Seed 003: a server certificate, and no mutual authentication."""
+        s, errors = self.s, self.errors
+        if listener.default_certificate_id is None:
+            errors.append(f"{path}.default_certificate_id: quic needs one")
+        elif s.certificate(listener.default_certificate_id) is None:
+            errors.append(
+                f"{path}.default_certificate_id: no certificate {listener.default_certificate_id!r}"
+            )
+        if listener.ca_certificate_id is not None:
+            errors.append(f"{path}.ca_certificate_id: quic listeners have no mutual authentication")
+        if listener.sni_certificate_ids:
+            errors.append(f"{path}.sni_certificate_ids: quic listeners serve one certificate")
+        if any(clientcert_flags):
+            errors.append(f"{path}: quic listeners have no client certificate headers")
+        if listener.retrieve_client_ip.enabled:
+            errors.append(f"{path}.retrieve_client_ip: not offered on quic listeners")
+
+    def udp_listener(self, path: str, listener: Listener, clientcert_flags: tuple) -> None:
+        errors = self.errors
+        for name in ("default_certificate_id", "ca_certificate_id"):
+            if getattr(listener, name) is not None:
+                errors.append(f"{path}.{name}: udp listeners use no TLS")
+        if listener.sni_certificate_ids:
+            errors.append(f"{path}.sni_certificate_ids: udp listeners use no TLS")
+        header_flags = (
+            listener.x_forwarded_proto,
+            listener.x_forwarded_port,
+            listener.x_forwarded_host,
+            listener.x_forwarded_client_srcport,
+            listener.slb_id,
+            listener.slb_ip,
+            *clientcert_flags,
+        )
+        if any(header_flags):
+            errors.append(f"{path}: udp listeners carry no HTTP headers")
+        if listener.retrieve_client_ip.enabled:
+            errors.append(f"{path}.retrieve_client_ip: not offered on udp listeners")

@@ -14,7 +14,12 @@ certificates, TLS policy, ACL), with what is running:
 
 Server groups are shared by the listeners that use them. A group whose configuration is unchanged
 keeps its backends and health checker; a changed group starts fresh but keeps the health of servers
-that are still there when its health check did not change.
+that are still there when its health check did not change, and their slow-start ramps. With slow
+start on, a server that joins a running group (or recovers) ramps up over the group's duration.
+
+UDP and QUIC listeners live on a UDP socket (`datagram`): a changed one adopts its new settings in
+place, keeping its sessions and connections. A listener's bandwidth bucket outlives generations
+while its limit stays the same, so a reload cannot hand out a fresh burst.
 """
 
 from __future__ import annotations
@@ -24,22 +29,30 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dataplane.balancing import Backend
+from dataplane.bandwidth import TokenBucket
 from dataplane.config import Listener, ServerGroup, Snapshot
 from dataplane.health import HealthChecker, HealthCheckSpec
 from dataplane.protocols import ListenerSettings, ServerGroupRuntime
 from dataplane.protocols.http import HttpProxy
+from dataplane.protocols.quic import QuicListener, QuicSettings, alt_svc_value, quic_configuration
 from dataplane.protocols.tcp import TcpProxy
+from dataplane.protocols.udp import UdpListener, UdpSettings, bind_udp, start_udp_listener
+from dataplane.slowstart import SlowStart
 from dataplane.stats import ListenerStats
 from dataplane.tls import TlsContextCache, TlsError
+from dataplane.udp_health import UdpHealthCheckSpec, udp_probe
 from dataplane.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     import ssl
 
 log = logging.getLogger(__name__)
+# aioquic logs every connection and stream at INFO; a busy listener would drown the node's own log.
+logging.getLogger("quic").setLevel(logging.WARNING)
 
 LISTEN_BACKLOG = 1024
 TLS_HANDSHAKE_TIMEOUT = 10.0
@@ -58,9 +71,12 @@ class ListenerRuntime:
 
     __slots__ = (
         "bind_key",
+        "bucket",
         "config",
         "connections",
+        "datagram",
         "fingerprint",
+        "group",
         "id",
         "loop",
         "reason",
@@ -86,9 +102,19 @@ class ListenerRuntime:
         self.server: asyncio.AbstractServer | None = None
         self.server_context: ssl.SSLContext | None = None
         self.bind_key: tuple[str, str, int] | None = None
+        # UDP and QUIC listeners: the protocol serving the UDP socket.
+        self.datagram: UdpListener | QuicListener | None = None
+        # The server group runtime serving this listener (for status).
+        self.group: ServerGroupRuntime | None = None
+        # The bandwidth bucket, kept across generations while the limit is unchanged.
+        self.bucket: TokenBucket | None = None
 
     def close_socket(self) -> None:
         """Stop accepting: close the server and the listening socket."""
+        if self.datagram is not None:
+            # Datagram listeners have no accept: closing them ends their sessions too.
+            self.datagram.close()
+            self.datagram = None
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -102,6 +128,7 @@ class ListenerRuntime:
         """Close the socket and cut every open connection (seed 003)."""
         self.close_socket()
         self.settings = None
+        self.group = None
         for connection in list(self.connections):
             connection.abort()
         self.status = status
@@ -139,8 +166,29 @@ def _bind_reason(exc: OSError, address: str, port: int) -> str:
     return f"cannot listen on {address}:{port}: {exc.strerror or exc}"
 
 
-def _health_spec(group: ServerGroup) -> HealthCheckSpec:
+def _alt_svc(listener: Listener, snapshot: Snapshot) -> bytes | None:
+    """Seed 001 QUIC upgrade: the Alt-Svc value an HTTPS listener advertises, if any.
+
+    Only a running QUIC listener is advertised: clients would otherwise try a port nobody serves.
+    """
+    quic = snapshot.listener(listener.quic_listener_id)
+    if quic is None or not quic.enabled:
+        return None
+    return alt_svc_value(quic.port)
+
+
+def _health_spec(group: ServerGroup) -> HealthCheckSpec | UdpHealthCheckSpec:
     check = group.health_check
+    if check.protocol == "udp":
+        return UdpHealthCheckSpec(
+            port=check.port,
+            request=check.udp_request.encode("ascii"),
+            expected=check.udp_expected.encode("ascii"),
+            interval=float(check.interval),
+            timeout=float(check.timeout),
+            healthy_threshold=check.healthy_threshold,
+            unhealthy_threshold=check.unhealthy_threshold,
+        )
     return HealthCheckSpec(
         protocol=check.protocol,
         port=check.port,
@@ -154,12 +202,28 @@ def _health_spec(group: ServerGroup) -> HealthCheckSpec:
     )
 
 
+def _keep_bucket(runtime: ListenerRuntime, listener: Listener) -> None:
+    """The listener's bandwidth bucket: the same one while the limit stays, else a new one."""
+    limit = listener.bandwidth_mbit
+    if limit is None:
+        runtime.bucket = None
+        return
+    bucket = runtime.bucket
+    rate = TokenBucket.for_mbit(limit).rate_bytes_per_s
+    if bucket is None or bucket.rate_bytes_per_s != rate:
+        runtime.bucket = TokenBucket.for_mbit(limit)
+
+
 class Node:
     """Applies snapshots and reports status; one per dataplane process."""
 
-    def __init__(self, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self, *, reuse_port: bool = False, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         # True in a worker process: its listening sockets share their ports with the other workers.
         self.reuse_port = reuse_port
+        # The clock slow-start ramps are measured on (a test drives it by hand).
+        self.clock = clock
         self.snapshot: Snapshot | None = None
         self.generation = 0
         self.listeners: dict[str, ListenerRuntime] = {}
@@ -287,23 +351,43 @@ class Node:
                 groups[group_id] = self._build_group(config, old)
         return groups
 
-    @staticmethod
-    def _build_group(config: ServerGroup, old: ServerGroupRuntime | None) -> ServerGroupRuntime:
+    def _build_group(
+        self, config: ServerGroup, old: ServerGroupRuntime | None
+    ) -> ServerGroupRuntime:
         backends = [
             Backend(server.id, server.address, server.port, server.weight)
             for server in config.servers
         ]
-        if old is not None and old.config.health_check == config.health_check:
+        slow_start = (
+            SlowStart(config.slow_start_duration, clock=self.clock) if config.slow_start else None
+        )
+        if old is not None:
+            same_check = old.config.health_check == config.health_check
             previous = {(b.id, b.address, b.port): b for b in old.backends}
             for backend in backends:
                 before = previous.get((backend.id, backend.address, backend.port))
-                if before is not None:
-                    backend.healthy = before.healthy
-                    backend.health_reason = before.health_reason
-                    backend.last_check = before.last_check
-        group = ServerGroupRuntime(config, backends)
+                if before is None:
+                    if slow_start is not None:
+                        # Joins a group that already serves: it ramps up (seed 002).
+                        slow_start.begin(backend)
+                elif same_check:
+                    backend.adopt_state(before)
+                else:
+                    # A new health check judges afresh, but a ramp under way goes on.
+                    backend.ramp_started = before.ramp_started
+        group = ServerGroupRuntime(config, backends, slow_start)
         if config.health_check.enabled and backends:
-            group.checker = HealthChecker(_health_spec(config), backends)
+            spec = _health_spec(config)
+            on_change = slow_start.on_health_change if slow_start is not None else None
+            if isinstance(spec, UdpHealthCheckSpec):
+                group.checker = HealthChecker(
+                    spec,  # type: ignore[arg-type]
+                    backends,
+                    on_change=on_change,
+                    probe=udp_probe,
+                )
+            else:
+                group.checker = HealthChecker(spec, backends, on_change=on_change)
         return group
 
     @staticmethod
@@ -319,6 +403,7 @@ class Node:
             snapshot.ca_certificate(listener.ca_certificate_id),
             snapshot.tls_policy(listener.tls_policy) if listener.is_tls else None,
             snapshot.acl(listener.acl.acl_id),
+            _alt_svc(listener, snapshot),
         )
 
     async def _start_listener(
@@ -329,17 +414,24 @@ class Node:
         groups: dict[str, ServerGroupRuntime],
         fingerprint: tuple,
     ) -> None:
+        if listener.is_datagram:
+            await self._start_datagram(runtime, listener, snapshot, groups, fingerprint)
+            return
         runtime.config = listener
         runtime.fingerprint = fingerprint
+        runtime.group = groups.get(listener.server_group_id or "")
+        _keep_bucket(runtime, listener)
         try:
             tls = self.tls_cache.listener_tls(listener, snapshot) if listener.is_tls else None
             settings = ListenerSettings(
                 listener,
                 snapshot,
-                group=groups.get(listener.server_group_id or ""),
+                group=runtime.group,
                 tls=tls,
                 pool=self.pool,
                 stats=runtime.stats,
+                bucket=runtime.bucket,
+                alt_svc=_alt_svc(listener, snapshot),
             )
         except (TlsError, ValueError) as exc:
             log.warning(
@@ -389,6 +481,79 @@ class Node:
         runtime.status = "running"
         runtime.reason = ""
 
+    async def _start_datagram(
+        self,
+        runtime: ListenerRuntime,
+        listener: Listener,
+        snapshot: Snapshot,
+        groups: dict[str, ServerGroupRuntime],
+        fingerprint: tuple,
+    ) -> None:
+        """UDP and QUIC listeners: bind and serve, or update the running one in place."""
+        runtime.config = listener
+        runtime.fingerprint = fingerprint
+        group = runtime.group = groups.get(listener.server_group_id or "")
+        backends = group.backends if group is not None else []
+        slow_start = group.slow_start if group is not None else None
+        configuration = None
+        try:
+            if listener.protocol == "udp":
+                settings: UdpSettings | QuicSettings = UdpSettings.from_listener(
+                    listener, snapshot, backends, runtime.stats, slow_start=slow_start
+                )
+            else:
+                settings = QuicSettings.from_listener(
+                    listener, snapshot, backends, runtime.stats, slow_start=slow_start
+                )
+                certificate = snapshot.certificate(listener.default_certificate_id)
+                if certificate is None:  # validation refuses this; a guard, not a path
+                    raise TlsError("no server certificate")
+                configuration = quic_configuration(
+                    certificate.certificate_pem,
+                    certificate.private_key_pem,
+                    certificate.chain_pem,
+                    idle_timeout=float(listener.idle_timeout),
+                )
+        except (TlsError, ValueError) as exc:
+            log.warning(
+                "listener %s failed: %s", listener.id, exc, extra={"listener_id": listener.id}
+            )
+            runtime.stop("failed", str(exc))
+            return
+
+        datagram = runtime.datagram
+        if isinstance(datagram, UdpListener) and isinstance(settings, UdpSettings):
+            datagram.update(settings)
+        elif isinstance(datagram, QuicListener) and isinstance(settings, QuicSettings):
+            datagram.update(settings, configuration)
+        else:
+            try:
+                sock = bind_udp(snapshot.bind_address, listener.port, reuse_port=self.reuse_port)
+            except OSError as exc:
+                reason = _bind_reason(exc, snapshot.bind_address, listener.port)
+                log.warning(
+                    "listener %s failed: %s",
+                    listener.id,
+                    reason,
+                    extra={"listener_id": listener.id},
+                )
+                runtime.stop("failed", reason)
+                return
+            try:
+                if isinstance(settings, UdpSettings):
+                    runtime.datagram = await start_udp_listener(sock, settings)
+                else:
+                    quic = QuicListener(settings, configuration)  # type: ignore[arg-type]
+                    await quic.start(sock)
+                    runtime.datagram = quic
+            except OSError as exc:
+                sock.close()
+                runtime.stop("failed", f"cannot serve on port {listener.port}: {exc}")
+                return
+            runtime.bind_key = _bind_key(listener, snapshot)
+        runtime.status = "running"
+        runtime.reason = ""
+
     # -- status ----------------------------------------------------------------------------------
 
     def status(self) -> dict[str, object]:
@@ -396,9 +561,8 @@ class Node:
         listeners: dict[str, object] = {}
         for listener_id, runtime in self.listeners.items():
             config = runtime.config
-            settings = runtime.settings
             backends = []
-            group = settings.group if settings is not None else None
+            group = runtime.group if runtime.status == "running" else None
             if group is not None:
                 for backend in group.backends:
                     backends.append(
@@ -431,6 +595,8 @@ class Node:
                 "counters": runtime.stats.as_dict(),
                 "backends": backends,
             }
+            if isinstance(runtime.datagram, UdpListener):
+                listeners[listener_id]["udp"] = runtime.datagram.counters()
         return {
             "instance_id": self.snapshot.instance_id if self.snapshot else None,
             "generation": self.generation,

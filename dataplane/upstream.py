@@ -37,6 +37,7 @@ class Exchange(Protocol):
     def flush(self) -> None: ...
     def upstream_pause_client(self) -> None: ...
     def upstream_resume_client(self) -> None: ...
+    def tunnel_data(self, data: bytes) -> None: ...
 
 
 class HttpUpstream(asyncio.Protocol):
@@ -67,6 +68,7 @@ class HttpUpstream(asyncio.Protocol):
         "status",
         "stray",
         "transport",
+        "tunnel",
     )
 
     def __init__(self, pool: UpstreamPool, key: PoolKey) -> None:
@@ -94,6 +96,9 @@ class HttpUpstream(asyncio.Protocol):
         self.headers_done = False
         self.interim = False
         self.received = False
+        # After a 101 Switching Protocols the owner set this: bytes pass through unparsed, and
+        # the connection is never pooled again.
+        self.tunnel = False
 
     def begin(self, owner: Exchange) -> None:
         """Give the connection to a request; the response state starts fresh."""
@@ -113,6 +118,9 @@ class HttpUpstream(asyncio.Protocol):
             self.close()
             return
         self.received = True
+        if self.tunnel:
+            owner.tunnel_data(data)
+            return
         if self.partial:
             self.buffer = self.partial + data
             self.partial = b""
@@ -124,6 +132,20 @@ class HttpUpstream(asyncio.Protocol):
             owner = self.owner
             if owner is not None:
                 owner.flush()
+        except httptools.HttpParserUpgrade as exc:
+            self.buffer = b""
+            owner = self.owner
+            if owner is None or not self.tunnel:
+                # 101 to a request that did not ask to switch protocols.
+                if owner is not None:
+                    owner.upstream_error(self)
+                self.close()
+                return
+            owner.flush()
+            rest = data[exc.args[0] :]
+            if rest:
+                owner.tunnel_data(rest)
+            return
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if cause is not None:
@@ -197,6 +219,9 @@ class HttpUpstream(asyncio.Protocol):
             self.owner.upstream_body(body)
 
     def on_message_complete(self) -> None:
+        if self.tunnel:
+            # The 101's "message" ends at its head; the connection now belongs to the tunnel.
+            return
         if self.interim:
             self.interim = False
             return

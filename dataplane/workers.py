@@ -282,6 +282,10 @@ def _merge_listeners(reports: list[dict[str, Any]]) -> dict[str, Any]:
                 counters["responses"][status_class] = (
                     counters["responses"].get(status_class, 0) + count
                 )
+            udp = other.get("udp")
+            if udp is not None and "udp" in mine:
+                for name, value in udp.items():
+                    mine["udp"][name] = mine["udp"].get(name, 0) + value
             active = {backend["id"]: backend["active"] for backend in other["backends"]}
             for backend in mine["backends"]:
                 backend["active"] += active.get(backend["id"], 0)

@@ -129,6 +129,7 @@ class ServerGroup(models.Model):
         HTTP = "http", "HTTP"
         HTTPS = "https", "HTTPS"
         TCP = "tcp", "TCP"
+        UDP = "udp", "UDP"
 
     id = models.CharField(
         primary_key=True, max_length=16, default=new_server_group_id, editable=False
@@ -138,6 +139,9 @@ class ServerGroup(models.Model):
         max_length=8, choices=BackendProtocol.choices, default=BackendProtocol.HTTP
     )
     description = models.CharField(max_length=255, blank=True, default="")
+    # Seed 002: a server that joins or recovers gets a linearly growing share over this time.
+    slow_start = models.BooleanField(default=False)
+    slow_start_duration = models.PositiveSmallIntegerField(default=30, validators=bounded(30, 1200))
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -179,6 +183,7 @@ class HealthCheck(models.Model):
         TCP = "tcp", "TCP"
         HTTP = "http", "HTTP"
         HTTPS = "https", "HTTPS"
+        UDP = "udp", "UDP"
 
     EXPECTED_CODES = (
         ("http_2xx", "http_2xx"),
@@ -200,6 +205,8 @@ class HealthCheck(models.Model):
     healthy_threshold = models.PositiveSmallIntegerField(default=3, validators=bounded(2, 10))
     unhealthy_threshold = models.PositiveSmallIntegerField(default=3, validators=bounded(1, 10))
     expected_codes = models.JSONField(default=list)
+    udp_request = models.CharField(max_length=64, blank=True, default="")
+    udp_expected = models.CharField(max_length=64, blank=True, default="")
 
     def __str__(self) -> str:
         return f"{self.get_protocol_display()} check of {self.group_id}"
@@ -211,6 +218,8 @@ class Listener(models.Model):
         HTTPS = "https", "HTTPS"
         TCP = "tcp", "TCP"
         TCP_SSL = "tcp_ssl", "TCP SSL"
+        UDP = "udp", "UDP"
+        QUIC = "quic", "QUIC"
 
     class DesiredState(models.TextChoices):
         RUNNING = "running", "Running"
@@ -233,6 +242,11 @@ class Listener(models.Model):
         WHITELIST = "whitelist", "Whitelist"
         BLACKLIST = "blacklist", "Blacklist"
 
+    class Compression(models.TextChoices):
+        OFF = "off", "Off"
+        GZIP = "gzip", "Gzip"
+        BROTLI_GZIP = "brotli_gzip", "Brotli and Gzip"
+
     class ForwardedFor(models.TextChoices):
         ADD = "add", "Add"
         REMOVE = "remove", "Remove"
@@ -240,6 +254,8 @@ class Listener(models.Model):
 
     TLS_PROTOCOLS = frozenset({Protocol.HTTPS, Protocol.TCP_SSL})
     HTTP_PROTOCOLS = frozenset({Protocol.HTTP, Protocol.HTTPS})
+    # Seed 003: a QUIC listener needs a server certificate, but has no TLS policy, SNI or mTLS.
+    CERTIFICATE_PROTOCOLS = frozenset({Protocol.HTTPS, Protocol.TCP_SSL, Protocol.QUIC})
 
     id = models.CharField(primary_key=True, max_length=16, default=new_listener_id, editable=False)
     instance = models.ForeignKey(Instance, on_delete=models.PROTECT, related_name="listeners")
@@ -279,6 +295,13 @@ class Listener(models.Model):
     header_clientcert_clientverify = models.BooleanField(default=False)
     retrieve_client_ip = models.BooleanField(default=False)
     trusted_proxies = models.CharField(max_length=1024, blank=True, default="")
+    compression = models.CharField(
+        max_length=16, choices=Compression.choices, default=Compression.OFF
+    )
+    bandwidth_mbit = models.PositiveIntegerField(null=True, blank=True, validators=bounded(1, 5120))
+    quic_listener = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="upgraded_from"
+    )
 
     default_certificate = models.ForeignKey(
         Certificate,
@@ -331,6 +354,10 @@ class Listener(models.Model):
     @property
     def uses_tls(self) -> bool:
         return self.protocol in self.TLS_PROTOCOLS
+
+    @property
+    def needs_certificate(self) -> bool:
+        return self.protocol in self.CERTIFICATE_PROTOCOLS
 
     @property
     def is_http(self) -> bool:

@@ -6,17 +6,19 @@ Each function returns an error message or None, so the caller decides which fiel
 from __future__ import annotations
 
 from console.models import Instance
-from listeners.models import Listener, TlsPolicy
+from listeners.models import Listener, Scheduler, ServerGroup, TlsPolicy
 
-# Seed 001/003: HTTP and HTTPS listeners never share a port. Every protocol here is carried over
-# TCP, and one TCP port can be bound only once, so the dataplane needs the same for TCP and
-# TCP SSL (seed 004: "The listener port must be unique in the same CLB instance"). UDP and QUIC,
-# once offered, form their own transport and may reuse a TCP port number.
+# Seed 001/003: HTTP and HTTPS listeners never share a port. One TCP port can be bound only
+# once, so the same holds for TCP and TCP SSL (seed 004: "The listener port must be unique in
+# the same CLB instance"). UDP and QUIC form their own transport and may reuse a TCP port
+# number, so HTTPS 443 and QUIC 443 live side by side.
 TRANSPORT = {
     Listener.Protocol.HTTP: "tcp",
     Listener.Protocol.HTTPS: "tcp",
     Listener.Protocol.TCP: "tcp",
     Listener.Protocol.TCP_SSL: "tcp",
+    Listener.Protocol.UDP: "udp",
+    Listener.Protocol.QUIC: "udp",
 }
 
 
@@ -40,9 +42,10 @@ def port_conflict(instance: Instance, protocol: str, port: int, exclude_id: str 
                 f"Port {port} is used by {other.get_protocol_display()} listener {other.name} "
                 f"({other.id}). HTTP and HTTPS listeners cannot use the same port."
             )
+        carrier = "TCP" if transport == "tcp" else "UDP"
         return (
             f"Port {port} is used by {other.get_protocol_display()} listener {other.name} "
-            f"({other.id}). Listeners carried over TCP cannot share a port."
+            f"({other.id}). Listeners carried over {carrier} cannot share a port."
         )
     return None
 
@@ -67,6 +70,16 @@ def policy_cannot_serve(policy: TlsPolicy, certificate) -> str | None:
     )
 
 
+def slow_start_conflict(slow_start: bool, scheduler: str) -> str | None:
+    # Seed 002: slow start works with weighted round robin and weighted least connections.
+    if slow_start and scheduler not in (Scheduler.WRR, Scheduler.WLC):
+        return (
+            "Slow start works only with Weighted Round-robin and Weighted Least Connections; "
+            f"this listener uses {Scheduler(scheduler).label}."
+        )
+    return None
+
+
 def configuring_refusal(listener: Listener, action: str) -> str | None:
     if listener.is_configuring:
         return (
@@ -74,3 +87,15 @@ def configuring_refusal(listener: Listener, action: str) -> str | None:
             "configuration has been applied."
         )
     return None
+
+
+def compatible_backend_protocols(protocol: str) -> list[str]:
+    # Seed 003: HTTP and HTTPS listeners forward to HTTP or HTTPS backends; TCP and TCP SSL
+    # listeners forward raw bytes, so their group speaks TCP.
+    if protocol in Listener.HTTP_PROTOCOLS:
+        return [ServerGroup.BackendProtocol.HTTP, ServerGroup.BackendProtocol.HTTPS]
+    if protocol == Listener.Protocol.QUIC:
+        return [ServerGroup.BackendProtocol.HTTP]
+    if protocol == Listener.Protocol.UDP:
+        return [ServerGroup.BackendProtocol.UDP]
+    return [ServerGroup.BackendProtocol.TCP]

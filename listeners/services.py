@@ -114,9 +114,20 @@ def create_listener(
 
 
 def create_server_group(
-    *, name: str, backend_protocol: str, servers: list[dict], health_check: dict | None = None
+    *,
+    name: str,
+    backend_protocol: str,
+    servers: list[dict],
+    health_check: dict | None = None,
+    slow_start: bool = False,
+    slow_start_duration: int = 30,
 ) -> ServerGroup:
-    group = ServerGroup.objects.create(name=name, backend_protocol=backend_protocol)
+    group = ServerGroup.objects.create(
+        name=name,
+        backend_protocol=backend_protocol,
+        slow_start=slow_start,
+        slow_start_duration=slow_start_duration,
+    )
     BackendServer.objects.bulk_create(
         BackendServer(
             group=group,
@@ -132,9 +143,12 @@ def create_server_group(
 
 
 def default_health_check(group: ServerGroup) -> dict:
-    http = group.backend_protocol in (ServerGroup.BackendProtocol.HTTP,)
+    protocol = {
+        ServerGroup.BackendProtocol.HTTP: HealthCheck.Protocol.HTTP,
+        ServerGroup.BackendProtocol.UDP: HealthCheck.Protocol.UDP,
+    }.get(group.backend_protocol, HealthCheck.Protocol.TCP)
     return {
-        "protocol": HealthCheck.Protocol.HTTP if http else HealthCheck.Protocol.TCP,
+        "protocol": protocol,
         "expected_codes": ["http_2xx", "http_3xx"],
     }
 

@@ -14,7 +14,7 @@ from django.http import HttpRequest, QueryDict
 
 from console.models import Instance
 from listeners.forms.listener import (
-    TLS,
+    CERTIFICATE,
     CertificateStepForm,
     HealthCheckForm,
     ProtocolListenerForm,
@@ -93,8 +93,8 @@ class Draft:
         return value or "http"
 
     def active_steps(self) -> list[Step]:
-        uses_tls = self.protocol() in TLS
-        return [step for step in STEPS if step.name != "certificate" or uses_tls]
+        needs_certificate = self.protocol() in CERTIFICATE
+        return [step for step in STEPS if step.name != "certificate" or needs_certificate]
 
     def neighbour(self, step: str, offset: int) -> str | None:
         names = [s.name for s in self.active_steps()]
@@ -112,9 +112,13 @@ class Draft:
         if step == "protocol":
             return {"form": ProtocolListenerForm(data, instance=self.instance)}
         if step == "certificate":
-            return {"form": CertificateStepForm(data, instance=self.instance)}
+            return {
+                "form": CertificateStepForm(data, instance=self.instance, protocol=self.protocol())
+            }
         if step == "servergroup":
-            form = ServerGroupStepForm(data, protocol=self.protocol())
+            step1 = self.data("protocol")
+            scheduler = (step1.get("scheduler") if step1 else None) or "weighted_round_robin"
+            form = ServerGroupStepForm(data, protocol=self.protocol(), scheduler=scheduler)
             formset = BackendServerFormSet(
                 data, prefix="servers", initial=None if data else blank_rows()
             )
@@ -125,15 +129,17 @@ class Draft:
             }
         if step == "healthcheck":
             group = self.selected_group()
+            backend = self.backend_protocol()
             initial_check = getattr(group, "health_check", None) if group else None
             if data is None and initial_check is None:
-                protocol = self.backend_protocol()
                 initial = {
-                    "protocol": "http" if protocol == "http" else "tcp",
+                    "protocol": {"http": "http", "udp": "udp"}.get(backend, "tcp"),
                     "expected_codes": ["http_2xx", "http_3xx"],
                 }
-                return {"form": HealthCheckForm(initial=initial), "group": group}
-            return {"form": HealthCheckForm(data, instance=initial_check), "group": group}
+                form = HealthCheckForm(initial=initial, backend_protocol=backend)
+                return {"form": form, "group": group}
+            form = HealthCheckForm(data, instance=initial_check, backend_protocol=backend)
+            return {"form": form, "group": group}
         return {}
 
     def selected_group(self) -> ServerGroup | None:
@@ -180,11 +186,14 @@ class Draft:
         check = getattr(group, "health_check", None) if group else None
         query = QueryDict(mutable=True)
         defaults = HealthCheck(
-            protocol="http" if self.backend_protocol() == "http" else "tcp",
+            protocol={"http": "http", "udp": "udp"}.get(self.backend_protocol(), "tcp"),
             expected_codes=["http_2xx", "http_3xx"],
         )
         source = check or defaults
+        udp = self.backend_protocol() == "udp"
         for name in HealthCheckForm.Meta.fields:
+            if name.startswith("udp_") and not udp:
+                continue
             value = getattr(source, name)
             if name == "expected_codes":
                 query.setlist(name, list(value))

@@ -17,7 +17,9 @@ from dataplane.config import Listener, ServerGroup, Snapshot
 from dataplane.persistence import CookiePersistence, SourceIpPersistence
 
 if TYPE_CHECKING:
+    from dataplane.bandwidth import TokenBucket
     from dataplane.health import HealthChecker
+    from dataplane.slowstart import SlowStart
     from dataplane.stats import ListenerStats
     from dataplane.tls import ListenerTls
     from dataplane.upstream import UpstreamPool
@@ -34,13 +36,17 @@ CLIENTCERT_HEADERS = (
 class ServerGroupRuntime:
     """The live backends of one server group, shared by every listener that uses the group."""
 
-    __slots__ = ("backend_tls", "backends", "checker", "config")
+    __slots__ = ("backend_tls", "backends", "checker", "config", "slow_start")
 
-    def __init__(self, config: ServerGroup, backends: list[Backend]) -> None:
+    def __init__(
+        self, config: ServerGroup, backends: list[Backend], slow_start: SlowStart | None = None
+    ) -> None:
         self.config = config
         self.backends = backends
         self.backend_tls = config.backend_protocol == "https"
         self.checker: HealthChecker | None = None
+        # Seed 002: shared by every listener of the group, so they all see one ramp per server.
+        self.slow_start = slow_start
 
 
 class ListenerSettings:
@@ -48,10 +54,14 @@ class ListenerSettings:
 
     __slots__ = (
         "acl",
+        "allow_brotli",
+        "alt_svc",
         "backend_tls",
         "backends_by_token",
+        "bucket",
         "client_ip",
         "clientcert",
+        "compress",
         "cookie_persistence",
         "drop_headers",
         "group",
@@ -78,6 +88,8 @@ class ListenerSettings:
         tls: ListenerTls | None,
         pool: UpstreamPool,
         stats: ListenerStats,
+        bucket: TokenBucket | None = None,
+        alt_svc: bytes | None = None,
     ) -> None:
         self.listener = listener
         self.group = group
@@ -90,8 +102,21 @@ class ListenerSettings:
 
         backends = group.backends if group is not None else []
         self.scheduler: Scheduler | None = (
-            make_scheduler(listener.scheduler, backends) if backends else None
+            make_scheduler(
+                listener.scheduler,
+                backends,
+                slow_start=group.slow_start if group is not None else None,
+            )
+            if backends
+            else None
         )
+        # Seed 001 compression: "gzip" is seed 000's GZIP only, "brotli_gzip" prefers Brotli.
+        self.compress = listener.compression != "off"
+        self.allow_brotli = listener.compression == "brotli_gzip"
+        # Seed 000 bandwidth: the listener's bucket, shared by all its connections.
+        self.bucket = bucket
+        # Seed 001 QUIC upgrade: the Alt-Svc header line an HTTPS listener adds.
+        self.alt_svc = b"Alt-Svc: %s\r\n" % alt_svc if alt_svc is not None else None
 
         acl = snapshot.acl(listener.acl.acl_id) if listener.acl.mode != "off" else None
         self.acl: AccessControl | None = (

@@ -19,6 +19,20 @@ Answers the dataplane gives itself:
 - 502 when connecting fails on the chosen server and on one other (a single retry), or when the
   backend's response is not valid HTTP;
 - 504 when the backend has not answered within the listener's request timeout.
+
+Seed features on top of the plain proxy:
+- WebSocket (seed 003, always on): a GET with `Connection: Upgrade` and `Upgrade: websocket` is
+  forwarded with both headers; when the backend answers 101, the connection becomes a byte tunnel
+  in both directions (with the same backpressure) until either side closes or nothing moves for
+  the idle timeout. Any other Upgrade is not forwarded, as before.
+- Compression (seed 001, dataplane.compression decides): the body is compressed on the way out,
+  sent chunked to HTTP/1.1 clients and close-delimited to HTTP/1.0 ones, with Content-Encoding and
+  `Vary: Accept-Encoding`; a strong ETag becomes weak, since the bytes differ. Never for HEAD,
+  1xx/204/206/304, or `Cache-Control: no-transform`.
+- Bandwidth (seed 000): responses are written through the listener's token bucket; when it is in
+  debt, reading from the backend pauses.
+- QUIC upgrade (seed 001): an HTTPS listener linked to a QUIC listener adds its Alt-Svc header to
+  responses that carry none.
 """
 
 from __future__ import annotations
@@ -34,6 +48,8 @@ from typing import TYPE_CHECKING
 import httptools
 
 from dataplane.balancing import Backend
+from dataplane.bandwidth import ThrottledWriter
+from dataplane.compression import Compressor, choose_encoding
 from dataplane.tls import client_certificate_headers
 
 if TYPE_CHECKING:
@@ -55,7 +71,17 @@ _PAUSE_BUFFER = 4  # request body waiting for a backend connection
 _PAUSE_DONE = 8  # no further request will be read on this connection
 
 # Request headers that need more than copying.
-_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _HOP, _HOST, _XFF, _COOKIE, _EXPECT = range(8)
+(
+    _CONTENT_LENGTH,
+    _TRANSFER_ENCODING,
+    _CONNECTION,
+    _HOP,
+    _HOST,
+    _XFF,
+    _COOKIE,
+    _EXPECT,
+    _ACCEPT_ENCODING,
+) = range(9)
 _REQUEST_HEADERS = {
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
@@ -69,12 +95,17 @@ _REQUEST_HEADERS = {
     b"x-forwarded-for": _XFF,
     b"cookie": _COOKIE,
     b"expect": _EXPECT,
+    b"accept-encoding": _ACCEPT_ENCODING,
 }
 # Response header lines the dataplane handles itself, found in the lower-cased head; each match
 # spans "\r\nname: value" up to the line's CRLF.
 _RESPONSE_SPECIAL = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer"
-    rb"|upgrade|set-cookie):[^\r]*"
+    rb"|upgrade|set-cookie|etag):[^\r]*"
+)
+# Response header values compression looks at, in the lower-cased head.
+_COMPRESSION_FIELDS = re.compile(
+    rb"\r\n(content-type|content-length|content-encoding|cache-control|vary):[ \t]*([^\r]*)"
 )
 _CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
@@ -119,6 +150,7 @@ class Request:
     """One client request: its rebuilt head and any body waiting for a backend connection."""
 
     __slots__ = (
+        "accept_encoding",
         "body",
         "buffered",
         "chunked",
@@ -134,8 +166,10 @@ class Request:
         "method",
         "transfer_encoding",
         "upgrade",
+        "upgrade_value",
         "url",
         "version",
+        "websocket",
         "xff",
     )
 
@@ -155,6 +189,9 @@ class Request:
         self.connection_tokens: list[bytes] | None = None
         self.expect_continue = False
         self.upgrade = False
+        self.upgrade_value = b""
+        self.websocket = False
+        self.accept_encoding: bytes | None = None
         self.chunked = False
         self.has_body = False
         self.complete = False
@@ -169,13 +206,16 @@ class HttpProxy(asyncio.Protocol):
     __slots__ = (
         "accounted",
         "backend",
+        "bucket",
         "client_ip",
         "closed",
+        "compressor",
         "conn_headers",
         "connect_task",
         "current",
         "deadline",
         "draining",
+        "early",
         "eof_body",
         "head",
         "head_began",
@@ -201,10 +241,13 @@ class HttpProxy(asyncio.Protocol):
         "runtime",
         "settings",
         "stats",
+        "throttled",
         "timer",
         "timer_at",
         "transport",
+        "tunnel",
         "upstream",
+        "writer",
         "writing_paused",
         "xff_line",
     )
@@ -229,6 +272,15 @@ class HttpProxy(asyncio.Protocol):
         self.draining = False
         self.paused = 0
         self.writing_paused = False
+        # bandwidth: writes to the client go through `writer` when the listener has a limit;
+        # `throttled` while the bucket is in debt (reading from the backend is paused)
+        self.bucket = None
+        self.writer: ThrottledWriter | None = None
+        self.throttled = False
+        # WebSocket: the connection is a byte tunnel; `early` holds client bytes sent after the
+        # upgrade request before the backend agreed
+        self.tunnel = False
+        self.early = b""
         # timeouts: one lazily re-armed timer per connection checks `deadline`, which is the
         # idle deadline between requests and the backend's answer deadline during one
         self.timer: asyncio.TimerHandle | None = None
@@ -258,6 +310,7 @@ class HttpProxy(asyncio.Protocol):
         self.keep_alive = True
         # Response bytes gathered during one read from the backend, written with one call.
         self.out: list[bytes] = []
+        self.compressor: Compressor | None = None
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -286,6 +339,7 @@ class HttpProxy(asyncio.Protocol):
         self.peer_ip_bytes = self.peer_ip.encode()
         self.xff_line = b"X-Forwarded-For: %s\r\n" % self.peer_ip_bytes
         self.conn_headers = self._connection_headers(settings)
+        self._use_bucket(settings)
         self.parser = httptools.HttpRequestParser(self)
         self._go_idle()
 
@@ -303,20 +357,67 @@ class HttpProxy(asyncio.Protocol):
         # A new generation of this listener: the next request uses it.
         self.settings = settings
         self.conn_headers = self._connection_headers(settings)
+        self._use_bucket(settings)
+
+    def _use_bucket(self, settings: ListenerSettings) -> None:
+        bucket = settings.bucket
+        if bucket is self.bucket:
+            return
+        self.bucket = bucket
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self._bandwidth_resume()
+        if bucket is not None:
+            self.writer = ThrottledWriter(
+                self.transport,
+                bucket,
+                pause_reading=self._bandwidth_pause,
+                resume_reading=self._bandwidth_resume,
+                loop=self.loop,
+            )
+
+    def _bandwidth_pause(self) -> None:
+        self.throttled = True
+        upstream = self.upstream
+        if upstream is not None and not upstream.closed:
+            upstream.transport.pause_reading()  # type: ignore[union-attr]
+
+    def _bandwidth_resume(self) -> None:
+        self.throttled = False
+        upstream = self.upstream
+        if upstream is not None and not upstream.closed and not self.writing_paused:
+            upstream.transport.resume_reading()  # type: ignore[union-attr]
+
+    def _write(self, data: bytes) -> None:
+        """Write response bytes to the client, through the bandwidth limit when there is one."""
+        writer = self.writer
+        if writer is None:
+            self.transport.write(data)
+        else:
+            writer.write(data)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
         self.stats.bytes_in += len(data)
+        if self.tunnel:
+            upstream = self.upstream
+            if upstream is not None:
+                self.deadline = self.loop.time() + self.settings.idle_timeout
+                upstream.transport.write(data)  # type: ignore[union-attr]
+            return
         # Bytes of this read that the parser handed to callbacks; what is left over when a
         # request head is still incomplete is (at most) that head's part of this read.
         self.accounted = 0
         self.head_began = False
         try:
             self.parser.feed_data(data)  # type: ignore[union-attr]
-        except httptools.HttpParserUpgrade:
-            # The Upgrade header is not forwarded, so the backend answers a plain request; nothing
-            # after it can be read as HTTP.
+        except httptools.HttpParserUpgrade as exc:
+            # Nothing after an upgrade request can be read as HTTP. A WebSocket request waits for
+            # the backend's 101 (what the client sent meanwhile goes into the tunnel); any other
+            # upgrade was not forwarded, so the backend answers it as a plain request.
+            self.early += data[exc.args[0] :]
             self._pause(_PAUSE_DONE)
             return
         except httptools.HttpParserError as exc:
@@ -336,13 +437,21 @@ class HttpProxy(asyncio.Protocol):
                 self._reject(431)
 
     def eof_received(self) -> bool:
+        if self.tunnel:
+            self._end_tunnel()
+            return False
         # A plain-TCP client that half-closes after its request still gets the response (TLS
         # transports cannot stay half-open); the connection closes after it.
         self.draining = True
         return self.current is not None and self.settings.tls is None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.tunnel:
+            # Let what the client sent last (a WebSocket close frame) reach the backend.
+            self._end_tunnel()
         self.closed = True
+        if self.writer is not None:
+            self.writer.close()
         self._teardown()
         if self.registered:
             self.registered = False
@@ -356,7 +465,7 @@ class HttpProxy(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        if self.upstream is not None and not self.upstream.closed:
+        if self.upstream is not None and not self.upstream.closed and not self.throttled:
             self.upstream.transport.resume_reading()  # type: ignore[union-attr]
 
     # -- parser callbacks ------------------------------------------------------------------------
@@ -415,6 +524,11 @@ class HttpProxy(asyncio.Protocol):
                 request.connection_tokens = tokens
             else:
                 request.connection_tokens += tokens
+        elif kind == _ACCEPT_ENCODING:
+            request.accept_encoding = (
+                value if request.accept_encoding is None else request.accept_encoding + b"," + value
+            )
+            request.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == _EXPECT:
             if value.strip().lower() == b"100-continue":
                 request.expect_continue = True
@@ -422,6 +536,7 @@ class HttpProxy(asyncio.Protocol):
                 request.headers.append(b"%s: %s\r\n" % (name, value))
         elif lower == b"upgrade":
             request.upgrade = True
+            request.upgrade_value = value.strip()
 
     def on_headers_complete(self) -> None:
         request: Request = self.parsing  # type: ignore[assignment]
@@ -462,6 +577,15 @@ class HttpProxy(asyncio.Protocol):
         else:
             request.version = parser.get_http_version()  # type: ignore[union-attr]
         request.keep_alive = keep_alive and not request.upgrade
+        # Seed 003: WebSocket passes through (RFC 6455 4.1: an HTTP/1.1 GET asking to upgrade).
+        request.websocket = (
+            request.upgrade
+            and request.method == b"GET"
+            and request.version == "1.1"
+            and tokens is not None
+            and b"upgrade" in tokens
+            and request.upgrade_value.lower() == b"websocket"
+        )
         if self.current is None:
             self._start(request)
         else:
@@ -557,6 +681,8 @@ class HttpProxy(asyncio.Protocol):
         parts.append(self.conn_headers)
         if request.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
+        if request.websocket:
+            parts.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % request.upgrade_value)
         parts.append(b"\r\n")
         self.head = b"".join(parts)
         self._set_deadline(settings.request_timeout)
@@ -620,7 +746,7 @@ class HttpProxy(asyncio.Protocol):
             if request.expect_continue and not request.complete:
                 # The client waits for this before it sends the body.
                 self.transport.write(_CONTINUE)
-        if self.writing_paused:
+        if self.writing_paused or self.throttled:
             upstream.transport.pause_reading()  # type: ignore[union-attr]
 
     def _release_backend(self) -> None:
@@ -635,12 +761,29 @@ class HttpProxy(asyncio.Protocol):
         request: Request = self.current  # type: ignore[assignment]
         settings = self.settings
         status = upstream.status
-        self.response_started = True
-        head_request = request.method == b"HEAD"
-        no_body = head_request or status in (204, 304)
         head = upstream.head
         if not head.startswith(b"HTTP/1.1 "):
             head = b"HTTP/1.1" + head[8:]
+        if status == 101:
+            if request.websocket:
+                self._begin_tunnel(upstream, head)
+            else:
+                # Switching protocols nobody asked for: not valid here.
+                self.upstream_error(upstream)
+            return
+        self.response_started = True
+        head_request = request.method == b"HEAD"
+        no_body = head_request or status in (204, 304)
+        lower = head.lower()
+        encoding = None
+        add_vary = False
+        if (
+            settings.compress
+            and request.accept_encoding is not None
+            and not no_body
+            and status != 206
+        ):
+            encoding, add_vary = self._choose_encoding(request, lower)
         # The backend's header lines pass through as they are, except the ones cut out here.
         out = []
         kept = 0
@@ -648,12 +791,22 @@ class HttpProxy(asyncio.Protocol):
         chunked = False
         persistence = settings.cookie_persistence
         set_cookies: list[bytes] = []
-        for match in _RESPONSE_SPECIAL.finditer(head.lower()):
+        for match in _RESPONSE_SPECIAL.finditer(lower):
             name = match[1]
             if name == b"content-length":
                 has_length = True
+                if encoding is None:
+                    continue
+            elif name == b"etag":
+                if encoding is None:
+                    continue
+                # Compressed bytes differ from the backend's: a strong validator would lie.
+                value = head[match.end(1) + 1 : match.end()].strip()
+                out.append(head[kept : match.start()])
+                kept = match.end()
+                out.append(b"\r\nETag: %s" % (value if value[:2] == b"W/" else b"W/" + value))
                 continue
-            if name == b"set-cookie":
+            elif name == b"set-cookie":
                 if persistence is None:
                     continue
                 set_cookies.append(head[match.end(1) + 1 : match.end()].strip())
@@ -668,10 +821,24 @@ class HttpProxy(asyncio.Protocol):
                 out.extend(b"Set-Cookie: %s\r\n" % value for value in set_cookies)
             else:
                 out.extend(b"%s: %s\r\n" % pair for pair in cookies)
+        if settings.alt_svc is not None and b"\r\nalt-svc:" not in lower:
+            out.append(settings.alt_svc)
         keep_alive = request.keep_alive and request.complete and not self.draining
         self.rechunk = False
         self.eof_body = False
-        if not no_body and (chunked or not has_length):
+        self.compressor = None
+        if encoding is not None:
+            self.compressor = Compressor(encoding)
+            out.append(b"Content-Encoding: %s\r\n" % encoding.encode())
+            if add_vary:
+                out.append(b"Vary: Accept-Encoding\r\n")
+            # The compressed length is unknown until the end.
+            if request.version == "1.1":
+                out.append(b"Transfer-Encoding: chunked\r\n")
+                self.rechunk = True
+            else:
+                keep_alive = False
+        elif not no_body and (chunked or not has_length):
             self.eof_body = not chunked
             if request.version == "1.1":
                 out.append(b"Transfer-Encoding: chunked\r\n")
@@ -695,7 +862,40 @@ class HttpProxy(asyncio.Protocol):
             # and the connection cannot be trusted for the next response.
             self._finish(upstream, reusable=False)
 
+    def _choose_encoding(self, request: Request, lower_head: bytes) -> tuple[str | None, bool]:
+        """The content coding for this response (None: as it is), and whether to add Vary."""
+        fields: dict[bytes, bytes] = {}
+        vary = b""
+        for match in _COMPRESSION_FIELDS.finditer(lower_head):
+            name, value = match[1], match[2].strip()
+            if name == b"vary":
+                vary += b"," + value
+            else:
+                fields.setdefault(name, value)
+        cache_control = fields.get(b"cache-control")
+        if cache_control is not None and b"no-transform" in cache_control:
+            return None, False
+        length_text = fields.get(b"content-length")
+        length = int(length_text) if length_text is not None and length_text.isdigit() else None
+        encoding = choose_encoding(
+            request.accept_encoding,
+            fields.get(b"content-type"),
+            length,
+            fields.get(b"content-encoding"),
+            enabled=True,
+            allow_brotli=self.settings.allow_brotli,
+        )
+        if encoding is None:
+            return None, False
+        named = {token.strip() for token in vary.split(b",")}
+        return encoding, not (b"accept-encoding" in named or b"*" in named)
+
     def upstream_body(self, data: bytes) -> None:
+        compressor = self.compressor
+        if compressor is not None:
+            data = compressor.compress(data)
+            if not data:
+                return
         if self.rechunk:
             self.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
@@ -710,19 +910,72 @@ class HttpProxy(asyncio.Protocol):
                 out.clear()
                 return
             if len(out) == 1:
-                self.transport.write(out[0])
+                self._write(out[0])
             else:
-                self.transport.write(b"".join(out))
+                self._write(b"".join(out))
             out.clear()
 
     def upstream_complete(self, upstream: HttpUpstream) -> None:
+        compressor = self.compressor
+        if compressor is not None:
+            self.compressor = None
+            tail = compressor.finish()
+            if tail:
+                self.stats.bytes_out += len(tail)
+                if self.rechunk:
+                    self.out += (b"%x\r\n" % len(tail), tail, b"\r\n")
+                else:
+                    self.out.append(tail)
         if self.rechunk:
             self.out.append(_LAST_CHUNK)
         request: Request = self.current  # type: ignore[assignment]
         self._finish(upstream, reusable=upstream.keep_alive and request.complete)
 
+    # -- WebSocket tunnel ------------------------------------------------------------------------
+
+    def _begin_tunnel(self, upstream: HttpUpstream, head: bytes) -> None:
+        """The backend accepted the WebSocket upgrade: from now on both sides are bytes."""
+        self.response_started = True
+        self.tunnel = True
+        upstream.tunnel = True
+        # The 101 goes out as the backend wrote it, Connection and Upgrade included.
+        data = head + b"\r\n"
+        stats = self.stats
+        stats.responses[1] += 1
+        stats.bytes_out += len(data)
+        self.out.append(data)
+        self.deadline = self.loop.time() + self.settings.idle_timeout
+        early, self.early = self.early, b""
+        if early:
+            upstream.write(early)
+        self._resume(_PAUSE_DONE | _PAUSE_PIPELINE)
+
+    def tunnel_data(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.stats.bytes_out += len(data)
+        self.deadline = self.loop.time() + self.settings.idle_timeout
+        self._write(data)
+
+    def _end_tunnel(self) -> None:
+        """One side closed: close the other once its pending bytes are written."""
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.owner = None
+            if not upstream.closed:
+                upstream.closed = True
+                upstream.transport.close()  # type: ignore[union-attr]
+        self._release_backend()
+        self._close()
+
     def upstream_lost(self, upstream: HttpUpstream) -> None:
         if upstream is not self.upstream:
+            return
+        if self.tunnel:
+            self.upstream = None
+            self._release_backend()
+            self._close()
             return
         if upstream.headers_done:
             if self.eof_body:
@@ -767,7 +1020,7 @@ class HttpProxy(asyncio.Protocol):
         upstream.owner = None
         self._release_backend()
         if reusable:
-            if self.writing_paused:
+            if self.writing_paused or self.throttled:
                 upstream.transport.resume_reading()  # type: ignore[union-attr]
             self.settings.pool.release(upstream)
         else:
@@ -807,7 +1060,7 @@ class HttpProxy(asyncio.Protocol):
             self.timer = self.loop.call_at(self.deadline, self._check_deadline)
             return
         request = self.current
-        if request is None:
+        if request is None or self.tunnel:
             # Idle for the whole idle timeout (or a request head that never completed).
             self._close()
         elif self.response_started or (not request.complete and self.upstream is not None):

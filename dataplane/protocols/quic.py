@@ -42,6 +42,7 @@ from dataplane.tls import TlsError
 
 if TYPE_CHECKING:
     from dataplane.config import Listener, Snapshot
+    from dataplane.slowstart import SlowStart
     from dataplane.stats import ListenerStats
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,8 @@ class QuicSettings:
         snapshot: Snapshot,
         backends: list[Backend],
         stats: ListenerStats,
+        *,
+        slow_start: SlowStart | None = None,
     ) -> QuicSettings:
         """Compile a snapshot listener; the header switches are those of HTTP listeners."""
         acl_config = snapshot.acl(listener.acl.acl_id) if listener.acl.mode != "off" else None
@@ -237,7 +240,11 @@ class QuicSettings:
             extra.append((b"SLB-IP", snapshot.bind_address.encode()))
         return cls(
             listener_id=listener.id,
-            scheduler=make_scheduler(listener.scheduler, backends) if backends else None,
+            scheduler=(
+                make_scheduler(listener.scheduler, backends, slow_start=slow_start)
+                if backends
+                else None
+            ),
             stats=stats,
             acl=acl,
             request_timeout=float(listener.request_timeout),

@@ -5,6 +5,9 @@ persistence first, then the scheduler; one retry on another server if connecting
 flow both ways with backpressure: when one side's write buffer is full, reading from the other
 side pauses. A half-close is passed on where the transport supports it (plain TCP); a TLS client
 that closes ends the connection once the pending bytes are written.
+
+With a bandwidth limit (seed 000), bytes to the client go through the listener's token bucket;
+while it is in debt, reading from the backend pauses.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from dataplane.balancing import Backend
+from dataplane.bandwidth import ThrottledWriter
 
 if TYPE_CHECKING:
     from dataplane.node import ListenerRuntime
@@ -39,9 +43,12 @@ class TcpProxy(asyncio.Protocol):
         "retried",
         "runtime",
         "settings",
+        "throttled",
         "transport",
         "upstream",
         "upstream_eof",
+        "writer",
+        "writing_paused",
     )
 
     def __init__(self, runtime: ListenerRuntime) -> None:
@@ -61,6 +68,10 @@ class TcpProxy(asyncio.Protocol):
         self.upstream_eof = False
         self.idle_handle: asyncio.TimerHandle | None = None
         self.last_activity = 0.0
+        # backpressure and bandwidth: reading from the backend is paused while either holds
+        self.writing_paused = False
+        self.throttled = False
+        self.writer: ThrottledWriter | None = None
 
     # -- client side -----------------------------------------------------------------------------
 
@@ -85,6 +96,14 @@ class TcpProxy(asyncio.Protocol):
         stats.active_connections += 1
         stats.total_connections += 1
         stats.requests += 1
+        if settings.bucket is not None:
+            self.writer = ThrottledWriter(
+                transport,  # type: ignore[arg-type]
+                settings.bucket,
+                pause_reading=self._bandwidth_pause,
+                resume_reading=self._bandwidth_resume,
+                loop=self.loop,
+            )
         backend = None
         persistence = settings.source_persistence
         if persistence is not None:
@@ -133,11 +152,23 @@ class TcpProxy(asyncio.Protocol):
             self.settings.stats.active_connections -= 1
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         if self.upstream is not None:
             self.upstream.transport.pause_reading()  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.upstream is not None and not self.upstream.closed and not self.throttled:
+            self.upstream.transport.resume_reading()  # type: ignore[union-attr]
+
+    def _bandwidth_pause(self) -> None:
+        self.throttled = True
         if self.upstream is not None and not self.upstream.closed:
+            self.upstream.transport.pause_reading()  # type: ignore[union-attr]
+
+    def _bandwidth_resume(self) -> None:
+        self.throttled = False
+        if self.upstream is not None and not self.upstream.closed and not self.writing_paused:
             self.upstream.transport.resume_reading()  # type: ignore[union-attr]
 
     # -- backend side ----------------------------------------------------------------------------
@@ -161,6 +192,8 @@ class TcpProxy(asyncio.Protocol):
             upstream.close()
             return
         self.upstream = upstream
+        if self.throttled or self.writing_paused:
+            upstream.transport.pause_reading()  # type: ignore[union-attr]
         persistence = self.settings.source_persistence
         if persistence is not None:
             persistence.remember(self.peer_ip, backend)
@@ -194,7 +227,10 @@ class TcpProxy(asyncio.Protocol):
     def upstream_data(self, data: bytes) -> None:
         self.settings.stats.bytes_out += len(data)
         self.last_activity = self.loop.time()
-        self.transport.write(data)
+        if self.writer is not None:
+            self.writer.write(data)
+        else:
+            self.transport.write(data)
 
     def upstream_eof_received(self) -> bool:
         self.upstream_eof = True
@@ -229,6 +265,8 @@ class TcpProxy(asyncio.Protocol):
             backend.active -= 1
 
     def _teardown(self, *, graceful: bool) -> None:
+        if self.writer is not None:
+            self.writer.close()
         if self.idle_handle is not None:
             self.idle_handle.cancel()
             self.idle_handle = None

@@ -28,6 +28,7 @@ from dataplane.balancing import Backend, Scheduler, make_scheduler
 
 if TYPE_CHECKING:
     from dataplane.config import Listener, Snapshot
+    from dataplane.slowstart import SlowStart
     from dataplane.stats import ListenerStats
 
 log = logging.getLogger(__name__)
@@ -45,15 +46,18 @@ DEFAULT_MAX_SESSIONS = 65536
 MAX_SWEEP_INTERVAL = 1.0
 
 
-def bind_udp(address: str, port: int) -> socket.socket:
+def bind_udp(address: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A bound, non-blocking UDP socket for a listener; raises OSError (port in use, ...).
 
     No SO_REUSEADDR: on Linux it would let a second UDP socket bind the same port silently and
-    split the traffic between them.
+    split the traffic between them. `reuse_port` is for worker processes that share the port on
+    purpose: the kernel hashes each client address to one of them, so a session stays in one.
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((address, port))
         sock.setblocking(False)
     except OSError:
@@ -103,6 +107,8 @@ class UdpSettings:
         snapshot: Snapshot,
         backends: list[Backend],
         stats: ListenerStats,
+        *,
+        slow_start: SlowStart | None = None,
     ) -> UdpSettings:
         """Compile a snapshot listener; its idle timeout is the session idle timeout."""
         acl_config = snapshot.acl(listener.acl.acl_id) if listener.acl.mode != "off" else None
@@ -113,7 +119,11 @@ class UdpSettings:
         )
         return cls(
             listener_id=listener.id,
-            scheduler=make_scheduler(listener.scheduler, backends) if backends else None,
+            scheduler=(
+                make_scheduler(listener.scheduler, backends, slow_start=slow_start)
+                if backends
+                else None
+            ),
             stats=stats,
             acl=acl,
             idle_timeout=float(listener.idle_timeout),

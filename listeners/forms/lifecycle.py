@@ -27,11 +27,12 @@ class ManageCertificatesForm(CertificateStepForm):
     """Manage Certificates: default and additional certificates, and mutual authentication."""
 
     def __init__(self, *args, listener: Listener, **kwargs) -> None:
-        super().__init__(*args, instance=listener.instance, **kwargs)
+        super().__init__(*args, instance=listener.instance, protocol=listener.protocol, **kwargs)
         self.listener = listener
-        # The TLS policy has its own dialog; keep the listener's for the compatibility check.
-        self.fields["tls_policy"].required = False
-        self.fields["tls_policy"].widget = forms.HiddenInput()
+        if "tls_policy" in self.fields:
+            # The TLS policy has its own dialog; keep the listener's for the compatibility check.
+            self.fields["tls_policy"].required = False
+            self.fields["tls_policy"].widget = forms.HiddenInput()
         self.initial.setdefault("tls_policy", listener.tls_policy_id)
 
 

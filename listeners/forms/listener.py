@@ -25,10 +25,15 @@ from listeners.models import (
     ServerGroup,
     TlsPolicy,
 )
+from listeners.rules import compatible_backend_protocols
 
 P = Listener.Protocol
 HTTP_LIKE = {P.HTTP, P.HTTPS}
+# Protocols whose requests are HTTP (QUIC carries HTTP/3): headers and request timeouts apply.
+LAYER7 = {P.HTTP, P.HTTPS, P.QUIC}
 TLS = {P.HTTPS, P.TCP_SSL}
+# Protocols with the SSL Certificate step.
+CERTIFICATE = {P.HTTPS, P.TCP_SSL, P.QUIC}
 
 # Seed 004: TCP SSL listeners offer WRR and WLC only.
 SCHEDULERS = {
@@ -36,14 +41,18 @@ SCHEDULERS = {
     P.HTTPS: list(Scheduler.choices),
     P.TCP: list(Scheduler.choices),
     P.TCP_SSL: [(Scheduler.WRR, Scheduler.WRR.label), (Scheduler.WLC, Scheduler.WLC.label)],
+    P.UDP: list(Scheduler.choices),
+    P.QUIC: list(Scheduler.choices),
 }
 PERSISTENCE = {
     P.HTTP: ["none", "insert_cookie", "rewrite_cookie"],
     P.HTTPS: ["none", "insert_cookie", "rewrite_cookie"],
     P.TCP: ["none", "source_ip"],
     P.TCP_SSL: ["none", "source_ip"],
+    P.UDP: ["none"],
+    P.QUIC: ["none"],
 }
-SUGGESTED_PORT = {P.HTTP: 80, P.HTTPS: 443, P.TCP: 8080, P.TCP_SSL: 8443}
+SUGGESTED_PORT = {P.HTTP: 80, P.HTTPS: 443, P.TCP: 8080, P.TCP_SSL: 8443, P.UDP: 5353, P.QUIC: 443}
 HTTP_HEADER_FIELDS = (
     ("header_x_forwarded_proto", "X-Forwarded-Proto: Retrieve Listener Protocol"),
     ("header_x_forwarded_port", "X-Forwarded-Port: Retrieve Listener Port"),
@@ -184,13 +193,47 @@ class ListenerSettingsForm(forms.Form):
         help_text="0.0.0.0/0 takes the leftmost X-Forwarded-For address; a list such as "
         "10.0.0.1;10.0.0.2 takes the first address from the right that is not trusted.",
     )
+    compression = forms.ChoiceField(
+        label="Data Compression",
+        choices=Listener.Compression.choices,
+        initial="off",
+        required=False,
+        help_text="Only responses over 1,024 bytes. Brotli compresses every type and wins when "
+        "the client accepts both; Gzip only text/xml, text/plain, text/css, "
+        "application/javascript, application/x-javascript, application/rss+xml, "
+        "application/atom+xml, application/xml and application/json.",
+    )
+    bandwidth_mbit = forms.IntegerField(
+        label="Bandwidth Throttling (Mbit/s)",
+        min_value=1,
+        max_value=5120,
+        required=False,
+        help_text="Empty: no limit. The listeners' limits may not add up to more than the "
+        "instance's bandwidth.",
+    )
+    quic_listener = forms.ModelChoiceField(
+        label="QUIC Upgrade: Associated QUIC Listener",
+        queryset=Listener.objects.none(),
+        required=False,
+        empty_label="Off",
+        help_text="Advertises HTTP/3 on the chosen QUIC listener with an Alt-Svc header.",
+    )
 
-    def __init__(self, *args, instance: Instance, protocol: str | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        instance: Instance,
+        protocol: str | None = None,
+        listener: Listener | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.instance = instance
+        self.listener = listener
         for field_name, label in HTTP_HEADER_FIELDS + CLIENTCERT_HEADER_FIELDS:
             self.fields[field_name] = forms.BooleanField(label=label, required=False)
         self.fixed_protocol = protocol
+        self.fields["quic_listener"].queryset = instance.listeners.filter(protocol=P.QUIC)
         self._shape_for(self.protocol_value())
 
     # -- which options apply -------------------------------------------------------------
@@ -223,10 +266,15 @@ class ListenerSettingsForm(forms.Form):
             "http": http,
             "https": protocol == P.HTTPS,
             "cookie": http,
-            "source_ip": not http,
-            "request_timeout": http,
-            "headers": http,
+            "source_ip": protocol in (P.TCP, P.TCP_SSL),
+            "persistence": protocol not in (P.UDP, P.QUIC),
+            "request_timeout": protocol in LAYER7,
+            "headers": protocol in LAYER7,
             "retrieve_client_ip": http,
+            "compression": http,
+            "quic_upgrade": protocol == P.HTTPS,
+            # The dataplane throttles TCP-carried listeners; UDP and QUIC are not yet.
+            "bandwidth": protocol not in (P.UDP, P.QUIC),
         }
 
     def not_applicable(self) -> set[str]:
@@ -250,6 +298,14 @@ class ListenerSettingsForm(forms.Form):
             hidden.add("retrieve_client_ip")
         if not cleaned.get("retrieve_client_ip"):
             hidden.add("trusted_proxies")
+        if not applies["persistence"]:
+            hidden.add("persistence")
+        if not applies["compression"]:
+            hidden.add("compression")
+        if not applies["quic_upgrade"]:
+            hidden.add("quic_listener")
+        if not applies["bandwidth"]:
+            hidden.add("bandwidth_mbit")
         return hidden
 
     def header_fields(self):
@@ -291,8 +347,35 @@ class ListenerSettingsForm(forms.Form):
                     )
                 except forms.ValidationError as error:
                     self.add_error("trusted_proxies", error)
+        self._check_bandwidth(cleaned.get("bandwidth_mbit"))
+        if self.listener is not None and cleaned.get("scheduler"):
+            problem = rules.slow_start_conflict(
+                self.listener.server_group.slow_start, cleaned["scheduler"]
+            )
+            if problem:
+                self.add_error(
+                    "scheduler",
+                    f"Server group {self.listener.server_group.name}: slow start is on. {problem}",
+                )
         self._reset_inapplicable(cleaned, applies)
         return cleaned
+
+    def _check_bandwidth(self, limit: int | None) -> None:
+        total = self.instance.bandwidth_mbit
+        if not limit or not total:
+            return
+        others = self.instance.listeners.all()
+        if self.listener is not None:
+            others = others.exclude(pk=self.listener.pk)
+        allocated = sum(
+            others.exclude(bandwidth_mbit=None).values_list("bandwidth_mbit", flat=True)
+        )
+        if allocated + limit > total:
+            self.add_error(
+                "bandwidth_mbit",
+                f"The listeners would be given {allocated + limit} Mbit/s in all, more than the "
+                f"instance's {total} Mbit/s ({allocated} Mbit/s already allocated).",
+            )
 
     def _reset_inapplicable(self, cleaned: dict, applies: dict[str, bool]) -> None:
         """Options that do not apply to the protocol are stored at their defaults."""
@@ -314,6 +397,12 @@ class ListenerSettingsForm(forms.Form):
         if not applies["retrieve_client_ip"] or not cleaned.get("retrieve_client_ip"):
             cleaned["retrieve_client_ip"] = False
             cleaned["trusted_proxies"] = ""
+        if not applies["compression"] or not cleaned.get("compression"):
+            cleaned["compression"] = "off"
+        if not applies["quic_upgrade"]:
+            cleaned["quic_listener"] = None
+        if not applies["bandwidth"]:
+            cleaned["bandwidth_mbit"] = None
 
     def settings_values(self) -> dict:
         """The cleaned Advanced Settings, description and tags as Listener field values."""
@@ -331,6 +420,9 @@ class ListenerSettingsForm(forms.Form):
             "x_forwarded_for",
             "retrieve_client_ip",
             "trusted_proxies",
+            "compression",
+            "bandwidth_mbit",
+            "quic_listener",
         ] + [name for name, _ in HTTP_HEADER_FIELDS + CLIENTCERT_HEADER_FIELDS]
         return {name: self.cleaned_data[name] for name in names}
 
@@ -352,6 +444,9 @@ class ListenerSettingsForm(forms.Form):
                 "x_forwarded_for",
                 "retrieve_client_ip",
                 "trusted_proxies",
+                "compression",
+                "bandwidth_mbit",
+                "quic_listener",
             )
         }
         initial["tags"] = format_tags(listener.tags)
@@ -398,7 +493,7 @@ class CertificateStepForm(forms.Form):
         label="Server Certificate",
         queryset=Certificate.objects.filter(kind=Certificate.Kind.SERVER),
         empty_label="Select a server certificate",
-        error_messages={"required": "HTTPS and TCP SSL listeners need a server certificate."},
+        error_messages={"required": "HTTPS, TCP SSL and QUIC listeners need a server certificate."},
     )
     additional_certificates = CertificateMultipleChoiceField(
         label="Additional Certificates",
@@ -423,9 +518,15 @@ class CertificateStepForm(forms.Form):
         help_text="Clients must present a certificate signed by this CA.",
     )
 
-    def __init__(self, *args, instance: Instance, **kwargs) -> None:
+    def __init__(self, *args, instance: Instance, protocol: str = P.HTTPS, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.instance = instance
+        if protocol == P.QUIC:
+            # Seed 003: a QUIC listener needs only a server certificate.
+            for name in ("additional_certificates", "tls_policy", "mutual_authentication"):
+                del self.fields[name]
+            del self.fields["ca_certificate"]
+            return
         if not instance.supports_mutual_authentication:
             self.fields["mutual_authentication"].disabled = True
             self.fields[
@@ -435,6 +536,16 @@ class CertificateStepForm(forms.Form):
 
     def not_applicable(self) -> set[str]:
         return set() if self.cleaned_data.get("mutual_authentication") else {"ca_certificate"}
+
+    def certificate_values(self) -> dict:
+        data = self.cleaned_data
+        return {
+            "default_certificate": data["default_certificate"],
+            "additional_certificates": list(data.get("additional_certificates") or []),
+            "tls_policy": data.get("tls_policy"),
+            "mutual_authentication": bool(data.get("mutual_authentication")),
+            "ca_certificate": data.get("ca_certificate"),
+        }
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -469,6 +580,8 @@ class CertificateStepForm(forms.Form):
                     self.add_error(
                         field if field != "default_certificate" else "tls_policy", problem
                     )
+        if "mutual_authentication" not in self.fields:
+            return cleaned
         if cleaned.get("mutual_authentication"):
             if not cleaned.get("ca_certificate"):
                 self.add_error("ca_certificate", "Mutual authentication needs a CA certificate.")
@@ -496,10 +609,20 @@ class ServerGroupStepForm(forms.Form):
     new_backend_protocol = forms.ChoiceField(
         label="Backend Protocol", choices=ServerGroup.BackendProtocol.choices, required=False
     )
+    new_slow_start = forms.BooleanField(label="Slow Start", required=False)
+    new_slow_start_duration = forms.IntegerField(
+        label="Slow Start Duration (s)",
+        min_value=30,
+        max_value=1200,
+        initial=30,
+        required=False,
+        help_text="30-1200 s: a server that joins or recovers gets a linearly growing share.",
+    )
 
-    def __init__(self, *args, protocol: str, **kwargs) -> None:
+    def __init__(self, *args, protocol: str, scheduler: str = Scheduler.WRR, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.protocol = protocol
+        self.scheduler = scheduler
         allowed = compatible_backend_protocols(protocol)
         self.fields["server_group"].queryset = ServerGroup.objects.filter(
             backend_protocol__in=allowed
@@ -518,25 +641,34 @@ class ServerGroupStepForm(forms.Form):
 
     def not_applicable(self) -> set[str]:
         if self.cleaned_data.get("group_mode") == "existing":
-            return {"new_group_name", "new_backend_protocol"}
+            return {
+                "new_group_name",
+                "new_backend_protocol",
+                "new_slow_start",
+                "new_slow_start_duration",
+            }
+        if not self.cleaned_data.get("new_slow_start"):
+            return {"server_group", "new_slow_start_duration"}
         return {"server_group"}
 
     def clean(self) -> dict:
         cleaned = super().clean()
         if cleaned.get("group_mode") == "existing":
-            if not cleaned.get("server_group"):
+            group = cleaned.get("server_group")
+            if not group:
                 self.add_error("server_group", "Select a server group, or create one.")
-        elif cleaned.get("group_mode") == "new" and not cleaned.get("new_group_name"):
-            self.add_error("new_group_name", "Name the new server group.")
+            elif problem := rules.slow_start_conflict(group.slow_start, self.scheduler):
+                self.add_error("server_group", f"{group.name} has slow start on. {problem}")
+        elif cleaned.get("group_mode") == "new":
+            if not cleaned.get("new_group_name"):
+                self.add_error("new_group_name", "Name the new server group.")
+            if problem := rules.slow_start_conflict(
+                bool(cleaned.get("new_slow_start")), self.scheduler
+            ):
+                self.add_error("new_slow_start", problem)
+            if cleaned.get("new_slow_start") and not cleaned.get("new_slow_start_duration"):
+                self.add_error("new_slow_start_duration", "Enter a duration of 30-1200 s.")
         return cleaned
-
-
-def compatible_backend_protocols(protocol: str) -> list[str]:
-    # Seed 003: HTTP and HTTPS listeners forward to HTTP or HTTPS backends; TCP and TCP SSL
-    # listeners forward raw bytes, so their group speaks TCP.
-    if protocol in HTTP_LIKE:
-        return [ServerGroup.BackendProtocol.HTTP, ServerGroup.BackendProtocol.HTTPS]
-    return [ServerGroup.BackendProtocol.TCP]
 
 
 # Seed 002: health check domain: at least two labels of letters, digits and hyphens, not
@@ -570,6 +702,8 @@ class HealthCheckForm(forms.ModelForm):
             "healthy_threshold",
             "unhealthy_threshold",
             "expected_codes",
+            "udp_request",
+            "udp_expected",
         ]
         labels = {
             "enabled": "Enable Health Check",
@@ -581,6 +715,8 @@ class HealthCheckForm(forms.ModelForm):
             "timeout": "Response Timeout (s)",
             "healthy_threshold": "Healthy Threshold",
             "unhealthy_threshold": "Unhealthy Threshold",
+            "udp_request": "Health Check Request",
+            "udp_expected": "Health Check Response",
         }
         help_texts = {
             "domain": "HTTP/HTTPS only. Empty uses the backend server's address.",
@@ -590,12 +726,39 @@ class HealthCheckForm(forms.ModelForm):
             "timeout": "1-60 seconds, at most the interval.",
             "healthy_threshold": "2-10 consecutive successes.",
             "unhealthy_threshold": "1-10 consecutive failures.",
+            "udp_request": "UDP only: the datagram sent (up to 64 printable characters; empty "
+            "sends an empty datagram).",
+            "udp_expected": "UDP only: text the reply must contain; empty accepts any reply.",
         }
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, backend_protocol: str = "http", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # TCP checks have no path; HTTP(S) checks default to "/".
         self.fields["path"].required = False
+        # A UDP server group is checked over UDP, and only a UDP group is.
+        udp = backend_protocol == ServerGroup.BackendProtocol.UDP
+        self.fields["protocol"].choices = [
+            (value, label)
+            for value, label in HealthCheck.Protocol.choices
+            if (value == HealthCheck.Protocol.UDP) == udp
+        ]
+        if udp:
+            self.fields["protocol"].initial = HealthCheck.Protocol.UDP
+        else:
+            del self.fields["udp_request"]
+            del self.fields["udp_expected"]
+
+    def _clean_udp_text(self, name: str) -> str:
+        value = self.cleaned_data.get(name) or ""
+        if any(not (32 <= ord(char) < 127) for char in value):
+            raise forms.ValidationError("Use printable ASCII characters only.")
+        return value
+
+    def clean_udp_request(self) -> str:
+        return self._clean_udp_text("udp_request")
+
+    def clean_udp_expected(self) -> str:
+        return self._clean_udp_text("udp_expected")
 
     def clean_domain(self) -> str:
         domain = (self.cleaned_data.get("domain") or "").strip()
@@ -634,7 +797,7 @@ class HealthCheckForm(forms.ModelForm):
             self.add_error("timeout", "The response timeout may not exceed the interval.")
         if cleaned.get("protocol") in ("http", "https") and not cleaned.get("expected_codes"):
             self.add_error("expected_codes", "Choose at least one status code class.")
-        if cleaned.get("protocol") == "tcp":
+        if cleaned.get("protocol") in ("tcp", "udp"):
             cleaned["domain"], cleaned["path"] = "", "/"
         return cleaned
 
@@ -688,11 +851,14 @@ class QuickCreateForm(forms.Form):
                 f"{group.name} uses backend protocol {group.get_backend_protocol_display()}, "
                 f"which a {P(protocol).label} listener cannot forward to.",
             )
-        if protocol in TLS:
+        if protocol == P.QUIC:
+            cleaned["tls_policy"] = None
+        if protocol in CERTIFICATE:
             certificate, policy = cleaned.get("default_certificate"), cleaned.get("tls_policy")
             if not certificate:
                 self.add_error(
-                    "default_certificate", "HTTPS and TCP SSL listeners need a server certificate."
+                    "default_certificate",
+                    "HTTPS, TCP SSL and QUIC listeners need a server certificate.",
                 )
             elif certificate.not_after <= timezone.now():
                 self.add_error("default_certificate", f"{certificate.name} has expired.")

@@ -14,7 +14,8 @@ from django import forms
 from django.db import transaction
 from django.http import QueryDict
 
-from listeners.models import BackendServer, Listener, ServerGroup
+from listeners.models import BackendServer, ServerGroup
+from listeners.rules import compatible_backend_protocols, slow_start_conflict
 
 DEFAULT_WEIGHT = 100
 MAX_SERVERS = 500
@@ -24,11 +25,13 @@ PREFIX = "servers"
 class ServerGroupForm(forms.ModelForm):
     class Meta:
         model = ServerGroup
-        fields = ["name", "backend_protocol", "description"]
+        fields = ["name", "backend_protocol", "description", "slow_start", "slow_start_duration"]
         labels = {
             "name": "Server Group Name",
             "backend_protocol": "Backend Protocol",
             "description": "Description",
+            "slow_start": "Slow Start",
+            "slow_start_duration": "Slow Start Duration (s)",
         }
         help_texts = {
             "backend_protocol": "HTTP and HTTPS listeners forward to HTTP or HTTPS backends; "
@@ -52,16 +55,35 @@ class ServerGroupForm(forms.ModelForm):
                 )
         return protocol
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["slow_start_duration"].required = False
+        self.fields["slow_start_duration"].help_text = "30-1200 s, used when Slow Start is on."
+
+    def clean_slow_start_duration(self) -> int:
+        return self.cleaned_data.get("slow_start_duration") or 30
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if cleaned.get("slow_start") and self.instance.pk:
+            for listener in self.instance.listeners.order_by("name"):
+                problem = slow_start_conflict(True, listener.scheduler)
+                if problem:
+                    self.add_error("slow_start", f"Listener {listener.name}: {problem}")
+                    break
+        return cleaned
+
 
 def backend_protocol_fits(listener_protocol: str, backend_protocol: str) -> bool:
-    http_backends = (ServerGroup.BackendProtocol.HTTP, ServerGroup.BackendProtocol.HTTPS)
-    if listener_protocol in Listener.HTTP_PROTOCOLS:
-        return backend_protocol in http_backends
-    return backend_protocol == ServerGroup.BackendProtocol.TCP
+    return backend_protocol in compatible_backend_protocols(listener_protocol)
 
 
 def allowed_backend_protocols_label(listener_protocol: str) -> str:
-    return "HTTP or HTTPS" if listener_protocol in Listener.HTTP_PROTOCOLS else "TCP"
+    labels = [
+        ServerGroup.BackendProtocol(value).label
+        for value in compatible_backend_protocols(listener_protocol)
+    ]
+    return " or ".join(labels)
 
 
 class BackendServerForm(forms.Form):

@@ -150,6 +150,7 @@ def listener_modify(request: HttpRequest, instance_id: str, listener_id: str) ->
         request.POST or None,
         instance=listener.instance,
         protocol=listener.protocol,
+        listener=listener,
         initial=ListenerSettingsForm.initial_from(listener),
     )
     if request.method == "POST" and form.is_valid():
@@ -305,10 +306,10 @@ def _certificates_form(listener: Listener, data: QueryDict | None) -> ManageCert
 def listener_certificates(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
     def apply(listener: Listener, data: dict) -> str:
         listener.default_certificate = data["default_certificate"]
-        listener.mutual_authentication = bool(data["mutual_authentication"])
-        listener.ca_certificate = data["ca_certificate"]
+        listener.mutual_authentication = bool(data.get("mutual_authentication"))
+        listener.ca_certificate = data.get("ca_certificate")
         listener.save()
-        listener.additional_certificates.set(data["additional_certificates"])
+        listener.additional_certificates.set(data.get("additional_certificates") or [])
         return f"Certificates of {listener.name} updated."
 
     return _settings_dialog(
@@ -357,7 +358,9 @@ def listener_health_check(request: HttpRequest, instance_id: str, listener_id: s
         title="Modify Health Check",
         url_name="listener-health-check",
         make_form=lambda listener, data: HealthCheckForm(
-            data, instance=getattr(listener.server_group, "health_check", None)
+            data,
+            instance=getattr(listener.server_group, "health_check", None),
+            backend_protocol=listener.server_group.backend_protocol,
         ),
         apply=apply,
         note=f"The health check belongs to server group {group.name}; listeners sharing the "

@@ -189,19 +189,14 @@ def _create_from(instance: Instance, forms: dict) -> Listener:
         group = services.create_server_group(
             name=group_form.cleaned_data["new_group_name"],
             backend_protocol=group_form.cleaned_data["new_backend_protocol"],
+            slow_start=bool(group_form.cleaned_data["new_slow_start"]),
+            slow_start_duration=group_form.cleaned_data["new_slow_start_duration"] or 30,
             servers=[row for row in formset.cleaned_data if row and not row.get("DELETE")],
             health_check=check_values,
         )
     certificates = None
     if "certificate" in forms:
-        data = forms["certificate"]["form"].cleaned_data
-        certificates = {
-            "default_certificate": data["default_certificate"],
-            "additional_certificates": list(data["additional_certificates"]),
-            "tls_policy": data["tls_policy"],
-            "mutual_authentication": bool(data["mutual_authentication"]),
-            "ca_certificate": data["ca_certificate"],
-        }
+        certificates = forms["certificate"]["form"].certificate_values()
     cleaned = listener_form.cleaned_data
     return services.create_listener(
         instance,

@@ -72,11 +72,12 @@ def test_json_round_trip_is_lossless():
     }
 
 
-@pytest.mark.parametrize("name", ["http.json", "https.json", "tcp_ssl.json"])
+@pytest.mark.parametrize("name", ["http.json", "https.json", "tcp_ssl.json", "quic_udp.json"])
 def test_documented_examples_are_valid_once_certificates_are_filled_in(name, tmp_path):
     data = fill(json.loads((EXAMPLES / name).read_text()), tmp_path)
     snapshot = Snapshot.from_dict(data)
     assert snapshot.listeners[0].protocol in ("http", "https", "tcp_ssl")
+    assert snapshot.to_dict() == Snapshot.from_json(snapshot.to_json()).to_dict()
 
 
 def test_examples_hold_no_key_material():
@@ -120,8 +121,8 @@ def test_invalid_json():
         ({"idle_timeout": 601}, "listeners[0].idle_timeout: 601 is out of range 1-600"),
         ({"request_timeout": 601}, "listeners[0].request_timeout: 601 is out of range 1-600"),
         (
-            {"protocol": "udp"},
-            "listeners[0].protocol: 'udp' is not one of http, https, tcp, tcp_ssl",
+            {"protocol": "sctp"},
+            "listeners[0].protocol: 'sctp' is not one of http, https, tcp, tcp_ssl, udp, quic",
         ),
         (
             {"x_forwarded_for": "append"},
@@ -213,7 +214,7 @@ def test_backend_protocol_must_suit_the_listener():
     data = base()
     data["server_groups"][0]["backend_protocol"] = "tcp"
     assert reasons(data) == [
-        "listeners[0].server_group_id: http listeners need an http or https server group, "
+        "listeners[0].server_group_id: http listeners need http or https server groups, "
         "sgp-web00001 is tcp"
     ]
 
@@ -256,7 +257,7 @@ def test_backend_protocol_must_suit_the_listener():
         ),
         (
             {"protocol": "icmp"},
-            "server_groups[0].health_check.protocol: 'icmp' is not one of tcp, http, https",
+            "server_groups[0].health_check.protocol: 'icmp' is not one of tcp, http, https, udp",
         ),
         (
             {"domain": "bad_domain!"},
@@ -293,7 +294,7 @@ def test_duplicate_ids_and_ports():
     data["listeners"].append(copy.deepcopy(data["listeners"][0]))
     found = reasons(data)
     assert "listeners[1].id: duplicate id 'lsn-web00001'" in found
-    assert "listeners[1].port: 80 is already used by http listener lsn-web00001" in found
+    assert "listeners[1].port: TCP port 80 is already used by http listener lsn-web00001" in found
 
 
 def test_stopped_listeners_may_share_a_port():

@@ -75,7 +75,7 @@ def test_quick_create_shows_the_error_in_the_dialog_then_creates(
         has=page.get_by_label("Server Certificate", exact=True)
     )
     expect(certificate_field.get_by_role("alert")).to_have_text(
-        "HTTPS and TCP SSL listeners need a server certificate."
+        "HTTPS, TCP SSL and QUIC listeners need a server certificate."
     )
     expect(dialog.get_by_label("Listener Port", exact=True)).to_have_value("443")
     shot(page, "quick-create-error")
