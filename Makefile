@@ -13,7 +13,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ferry
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DJANGO_ALLOW_ASYNC_UNSAFE=true
 
-.PHONY: run test lint setup chromium clean
+.PHONY: run test bench lint setup chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(TEST_ENV) $(BIN)/pytest -q -m "not e2e"
 	$(TEST_ENV) $(BIN)/pytest -q -m e2e
+
+# Benchmarks against HAProxy and nginx (bench/README.md); QUICK=1 for a two-minute run. The
+# regression guard at its end fails when a ratio falls >15% below bench/results/baseline.json.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

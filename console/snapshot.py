@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from console.models import Instance
 from dataplane import config as dp
+from listeners.forwarding import stored_rule
 from listeners.models import Listener
 
 
@@ -15,8 +16,18 @@ def build_snapshot(instance: Instance) -> dp.Snapshot:
     """
     listeners = list(
         Listener.objects.filter(instance=instance)
-        .select_related("server_group__health_check", "acl", "tls_policy")
-        .prefetch_related("additional_certificates", "server_group__servers", "acl__entries")
+        .select_related(
+            "server_group__health_check",
+            "server_group__backend_ca_certificate",
+            "acl",
+            "tls_policy",
+        )
+        .prefetch_related(
+            "additional_certificates",
+            "server_group__servers",
+            "acl__entries",
+            "rules__server_group__servers",
+        )
         .order_by("port", "protocol")
     )
     groups, certificates, cas, policies, acls = {}, {}, {}, {}, {}
@@ -24,6 +35,9 @@ def build_snapshot(instance: Instance) -> dp.Snapshot:
     for listener in listeners:
         group = listener.server_group
         groups[group.id] = group
+        for rule in listener.rules.all() if listener.is_http else ():
+            if rule.server_group is not None:
+                groups[rule.server_group.id] = rule.server_group
         sni_ids: tuple[str, ...] = ()
         if listener.needs_certificate and listener.default_certificate is not None:
             certificates[listener.default_certificate.id] = listener.default_certificate
@@ -38,6 +52,9 @@ def build_snapshot(instance: Instance) -> dp.Snapshot:
         if listener.acl is not None and listener.acl_mode != Listener.AclMode.OFF:
             acls[listener.acl.id] = listener.acl
         snapshot_listeners.append(_listener(listener, sni_ids))
+    for group in groups.values():
+        if group.backend_ca_certificate is not None:
+            cas[group.backend_ca_certificate.id] = group.backend_ca_certificate
     return dp.Snapshot(
         instance_id=instance.id,
         generation=instance.generation,
@@ -121,6 +138,11 @@ def _listener(listener: Listener, sni_ids: tuple[str, ...]) -> dp.Listener:
         quic_listener_id=(
             listener.quic_listener_id if listener.protocol == Listener.Protocol.HTTPS else None
         ),
+        forwarding_rules=(
+            tuple(stored_rule(rule) for rule in listener.rules.all()) if listener.is_http else ()
+        ),
+        proxy_protocol=listener.proxy_protocol,
+        x_forwarded_elb_ip=listener.header_x_forwarded_elb_ip,
     )
 
 
@@ -153,4 +175,5 @@ def _group(group) -> dp.ServerGroup:
         health_check=health,
         slow_start=group.slow_start,
         slow_start_duration=group.slow_start_duration,
+        backend_ca_certificate_id=group.backend_ca_certificate_id,
     )

@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from dataplane.rules import ForwardingRule, validate_rules
+
 PROTOCOLS = ("http", "https", "tcp", "tcp_ssl", "udp", "quic")
 HTTP_PROTOCOLS = frozenset({"http", "https"})
 TLS_PROTOCOLS = frozenset({"https", "tcp_ssl"})
@@ -39,6 +41,9 @@ BACKEND_PROTOCOLS = ("http", "https", "tcp", "udp")
 HEALTH_CHECK_PROTOCOLS = ("tcp", "http", "https", "udp")
 # Seed 001 "Data Compression": off, Gzip only (seed 000's GZIP), or Brotli with Gzip.
 COMPRESSION_MODES = ("off", "gzip", "brotli_gzip")
+# Client IP preservation for TCP listeners: the PROXY protocol header sent to backends (haproxy).
+PROXY_PROTOCOL_VERSIONS = ("off", "v1", "v2")
+PROXY_PROTOCOL_LISTENERS = frozenset({"tcp", "tcp_ssl"})
 # Seed 000: a listener's bandwidth limit, in Mbit/s.
 LISTENER_BANDWIDTH_MBIT = (1, 5120)
 INSTANCE_BANDWIDTH_MBIT = (1, 100_000)
@@ -145,6 +150,8 @@ class ServerGroup:
     health_check: HealthCheck = field(default_factory=HealthCheck)
     slow_start: bool = False
     slow_start_duration: int = 30
+    # backend_protocol https only: verify the servers' certificates against this CA.
+    backend_ca_certificate_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +207,12 @@ class Listener:
     compression: str = "off"
     bandwidth_mbit: int | None = None
     quic_listener_id: str | None = None
+    # Seed 002 advanced forwarding (http, https): tried in order before the default group.
+    forwarding_rules: tuple[ForwardingRule, ...] = ()
+    # tcp, tcp_ssl: "v1" or "v2" sends a PROXY protocol header to the backend first.
+    proxy_protocol: str = "off"
+    # Seed 002 "Transfer Load Balancer EIP": X-Forwarded-ELB-IP carries the bind address.
+    x_forwarded_elb_ip: bool = False
 
     @property
     def is_http(self) -> bool:
@@ -582,6 +595,17 @@ class _Validator:
         _in_range(
             errors, f"{path}.slow_start_duration", group.slow_start_duration, *SLOW_START_DURATION
         )
+        if group.backend_ca_certificate_id is not None:
+            if group.backend_protocol != "https":
+                errors.append(
+                    f"{path}.backend_ca_certificate_id: only https server groups verify their "
+                    "servers' certificates"
+                )
+            elif self.s.ca_certificate(group.backend_ca_certificate_id) is None:
+                errors.append(
+                    f"{path}.backend_ca_certificate_id: no CA certificate "
+                    f"{group.backend_ca_certificate_id!r}"
+                )
 
     def certificate(self, path: str, cert: Certificate) -> None:
         errors = self.errors
@@ -697,6 +721,10 @@ class _Validator:
                 errors.append(
                     f"{path}.bandwidth_mbit: not supported yet on {listener.protocol} listeners"
                 )
+        self.forwarding_rules(path, listener)
+        _one_of(errors, f"{path}.proxy_protocol", listener.proxy_protocol, PROXY_PROTOCOL_VERSIONS)
+        if listener.proxy_protocol != "off" and listener.protocol not in PROXY_PROTOCOL_LISTENERS:
+            errors.append(f"{path}.proxy_protocol: only tcp and tcp_ssl listeners send it")
         if listener.quic_listener_id is not None:
             quic = s.listener(listener.quic_listener_id)
             if listener.protocol != "https":
@@ -749,6 +777,42 @@ class _Validator:
             if any(clientcert_flags):
                 errors.append(f"{path}: client certificate headers need an https listener")
 
+    def forwarding_rules(self, path: str, listener: Listener) -> None:
+        """Seed 002 advanced forwarding: http and https only, forwarding to http(s) groups."""
+        s, errors = self.s, self.errors
+        rules = listener.forwarding_rules
+        if not rules:
+            return
+        rpath = f"{path}.forwarding_rules"
+        if not listener.is_http:
+            errors.append(f"{rpath}: only http and https listeners have forwarding rules")
+            return
+        errors.extend(
+            str(problem)
+            for problem in validate_rules(
+                rules,
+                path=rpath,
+                server_group_ids={group.id for group in s.server_groups},
+                listener_protocol=listener.protocol,
+            )
+        )
+        for index, rule in enumerate(rules):
+            group = s.server_group(rule.action.server_group_id)
+            if rule.action.type != "forward" or group is None:
+                continue
+            gpath = f"{rpath}[{index}].action.server_group_id"
+            if group.backend_protocol not in _GROUP_PROTOCOLS[listener.protocol]:
+                errors.append(
+                    f"{gpath}: {listener.protocol} listeners forward to http or https server "
+                    f"groups, {group.id} is {group.backend_protocol}"
+                )
+            if group.slow_start and listener.scheduler not in SLOW_START_SCHEDULERS:
+                errors.append(
+                    f"{gpath}: server group {group.id} uses slow start, which needs "
+                    f"weighted_round_robin or weighted_least_connections, not "
+                    f"{listener.scheduler}"
+                )
+
     def quic_listener(self, path: str, listener: Listener, clientcert_flags: tuple) -> None:
         """Seed 003: a server certificate, and no mutual authentication."""
         s, errors = self.s, self.errors
@@ -781,6 +845,7 @@ class _Validator:
             listener.x_forwarded_client_srcport,
             listener.slb_id,
             listener.slb_ip,
+            listener.x_forwarded_elb_ip,
             *clientcert_flags,
         )
         if any(header_flags):

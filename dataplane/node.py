@@ -43,7 +43,12 @@ from dataplane.protocols.tcp import TcpProxy
 from dataplane.protocols.udp import UdpListener, UdpSettings, bind_udp, start_udp_listener
 from dataplane.slowstart import SlowStart
 from dataplane.stats import ListenerStats
-from dataplane.tls import TlsContextCache, TlsError
+from dataplane.tls import (
+    TlsContextCache,
+    TlsError,
+    backend_client_context,
+    backend_verified_context,
+)
 from dataplane.udp_health import UdpHealthCheckSpec, udp_probe
 from dataplane.upstream import UpstreamPool
 
@@ -175,6 +180,16 @@ def _alt_svc(listener: Listener, snapshot: Snapshot) -> bytes | None:
     if quic is None or not quic.enabled:
         return None
     return alt_svc_value(quic.port)
+
+
+def _group_ids(listener: Listener) -> list[str]:
+    """The server groups a listener sends to: its default group, then its rules' groups."""
+    ids = [listener.server_group_id] if listener.server_group_id is not None else []
+    for rule in listener.forwarding_rules:
+        group_id = rule.action.server_group_id
+        if rule.action.type == "forward" and group_id is not None and group_id not in ids:
+            ids.append(group_id)
+    return ids
 
 
 def _health_spec(group: ServerGroup) -> HealthCheckSpec | UdpHealthCheckSpec:
@@ -334,26 +349,38 @@ class Node:
         self.tls_cache.end()
 
     def _plan_groups(self, snapshot: Snapshot) -> dict[str, ServerGroupRuntime]:
-        needed = {
-            listener.server_group_id
-            for listener in snapshot.listeners
-            if listener.enabled and listener.server_group_id is not None
-        }
+        needed: set[str] = set()
+        for listener in snapshot.listeners:
+            if listener.enabled:
+                needed.update(_group_ids(listener))
         groups: dict[str, ServerGroupRuntime] = {}
         for group_id in needed:
             config = snapshot.server_group(group_id)
             if config is None:
                 continue
+            ca = snapshot.ca_certificate(config.backend_ca_certificate_id)
+            ca_pem = ca.certificate_pem if ca is not None else None
             old = self.groups.get(group_id)
-            if old is not None and old.config == config:
+            if old is not None and old.config == config and old.ca_pem == ca_pem:
                 groups[group_id] = old
             else:
-                groups[group_id] = self._build_group(config, old)
+                groups[group_id] = self._build_group(config, old, ca_pem)
         return groups
 
     def _build_group(
-        self, config: ServerGroup, old: ServerGroupRuntime | None
+        self, config: ServerGroup, old: ServerGroupRuntime | None, ca_pem: str | None = None
     ) -> ServerGroupRuntime:
+        backend_context = None
+        tls_error = ""
+        if config.backend_protocol == "https":
+            try:
+                backend_context = (
+                    backend_verified_context(ca_pem)
+                    if ca_pem is not None
+                    else backend_client_context()
+                )
+            except TlsError as exc:
+                tls_error = str(exc)
         backends = [
             Backend(server.id, server.address, server.port, server.weight)
             for server in config.servers
@@ -375,7 +402,14 @@ class Node:
                 else:
                     # A new health check judges afresh, but a ramp under way goes on.
                     backend.ramp_started = before.ramp_started
-        group = ServerGroupRuntime(config, backends, slow_start)
+        group = ServerGroupRuntime(
+            config,
+            backends,
+            slow_start,
+            backend_context=backend_context,
+            ca_pem=ca_pem,
+            tls_error=tls_error,
+        )
         if config.health_check.enabled and backends:
             spec = _health_spec(config)
             on_change = slow_start.on_health_change if slow_start is not None else None
@@ -393,11 +427,17 @@ class Node:
     @staticmethod
     def _fingerprint(listener: Listener, snapshot: Snapshot) -> tuple:
         """Everything a listener's behaviour depends on; equal means nothing to do."""
+        groups = tuple(snapshot.server_group(group_id) for group_id in _group_ids(listener))
         return (
             listener,
             snapshot.instance_id,
             snapshot.bind_address,
-            snapshot.server_group(listener.server_group_id),
+            groups,
+            tuple(
+                snapshot.ca_certificate(group.backend_ca_certificate_id)
+                for group in groups
+                if group is not None
+            ),
             snapshot.certificate(listener.default_certificate_id),
             tuple(snapshot.certificate(cert_id) for cert_id in listener.sni_certificate_ids),
             snapshot.ca_certificate(listener.ca_certificate_id),
@@ -432,6 +472,7 @@ class Node:
                 stats=runtime.stats,
                 bucket=runtime.bucket,
                 alt_svc=_alt_svc(listener, snapshot),
+                rule_groups=groups,
             )
         except (TlsError, ValueError) as exc:
             log.warning(

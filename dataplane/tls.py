@@ -422,10 +422,34 @@ def _header_text(name: x509.Name) -> bytes:
 
 
 @functools.cache
+@functools.cache
 def backend_client_context() -> ssl.SSLContext:
-    """Context for HTTPS backends: encrypted, not verified (self-signed backends are common)."""
+    """Context for HTTPS backends: encrypted, not verified (self-signed backends are common).
+
+    One shared context: pooled backend connections are keyed by it, so every unverified HTTPS
+    group reuses the same warm connections.
+    """
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.set_ciphers("DEFAULT:@SECLEVEL=1")
+    return context
+
+
+def backend_verified_context(ca_pem: str) -> ssl.SSLContext:
+    """Context for HTTPS backends verified against one CA (a group's backend_ca_certificate_id).
+
+    The chain must lead to that CA only (not the system store), and the certificate must name the
+    server as the group lists it: an IP address in an IP subject alternative name, a host name in
+    a DNS one. Raises TlsError when the CA cannot be loaded.
+    """
+    # Not create_default_context: it would trust the system CAs as well.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.set_ciphers("DEFAULT:@SECLEVEL=1")
+    try:
+        context.load_verify_locations(cadata=ca_pem)
+    except (ssl.SSLError, ValueError) as exc:
+        raise TlsError(f"backend CA certificate cannot be loaded: {exc}") from None
     return context

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Protocol
 
 import httptools
 
-from dataplane.tls import backend_client_context
-
 log = logging.getLogger(__name__)
 
-PoolKey = tuple[str, int, bool]
+# (address, port, TLS context or None): a connection made under one context (verified against a
+# CA, or not verified) is never lent to a group that wants another.
+PoolKey = tuple[str, int, ssl.SSLContext | None]
 
 _LINE_BREAKS = (b"\r", b"\n")
 
@@ -247,7 +248,7 @@ class HttpUpstream(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per (address, port, tls)."""
+    """Idle keep-alive connections per (address, port, TLS context)."""
 
     def __init__(self, *, max_idle_per_server: int = 256, idle_timeout: float = 30.0) -> None:
         self.max_idle_per_server = max_idle_per_server
@@ -269,15 +270,17 @@ class UpstreamPool:
                 return upstream
         return None
 
-    async def connect(self, address: str, port: int, tls: bool) -> HttpUpstream:
-        """A new connection; raises OSError (or ssl.SSLError) when the server cannot be reached."""
+    async def connect(
+        self, address: str, port: int, context: ssl.SSLContext | None
+    ) -> HttpUpstream:
+        """A new connection, over TLS with `context` when given; raises OSError (ssl.SSLError,
+        ssl.SSLCertVerificationError among them) when the server cannot be reached or trusted.
+        A verifying context checks the certificate against `address` (asyncio's server_hostname).
+        """
         loop = asyncio.get_running_loop()
-        key = (address, port, tls)
+        key = (address, port, context)
         _, upstream = await loop.create_connection(
-            lambda: HttpUpstream(self, key),
-            address,
-            port,
-            ssl=backend_client_context() if tls else None,
+            lambda: HttpUpstream(self, key), address, port, ssl=context
         )
         return upstream
 

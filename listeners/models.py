@@ -142,6 +142,15 @@ class ServerGroup(models.Model):
     # Seed 002: a server that joins or recovers gets a linearly growing share over this time.
     slow_start = models.BooleanField(default=False)
     slow_start_duration = models.PositiveSmallIntegerField(default=30, validators=bounded(30, 1200))
+    # HTTPS backends (re-encrypt) are verified against this CA when set.
+    backend_ca_certificate = models.ForeignKey(
+        Certificate,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="backend_ca_for_groups",
+        limit_choices_to={"kind": Certificate.Kind.CA},
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -247,6 +256,11 @@ class Listener(models.Model):
         GZIP = "gzip", "Gzip"
         BROTLI_GZIP = "brotli_gzip", "Brotli and Gzip"
 
+    class ProxyProtocol(models.TextChoices):
+        OFF = "off", "Off"
+        V1 = "v1", "PROXY protocol v1"
+        V2 = "v2", "PROXY protocol v2"
+
     class ForwardedFor(models.TextChoices):
         ADD = "add", "Add"
         REMOVE = "remove", "Remove"
@@ -289,6 +303,7 @@ class Listener(models.Model):
     header_x_forwarded_client_srcport = models.BooleanField(default=False)
     header_slb_id = models.BooleanField(default=False)
     header_slb_ip = models.BooleanField(default=False)
+    header_x_forwarded_elb_ip = models.BooleanField(default=False)
     header_clientcert_subjectdn = models.BooleanField(default=False)
     header_clientcert_issuerdn = models.BooleanField(default=False)
     header_clientcert_fingerprint = models.BooleanField(default=False)
@@ -299,6 +314,9 @@ class Listener(models.Model):
         max_length=16, choices=Compression.choices, default=Compression.OFF
     )
     bandwidth_mbit = models.PositiveIntegerField(null=True, blank=True, validators=bounded(1, 5120))
+    proxy_protocol = models.CharField(
+        max_length=4, choices=ProxyProtocol.choices, default=ProxyProtocol.OFF
+    )
     quic_listener = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="upgraded_from"
     )
@@ -366,3 +384,43 @@ class Listener(models.Model):
     @property
     def is_configuring(self) -> bool:
         return self.status == self.Status.CONFIGURING
+
+
+class ForwardingRule(models.Model):
+    """Seed 002 advanced forwarding: an ordered rule of an HTTP or HTTPS listener.
+
+    Conditions are stored as the dataplane's RuleCondition fields (type, values, match, name);
+    the action's fields are columns. dataplane.rules validates both.
+    """
+
+    class Action(models.TextChoices):
+        FORWARD = "forward", "Forward to Server Group"
+        REDIRECT = "redirect", "Redirect"
+        FIXED_RESPONSE = "fixed_response", "Return Fixed Response"
+
+    listener = models.ForeignKey(Listener, on_delete=models.CASCADE, related_name="rules")
+    position = models.PositiveIntegerField(default=0)
+    name = models.CharField(max_length=64, blank=True, default="")
+    conditions = models.JSONField(default=list)
+    action = models.CharField(max_length=16, choices=Action.choices, default=Action.FORWARD)
+    server_group = models.ForeignKey(
+        ServerGroup, null=True, blank=True, on_delete=models.PROTECT, related_name="rules"
+    )
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    redirect_protocol = models.CharField(max_length=8, blank=True, default="")
+    redirect_host = models.CharField(max_length=255, blank=True, default="${host}")
+    redirect_port = models.PositiveIntegerField(null=True, blank=True)
+    redirect_path = models.CharField(max_length=255, blank=True, default="${path}")
+    redirect_query = models.CharField(max_length=255, blank=True, default="${query}")
+    content_type = models.CharField(max_length=32, blank=True, default="text/plain")
+    body = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self) -> str:
+        return self.name or f"rule {self.pk}"
+
+    @property
+    def rule_id(self) -> str:
+        return f"rule-{self.pk}"

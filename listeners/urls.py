@@ -41,6 +41,16 @@ urlpatterns = [
     path(LISTENER + "tls-policy/", listeners.listener_tls_policy, name="listener-tls-policy"),
     path(LISTENER + "health-check/", listeners.listener_health_check, name="listener-health-check"),
     path(LISTENER + "status/", listeners.listener_status, name="listener-status"),
+    path(LISTENER + "rules/add/", listeners.rule_create, name="listener-rule-create"),
+    path(LISTENER + "rules/<int:rule_id>/", listeners.rule_edit, name="listener-rule-edit"),
+    path(
+        LISTENER + "rules/<int:rule_id>/delete/", listeners.rule_delete, name="listener-rule-delete"
+    ),
+    path(
+        LISTENER + "rules/<int:rule_id>/<str:direction>/",
+        listeners.rule_move,
+        name="listener-rule-move",
+    ),
     # Navigation pages.
     path("server-groups/", servergroups.group_list, name="servergroup-list"),
     path("server-groups/create/", servergroups.group_create, name="servergroup-create"),

@@ -4,10 +4,16 @@
 when a snapshot is applied: the scheduler over the server group's backends, persistence, access
 control, TLS and the header lines that never change per request. A connection keeps the settings it
 started with, so requests in flight finish on the old generation while new ones use the new.
+
+A `Route` is one server group as a listener sends to it: its scheduler (with the listener's
+algorithm), cookie-persistence tokens and backend TLS context. Every listener has the route of its
+default group; an HTTP listener with forwarding rules has one more per group its rules forward to.
 """
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from dataplane.acl import AccessControl
@@ -15,6 +21,8 @@ from dataplane.balancing import Backend, Scheduler, make_scheduler
 from dataplane.clientip import ClientIpResolver
 from dataplane.config import Listener, ServerGroup, Snapshot
 from dataplane.persistence import CookiePersistence, SourceIpPersistence
+from dataplane.proxy_protocol import ProxyHeader
+from dataplane.rules import RuleTable
 
 if TYPE_CHECKING:
     from dataplane.bandwidth import TokenBucket
@@ -36,17 +44,71 @@ CLIENTCERT_HEADERS = (
 class ServerGroupRuntime:
     """The live backends of one server group, shared by every listener that uses the group."""
 
-    __slots__ = ("backend_tls", "backends", "checker", "config", "slow_start")
+    __slots__ = (
+        "backend_context",
+        "backend_tls",
+        "backends",
+        "ca_pem",
+        "checker",
+        "config",
+        "slow_start",
+        "tls_error",
+    )
 
     def __init__(
-        self, config: ServerGroup, backends: list[Backend], slow_start: SlowStart | None = None
+        self,
+        config: ServerGroup,
+        backends: list[Backend],
+        slow_start: SlowStart | None = None,
+        *,
+        backend_context: ssl.SSLContext | None = None,
+        ca_pem: str | None = None,
+        tls_error: str = "",
     ) -> None:
         self.config = config
         self.backends = backends
         self.backend_tls = config.backend_protocol == "https"
+        # The TLS context for HTTPS servers (verifying against the group's CA when it has one);
+        # None for plain HTTP. `tls_error` says why it could not be built; listeners then fail.
+        self.backend_context = backend_context
+        self.ca_pem = ca_pem
+        self.tls_error = tls_error
         self.checker: HealthChecker | None = None
         # Seed 002: shared by every listener of the group, so they all see one ramp per server.
         self.slow_start = slow_start
+
+
+class Route:
+    """One server group as one listener sends requests to it."""
+
+    __slots__ = ("backend_context", "backends_by_token", "group", "scheduler", "server_group_id")
+
+    def __init__(
+        self,
+        group: ServerGroupRuntime | None,
+        algorithm: str,
+        cookie_persistence: CookiePersistence | None = None,
+    ) -> None:
+        self.group = group
+        self.server_group_id = group.config.id if group is not None else None
+        backends = group.backends if group is not None else []
+        self.scheduler: Scheduler | None = (
+            make_scheduler(
+                algorithm, backends, slow_start=group.slow_start if group is not None else None
+            )
+            if backends
+            else None
+        )
+        self.backend_context = group.backend_context if group is not None else None
+        self.backends_by_token: dict[str, Backend] = (
+            cookie_persistence.index(backends) if cookie_persistence is not None else {}
+        )
+
+    def pick(self, client_ip: str | None, exclude: Backend | None = None) -> Backend | None:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return None
+        return scheduler.pick(client_ip, exclude)
 
 
 class ListenerSettings:
@@ -56,8 +118,6 @@ class ListenerSettings:
         "acl",
         "allow_brotli",
         "alt_svc",
-        "backend_tls",
-        "backends_by_token",
         "bucket",
         "client_ip",
         "clientcert",
@@ -68,8 +128,12 @@ class ListenerSettings:
         "idle_timeout",
         "listener",
         "pool",
+        "proxy_header",
         "request_timeout",
-        "scheduler",
+        "route",
+        "routes",
+        "rules",
+        "scheme",
         "source_persistence",
         "srcport",
         "static_headers",
@@ -90,7 +154,11 @@ class ListenerSettings:
         stats: ListenerStats,
         bucket: TokenBucket | None = None,
         alt_svc: bytes | None = None,
+        rule_groups: Mapping[str, ServerGroupRuntime] | None = None,
     ) -> None:
+        """Compile one listener generation; `rule_groups` are the runtimes of the groups its
+        forwarding rules name (a group missing there serves nothing: 503). Raises ValueError
+        when a group's backend TLS context could not be built."""
         self.listener = listener
         self.group = group
         self.tls = tls
@@ -98,18 +166,7 @@ class ListenerSettings:
         self.stats = stats
         self.idle_timeout = float(listener.idle_timeout)
         self.request_timeout = float(listener.request_timeout)
-        self.backend_tls = group.backend_tls if group is not None else False
-
-        backends = group.backends if group is not None else []
-        self.scheduler: Scheduler | None = (
-            make_scheduler(
-                listener.scheduler,
-                backends,
-                slow_start=group.slow_start if group is not None else None,
-            )
-            if backends
-            else None
-        )
+        self.scheme = b"https" if listener.protocol == "https" else b"http"
         # Seed 001 compression: "gzip" is seed 000's GZIP only, "brotli_gzip" prefers Brotli.
         self.compress = listener.compression != "off"
         self.allow_brotli = listener.compression == "brotli_gzip"
@@ -131,7 +188,6 @@ class ListenerSettings:
 
         persistence = listener.persistence
         self.cookie_persistence: CookiePersistence | None = None
-        self.backends_by_token: dict[str, Backend] = {}
         self.source_persistence: SourceIpPersistence | None = None
         if persistence.mode in ("insert_cookie", "rewrite_cookie"):
             # Keyed by the instance, so every node of the instance issues the same SERVERID.
@@ -141,9 +197,23 @@ class ListenerSettings:
                 timeout=persistence.cookie_timeout,
                 secret=snapshot.instance_id.encode(),
             )
-            self.backends_by_token = self.cookie_persistence.index(backends)
         elif persistence.mode == "source_ip":
             self.source_persistence = SourceIpPersistence(float(persistence.cookie_timeout))
+
+        # Where requests go: the default group, and (seed 002) the groups rules forward to.
+        self.route = self._route(group, listener.scheduler)
+        self.rules: RuleTable | None = None
+        self.routes: dict[str, Route] = {}
+        if listener.forwarding_rules:
+            self.rules = RuleTable(listener.forwarding_rules)
+            groups = rule_groups or {}
+            for group_id in self.rules.server_group_ids:
+                self.routes[group_id] = self._route(groups.get(group_id), listener.scheduler)
+
+        # Client IP preservation for TCP listeners: the PROXY protocol header to send first.
+        self.proxy_header: ProxyHeader | None = (
+            ProxyHeader(listener.proxy_protocol) if listener.proxy_protocol != "off" else None
+        )
 
         self.xff_mode = listener.x_forwarded_for
         self.x_forwarded_host = listener.x_forwarded_host
@@ -160,7 +230,7 @@ class ListenerSettings:
         )
         # Headers the dataplane sets itself (seed 001). A client's own copy is dropped, so it
         # cannot forge them; the value here replaces it.
-        scheme = b"https" if listener.protocol == "https" else b"http"
+        scheme = self.scheme
         managed: dict[bytes, tuple[bytes, bytes]] = {}
         drop = set()
         if listener.x_forwarded_proto:
@@ -171,6 +241,12 @@ class ListenerSettings:
             managed[b"slb-id"] = (b"SLB-ID", snapshot.instance_id.encode())
         if listener.slb_ip:
             managed[b"slb-ip"] = (b"SLB-IP", snapshot.bind_address.encode())
+        if listener.x_forwarded_elb_ip:
+            # Seed 002 "Transfer Load Balancer EIP": the address the listener is bound on.
+            managed[b"x-forwarded-elb-ip"] = (
+                b"X-Forwarded-ELB-IP",
+                snapshot.bind_address.encode(),
+            )
         self.static_headers = b"".join(
             b"%s: %s\r\n" % (name, value) for name, value in managed.values()
         )
@@ -184,8 +260,11 @@ class ListenerSettings:
         # Lower-case request header names the client may not pass on to the backend.
         self.drop_headers = frozenset(drop)
 
+    def _route(self, group: ServerGroupRuntime | None, algorithm: str) -> Route:
+        if group is not None and group.tls_error:
+            raise ValueError(f"server group {group.config.id}: {group.tls_error}")
+        return Route(group, algorithm, self.cookie_persistence)
+
     def pick(self, client_ip: str | None, exclude: Backend | None = None) -> Backend | None:
-        scheduler = self.scheduler
-        if scheduler is None:
-            return None
-        return scheduler.pick(client_ip, exclude)
+        """A server of the default group (TCP listeners have only that one)."""
+        return self.route.pick(client_ip, exclude)

@@ -33,6 +33,10 @@ Seed features on top of the plain proxy:
   debt, reading from the backend pauses.
 - QUIC upgrade (seed 001): an HTTPS listener linked to a QUIC listener adds its Alt-Svc header to
   responses that carry none.
+- Forwarding rules (seed 002, dataplane.rules): with rules, each request is matched once the
+  client IP is settled; a forward picks from that group's route (scheduler, TLS context,
+  persistence tokens), a redirect or fixed response is answered here without a backend. A listener
+  without rules pays one attribute test per request.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import collections
 import email.utils
 import logging
 import re
+import ssl
 import time
 from typing import TYPE_CHECKING
 
@@ -50,11 +55,19 @@ import httptools
 from dataplane.balancing import Backend
 from dataplane.bandwidth import ThrottledWriter
 from dataplane.compression import Compressor, choose_encoding
+from dataplane.rules import (
+    Action,
+    FixedResponseAction,
+    ForwardAction,
+    RedirectAction,
+    RuleTable,
+    split_target,
+)
 from dataplane.tls import client_certificate_headers
 
 if TYPE_CHECKING:
     from dataplane.node import ListenerRuntime
-    from dataplane.protocols import ListenerSettings
+    from dataplane.protocols import ListenerSettings, Route
     from dataplane.upstream import HttpUpstream
 
 log = logging.getLogger(__name__)
@@ -110,6 +123,7 @@ _COMPRESSION_FIELDS = re.compile(
 _CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_HEADERS: dict[bytes, bytes] = {}
 _LAST_CHUNK = b"0\r\n\r\n"
 _REASONS = {
     400: "Bad Request",
@@ -238,6 +252,7 @@ class HttpProxy(asyncio.Protocol):
         "reject_status",
         "response_started",
         "retried",
+        "route",
         "runtime",
         "settings",
         "stats",
@@ -301,6 +316,8 @@ class HttpProxy(asyncio.Protocol):
         self.head = b""
         self.client_ip = ""
         self.backend: Backend | None = None
+        # The server group the request goes to: the listener's default, or a rule's.
+        self.route: Route = self.settings.route
         self.upstream: HttpUpstream | None = None
         self.connect_task: asyncio.Task[None] | None = None
         self.retried = False
@@ -643,15 +660,25 @@ class HttpProxy(asyncio.Protocol):
             client_ip = settings.client_ip.resolve(client_ip, b",".join(request.xff))
         self.client_ip = client_ip
 
+        route = settings.route
+        if settings.rules is not None:
+            action = self._match_rules(settings.rules, request, client_ip)
+            if action is not None:
+                if not isinstance(action, ForwardAction):
+                    self._answer_rule(request, action)
+                    return
+                route = settings.routes[action.server_group_id]
+        self.route = route
+
         backend = None
         cookie = b"; ".join(request.cookies) if request.cookies else None
         persistence = settings.cookie_persistence
         if persistence is not None and cookie is not None:
-            backend, rewritten = persistence.backend_for_request(cookie, settings.backends_by_token)
+            backend, rewritten = persistence.backend_for_request(cookie, route.backends_by_token)
             if rewritten is not None:
                 cookie = rewritten or None
         if backend is None:
-            backend = settings.pick(client_ip)
+            backend = route.pick(client_ip)
             if backend is None:
                 self._reject(503)
                 return
@@ -688,21 +715,94 @@ class HttpProxy(asyncio.Protocol):
         self._set_deadline(settings.request_timeout)
         self._connect(backend)
 
+    # -- forwarding rules (seed 002) -------------------------------------------------------------
+
+    def _match_rules(self, table: RuleTable, request: Request, client_ip: str) -> Action | None:
+        path, query = split_target(request.url)
+        names = table.header_names
+        headers = self._rule_headers(names, request) if names else _NO_HEADERS
+        return table.match(request.method, path, query, request.host, headers, client_ip)
+
+    @staticmethod
+    def _rule_headers(names: frozenset[bytes], request: Request) -> dict[bytes, bytes]:
+        """The request headers header conditions name, lower-cased, repeated lines joined."""
+        found: dict[bytes, bytes] = {}
+        for line in request.headers:
+            name, _, value = line.partition(b":")
+            lower = name.lower()
+            if lower in names:
+                value = value.strip()
+                found[lower] = found[lower] + b", " + value if lower in found else value
+        # Headers the proxy keeps apart from the forwarded lines.
+        if request.cookies and b"cookie" in names:
+            found[b"cookie"] = b"; ".join(request.cookies)
+        if request.xff and b"x-forwarded-for" in names:
+            found[b"x-forwarded-for"] = b", ".join(request.xff)
+        return found
+
+    def _answer_rule(self, request: Request, action: RedirectAction | FixedResponseAction) -> None:
+        """A redirect or fixed response of a rule: the node answers, no backend is involved."""
+        settings = self.settings
+        if isinstance(action, RedirectAction):
+            path, query = split_target(request.url)
+            location = action.location(
+                settings.scheme, request.host, settings.listener.port, path, query
+            )
+            fields = b"Location: %s\r\n" % location
+            body = b""
+        else:
+            fields = b"Content-Type: %s\r\n" % action.content_type
+            body = action.body
+        # A body still on its way cannot be skipped safely: the connection ends after the answer.
+        keep_alive = (
+            request.keep_alive and (request.complete or not request.has_body) and not self.draining
+        )
+        parts = [
+            b"HTTP/1.1 %d %s\r\n" % (action.status, action.reason),
+            fields,
+            b"Content-Length: %d\r\nDate: %s\r\n" % (len(body), http_date()),
+        ]
+        if settings.alt_svc is not None:
+            parts.append(settings.alt_svc)
+        if request.version != "1.1":
+            parts.append(b"Connection: keep-alive\r\n" if keep_alive else b"Connection: close\r\n")
+        elif not keep_alive:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        if request.method != b"HEAD":
+            parts.append(body)
+        data = b"".join(parts)
+        stats = self.stats
+        stats.responses[action.status // 100] += 1
+        stats.bytes_out += len(data)
+        self._write(data)
+        self.current = None
+        if not keep_alive:
+            self._close()
+        elif self.queue:
+            following = self.queue.popleft()
+            if not self.queue:
+                self._resume(_PAUSE_PIPELINE)
+            self._start(following)
+        else:
+            self._go_idle()
+
     def _connect(self, backend: Backend) -> None:
         self.backend = backend
         backend.active += 1
         settings = self.settings
-        upstream = settings.pool.acquire((backend.address, backend.port, settings.backend_tls))
+        context = self.route.backend_context
+        upstream = settings.pool.acquire((backend.address, backend.port, context))
         if upstream is not None:
             self._attach(upstream)
         else:
-            self.connect_task = self.loop.create_task(self._open(backend, settings))
+            self.connect_task = self.loop.create_task(self._open(backend, settings, context))
 
-    async def _open(self, backend: Backend, settings: ListenerSettings) -> None:
+    async def _open(
+        self, backend: Backend, settings: ListenerSettings, context: ssl.SSLContext | None
+    ) -> None:
         try:
-            upstream = await settings.pool.connect(
-                backend.address, backend.port, settings.backend_tls
-            )
+            upstream = await settings.pool.connect(backend.address, backend.port, context)
         except OSError as exc:  # includes ssl.SSLError
             self.connect_task = None
             if not self.closed and self.backend is backend:
@@ -715,18 +815,34 @@ class HttpProxy(asyncio.Protocol):
         self._attach(upstream)
 
     def _connect_failed(self, backend: Backend, exc: OSError) -> None:
-        log.info(
-            "cannot connect to backend %s (%s:%d): %s",
-            backend.id,
-            backend.address,
-            backend.port,
-            exc,
-            extra={"listener_id": self.settings.listener.id, "backend_id": backend.id},
-        )
+        extra = {"listener_id": self.settings.listener.id, "backend_id": backend.id}
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            # A configuration problem rather than an outage: say which CA refused it.
+            group = self.route.group
+            log.warning(
+                "backend %s (%s:%d) of server group %s is not trusted: %s "
+                "(backend_ca_certificate_id %s)",
+                backend.id,
+                backend.address,
+                backend.port,
+                self.route.server_group_id,
+                exc.verify_message or exc,
+                group.config.backend_ca_certificate_id if group is not None else None,
+                extra=extra,
+            )
+        else:
+            log.info(
+                "cannot connect to backend %s (%s:%d): %s",
+                backend.id,
+                backend.address,
+                backend.port,
+                exc,
+                extra=extra,
+            )
         self._release_backend()
         if not self.retried:
             self.retried = True
-            other = self.settings.pick(self.client_ip, exclude=backend)
+            other = self.route.pick(self.client_ip, exclude=backend)
             if other is not None:
                 self._connect(other)
                 return
@@ -991,7 +1107,9 @@ class HttpProxy(asyncio.Protocol):
             # The backend closed an idle pooled connection just as it was reused: nothing was
             # processed, so the request goes again on a fresh connection to the same server.
             backend: Backend = self.backend  # type: ignore[assignment]
-            self.connect_task = self.loop.create_task(self._open(backend, self.settings))
+            self.connect_task = self.loop.create_task(
+                self._open(backend, self.settings, self.route.backend_context)
+            )
             return
         self._release_backend()
         self._reject(502)

@@ -238,6 +238,8 @@ class QuicSettings:
             extra.append((b"SLB-ID", snapshot.instance_id.encode()))
         if listener.slb_ip:
             extra.append((b"SLB-IP", snapshot.bind_address.encode()))
+        if listener.x_forwarded_elb_ip:
+            extra.append((b"X-Forwarded-ELB-IP", snapshot.bind_address.encode()))
         return cls(
             listener_id=listener.id,
             scheduler=(

@@ -6,6 +6,9 @@ flow both ways with backpressure: when one side's write buffer is full, reading 
 side pauses. A half-close is passed on where the transport supports it (plain TCP); a TLS client
 that closes ends the connection once the pending bytes are written.
 
+With `proxy_protocol` v1 or v2, the backend connection starts with a PROXY protocol header
+carrying the client's and the listener's address and port (dataplane.proxy_protocol).
+
 With a bandwidth limit (seed 000), bytes to the client go through the listener's token bucket;
 while it is in debt, reading from the backend pauses.
 """
@@ -117,6 +120,10 @@ class TcpProxy(asyncio.Protocol):
             )
             self._abort()
             return
+        proxy_header = settings.proxy_header
+        if proxy_header is not None:
+            # Client IP preservation: the PROXY header goes first, before any client byte.
+            self.pending.append(proxy_header.build(peer, transport.get_extra_info("sockname")))
         # Nothing is read until the backend connection is up; the kernel buffers meanwhile.
         transport.pause_reading()
         self._connect(backend)

@@ -60,6 +60,7 @@ HTTP_HEADER_FIELDS = (
     ("header_x_forwarded_client_srcport", "X-Forwarded-Client-srcport: Retrieve Client Port"),
     ("header_slb_id", "SLB-ID: Retrieve SLB ID"),
     ("header_slb_ip", "SLB-IP: Retrieve SLB IP"),
+    ("header_x_forwarded_elb_ip", "X-Forwarded-ELB-IP: Retrieve Load Balancer IP"),
 )
 CLIENTCERT_HEADER_FIELDS = (
     ("header_clientcert_subjectdn", "X-Forwarded-Clientcert-subjectdn"),
@@ -211,6 +212,14 @@ class ListenerSettingsForm(forms.Form):
         help_text="Empty: no limit. The listeners' limits may not add up to more than the "
         "instance's bandwidth.",
     )
+    proxy_protocol = forms.ChoiceField(
+        label="Client IP Address Preservation",
+        choices=Listener.ProxyProtocol.choices,
+        initial="off",
+        required=False,
+        help_text="Send the client's address to the backend servers in a PROXY protocol "
+        "header; the backends must expect it.",
+    )
     quic_listener = forms.ModelChoiceField(
         label="QUIC Upgrade: Associated QUIC Listener",
         queryset=Listener.objects.none(),
@@ -275,6 +284,7 @@ class ListenerSettingsForm(forms.Form):
             "quic_upgrade": protocol == P.HTTPS,
             # The dataplane throttles TCP-carried listeners; UDP and QUIC are not yet.
             "bandwidth": protocol not in (P.UDP, P.QUIC),
+            "proxy_protocol": protocol in (P.TCP, P.TCP_SSL),
         }
 
     def not_applicable(self) -> set[str]:
@@ -306,6 +316,8 @@ class ListenerSettingsForm(forms.Form):
             hidden.add("quic_listener")
         if not applies["bandwidth"]:
             hidden.add("bandwidth_mbit")
+        if not applies["proxy_protocol"]:
+            hidden.add("proxy_protocol")
         return hidden
 
     def header_fields(self):
@@ -403,6 +415,8 @@ class ListenerSettingsForm(forms.Form):
             cleaned["quic_listener"] = None
         if not applies["bandwidth"]:
             cleaned["bandwidth_mbit"] = None
+        if not applies["proxy_protocol"] or not cleaned.get("proxy_protocol"):
+            cleaned["proxy_protocol"] = "off"
 
     def settings_values(self) -> dict:
         """The cleaned Advanced Settings, description and tags as Listener field values."""
@@ -423,6 +437,7 @@ class ListenerSettingsForm(forms.Form):
             "compression",
             "bandwidth_mbit",
             "quic_listener",
+            "proxy_protocol",
         ] + [name for name, _ in HTTP_HEADER_FIELDS + CLIENTCERT_HEADER_FIELDS]
         return {name: self.cleaned_data[name] for name in names}
 
@@ -447,6 +462,7 @@ class ListenerSettingsForm(forms.Form):
                 "compression",
                 "bandwidth_mbit",
                 "quic_listener",
+                "proxy_protocol",
             )
         }
         initial["tags"] = format_tags(listener.tags)

@@ -25,18 +25,28 @@ PREFIX = "servers"
 class ServerGroupForm(forms.ModelForm):
     class Meta:
         model = ServerGroup
-        fields = ["name", "backend_protocol", "description", "slow_start", "slow_start_duration"]
+        fields = [
+            "name",
+            "backend_protocol",
+            "description",
+            "slow_start",
+            "slow_start_duration",
+            "backend_ca_certificate",
+        ]
         labels = {
             "name": "Server Group Name",
             "backend_protocol": "Backend Protocol",
             "description": "Description",
             "slow_start": "Slow Start",
             "slow_start_duration": "Slow Start Duration (s)",
+            "backend_ca_certificate": "Backend CA Certificate",
         }
         help_texts = {
-            "backend_protocol": "HTTP and HTTPS listeners forward to HTTP or HTTPS backends; "
-            "TCP and TCP SSL listeners to TCP backends.",
+            "backend_protocol": "HTTP and HTTPS listeners forward to HTTP or HTTPS backends, "
+            "QUIC listeners to HTTP, TCP and TCP SSL listeners to TCP, UDP listeners to UDP.",
             "description": "At most 255 characters.",
+            "backend_ca_certificate": "HTTPS backends only. Without a CA, backend certificates "
+            "are not verified.",
         }
         widgets = {"description": forms.TextInput()}
 
@@ -59,6 +69,12 @@ class ServerGroupForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.fields["slow_start_duration"].required = False
         self.fields["slow_start_duration"].help_text = "30-1200 s, used when Slow Start is on."
+
+    def clean_backend_ca_certificate(self):
+        ca = self.cleaned_data.get("backend_ca_certificate")
+        if ca is not None and self.cleaned_data.get("backend_protocol") != "https":
+            raise forms.ValidationError("Only HTTPS backends are verified against a CA.")
+        return ca
 
     def clean_slow_start_duration(self) -> int:
         return self.cleaned_data.get("slow_start_duration") or 30

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from django.contrib import messages
 from django.db import transaction
 from django.forms import Form
-from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
@@ -20,7 +20,8 @@ from console.models import Instance
 from listeners import rules, services
 from listeners.forms.lifecycle import ChangeServerGroupForm, ManageCertificatesForm, TlsPolicyForm
 from listeners.forms.listener import HealthCheckForm, ListenerSettingsForm
-from listeners.models import Listener
+from listeners.forms.rules import ForwardingRuleForm
+from listeners.models import ForwardingRule, Listener
 
 
 def _listener(instance_id: str, listener_id: str) -> Listener:
@@ -91,6 +92,7 @@ def listener_detail(request: HttpRequest, instance_id: str, listener_id: str) ->
             "servers": group.servers.all(),
             "health_check": getattr(group, "health_check", None),
             "additional": listener.additional_certificates.all(),
+            "rules": listener.rules.select_related("server_group"),
             "metrics": listener_metrics(listener.id, nodes),
             "attempts": pipeline.recent_attempts(listener.instance, limit=10),
             "title": listener.name,
@@ -366,3 +368,101 @@ def listener_health_check(request: HttpRequest, instance_id: str, listener_id: s
         note=f"The health check belongs to server group {group.name}; listeners sharing the "
         "group share it.",
     )
+
+
+def _rule_dialog(
+    request: HttpRequest, listener: Listener, rule: ForwardingRule | None
+) -> HttpResponse:
+    refused = _refused(request, listener, "changing its forwarding rules")
+    if refused:
+        return refused
+    initial = ForwardingRuleForm.initial_from(rule) if rule else {}
+    form = ForwardingRuleForm(request.POST or None, listener=listener, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            if rule is None:
+                last = listener.rules.order_by("-position").first()
+                rule = ForwardingRule(
+                    listener=listener, position=(last.position + 1) if last else 0
+                )
+            form.apply_to(rule)
+            rule.save()
+            services.listeners_changed([listener])
+        messages.success(request, f"Forwarding rule {rule} saved.")
+        return redirect_after_change(request, listener.get_absolute_url())
+    action = (
+        reverse("listener-rule-edit", args=[listener.instance_id, listener.id, rule.pk])
+        if rule
+        else reverse("listener-rule-create", args=[listener.instance_id, listener.id])
+    )
+    return render_dialog(
+        request,
+        "listeners/_rule_form.html",
+        {
+            "listener": listener,
+            "form": form,
+            "action": action,
+            "title": "Edit Forwarding Rule" if rule else "Add Forwarding Rule",
+            "breadcrumbs": _crumbs(listener.instance),
+        },
+        status=422 if form.errors else 200,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def rule_create(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
+    return _rule_dialog(request, _http_listener(instance_id, listener_id), None)
+
+
+@require_http_methods(["GET", "POST"])
+def rule_edit(
+    request: HttpRequest, instance_id: str, listener_id: str, rule_id: int
+) -> HttpResponse:
+    listener = _http_listener(instance_id, listener_id)
+    return _rule_dialog(request, listener, get_object_or_404(listener.rules, pk=rule_id))
+
+
+@require_http_methods(["POST"])
+def rule_delete(
+    request: HttpRequest, instance_id: str, listener_id: str, rule_id: int
+) -> HttpResponse:
+    listener = _http_listener(instance_id, listener_id)
+    refused = _refused(request, listener, "changing its forwarding rules")
+    if refused:
+        return refused
+    rule = get_object_or_404(listener.rules, pk=rule_id)
+    with transaction.atomic():
+        rule.delete()
+        services.listeners_changed([listener])
+    messages.success(request, f"Forwarding rule {rule} deleted.")
+    return redirect_after_change(request, listener.get_absolute_url())
+
+
+@require_http_methods(["POST"])
+def rule_move(
+    request: HttpRequest, instance_id: str, listener_id: str, rule_id: int, direction: str
+) -> HttpResponse:
+    """Swap a rule with its neighbour: rules are tried in order, the first match wins."""
+    listener = _http_listener(instance_id, listener_id)
+    refused = _refused(request, listener, "reordering its forwarding rules")
+    if refused:
+        return refused
+    rules = list(listener.rules.all())
+    index = next((i for i, r in enumerate(rules) if r.pk == rule_id), None)
+    if index is None:
+        raise Http404("No such rule")
+    other = index - 1 if direction == "up" else index + 1
+    if 0 <= other < len(rules):
+        rules[index], rules[other] = rules[other], rules[index]
+        with transaction.atomic():
+            for position, rule in enumerate(rules):
+                ForwardingRule.objects.filter(pk=rule.pk).update(position=position)
+            services.listeners_changed([listener])
+    return redirect_after_change(request, listener.get_absolute_url())
+
+
+def _http_listener(instance_id: str, listener_id: str) -> Listener:
+    listener = _listener(instance_id, listener_id)
+    if not listener.is_http:
+        raise Http404("Forwarding rules exist only on HTTP and HTTPS listeners")
+    return listener

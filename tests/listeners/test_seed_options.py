@@ -226,3 +226,46 @@ def test_udp_health_check_text_must_be_printable(admin_client, instance) -> None
     )
     assert response.status_code == 422
     assert "printable ASCII" in response.context["form"].errors["udp_request"][0]
+
+
+def test_proxy_protocol_only_for_tcp_listeners(admin_client, instance) -> None:
+    tcp = {
+        "protocol": "tcp",
+        "port": "9000",
+        "scheduler": "weighted_round_robin",
+        "persistence": "none",
+        "acl_mode": "off",
+        "idle_timeout": "15",
+        "proxy_protocol": "v2",
+    }
+    post_step(admin_client, instance, "protocol", tcp)
+    form = admin_client.get(step_url(instance, "protocol")).context["form"]
+    assert form.is_valid() and form.cleaned_data["proxy_protocol"] == "v2"
+    post_step(
+        admin_client,
+        instance,
+        "protocol",
+        {**ADVANCED_DEFAULTS, "protocol": "http", "port": "80", "proxy_protocol": "v2"},
+    )
+    form = admin_client.get(step_url(instance, "protocol")).context["form"]
+    assert form.cleaned_data["proxy_protocol"] == "off"
+
+
+def test_backend_ca_only_for_https_groups(admin_client) -> None:
+    from tests.listeners.test_wizard import upload_ca
+
+    ca = upload_ca(admin_client)
+    response = admin_client.post(
+        reverse("servergroup-create"),
+        {"name": "plain", "backend_protocol": "http", "backend_ca_certificate": ca.id}
+        | servers_data([("127.0.0.1", 8443, 100)]),
+    )
+    assert response.status_code == 422
+    assert "Only HTTPS backends" in response.context["form"].errors["backend_ca_certificate"][0]
+    response = admin_client.post(
+        reverse("servergroup-create"),
+        {"name": "tls", "backend_protocol": "https", "backend_ca_certificate": ca.id}
+        | servers_data([("127.0.0.1", 8443, 100)]),
+    )
+    assert response.status_code == 302
+    assert ServerGroup.objects.get(name="tls").backend_ca_certificate == ca

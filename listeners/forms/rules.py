@@ -1,0 +1,165 @@
+"""The Forwarding Rules dialog: conditions and one action, checked by dataplane.rules."""
+
+from __future__ import annotations
+
+import re
+
+from django import forms
+
+from dataplane import rules as dp_rules
+from listeners.forwarding import to_dataplane_rule
+from listeners.models import ForwardingRule, Listener, ServerGroup
+from listeners.rules import compatible_backend_protocols
+
+SPLIT = re.compile(r"[,\s]+")
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(item for item in SPLIT.split(text or "") if item)
+
+
+class ForwardingRuleForm(forms.Form):
+    name = forms.CharField(label="Rule Name", max_length=64, required=False)
+    host = forms.CharField(
+        label="Domain Name", required=False, help_text="Names or wildcards, comma-separated."
+    )
+    path = forms.CharField(label="Path", required=False, help_text="e.g. /api/ or ^/v[0-9]+/")
+    path_match = forms.ChoiceField(
+        label="Path Match",
+        choices=[("prefix", "Prefix"), ("exact", "Exact"), ("regex", "Regular expression")],
+        initial="prefix",
+    )
+    methods = forms.MultipleChoiceField(
+        label="HTTP Request Method",
+        choices=[(m, m) for m in dp_rules.HTTP_METHODS],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+    )
+    header_name = forms.CharField(label="HTTP Header", required=False, max_length=64)
+    header_values = forms.CharField(
+        label="Header Values", required=False, help_text="Comma-separated; * matches anything."
+    )
+    query = forms.CharField(
+        label="Query String", required=False, help_text="key=value pairs, comma-separated."
+    )
+    source_ip = forms.CharField(
+        label="Source IP (CIDR Block)", required=False, help_text="Comma-separated."
+    )
+    action = forms.ChoiceField(label="Action", choices=ForwardingRule.Action.choices)
+    server_group = forms.ModelChoiceField(
+        label="Forward to Server Group", queryset=ServerGroup.objects.none(), required=False
+    )
+    status_code = forms.IntegerField(
+        label="Status Code",
+        required=False,
+        help_text="Redirect: 301, 302, 303, 307 or 308 (default 302). Fixed response: 2xx, 4xx "
+        "or 5xx (default 200).",
+    )
+    redirect_protocol = forms.ChoiceField(
+        label="Redirect Protocol",
+        choices=[("", "Keep"), ("http", "HTTP"), ("https", "HTTPS")],
+        required=False,
+    )
+    redirect_host = forms.CharField(label="Redirect Domain Name", initial="${host}", required=False)
+    redirect_port = forms.IntegerField(
+        label="Redirect Port", min_value=1, max_value=65535, required=False
+    )
+    redirect_path = forms.CharField(label="Redirect Path", initial="${path}", required=False)
+    redirect_query = forms.CharField(label="Redirect Query", initial="${query}", required=False)
+    content_type = forms.ChoiceField(
+        label="Content Type",
+        choices=[(t, t) for t in dp_rules.FIXED_RESPONSE_CONTENT_TYPES],
+        required=False,
+    )
+    body = forms.CharField(
+        label="Response Body", widget=forms.Textarea(attrs={"rows": 3}), required=False
+    )
+
+    def __init__(self, *args, listener: Listener, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.listener = listener
+        self.fields["server_group"].queryset = ServerGroup.objects.filter(
+            backend_protocol__in=compatible_backend_protocols(listener.protocol)
+        )
+        self.rule: dp_rules.ForwardingRule | None = None
+
+    def conditions(self) -> list[dict]:
+        data = self.cleaned_data
+        found: list[dict] = []
+        if _list(data.get("host")):
+            found.append({"type": "host", "values": list(_list(data["host"]))})
+        if data.get("path"):
+            found.append({"type": "path", "values": [data["path"]], "match": data["path_match"]})
+        if data.get("methods"):
+            found.append({"type": "method", "values": list(data["methods"])})
+        if data.get("header_name"):
+            values = list(_list(data.get("header_values"))) or ["*"]
+            found.append({"type": "header", "name": data["header_name"], "values": values})
+        if _list(data.get("query")):
+            found.append({"type": "query", "values": list(_list(data["query"]))})
+        if _list(data.get("source_ip")):
+            found.append({"type": "source_ip", "values": list(_list(data["source_ip"]))})
+        return found
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        conditions = self.conditions()
+        if not conditions:
+            raise forms.ValidationError("Add at least one condition.")
+        self.rule = to_dataplane_rule("rule-new", cleaned.get("name") or "", conditions, cleaned)
+        group_ids = {g.id for g in self.fields["server_group"].queryset}
+        problems = dp_rules.validate_rules(
+            [self.rule],
+            path="rule",
+            server_group_ids=group_ids,
+            listener_protocol=self.listener.protocol,
+        )
+        for problem in problems:
+            self.add_error(None, problem.message)
+        return cleaned
+
+    def apply_to(self, rule: ForwardingRule) -> None:
+        data = self.cleaned_data
+        rule.name = data.get("name") or ""
+        rule.conditions = self.conditions()
+        rule.action = data["action"]
+        rule.server_group = data.get("server_group") if data["action"] == "forward" else None
+        rule.status_code = data.get("status_code")
+        rule.redirect_protocol = data.get("redirect_protocol") or ""
+        rule.redirect_host = data.get("redirect_host") or "${host}"
+        rule.redirect_port = data.get("redirect_port")
+        rule.redirect_path = data.get("redirect_path") or "${path}"
+        rule.redirect_query = data.get("redirect_query") or "${query}"
+        rule.content_type = data.get("content_type") or "text/plain"
+        rule.body = data.get("body") or ""
+
+    @classmethod
+    def initial_from(cls, rule: ForwardingRule) -> dict:
+        initial = {
+            "name": rule.name,
+            "action": rule.action,
+            "server_group": rule.server_group_id,
+            "status_code": rule.status_code,
+            "redirect_protocol": rule.redirect_protocol,
+            "redirect_host": rule.redirect_host,
+            "redirect_port": rule.redirect_port,
+            "redirect_path": rule.redirect_path,
+            "redirect_query": rule.redirect_query,
+            "content_type": rule.content_type,
+            "body": rule.body,
+        }
+        for condition in rule.conditions:
+            values = ", ".join(condition.get("values", []))
+            kind = condition["type"]
+            if kind == "path":
+                initial["path"], initial["path_match"] = values, condition.get("match", "prefix")
+            elif kind == "method":
+                initial["methods"] = condition.get("values", [])
+            elif kind == "header":
+                initial["header_name"] = condition.get("name", "")
+                initial["header_values"] = values
+            else:
+                initial[kind] = values
+        return initial
