@@ -38,20 +38,4 @@ def to_dataplane_rule(rule_id: str, name: str, conditions: list[dict], action: d
 
 
 def stored_rule(rule: ForwardingRule) -> dp_rules.ForwardingRule:
-    return to_dataplane_rule(
-        rule.rule_id,
-        rule.name,
-        rule.conditions,
-        {
-            "action": rule.action,
-            "server_group": rule.server_group_id,
-            "status_code": rule.status_code,
-            "redirect_protocol": rule.redirect_protocol,
-            "redirect_host": rule.redirect_host,
-            "redirect_port": rule.redirect_port,
-            "redirect_path": rule.redirect_path,
-            "redirect_query": rule.redirect_query,
-            "content_type": rule.content_type,
-            "body": rule.body,
-        },
-    )
+    return to_dataplane_rule(rule.rule_id, rule.name, rule.conditions, rule.action_fields())

@@ -424,3 +424,18 @@ class ForwardingRule(models.Model):
     @property
     def rule_id(self) -> str:
         return f"rule-{self.pk}"
+
+    def action_fields(self) -> dict:
+        """The action as the rule form and the snapshot builder both read it."""
+        return {
+            "action": self.action,
+            "server_group": self.server_group_id,
+            "status_code": self.status_code,
+            "redirect_protocol": self.redirect_protocol,
+            "redirect_host": self.redirect_host,
+            "redirect_port": self.redirect_port,
+            "redirect_path": self.redirect_path,
+            "redirect_query": self.redirect_query,
+            "content_type": self.content_type,
+            "body": self.body,
+        }

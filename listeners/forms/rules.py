@@ -137,19 +137,7 @@ class ForwardingRuleForm(forms.Form):
 
     @classmethod
     def initial_from(cls, rule: ForwardingRule) -> dict:
-        initial = {
-            "name": rule.name,
-            "action": rule.action,
-            "server_group": rule.server_group_id,
-            "status_code": rule.status_code,
-            "redirect_protocol": rule.redirect_protocol,
-            "redirect_host": rule.redirect_host,
-            "redirect_port": rule.redirect_port,
-            "redirect_path": rule.redirect_path,
-            "redirect_query": rule.redirect_query,
-            "content_type": rule.content_type,
-            "body": rule.body,
-        }
+        initial = {"name": rule.name, **rule.action_fields()}
         for condition in rule.conditions:
             values = ", ".join(condition.get("values", []))
             kind = condition["type"]

@@ -120,3 +120,19 @@ def test_viewer_cannot_add_rules(viewer_client, listener) -> None:
     )
     assert response.status_code == 403
     assert not ForwardingRule.objects.exists()
+
+
+def test_rules_and_their_groups_reach_the_snapshot(admin_client, instance, listener) -> None:
+    from console.snapshot import build_snapshot
+    from dataplane.config import Snapshot
+
+    api = ServerGroup.objects.create(name="api", backend_protocol="http")
+    admin_client.post(
+        rule_url("listener-rule-create", listener),
+        {"path": "/api/", "path_match": "prefix", "action": "forward", "server_group": api.id},
+    )
+    snapshot = Snapshot.from_json(build_snapshot(instance).to_json())
+    rule = snapshot.listeners[0].forwarding_rules[0]
+    assert rule.action.server_group_id == api.id
+    assert rule.conditions[0].values == ("/api/",)
+    assert api.id in {group.id for group in snapshot.server_groups}
