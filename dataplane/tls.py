@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from dataplane.config import Certificate, Listener, Snapshot
+from dataplane.config import TLS12_CIPHERS, TLS13_CIPHERSUITES, Certificate, Listener, Snapshot
 from dataplane.hostnames import CertificateSelector
 
 log = logging.getLogger(__name__)
@@ -47,27 +47,8 @@ _VERSIONS = {
     "TLSv1.3": "TLSv1_3",
 }
 
-_LEGACY_CIPHERS = (
-    "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-AES128-SHA256",
-    "ECDHE-ECDSA-AES256-SHA384",
-    "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES128-SHA256",
-    "ECDHE-RSA-AES256-SHA384",
-    "AES128-GCM-SHA256",
-    "AES256-GCM-SHA384",
-    "AES128-SHA256",
-    "AES256-SHA256",
-    "ECDHE-ECDSA-AES128-SHA",
-    "ECDHE-ECDSA-AES256-SHA",
-    "ECDHE-RSA-AES128-SHA",
-    "ECDHE-RSA-AES256-SHA",
-    "AES128-SHA",
-    "AES256-SHA",
-    "DES-CBC3-SHA",
-)
+# The legacy policies offer every suite a custom policy may name.
+_LEGACY_CIPHERS = TLS12_CIPHERS
 _STRICT_CIPHERS = (
     "ECDHE-ECDSA-AES128-GCM-SHA256",
     "ECDHE-ECDSA-AES256-GCM-SHA384",
@@ -82,13 +63,7 @@ _STRICT_CIPHERS = (
     "ECDHE-RSA-AES128-SHA",
     "ECDHE-RSA-AES256-SHA",
 )
-_TLS13_SUITES = (
-    "TLS_AES_128_GCM_SHA256",
-    "TLS_AES_256_GCM_SHA384",
-    "TLS_CHACHA20_POLY1305_SHA256",
-    "TLS_AES_128_CCM_SHA256",
-    "TLS_AES_128_CCM_8_SHA256",
-)
+_TLS13_SUITES = TLS13_CIPHERSUITES
 
 
 class TlsError(ValueError):
