@@ -41,6 +41,15 @@ CLIENTCERT_HEADERS = (
 )
 
 
+def compile_acl(listener: Listener, snapshot: Snapshot) -> AccessControl | None:
+    """The listener's access control, or None when every client is let in (an empty list
+    forwards everything, seed 000), so the hot path checks nothing."""
+    acl = snapshot.acl(listener.acl.acl_id) if listener.acl.mode != "off" else None
+    if acl is None or not acl.entries:
+        return None
+    return AccessControl(listener.acl.mode, acl.entries)
+
+
 class ServerGroupRuntime:
     """The live backends of one server group, shared by every listener that uses the group."""
 
@@ -175,12 +184,7 @@ class ListenerSettings:
         # Seed 001 QUIC upgrade: the Alt-Svc header line an HTTPS listener adds.
         self.alt_svc = b"Alt-Svc: %s\r\n" % alt_svc if alt_svc is not None else None
 
-        acl = snapshot.acl(listener.acl.acl_id) if listener.acl.mode != "off" else None
-        self.acl: AccessControl | None = (
-            AccessControl(listener.acl.mode, acl.entries)
-            if acl is not None and acl.entries
-            else None
-        )
+        self.acl: AccessControl | None = compile_acl(listener, snapshot)
         trusted = listener.retrieve_client_ip
         self.client_ip: ClientIpResolver | None = (
             ClientIpResolver(trusted.trusted) if trusted.enabled and trusted.trusted else None

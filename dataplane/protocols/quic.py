@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from dataplane.acl import AccessControl
 from dataplane.balancing import Backend, Scheduler, make_scheduler
+from dataplane.protocols import compile_acl
 from dataplane.tls import TlsError
 
 if TYPE_CHECKING:
@@ -225,12 +226,7 @@ class QuicSettings:
         slow_start: SlowStart | None = None,
     ) -> QuicSettings:
         """Compile a snapshot listener; the header switches are those of HTTP listeners."""
-        acl_config = snapshot.acl(listener.acl.acl_id) if listener.acl.mode != "off" else None
-        acl = (
-            AccessControl(listener.acl.mode, acl_config.entries)
-            if acl_config is not None and acl_config.entries
-            else None
-        )
+        acl = compile_acl(listener, snapshot)
         extra: list[tuple[bytes, bytes]] = []
         if listener.x_forwarded_port:
             extra.append((b"X-Forwarded-Port", str(listener.port).encode()))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from dataplane.acl import AccessControl
 from dataplane.balancing import Backend, Scheduler, make_scheduler
+from dataplane.protocols import compile_acl
 
 if TYPE_CHECKING:
     from dataplane.config import Listener, Snapshot
@@ -111,12 +112,7 @@ class UdpSettings:
         slow_start: SlowStart | None = None,
     ) -> UdpSettings:
         """Compile a snapshot listener; its idle timeout is the session idle timeout."""
-        acl_config = snapshot.acl(listener.acl.acl_id) if listener.acl.mode != "off" else None
-        acl = (
-            AccessControl(listener.acl.mode, acl_config.entries)
-            if acl_config is not None and acl_config.entries
-            else None
-        )
+        acl = compile_acl(listener, snapshot)
         return cls(
             listener_id=listener.id,
             scheduler=(

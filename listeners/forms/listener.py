@@ -68,6 +68,25 @@ CLIENTCERT_HEADER_FIELDS = (
     ("header_clientcert_fingerprint", "X-Forwarded-Clientcert-fingerprint"),
     ("header_clientcert_clientverify", "X-Forwarded-Clientcert-clientverify"),
 )
+# The Advanced Settings that are Listener fields of the same name (Modify Listener edits them).
+SETTINGS_FIELDS = (
+    "scheduler",
+    "persistence",
+    "persistence_timeout",
+    "cookie_name",
+    "acl_mode",
+    "acl",
+    "idle_timeout",
+    "request_timeout",
+    "x_forwarded_for",
+    "retrieve_client_ip",
+    "trusted_proxies",
+    "compression",
+    "bandwidth_mbit",
+    "quic_listener",
+    "proxy_protocol",
+    *(name for name, _ in HTTP_HEADER_FIELDS + CLIENTCERT_HEADER_FIELDS),
+)
 TAG_LINE = re.compile(r"^\s*([^=\s][^=]{0,127}?)\s*=\s*(.{0,255}?)\s*$")
 MAX_TAGS = 20
 
@@ -420,54 +439,15 @@ class ListenerSettingsForm(forms.Form):
 
     def settings_values(self) -> dict:
         """The cleaned Advanced Settings, description and tags as Listener field values."""
-        names = [
-            "description",
-            "tags",
-            "scheduler",
-            "persistence",
-            "persistence_timeout",
-            "cookie_name",
-            "acl_mode",
-            "acl",
-            "idle_timeout",
-            "request_timeout",
-            "x_forwarded_for",
-            "retrieve_client_ip",
-            "trusted_proxies",
-            "compression",
-            "bandwidth_mbit",
-            "quic_listener",
-            "proxy_protocol",
-        ] + [name for name, _ in HTTP_HEADER_FIELDS + CLIENTCERT_HEADER_FIELDS]
+        names = ["description", "tags", *SETTINGS_FIELDS]
         return {name: self.cleaned_data[name] for name in names}
 
     @classmethod
     def initial_from(cls, listener: Listener) -> dict:
         initial = {
-            name: getattr(listener, name)
-            for name in (
-                "name",
-                "description",
-                "scheduler",
-                "persistence",
-                "persistence_timeout",
-                "cookie_name",
-                "acl_mode",
-                "acl",
-                "idle_timeout",
-                "request_timeout",
-                "x_forwarded_for",
-                "retrieve_client_ip",
-                "trusted_proxies",
-                "compression",
-                "bandwidth_mbit",
-                "quic_listener",
-                "proxy_protocol",
-            )
+            name: getattr(listener, name) for name in ("name", "description", *SETTINGS_FIELDS)
         }
         initial["tags"] = format_tags(listener.tags)
-        for name, _ in HTTP_HEADER_FIELDS + CLIENTCERT_HEADER_FIELDS:
-            initial[name] = getattr(listener, name)
         return initial
 
 
