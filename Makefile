@@ -33,11 +33,12 @@ run: $(STAMP)
 	@echo "Console: http://127.0.0.1:$(PORT)/  (Ctrl-C stops every process)"
 	exec $(BIN)/honcho -f Procfile start
 
-# Debian's Chromium for the browser tests: Playwright cannot download its own build here.
+# Debian's Chromium for the browser tests (Playwright cannot download its own build here), and
+# nghttp2's h2load, the HTTP/2 client the tests drive listeners with.
 chromium:
-	@if [ ! -x /usr/bin/chromium ]; then \
-	  echo "Installing Debian's chromium for the browser tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/h2load ]; then \
+	  echo "Installing Debian's chromium and nghttp2-client for the tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nghttp2-client; \
 	fi
 
 # Browser tests run in their own pytest process: Playwright's sync API keeps an event loop

@@ -112,6 +112,8 @@ def _listener(listener: Listener, sni_ids: tuple[str, ...]) -> dp.Listener:
         ),
         idle_timeout=listener.idle_timeout,
         request_timeout=listener.request_timeout,
+        response_timeout=listener.response_timeout,
+        http2=listener.http2 and listener.protocol == Listener.Protocol.HTTPS,
         x_forwarded_for=listener.x_forwarded_for,
         x_forwarded_proto=listener.header_x_forwarded_proto,
         x_forwarded_port=listener.header_x_forwarded_port,

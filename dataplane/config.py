@@ -37,7 +37,8 @@ TCP_SSL_SCHEDULERS = ("weighted_round_robin", "weighted_least_connections")
 PERSISTENCE_MODES = ("none", "insert_cookie", "rewrite_cookie", "source_ip")
 ACL_MODES = ("off", "whitelist", "blacklist")
 XFF_MODES = ("add", "remove", "off")
-BACKEND_PROTOCOLS = ("http", "https", "tcp", "udp")
+# Seed 003: gRPC server groups serve HTTPS listeners with HTTP/2 enabled.
+BACKEND_PROTOCOLS = ("http", "https", "grpc", "tcp", "udp")
 HEALTH_CHECK_PROTOCOLS = ("tcp", "http", "https", "udp")
 # Seed 001 "Data Compression": off, Gzip only (seed 000's GZIP), or Brotli with Gzip.
 COMPRESSION_MODES = ("off", "gzip", "brotli_gzip")
@@ -99,7 +100,7 @@ _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,200}$")
 # The backend protocols each listener protocol can forward to (seed 003's table).
 _GROUP_PROTOCOLS = {
     "http": ("http", "https"),
-    "https": ("http", "https"),
+    "https": ("http", "https", "grpc"),
     "tcp": ("tcp",),
     "tcp_ssl": ("tcp",),
     "udp": ("udp",),
@@ -187,7 +188,12 @@ class Listener:
     persistence: Persistence = field(default_factory=Persistence)
     acl: AccessControl = field(default_factory=AccessControl)
     idle_timeout: int = 15
+    # http, https: the client must deliver a request head within it (else 408), seed 002.
     request_timeout: int = 60
+    # http, https, quic: the backend must answer within it (else 504), seed 002.
+    response_timeout: int = 60
+    # https: offer h2 in ALPN (seeds 000, 001, 003); backends still get HTTP/1.1.
+    http2: bool = False
     x_forwarded_for: str = "add"
     x_forwarded_proto: bool = False
     x_forwarded_port: bool = False
@@ -592,6 +598,9 @@ class _Validator:
                 f"{hpath}.protocol: udp server groups are checked with udp, other groups with "
                 "tcp, http or https"
             )
+        if check.enabled and group.backend_protocol == "grpc" and check.protocol != "tcp":
+            # An HTTP/1.1 probe gets no answer from a server that speaks only HTTP/2.
+            errors.append(f"{hpath}.protocol: grpc server groups are checked with tcp")
         _in_range(
             errors, f"{path}.slow_start_duration", group.slow_start_duration, *SLOW_START_DURATION
         )
@@ -651,6 +660,9 @@ class _Validator:
         _one_of(errors, f"{path}.scheduler", listener.scheduler, schedulers)
         _in_range(errors, f"{path}.idle_timeout", listener.idle_timeout, 1, 600)
         _in_range(errors, f"{path}.request_timeout", listener.request_timeout, 1, 600)
+        _in_range(errors, f"{path}.response_timeout", listener.response_timeout, 1, 300)
+        if listener.http2 and listener.protocol != "https":
+            errors.append(f"{path}.http2: only https listeners offer HTTP/2")
         _one_of(errors, f"{path}.x_forwarded_for", listener.x_forwarded_for, XFF_MODES)
 
         if listener.server_group_id is not None:
@@ -667,6 +679,8 @@ class _Validator:
                         f"{' or '.join(allowed)} server groups, {group.id} is "
                         f"{group.backend_protocol}"
                     )
+                elif group.backend_protocol == "grpc":
+                    self.grpc_listener(path, listener, group)
                 if group.slow_start and listener.scheduler not in SLOW_START_SCHEDULERS:
                     errors.append(
                         f"{path}.scheduler: server group {group.id} uses slow start, which needs "
@@ -801,7 +815,7 @@ class _Validator:
             if rule.action.type != "forward" or group is None:
                 continue
             gpath = f"{rpath}[{index}].action.server_group_id"
-            if group.backend_protocol not in _GROUP_PROTOCOLS[listener.protocol]:
+            if group.backend_protocol not in ("http", "https"):
                 errors.append(
                     f"{gpath}: {listener.protocol} listeners forward to http or https server "
                     f"groups, {group.id} is {group.backend_protocol}"
@@ -812,6 +826,21 @@ class _Validator:
                     f"weighted_round_robin or weighted_least_connections, not "
                     f"{listener.scheduler}"
                 )
+
+    def grpc_listener(self, path: str, listener: Listener, group: ServerGroup) -> None:
+        """Seed 003: gRPC backends need HTTP/2. Every stream goes to the group as it is, so the
+        HTTP/1.1 features that rewrite requests or responses do not apply."""
+        errors = self.errors
+        if not listener.http2:
+            errors.append(f"{path}.http2: gRPC server group {group.id} needs HTTP/2 enabled")
+        if listener.forwarding_rules:
+            errors.append(f"{path}.forwarding_rules: not offered with a gRPC server group")
+        if listener.persistence.mode != "none":
+            errors.append(f"{path}.persistence.mode: not offered with a gRPC server group")
+        if listener.compression != "off":
+            errors.append(f"{path}.compression: gRPC compresses its own messages")
+        if listener.bandwidth_mbit is not None:
+            errors.append(f"{path}.bandwidth_mbit: not offered with a gRPC server group")
 
     def quic_listener(self, path: str, listener: Listener, clientcert_flags: tuple) -> None:
         """Seed 003: a server certificate, and no mutual authentication."""

@@ -66,6 +66,11 @@ _STRICT_CIPHERS = (
 _TLS13_SUITES = TLS13_CIPHERSUITES
 
 
+# HTTPS listeners with HTTP/2 on: h2 first, so clients that speak both use it (RFC 7301 lets
+# the server choose; OpenSSL picks the server's first protocol the client also offers).
+HTTP2_ALPN = ("h2", "http/1.1")
+
+
 class TlsError(ValueError):
     """TLS material of a listener that OpenSSL refuses; the message is the listener's reason."""
 
@@ -237,8 +242,12 @@ def _load_certificate(context: ssl.SSLContext, cert: Certificate) -> None:
         os.close(fd)
 
 
-def _policy_context(policy: PolicySpec, security_level: int, ca_pem: str | None) -> ssl.SSLContext:
+def _policy_context(
+    policy: PolicySpec, security_level: int, ca_pem: str | None, alpn: tuple[str, ...] = ()
+) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
     with warnings.catch_warnings():
         # TLSVersion.TLSv1 and TLSv1_1 are deprecated in Python; the seeds still offer them.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -318,17 +327,22 @@ class TlsContextCache:
         if any(info.weak_key for info in infos.values()):
             # Seed 000 allows RSA 1024 certificates; OpenSSL 3 serves them only up to level 1.
             level = min(level, 1)
-        key = (policy, level, ca_pem, default, sni)
+        # ALPN is offered only where HTTP/2 is on: a TCP SSL listener carries any protocol, and
+        # an HTTP/1.1-only listener must not let a client believe h2 was agreed.
+        alpn = HTTP2_ALPN if listener.http2 and listener.protocol == "https" else ()
+        key = (policy, level, ca_pem, default, sni, alpn)
         self._used_listeners.add(key)
         cached = self._listeners.get(key)
         if cached is not None:
             for cert in sni:
-                self._used_certificates.add((policy, level, ca_pem, cert))
+                self._used_certificates.add((policy, level, ca_pem, cert, alpn))
             return cached
 
-        front = _policy_context(policy, level, ca_pem)
+        front = _policy_context(policy, level, ca_pem, alpn)
         _load_certificate(front, default)
-        by_id = {cert.id: self._certificate_context(policy, level, ca_pem, cert) for cert in sni}
+        by_id = {
+            cert.id: self._certificate_context(policy, level, ca_pem, cert, alpn) for cert in sni
+        }
         names = {cert.id: infos[cert.id].names for cert in sni}
         names[default.id] = infos[default.id].names
         selector = CertificateSelector(names, default.id)
@@ -339,13 +353,20 @@ class TlsContextCache:
         return tls
 
     def _certificate_context(
-        self, policy: PolicySpec, level: int, ca_pem: str | None, cert: Certificate
+        self,
+        policy: PolicySpec,
+        level: int,
+        ca_pem: str | None,
+        cert: Certificate,
+        alpn: tuple[str, ...],
     ) -> ssl.SSLContext:
-        key = (policy, level, ca_pem, cert)
+        key = (policy, level, ca_pem, cert, alpn)
         self._used_certificates.add(key)
         context = self._certificates.get(key)
         if context is None:
-            context = _policy_context(policy, level, ca_pem)
+            # The SNI callback swaps the handshake onto this context before ALPN is chosen, so
+            # it must offer the same protocols as the front one.
+            context = _policy_context(policy, level, ca_pem, alpn)
             _load_certificate(context, cert)
             self._certificates[key] = context
         return context

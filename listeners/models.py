@@ -128,6 +128,8 @@ class ServerGroup(models.Model):
     class BackendProtocol(models.TextChoices):
         HTTP = "http", "HTTP"
         HTTPS = "https", "HTTPS"
+        # Seed 003: for HTTPS listeners with HTTP/2 enabled.
+        GRPC = "grpc", "gRPC"
         TCP = "tcp", "TCP"
         UDP = "udp", "UDP"
 
@@ -161,6 +163,10 @@ class ServerGroup(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("servergroup-detail", args=[self.id])
+
+    @property
+    def is_grpc(self) -> bool:
+        return self.backend_protocol == self.BackendProtocol.GRPC
 
 
 class BackendServer(models.Model):
@@ -293,7 +299,12 @@ class Listener(models.Model):
         AccessControlList, null=True, blank=True, on_delete=models.PROTECT, related_name="listeners"
     )
     idle_timeout = models.PositiveSmallIntegerField(default=15, validators=bounded(1, 600))
+    # Seed 002: the client has request_timeout to send a request head (else 408), and the
+    # backend has response_timeout to answer (else 504).
     request_timeout = models.PositiveSmallIntegerField(default=60, validators=bounded(1, 600))
+    response_timeout = models.PositiveSmallIntegerField(default=60, validators=bounded(1, 300))
+    # Seeds 000/001/003 "Enable HTTP/2", HTTPS only; on by default as in the ALB console.
+    http2 = models.BooleanField(default=True)
     x_forwarded_for = models.CharField(
         max_length=8, choices=ForwardedFor.choices, default=ForwardedFor.ADD
     )

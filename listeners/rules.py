@@ -92,10 +92,46 @@ def configuring_refusal(listener: Listener, action: str) -> str | None:
 def compatible_backend_protocols(protocol: str) -> list[str]:
     # Seed 003: HTTP and HTTPS listeners forward to HTTP or HTTPS backends; TCP and TCP SSL
     # listeners forward raw bytes, so their group speaks TCP.
-    if protocol in Listener.HTTP_PROTOCOLS:
+    if protocol == Listener.Protocol.HTTPS:
+        return [
+            ServerGroup.BackendProtocol.HTTP,
+            ServerGroup.BackendProtocol.HTTPS,
+            ServerGroup.BackendProtocol.GRPC,
+        ]
+    if protocol == Listener.Protocol.HTTP:
         return [ServerGroup.BackendProtocol.HTTP, ServerGroup.BackendProtocol.HTTPS]
     if protocol == Listener.Protocol.QUIC:
         return [ServerGroup.BackendProtocol.HTTP]
     if protocol == Listener.Protocol.UDP:
         return [ServerGroup.BackendProtocol.UDP]
     return [ServerGroup.BackendProtocol.TCP]
+
+
+def grpc_conflicts(
+    *,
+    http2: bool,
+    persistence: str = "none",
+    compression: str = "off",
+    bandwidth_mbit: int | None = None,
+    forwarding_rules: int = 0,
+) -> list[tuple[str, str]]:
+    """Seed 003: gRPC backends need HTTP/2. A gRPC call is relayed as it is, so the options that
+    rewrite HTTP/1.1 requests or responses do not apply. Returns (field, message) pairs."""
+    problems = []
+    if not http2:
+        problems.append(("http2", "gRPC backends need HTTP/2; enable HTTP/2."))
+    if persistence != "none":
+        problems.append(("persistence", "cookie session persistence is not offered for gRPC."))
+    if compression != "off":
+        problems.append(("compression", "gRPC compresses its own messages; turn this off."))
+    if bandwidth_mbit:
+        problems.append(("bandwidth_mbit", "bandwidth throttling is not offered for gRPC."))
+    if forwarding_rules:
+        problems.append(
+            (
+                "server_group",
+                "forwarding rules send requests to HTTP server groups; delete the "
+                f"listener's {forwarding_rules} forwarding rule(s) first.",
+            )
+        )
+    return problems

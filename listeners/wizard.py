@@ -118,7 +118,9 @@ class Draft:
         if step == "servergroup":
             step1 = self.data("protocol")
             scheduler = (step1.get("scheduler") if step1 else None) or "weighted_round_robin"
-            form = ServerGroupStepForm(data, protocol=self.protocol(), scheduler=scheduler)
+            form = ServerGroupStepForm(
+                data, protocol=self.protocol(), scheduler=scheduler, settings=step1 or {}
+            )
             formset = BackendServerFormSet(
                 data, prefix="servers", initial=None if data else blank_rows()
             )

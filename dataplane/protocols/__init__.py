@@ -134,11 +134,14 @@ class ListenerSettings:
         "cookie_persistence",
         "drop_headers",
         "group",
+        "grpc",
+        "http2",
         "idle_timeout",
         "listener",
         "pool",
         "proxy_header",
         "request_timeout",
+        "response_timeout",
         "route",
         "routes",
         "rules",
@@ -175,6 +178,11 @@ class ListenerSettings:
         self.stats = stats
         self.idle_timeout = float(listener.idle_timeout)
         self.request_timeout = float(listener.request_timeout)
+        self.response_timeout = float(listener.response_timeout)
+        # Seed 003: HTTP/2 (ALPN h2) on HTTPS listeners; a gRPC group takes HTTP/2 streams as
+        # they are, while HTTP and HTTPS groups get each stream as an HTTP/1.1 request.
+        self.http2 = listener.http2 and listener.protocol == "https"
+        self.grpc = group is not None and group.config.backend_protocol == "grpc"
         self.scheme = b"https" if listener.protocol == "https" else b"http"
         # Seed 001 compression: "gzip" is seed 000's GZIP only, "brotli_gzip" prefers Brotli.
         self.compress = listener.compression != "off"

@@ -128,11 +128,13 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _REASONS = {
     400: "Bad Request",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
 }
 _date_cache = [0, b""]
 
@@ -267,6 +269,9 @@ class HttpProxy(asyncio.Protocol):
         "xff_line",
     )
 
+    # False where the "connection" is one HTTP/2 stream (dataplane.protocols.h2).
+    client_connection = True
+
     def __init__(self, runtime: ListenerRuntime) -> None:
         # shared state
         self.runtime = runtime
@@ -339,6 +344,17 @@ class HttpProxy(asyncio.Protocol):
             self.closed = True
             transport.abort()
             return
+        if settings.http2 and self.client_connection:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                # The protocol object exists before the handshake that chose h2; hand over.
+                from dataplane.protocols.h2 import Http2Connection
+
+                connection = Http2Connection(self.runtime)
+                transport.set_protocol(connection)  # type: ignore[attr-defined]
+                self.closed = True
+                connection.connection_made(transport)
+                return
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip, self.peer_port = peer[0], peer[1]
@@ -348,17 +364,20 @@ class HttpProxy(asyncio.Protocol):
             self.closed = True
             transport.abort()
             return
-        self.registered = True
-        self.runtime.connections.add(self)
-        stats = self.stats
-        stats.active_connections += 1
-        stats.total_connections += 1
+        self._register()
         self.peer_ip_bytes = self.peer_ip.encode()
         self.xff_line = b"X-Forwarded-For: %s\r\n" % self.peer_ip_bytes
         self.conn_headers = self._connection_headers(settings)
         self._use_bucket(settings)
         self.parser = httptools.HttpRequestParser(self)
         self._go_idle()
+
+    def _register(self) -> None:
+        self.registered = True
+        self.runtime.connections.add(self)
+        stats = self.stats
+        stats.active_connections += 1
+        stats.total_connections += 1
 
     def _connection_headers(self, settings: ListenerSettings) -> bytes:
         """Header lines that stay the same for every request of this connection."""
@@ -492,6 +511,8 @@ class HttpProxy(asyncio.Protocol):
             settings = self.runtime.settings
             if settings is not None and settings is not self.settings:
                 self._adopt(settings)
+            # Seed 002 request timeout: from a request's first byte to its complete head.
+            self._set_deadline(self.settings.request_timeout)
         self.parsing = Request()
         self.in_head = True
         self.head_began = True
@@ -659,6 +680,10 @@ class HttpProxy(asyncio.Protocol):
         if settings.client_ip is not None and request.xff:
             client_ip = settings.client_ip.resolve(client_ip, b",".join(request.xff))
         self.client_ip = client_ip
+        if settings.grpc:
+            # gRPC runs over HTTP/2 only (seed 003); an HTTP/1.1 request cannot reach it.
+            self._reject(505)
+            return
 
         route = settings.route
         if settings.rules is not None:
@@ -712,7 +737,7 @@ class HttpProxy(asyncio.Protocol):
             parts.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % request.upgrade_value)
         parts.append(b"\r\n")
         self.head = b"".join(parts)
-        self._set_deadline(settings.request_timeout)
+        self._set_deadline(settings.response_timeout)
         self._connect(backend)
 
     # -- forwarding rules (seed 002) -------------------------------------------------------------
@@ -1144,6 +1169,8 @@ class HttpProxy(asyncio.Protocol):
         else:
             upstream.close()
         self.current = None
+        # A later answer of the dataplane's own (400, 408) is a response of its own again.
+        self.response_started = False
         if not self.keep_alive or not request.complete or self.closed:
             self._close()
             return
@@ -1179,12 +1206,16 @@ class HttpProxy(asyncio.Protocol):
             return
         request = self.current
         if request is None or self.tunnel:
-            # Idle for the whole idle timeout (or a request head that never completed).
-            self._close()
+            if self.in_head and not self.tunnel:
+                # A request head still incomplete after the request timeout (seed 002).
+                self._reject(408)
+            else:
+                # Idle for the whole idle timeout.
+                self._close()
         elif self.response_started or (not request.complete and self.upstream is not None):
             # Streaming a response, or still receiving the client's body: the backend cannot be
-            # late yet. Look again one request timeout later.
-            self._set_deadline(self.settings.request_timeout)
+            # late yet. Look again one response timeout later.
+            self._set_deadline(self.settings.response_timeout)
         else:
             self._reject(504)
 

@@ -168,7 +168,7 @@ class QuicSettings:
         "forwarded_srcport",
         "idle_timeout",
         "listener_id",
-        "request_timeout",
+        "response_timeout",
         "scheduler",
         "static_headers",
         "stats",
@@ -182,7 +182,7 @@ class QuicSettings:
         scheduler: Scheduler | None,
         stats: ListenerStats,
         acl: AccessControl | None = None,
-        request_timeout: float = 60.0,
+        response_timeout: float = 60.0,
         idle_timeout: float = 15.0,
         xff_mode: str = "add",
         x_forwarded_proto: bool = True,
@@ -196,7 +196,7 @@ class QuicSettings:
         self.scheduler = scheduler
         self.stats = stats
         self.acl = acl
-        self.request_timeout = request_timeout
+        self.response_timeout = response_timeout
         self.idle_timeout = idle_timeout
         self.xff_mode = xff_mode
         headers = list(extra_headers)
@@ -245,7 +245,7 @@ class QuicSettings:
             ),
             stats=stats,
             acl=acl,
-            request_timeout=float(listener.request_timeout),
+            response_timeout=float(listener.response_timeout),
             idle_timeout=float(listener.idle_timeout),
             xff_mode=listener.x_forwarded_for,
             x_forwarded_proto=listener.x_forwarded_proto,
@@ -517,7 +517,7 @@ class Http3Connection(QuicConnectionProtocol):
             if chosen is None:
                 raise _BackendError(503)
             loop = self._loop
-            deadline = loop.time() + settings.request_timeout
+            deadline = loop.time() + settings.response_timeout
             backend, reader, writer = await self._connect(chosen, client_ip, settings, deadline)
             writer.write(head)
             sender = loop.create_task(self._send_body(exchange, writer, body_framing))

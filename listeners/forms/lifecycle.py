@@ -21,6 +21,24 @@ class ChangeServerGroupForm(forms.Form):
             backend_protocol__in=compatible_backend_protocols(listener.protocol)
         )
         self.fields["server_group"].initial = listener.server_group_id
+        self.listener = listener
+
+    def clean_server_group(self) -> ServerGroup:
+        group = self.cleaned_data["server_group"]
+        if group.is_grpc:
+            listener = self.listener
+            problems = rules.grpc_conflicts(
+                http2=listener.http2,
+                persistence=listener.persistence,
+                compression=listener.compression,
+                bandwidth_mbit=listener.bandwidth_mbit,
+                forwarding_rules=listener.forwarding_rules.count(),
+            )
+            if problems:
+                raise forms.ValidationError(
+                    [f"{group.name} is gRPC: {problem}" for _, problem in problems]
+                )
+        return group
 
 
 class ManageCertificatesForm(CertificateStepForm):

@@ -78,6 +78,8 @@ SETTINGS_FIELDS = (
     "acl",
     "idle_timeout",
     "request_timeout",
+    "response_timeout",
+    "http2",
     "x_forwarded_for",
     "retrieve_client_ip",
     "trusted_proxies",
@@ -196,12 +198,29 @@ class ListenerSettingsForm(forms.Form):
         label="Idle Connection Timeout Period (s)", min_value=1, max_value=600, initial=15
     )
     request_timeout = forms.IntegerField(
-        label="Connection Request Timeout (s)",
+        label="Request Timeout (s)",
         min_value=1,
         max_value=600,
         initial=60,
         required=False,
-        help_text="The client gets HTTP 504 when a backend does not answer in time.",
+        help_text="1-600 s. A client that has not sent a complete request head by then gets "
+        "HTTP 408 and the connection is closed.",
+    )
+    response_timeout = forms.IntegerField(
+        label="Response Timeout (s)",
+        min_value=1,
+        max_value=300,
+        initial=60,
+        required=False,
+        help_text="1-300 s. The client gets HTTP 504 when the backend server has not answered "
+        "by then (gRPC calls end with DEADLINE_EXCEEDED).",
+    )
+    http2 = forms.BooleanField(
+        label="Enable HTTP/2",
+        required=False,
+        initial=True,
+        help_text="Clients that offer HTTP/2 use it; backend servers still get HTTP/1.1, "
+        "except gRPC server groups, which need HTTP/2.",
     )
     x_forwarded_for = forms.ChoiceField(
         label="X-Forwarded-For", choices=Listener.ForwardedFor.choices, initial="add"
@@ -296,7 +315,9 @@ class ListenerSettingsForm(forms.Form):
             "cookie": http,
             "source_ip": protocol in (P.TCP, P.TCP_SSL),
             "persistence": protocol not in (P.UDP, P.QUIC),
-            "request_timeout": protocol in LAYER7,
+            "request_timeout": http,
+            "response_timeout": protocol in LAYER7,
+            "http2": protocol == P.HTTPS,
             "headers": protocol in LAYER7,
             "retrieve_client_ip": http,
             "compression": http,
@@ -319,6 +340,10 @@ class ListenerSettingsForm(forms.Form):
             hidden.add("acl")
         if not applies["request_timeout"]:
             hidden.add("request_timeout")
+        if not applies["response_timeout"]:
+            hidden.add("response_timeout")
+        if not applies["http2"]:
+            hidden.add("http2")
         if not applies["headers"]:
             hidden |= {"x_forwarded_for", *dict(HTTP_HEADER_FIELDS)}
         if not applies["https"]:
@@ -368,6 +393,8 @@ class ListenerSettingsForm(forms.Form):
             self.add_error("acl", "Choose the access control list for the whitelist/blacklist.")
         if applies["request_timeout"] and not cleaned.get("request_timeout"):
             self.add_error("request_timeout", "Enter a request timeout between 1 and 600.")
+        if applies["response_timeout"] and not cleaned.get("response_timeout"):
+            self.add_error("response_timeout", "Enter a response timeout between 1 and 300.")
         if cleaned.get("retrieve_client_ip"):
             if not applies["retrieve_client_ip"]:
                 self.add_error("retrieve_client_ip", "Only HTTP and HTTPS listeners have this.")
@@ -379,6 +406,17 @@ class ListenerSettingsForm(forms.Form):
                 except forms.ValidationError as error:
                     self.add_error("trusted_proxies", error)
         self._check_bandwidth(cleaned.get("bandwidth_mbit"))
+        if self.listener is not None and self.listener.server_group.is_grpc:
+            for field, problem in rules.grpc_conflicts(
+                http2=bool(cleaned.get("http2")),
+                persistence=cleaned.get("persistence") or "none",
+                compression=cleaned.get("compression") or "off",
+                bandwidth_mbit=cleaned.get("bandwidth_mbit"),
+                forwarding_rules=self.listener.forwarding_rules.count(),
+            ):
+                self.add_error(
+                    field, f"Server group {self.listener.server_group.name} is gRPC: {problem}"
+                )
         if self.listener is not None and cleaned.get("scheduler"):
             problem = rules.slow_start_conflict(
                 self.listener.server_group.slow_start, cleaned["scheduler"]
@@ -418,6 +456,10 @@ class ListenerSettingsForm(forms.Form):
             cleaned["acl"] = None
         if not applies["request_timeout"]:
             cleaned["request_timeout"] = 60
+        if not applies["response_timeout"]:
+            cleaned["response_timeout"] = 60
+        if not applies["http2"]:
+            cleaned["http2"] = False
         if not applies["headers"]:
             cleaned["x_forwarded_for"] = "add"
             for name, _ in HTTP_HEADER_FIELDS:
@@ -615,10 +657,19 @@ class ServerGroupStepForm(forms.Form):
         help_text="30-1200 s: a server that joins or recovers gets a linearly growing share.",
     )
 
-    def __init__(self, *args, protocol: str, scheduler: str = Scheduler.WRR, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        protocol: str,
+        scheduler: str = Scheduler.WRR,
+        settings: dict | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.protocol = protocol
         self.scheduler = scheduler
+        # Step 1's Advanced Settings, which decide whether a gRPC group can be used.
+        self.settings = settings or {}
         allowed = compatible_backend_protocols(protocol)
         self.fields["server_group"].queryset = ServerGroup.objects.filter(
             backend_protocol__in=allowed
@@ -655,6 +706,8 @@ class ServerGroupStepForm(forms.Form):
                 self.add_error("server_group", "Select a server group, or create one.")
             elif problem := rules.slow_start_conflict(group.slow_start, self.scheduler):
                 self.add_error("server_group", f"{group.name} has slow start on. {problem}")
+            elif group.is_grpc:
+                self._check_grpc("server_group")
         elif cleaned.get("group_mode") == "new":
             if not cleaned.get("new_group_name"):
                 self.add_error("new_group_name", "Name the new server group.")
@@ -664,7 +717,20 @@ class ServerGroupStepForm(forms.Form):
                 self.add_error("new_slow_start", problem)
             if cleaned.get("new_slow_start") and not cleaned.get("new_slow_start_duration"):
                 self.add_error("new_slow_start_duration", "Enter a duration of 30-1200 s.")
+            if cleaned.get("new_backend_protocol") == ServerGroup.BackendProtocol.GRPC:
+                self._check_grpc("new_backend_protocol")
         return cleaned
+
+    def _check_grpc(self, field: str) -> None:
+        settings = self.settings
+        problems = rules.grpc_conflicts(
+            http2=bool(settings.get("http2")),
+            persistence=settings.get("persistence") or "none",
+            compression=settings.get("compression") or "off",
+            bandwidth_mbit=settings.get("bandwidth_mbit"),
+        )
+        for _, problem in problems:
+            self.add_error(field, f"{problem} (step 1, Advanced Settings)")
 
 
 # Seed 002: health check domain: at least two labels of letters, digits and hyphens, not
@@ -738,6 +804,13 @@ class HealthCheckForm(forms.ModelForm):
             for value, label in HealthCheck.Protocol.choices
             if (value == HealthCheck.Protocol.UDP) == udp
         ]
+        if backend_protocol == ServerGroup.BackendProtocol.GRPC:
+            # A gRPC server answers only HTTP/2; an HTTP/1.1 probe would mark it unhealthy.
+            self.fields["protocol"].choices = [
+                (HealthCheck.Protocol.TCP, HealthCheck.Protocol.TCP.label)
+            ]
+            self.fields["protocol"].initial = HealthCheck.Protocol.TCP
+            self.fields["protocol"].help_text = "gRPC server groups are checked over TCP."
         if udp:
             self.fields["protocol"].initial = HealthCheck.Protocol.UDP
         else:

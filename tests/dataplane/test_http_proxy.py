@@ -332,12 +332,28 @@ def test_access_control_lists(dataplane, backends, mode, entries, allowed):
 # -- timeouts --------------------------------------------------------------------------------------
 
 
-def test_slow_backend_gives_504_after_the_request_timeout(dataplane, backends):
+def test_slow_backend_gives_504_after_the_response_timeout(dataplane, backends):
     slow = backends("slow", lambda request: Reply(body=b"late", delay=3))
-    port = serve(dataplane, [server_group(slow)], request_timeout=1)
+    port = serve(dataplane, [server_group(slow)], response_timeout=1, request_timeout=30)
     status, _, body = get(port)
     assert status == 504
     assert body == b"504 Gateway Timeout\n"
+
+
+def test_incomplete_request_head_gets_408_after_the_request_timeout(dataplane, backends):
+    """Seed 002's request timeout: the client has this long to send its request head."""
+    web = backends("web")
+    port = serve(dataplane, [server_group(web)], request_timeout=1, idle_timeout=30)
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        # Keep-alive idle time does not count; a started head does.
+        time.sleep(1.3)
+        sock.sendall(b"GET /slowly HTTP/1.1\r\nHost: a\r\n")
+        reply = sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert b"Connection: close" in reply
+    assert [r.target for r in web.requests] == ["/"]
 
 
 def test_idle_client_connection_is_closed(dataplane, backends):

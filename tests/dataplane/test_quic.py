@@ -363,7 +363,7 @@ async def test_502_when_no_server_can_be_reached(quic):
 async def test_504_when_the_backend_does_not_answer_in_time(quic):
     slow = await quic.backend("slow", lambda request: Reply(body=b"late", delay=WAIT))
     backend = Backend("slow", "127.0.0.1", slow.port)
-    _, port = await quic.listener(quic.settings(backend, request_timeout=0.3))
+    _, port = await quic.listener(quic.settings(backend, response_timeout=0.3))
 
     async with quic.client(port) as client:
         status, _, _ = await client.request(b"GET", b"/")
@@ -492,7 +492,7 @@ def test_settings_from_a_snapshot_listener():
         id="lsn-quic",
         protocol="quic",
         port=443,
-        request_timeout=30,
+        response_timeout=30,
         x_forwarded_for="off",
         x_forwarded_proto=True,
         x_forwarded_port=True,
@@ -507,7 +507,7 @@ def test_settings_from_a_snapshot_listener():
         listener, snapshot, [Backend("srv", "127.0.0.1", 80)], ListenerStats()
     )
 
-    assert settings.request_timeout == 30.0
+    assert settings.response_timeout == 30.0
     assert settings.xff_mode == "off"
     assert settings.static_headers == (
         b"X-Forwarded-Port: 443\r\nSLB-ID: lb-test0001\r\nX-Forwarded-Proto: https\r\n"

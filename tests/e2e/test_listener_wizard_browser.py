@@ -276,7 +276,7 @@ def test_modify_from_confirm_returns_to_the_step_and_keeps_the_change(
     expect(page.get_by_label("Listener Name", exact=True)).to_have_value("first-name")
     page.get_by_label("Listener Name", exact=True).fill("second-name")
     open_advanced_settings(page)
-    page.get_by_label("Connection Request Timeout (s)", exact=True).fill("120")
+    page.get_by_label("Request Timeout (s)", exact=True).fill("120")
     next_step(page, "Server Group")
     # What was chosen on the later steps is still there.
     expect(page.get_by_label("Select Server Group", exact=True)).to_have_value(server_group.id)
@@ -315,7 +315,7 @@ def test_protocol_switch_rerenders_the_options(
     expect(page.get_by_label("Listener Port", exact=True)).to_have_value("8080")
     expect(cookie_name).to_have_count(0)
     expect(page.get_by_label("X-Forwarded-For", exact=True)).to_have_count(0)
-    expect(page.get_by_label("Connection Request Timeout (s)", exact=True)).to_have_count(0)
+    expect(page.get_by_label("Request Timeout (s)", exact=True)).to_have_count(0)
     expect(persistence.locator("option")).to_have_text(["Off", "Source IP"])
     expect(steps).to_have_text(["Protocol & Listener", "Server Group", "Health Check", "Confirm"])
     # What was typed survives the re-render, and Advanced Settings stay open.

@@ -20,6 +20,7 @@ ADVANCED_DEFAULTS = {
     "acl_mode": "off",
     "idle_timeout": "15",
     "request_timeout": "60",
+    "response_timeout": "60",
     "x_forwarded_for": "add",
     "auto_enable": "on",
 }

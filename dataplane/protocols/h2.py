@@ -1,0 +1,705 @@
+"""HTTP/2 on HTTPS listeners (seeds 000, 001 and 003: "Enable HTTP/2").
+
+A TLS handshake that agreed on ALPN "h2" hands the connection from HttpProxy to Http2Connection,
+which runs the `h2` state machine. What happens to each request stream depends on the listener's
+server group:
+
+- HTTP and HTTPS groups (seed 001's FAQ: "Layer 7 listeners use HTTP/1.1 to distribute network
+  traffic to backend servers"): the stream becomes one HTTP/1.1 exchange on a connection of its
+  own that exists only in memory. A `StreamProxy` (the HTTP/1.1 proxy itself) reads the request
+  from it and writes the response to it, and the stream turns those bytes back into HEADERS and
+  DATA frames. So forwarding rules, persistence, compression, bandwidth, X-Forwarded-* headers,
+  pooled backend connections and the dataplane's own 502/503/504 answers work for h2 clients
+  exactly as for HTTP/1.1 ones, from one implementation. The price is one extra parse of each
+  response head and of its framing, in httptools.
+- gRPC groups (seed 003): streams are relayed to the backend over HTTP/2 as they are, trailers
+  included (dataplane.protocols.grpc).
+
+Flow control works in both directions. The stream windows advertised to clients are large, and a
+client's DATA is acknowledged only once the backend side has taken it, so a slow backend stops a
+fast uploader. Response bytes beyond a client's window wait in the stream's `Outbound`; when that
+passes SEND_HIGH_WATER the backend connection stops being read until it drains.
+
+Graceful shutdown refuses new streams (REFUSED_STREAM, which clients retry elsewhere) and sends
+GOAWAY once the streams in flight are done: the h2 library allows no frames after its GOAWAY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import httptools
+
+from dataplane.protocols.http import MAX_HEADER_BYTES, HttpProxy
+
+if TYPE_CHECKING:
+    from dataplane.node import ListenerRuntime
+    from dataplane.protocols import ListenerSettings
+
+log = logging.getLogger(__name__)
+
+# Receive windows offered to clients: large enough that one stream can fill a fast link, small
+# enough that 128 stalled streams cannot make the dataplane buffer much.
+STREAM_WINDOW = 1 << 20
+CONNECTION_WINDOW = 16 << 20
+MAX_CONCURRENT_STREAMS = 128
+# Response bytes a stream may hold for a client before its backend is paused, and resumed.
+SEND_HIGH_WATER = 256 * 1024
+SEND_LOW_WATER = 64 * 1024
+
+# HTTP/1.1 response fields HTTP/2 does not carry (RFC 9113 8.2.2).
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+    }
+)
+# h2 rejects CR, LF and NUL in values; an HTTP/1.1 request line also breaks on whitespace.
+_UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def server_config() -> h2.config.H2Configuration:
+    """The h2 settings of the server side; header names and values stay bytes."""
+    return h2.config.H2Configuration(client_side=False, header_encoding=None)
+
+
+class Outbound:
+    """Bytes one stream has for its peer, waiting for flow-control window, and how it ends.
+
+    Each chunk carries a credit: the size of the frames it came from on the other side, handed
+    to `on_sent` once the chunk is written, so that side's window reopens only then.
+    """
+
+    __slots__ = ("chunks", "end", "ended", "on_sent", "size", "trailers")
+
+    def __init__(self, on_sent: Callable[[int], None] | None = None) -> None:
+        self.chunks: collections.deque[list[Any]] = collections.deque()
+        self.size = 0
+        self.end = False
+        self.ended = False
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.on_sent = on_sent
+
+    def add(self, data: bytes, credit: int = 0) -> None:
+        self.chunks.append([data, credit])
+        self.size += len(data)
+
+    def pump(self, conn: h2.connection.H2Connection, stream_id: int) -> None:
+        """Send what the windows allow; ends the stream once everything is out."""
+        chunks = self.chunks
+        while chunks:
+            window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+            if window <= 0:
+                return
+            chunk = chunks[0]
+            data = chunk[0]
+            if len(data) <= window:
+                conn.send_data(stream_id, data)
+                chunks.popleft()
+                self.size -= len(data)
+                if chunk[1] and self.on_sent is not None:
+                    self.on_sent(chunk[1])
+            else:
+                conn.send_data(stream_id, data[:window])
+                chunk[0] = data[window:]
+                self.size -= window
+        if self.end and not self.ended:
+            self.ended = True
+            if self.trailers:
+                conn.send_headers(stream_id, self.trailers, end_stream=True)
+            else:
+                conn.end_stream(stream_id)
+
+
+class Stream:
+    """What Http2Connection needs of a stream, whichever way it is forwarded."""
+
+    __slots__ = ("connection", "out", "request_ended", "stream_id")
+
+    def __init__(self, connection: Http2Connection, stream_id: int) -> None:
+        self.connection = connection
+        self.stream_id = stream_id
+        self.out = Outbound()
+        self.request_ended = False
+
+    def request_data(self, data: bytes, credit: int) -> None:
+        raise NotImplementedError
+
+    def request_end(self) -> None:
+        self.request_ended = True
+
+    def request_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """HTTP/1.1 backends get no request trailers (httptools could not frame them)."""
+
+    def cancel(self) -> None:
+        """The client reset the stream, or the connection is gone."""
+
+    def pause_backend(self) -> None:
+        """The client is not taking response bytes as fast as they come."""
+
+    def resume_backend(self) -> None:
+        """The client caught up."""
+
+    def pump(self) -> None:
+        self.connection.pump(self)
+
+
+# -- HTTP and HTTPS groups: each stream is an HTTP/1.1 exchange ---------------------------------
+
+
+class StreamProxy(HttpProxy):
+    """The HTTP/1.1 proxy serving one HTTP/2 stream: the connection counts once, not per stream."""
+
+    __slots__ = ()
+    client_connection = False
+
+    def _register(self) -> None:
+        pass
+
+
+class ProxiedStream(Stream):
+    """One stream served by a StreamProxy; it is also the proxy's transport.
+
+    The request goes into the proxy as HTTP/1.1 bytes (`Connection: close`, so the proxy ends
+    the exchange after one response), and the proxy's response bytes are parsed back into
+    HEADERS and DATA frames.
+    """
+
+    __slots__ = (
+        "backend_paused",
+        "body",
+        "chunked",
+        "closing",
+        "complete",
+        "head_request",
+        "headers",
+        "parser",
+        "pending",
+        "proxy",
+        "reading",
+        "responded",
+    )
+
+    def __init__(
+        self, connection: Http2Connection, stream_id: int, *, chunked: bool, head_request: bool
+    ) -> None:
+        super().__init__(connection, stream_id)
+        self.chunked = chunked
+        self.head_request = head_request
+        self.reading = True
+        self.closing = False
+        self.responded = False
+        self.backend_paused = False
+        # Request bytes the proxy is not reading yet, with the frame credit each carries.
+        self.pending: list[tuple[bytes, int]] = []
+        self.headers: list[tuple[bytes, bytes]] = []
+        # Body pieces parsed from one write, sent as one DATA frame (a backend that sends many
+        # small chunks must not become as many frames).
+        self.body: list[bytes] = []
+        self.complete = False
+        self.parser = httptools.HttpResponseParser(self)
+        self.proxy = StreamProxy(connection.runtime)
+
+    def start(self, head: bytes) -> None:
+        self.proxy.connection_made(self)  # type: ignore[arg-type]
+        if not self.closing:
+            self.proxy.data_received(head)
+
+    # -- request ---------------------------------------------------------------------------------
+
+    def request_data(self, data: bytes, credit: int) -> None:
+        if self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self._feed(data, credit)
+
+    def request_end(self) -> None:
+        self.request_ended = True
+        if self.chunked:
+            self._feed(b"0\r\n\r\n", 0)
+
+    def _feed(self, data: bytes, credit: int) -> None:
+        if self.closing:
+            self.connection.acknowledge(self.stream_id, credit)
+        elif self.reading and not self.pending:
+            self.proxy.data_received(data)
+            self.connection.acknowledge(self.stream_id, credit)
+        else:
+            self.pending.append((data, credit))
+
+    def cancel(self) -> None:
+        if not self.closing:
+            self.proxy.abort()
+
+    # -- the transport the proxy writes to -------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.connection.transport.get_extra_info(name, default)
+
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            # Only the proxy writes here; a response it cannot frame is a bug, not traffic.
+            log.exception("unreadable response on HTTP/2 stream %d", self.stream_id)
+            self.connection.reset(self, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return
+        body = self.body
+        if body:
+            data = body[0] if len(body) == 1 else b"".join(body)
+            body.clear()
+            if not self.out.end:
+                self.connection.send_data(self, data)
+        if self.complete and self.responded and not self.out.end:
+            self.connection.finish(self)
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+        while self.pending and self.reading and not self.closing:
+            data, credit = self.pending.pop(0)
+            self.proxy.data_received(data)
+            self.connection.acknowledge(self.stream_id, credit)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self._end(h2.errors.ErrorCodes.INTERNAL_ERROR)
+
+    def abort(self) -> None:
+        self._end(h2.errors.ErrorCodes.CANCEL)
+
+    def _end(self, code: h2.errors.ErrorCodes) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        for _, credit in self.pending:
+            self.connection.acknowledge(self.stream_id, credit)
+        self.pending.clear()
+        if not self.out.end:
+            # The proxy gave up before a complete response: the client must not take what it
+            # got for all of it.
+            self.connection.reset(self, code)
+        self.connection.loop.call_soon(self.proxy.connection_lost, None)
+
+    # -- response parser callbacks ---------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers = self.headers
+        self.headers = []
+        if status < 200:
+            return
+        fields = [(b":status", b"%d" % status)]
+        fields += [header for header in headers if header[0] not in _HOP_BY_HOP]
+        self.responded = True
+        end = self.head_request or status in (204, 304)
+        self.connection.send_headers(self, fields, end_stream=end)
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    # -- flow control from the client side -------------------------------------------------------
+
+    def pause_backend(self) -> None:
+        if not self.backend_paused:
+            self.backend_paused = True
+            self.proxy.pause_writing()
+
+    def resume_backend(self) -> None:
+        if self.backend_paused:
+            self.backend_paused = False
+            self.proxy.resume_writing()
+
+
+# -- the connection ------------------------------------------------------------------------------
+
+
+class Http2Connection(asyncio.Protocol):
+    """The client side of one HTTP/2 connection: frames in, streams out."""
+
+    def __init__(self, runtime: ListenerRuntime) -> None:
+        self.runtime = runtime
+        self.loop: asyncio.AbstractEventLoop = runtime.loop
+        self.stats = runtime.stats
+        self.settings: ListenerSettings = runtime.settings  # type: ignore[assignment]
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.conn = h2.connection.H2Connection(server_config())
+        self.streams: dict[int, Stream] = {}
+        self.peer_ip = ""
+        self.registered = False
+        self.closed = False
+        self.draining = False
+        self.writing_paused = False
+        self.flush_scheduled = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+        # gRPC: this connection's HTTP/2 connections to backends, by (address, port).
+        self.upstreams: dict[tuple[str, int], Any] = {}
+        self.grpc_headers: list[tuple[bytes, bytes]] | None = None
+
+    # -- transport callbacks ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        settings = self.runtime.settings
+        if settings is None:
+            self.closed = True
+            transport.abort()
+            return
+        self.settings = settings
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip = peer[0]
+        acl = settings.acl
+        if acl is not None and not acl.allows(self.peer_ip):
+            self.stats.denied_connections += 1
+            self.closed = True
+            transport.abort()
+            return
+        self.registered = True
+        self.runtime.connections.add(self)  # type: ignore[arg-type]
+        self.stats.active_connections += 1
+        self.stats.total_connections += 1
+        conn = self.conn
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_BYTES,
+            },
+        )
+        conn.initiate_connection()
+        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.flush()
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued a GOAWAY naming the error; send it and go.
+            log.info(
+                "HTTP/2 protocol error from %s: %s",
+                self.peer_ip,
+                exc,
+                extra={"listener_id": self.settings.listener.id},
+            )
+            self.flush()
+            self._close()
+            return
+        for event in events:
+            self._event(event)
+        self.flush()
+
+    def _event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                self.acknowledge(event.stream_id, event.flow_controlled_length)
+            else:
+                stream.request_data(event.data, event.flow_controlled_length)
+        elif isinstance(event, h2.events.RequestReceived):
+            self._begin(event.stream_id, event.headers, ended=event.stream_ended is not None)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.request_end()
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    self.pump(stream)
+            else:
+                for stream in list(self.streams.values()):
+                    self.pump(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream.cancel()
+                self._stream_gone()
+        elif isinstance(event, h2.events.TrailersReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.request_trailers(event.headers)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            # A larger initial window lets waiting streams send.
+            for stream in list(self.streams.values()):
+                self.pump(stream)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            stream.cancel()
+        for upstream in list(self.upstreams.values()):
+            upstream.close()
+        self.upstreams.clear()
+        if self.registered:
+            self.registered = False
+            self.runtime.connections.discard(self)  # type: ignore[arg-type]
+            self.stats.active_connections -= 1
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        for stream in self.streams.values():
+            stream.pause_backend()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        for stream in list(self.streams.values()):
+            if stream.out.size < SEND_LOW_WATER:
+                stream.resume_backend()
+
+    # -- streams ---------------------------------------------------------------------------------
+
+    def _begin(self, stream_id: int, headers: list[tuple[bytes, bytes]], *, ended: bool) -> None:
+        settings = self.runtime.settings
+        if self.draining or settings is None:
+            self._refuse(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        self.settings = settings
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if settings.grpc:
+            from dataplane.protocols.grpc import GrpcStream
+
+            stream: Stream | None = GrpcStream.open(self, stream_id, headers, ended=ended)
+        else:
+            stream = self._proxied(stream_id, headers, ended=ended)
+        if stream is None:
+            self._stream_gone()
+
+    def _proxied(
+        self, stream_id: int, headers: list[tuple[bytes, bytes]], *, ended: bool
+    ) -> Stream | None:
+        """Start one HTTP/1.1 exchange for a stream; None when the request is malformed."""
+        method = path = authority = b""
+        host: bytes | None = None
+        lines: list[bytes] = []
+        has_length = False
+        for name, value in headers:
+            if name[0] == 58:  # b":"
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+            elif name == b"host":
+                host = value
+            else:
+                if name == b"content-length":
+                    has_length = True
+                lines.append(b"%s: %s\r\n" % (name, value))
+        if method == b"CONNECT":
+            path = authority
+        if (
+            not _TOKEN.match(method)
+            or not path
+            or _UNSAFE_TARGET.search(path)
+            or _UNSAFE_TARGET.search(authority)
+        ):
+            self._refuse(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return None
+        # RFC 9113 8.3.1: :authority wins over Host.
+        host = authority or host
+        chunked = not ended and not has_length
+        parts = [method, b" ", path, b" HTTP/1.1\r\n"]
+        if host is not None:
+            parts.append(b"Host: %s\r\n" % host)
+        parts += lines
+        if chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"Connection: close\r\n\r\n")
+        stream = ProxiedStream(self, stream_id, chunked=chunked, head_request=method == b"HEAD")
+        stream.request_ended = ended
+        self.streams[stream_id] = stream
+        if self.writing_paused:
+            stream.backend_paused = True
+        stream.start(b"".join(parts))
+        if self.writing_paused and not stream.closing:
+            stream.proxy.pause_writing()
+        return stream
+
+    def _refuse(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
+        try:
+            self.conn.reset_stream(stream_id, code)
+        except h2.exceptions.StreamClosedError:
+            pass
+        self.schedule_flush()
+
+    def send_headers(
+        self, stream: Stream, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
+    ) -> None:
+        if self.streams.get(stream.stream_id) is not stream:
+            return
+        try:
+            self.conn.send_headers(stream.stream_id, headers, end_stream=end_stream)
+        except h2.exceptions.StreamClosedError:
+            self._drop(stream)
+            return
+        if end_stream:
+            stream.out.end = stream.out.ended = True
+            self._done(stream)
+        self.schedule_flush()
+
+    def send_data(self, stream: Stream, data: bytes, credit: int = 0) -> None:
+        stream.out.add(data, credit)
+        self.pump(stream)
+
+    def finish(self, stream: Stream, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """The response is complete once what is queued has been sent."""
+        stream.out.end = True
+        stream.out.trailers = trailers
+        self.pump(stream)
+
+    def pump(self, stream: Stream) -> None:
+        if self.closed or self.streams.get(stream.stream_id) is not stream:
+            return
+        out = stream.out
+        try:
+            out.pump(self.conn, stream.stream_id)
+        except h2.exceptions.StreamClosedError:
+            self._drop(stream)
+            return
+        except h2.exceptions.ProtocolError:
+            # The connection itself is closing (a GOAWAY went out); its end cuts the stream.
+            return
+        self.schedule_flush()
+        if out.ended:
+            self._done(stream)
+        elif out.size > SEND_HIGH_WATER:
+            stream.pause_backend()
+        elif out.size < SEND_LOW_WATER and not self.writing_paused:
+            stream.resume_backend()
+
+    def reset(self, stream: Stream, code: h2.errors.ErrorCodes) -> None:
+        if self.streams.get(stream.stream_id) is not stream:
+            return
+        del self.streams[stream.stream_id]
+        self._refuse(stream.stream_id, code)
+        self._stream_gone()
+
+    def acknowledge(self, stream_id: int, credit: int) -> None:
+        """The backend side took `credit` bytes of the client's frames: reopen its windows."""
+        if credit and not self.closed:
+            try:
+                self.conn.acknowledge_received_data(credit, stream_id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                return
+            self.schedule_flush()
+
+    def _done(self, stream: Stream) -> None:
+        """The response has ended; a request body still coming is not needed any more."""
+        if self.streams.get(stream.stream_id) is not stream:
+            return
+        del self.streams[stream.stream_id]
+        if not stream.request_ended:
+            # RFC 9113 8.1: a complete response may end the request early with NO_ERROR.
+            self._refuse(stream.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        self._stream_gone()
+
+    def _drop(self, stream: Stream) -> None:
+        if self.streams.pop(stream.stream_id, None) is stream:
+            stream.cancel()
+            self._stream_gone()
+
+    def _stream_gone(self) -> None:
+        if self.streams:
+            return
+        if self.draining:
+            self._goaway()
+        else:
+            self._arm_idle()
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def schedule_flush(self) -> None:
+        """Frames go out once per loop iteration, so a burst of small ones is one write."""
+        if not self.flush_scheduled and not self.closed:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.closed:
+            return
+        data = self.conn.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _arm_idle(self) -> None:
+        if self.idle_timer is None and not self.closed:
+            self.idle_timer = self.loop.call_later(self.settings.idle_timeout, self._idle)
+
+    def _idle(self) -> None:
+        self.idle_timer = None
+        if not self.streams:
+            self._goaway()
+
+    def _goaway(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.conn.close_connection()
+        except h2.exceptions.ProtocolError:
+            pass
+        self.flush()
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful: finish the streams in flight, refuse new ones, then GOAWAY."""
+        self.draining = True
+        if not self.streams:
+            self._goaway()
+
+    def abort(self) -> None:
+        """Immediate: a stopped or removed listener cuts its connections (seed 003)."""
+        self.closed = True
+        self.transport.abort()

@@ -1,0 +1,211 @@
+"""HTTP/2 on HTTPS listeners: ALPN, multiplexed streams, flow control, and HTTP/1.1 backends."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import socket
+import ssl
+import subprocess
+
+import h2.errors
+import pytest
+
+from tests.dataplane.conftest import (
+    WAIT,
+    Reply,
+    certificate_entry,
+    free_port,
+    server_group,
+    snapshot,
+)
+from tests.dataplane.h2client import H2Client
+from tests.dataplane.test_https import https_listener, trusting
+
+
+@pytest.fixture
+def h2_listener(dataplane, backends, ca):
+    """An HTTPS listener with HTTP/2 on, in front of one recording backend."""
+
+    generation = 0
+
+    def start(handler=None, **settings):
+        nonlocal generation
+        generation += 1
+        web = backends("web", handler)
+        port = free_port()
+        settings.setdefault("http2", True)
+        certificates = [certificate_entry("cert-default", ca.issue_cert("www.example.com"))]
+        result = dataplane.apply(
+            snapshot(
+                [https_listener(port, **settings)],
+                [server_group(web)],
+                certificates=certificates,
+                generation=generation,
+            )
+        )
+        assert result["lsn-tls"]["status"] == "running", result
+        return port, web
+
+    return start
+
+
+def alpn(port: int, context: ssl.SSLContext, offered: list[str]) -> str | None:
+    context.set_alpn_protocols(offered)
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
+        with context.wrap_socket(raw, server_hostname="www.example.com") as tls:
+            return tls.selected_alpn_protocol()
+
+
+def test_alpn_offers_h2_only_when_http2_is_on(h2_listener, dataplane, ca):
+    port, _ = h2_listener()
+    assert alpn(port, trusting(ca), ["h2", "http/1.1"]) == "h2"
+    assert alpn(port, trusting(ca), ["http/1.1"]) == "http/1.1"
+
+    off_port, _ = h2_listener(http2=False)
+    # Without HTTP/2 the listener takes part in no ALPN at all, as before.
+    assert alpn(off_port, trusting(ca), ["h2", "http/1.1"]) is None
+
+
+def test_multiplexed_streams_reach_the_backend_as_http11(h2_listener, ca):
+    port, web = h2_listener(
+        lambda r: Reply(body=f"you asked {r.target}".encode()), x_forwarded_proto=True
+    )
+    with H2Client(port, trusting(ca)) as client:
+        assert client.alpn == "h2"
+        streams = [client.request("GET", f"/item/{n}") for n in range(20)]
+        responses = client.wait(*streams)
+    assert [r.status for r in responses] == [200] * 20
+    assert [r.body for r in responses] == [f"you asked /item/{n}".encode() for n in range(20)]
+    assert sorted(r.target for r in web.requests) == sorted(f"/item/{n}" for n in range(20))
+    received = web.requests[0]
+    assert received.version == "HTTP/1.1"
+    assert received.header("Host") == "www.example.com"
+    assert received.header("X-Forwarded-For") == "127.0.0.1"
+    assert received.header("X-Forwarded-Proto") == "https"
+    # The dataplane's own hop-by-hop choice stays between it and the stream.
+    assert received.header("Connection") is None
+
+
+def test_request_bodies_with_and_without_length(h2_listener, ca):
+    port, web = h2_listener(lambda r: Reply(body=b"%d bytes" % len(r.body)))
+    payload = bytes(range(256)) * 4096  # 1 MiB: more than one window's worth of frames
+    with H2Client(port, trusting(ca)) as client:
+        sized = client.request(
+            "POST", "/sized", headers=[("content-length", str(len(payload)))], body=payload
+        )
+        streamed = client.request("PUT", "/streamed", body=payload)
+        responses = client.wait(sized, streamed)
+    assert [r.body for r in responses] == [b"1048576 bytes"] * 2
+    by_target = {r.target: r for r in web.requests}
+    assert by_target["/sized"].body == payload
+    assert by_target["/sized"].header("Content-Length") == str(len(payload))
+    assert by_target["/streamed"].body == payload
+    assert by_target["/streamed"].header("Transfer-Encoding") == "chunked"
+
+
+def test_large_response_respects_the_clients_window(h2_listener, ca):
+    body = bytes(range(251)) * 20000  # ~5 MB, far beyond the 64 KiB default window
+    port, _ = h2_listener(lambda r: Reply(body=body, chunked=r.target == "/chunked"))
+    with H2Client(port, trusting(ca)) as client:
+        plain = client.get("/plain")
+        chunked = client.get("/chunked")
+    assert plain.body == body
+    assert plain.header("content-length") == str(len(body))
+    assert chunked.body == body
+    assert chunked.header("transfer-encoding") is None
+
+
+def test_head_and_no_content_responses_end_at_the_headers(h2_listener, ca):
+    port, _ = h2_listener(
+        lambda r: Reply(status=204) if r.target == "/empty" else Reply(body=b"x" * 100)
+    )
+    with H2Client(port, trusting(ca)) as client:
+        head = client.wait(client.request("HEAD", "/"))[0]
+        empty = client.get("/empty")
+    assert (head.status, head.body, head.header("content-length")) == (200, b"", "100")
+    assert (empty.status, empty.body) == (204, b"")
+
+
+def test_listener_features_apply_to_h2_streams(h2_listener, ca):
+    """Compression and forwarding rules run on the same request path as HTTP/1.1."""
+    text = b'{"k": "' + b"v" * 4000 + b'"}'
+    rules = [
+        {
+            "id": "rule-fixed",
+            "conditions": [{"type": "path", "match": "prefix", "values": ["/maintenance"]}],
+            "action": {
+                "type": "fixed_response",
+                "status_code": 503,
+                "content_type": "text/plain",
+                "body": "down for maintenance",
+            },
+        }
+    ]
+    port, _ = h2_listener(
+        lambda r: Reply(headers=[("Content-Type", "application/json")], body=text),
+        compression="gzip",
+        forwarding_rules=rules,
+    )
+    with H2Client(port, trusting(ca)) as client:
+        compressed = client.get("/data", headers=[("accept-encoding", "gzip")])
+        fixed = client.get("/maintenance/now")
+    assert compressed.header("content-encoding") == "gzip"
+    assert gzip.decompress(compressed.body) == text
+    assert (fixed.status, fixed.body) == (503, b"down for maintenance")
+
+
+def test_no_server_answers_503_on_the_stream_and_the_connection_lives(dataplane, ca):
+    port = free_port()
+    certificates = [certificate_entry("cert-default", ca.issue_cert("www.example.com"))]
+    group = {"id": "sgp-web", "name": "empty", "backend_protocol": "http", "servers": []}
+    dataplane.apply(
+        snapshot([https_listener(port, http2=True)], [group], certificates=certificates)
+    )
+    with H2Client(port, trusting(ca)) as client:
+        first = client.get("/")
+        second = client.get("/")
+    assert (first.status, second.status) == (503, 503)
+
+
+def test_a_target_that_would_split_the_request_line_is_refused(h2_listener, ca):
+    port, web = h2_listener()
+    with H2Client(port, trusting(ca)) as client:
+        # h2 itself allows a space in :path; on the way to HTTP/1.1 it would end the target.
+        spaced = client.get("/a b HTTP/1.1")
+        assert spaced.reset == h2.errors.ErrorCodes.PROTOCOL_ERROR
+        assert client.get("/fine").status == 200
+    with H2Client(port, trusting(ca)) as client:
+        # CR and LF are a connection error in HTTP/2 (RFC 9113 8.2.1): GOAWAY, then close.
+        client.request("GET", "/a\r\nX-Injected: 1")
+        with pytest.raises(ConnectionError):
+            client.wait(1)
+        assert client.goaway is not None
+        assert client.goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert [r.target for r in web.requests] == ["/fine"]
+
+
+def test_client_reset_cancels_the_backend_exchange(h2_listener, ca):
+    port, _ = h2_listener(lambda r: Reply(body=b"late", delay=0.5))
+    with H2Client(port, trusting(ca)) as client:
+        stream = client.request("GET", "/slow")
+        client.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+        client._send()
+        after = client.get("/next")
+    assert after.status == 200
+
+
+def test_h2load_multiplexes_requests_without_errors(h2_listener):
+    port, web = h2_listener()
+    result = subprocess.run(
+        ["h2load", "-n", "400", "-c", "4", "-m", "16", f"https://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Application protocol: h2" in result.stdout
+    assert re.search(r"requests: 400 total, 400 started, 400 done, 400 succeeded", result.stdout)
+    assert re.search(r"status codes: 400 2xx", result.stdout)
+    assert len(web.requests) == 400
