@@ -32,7 +32,7 @@ class ChangeServerGroupForm(forms.Form):
                 persistence=listener.persistence,
                 compression=listener.compression,
                 bandwidth_mbit=listener.bandwidth_mbit,
-                forwarding_rules=listener.forwarding_rules.count(),
+                forwarding_rules=listener.rules.count(),
             )
             if problems:
                 raise forms.ValidationError(

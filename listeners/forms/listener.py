@@ -412,7 +412,7 @@ class ListenerSettingsForm(forms.Form):
                 persistence=cleaned.get("persistence") or "none",
                 compression=cleaned.get("compression") or "off",
                 bandwidth_mbit=cleaned.get("bandwidth_mbit"),
-                forwarding_rules=self.listener.forwarding_rules.count(),
+                forwarding_rules=self.listener.rules.count(),
             ):
                 self.add_error(
                     field, f"Server group {self.listener.server_group.name} is gRPC: {problem}"

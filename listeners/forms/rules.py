@@ -78,9 +78,10 @@ class ForwardingRuleForm(forms.Form):
     def __init__(self, *args, listener: Listener, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.listener = listener
+        # Rules forward HTTP requests; a gRPC group takes whole HTTP/2 streams instead.
         self.fields["server_group"].queryset = ServerGroup.objects.filter(
             backend_protocol__in=compatible_backend_protocols(listener.protocol)
-        )
+        ).exclude(backend_protocol=ServerGroup.BackendProtocol.GRPC)
         self.rule: dp_rules.ForwardingRule | None = None
 
     def conditions(self) -> list[dict]:
@@ -105,6 +106,11 @@ class ForwardingRuleForm(forms.Form):
         cleaned = super().clean()
         if self.errors:
             return cleaned
+        if self.listener.server_group.is_grpc:
+            raise forms.ValidationError(
+                f"Server group {self.listener.server_group.name} is gRPC: every call goes to it "
+                "over HTTP/2, so this listener has no forwarding rules."
+            )
         conditions = self.conditions()
         if not conditions:
             raise forms.ValidationError("Add at least one condition.")

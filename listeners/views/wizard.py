@@ -217,9 +217,12 @@ def protocol_options(request: HttpRequest, instance_id: str) -> HttpResponse:
     data = request.GET
     protocol = data.get("protocol", "http")
     initial: dict[str, object] = {}
+    # Checkboxes the previous protocol showed; one it did not (Enable HTTP/2 when switching from
+    # HTTP to HTTPS) starts at its default rather than unticked.
+    offered = set(data.getlist("offered"))
     for name, field in ProtocolListenerForm.base_fields.items():
         if isinstance(field, BooleanField):
-            initial[name] = name in data
+            initial[name] = name in data if field.initial is not True or name in offered else True
         elif name in data:
             initial[name] = data[name]
     for name in data:
