@@ -229,6 +229,25 @@ def _keep_bucket(runtime: ListenerRuntime, listener: Listener) -> None:
         runtime.bucket = TokenBucket.for_mbit(limit)
 
 
+def _no_bandwidth_share(listener: Listener, snapshot: Snapshot) -> str:
+    """Why a listener without a limit of its own gets no bandwidth, or "" when it gets some.
+
+    Seed 000: listeners without a limit share what the others' limits leave of the instance's
+    bandwidth; "you allocate 5 Mbit/s to Listener A and none to Listener B: Listener B is
+    inaccessible".
+    """
+    total = snapshot.bandwidth_mbit
+    if total is None or listener.bandwidth_mbit is not None:
+        return ""
+    allocated = sum(other.bandwidth_mbit or 0 for other in snapshot.listeners)
+    if allocated < total:
+        return ""
+    return (
+        f"inaccessible: the other listeners' bandwidth limits take all of the instance's "
+        f"{total} Mbit/s, and this listener has no limit of its own"
+    )
+
+
 class Node:
     """Applies snapshots and reports status; one per dataplane process."""
 
@@ -315,7 +334,11 @@ class Node:
                 runtime.config = listener
                 runtime.fingerprint = fingerprint
                 continue
-            if runtime.status == "running" and runtime.fingerprint == fingerprint:
+            if (
+                runtime.status == "running"
+                and runtime.fingerprint == fingerprint
+                and not _no_bandwidth_share(listener, snapshot)
+            ):
                 if listener.is_tls:
                     # Untouched, but its contexts must stay cached for the next change.
                     self.tls_cache.listener_tls(listener, snapshot)
@@ -454,6 +477,12 @@ class Node:
         groups: dict[str, ServerGroupRuntime],
         fingerprint: tuple,
     ) -> None:
+        no_share = _no_bandwidth_share(listener, snapshot)
+        if no_share:
+            runtime.config = listener
+            runtime.fingerprint = fingerprint
+            runtime.stop("failed", no_share)
+            return
         if listener.is_datagram:
             await self._start_datagram(runtime, listener, snapshot, groups, fingerprint)
             return

@@ -127,3 +127,37 @@ def test_tcp_download_stays_within_ten_percent_of_the_limit(dataplane, loop_thre
         assert rate == pytest.approx(LIMIT_BYTES, rel=0.10)
     finally:
         loop_thread.loop.call_soon_threadsafe(source.server.close)  # type: ignore[union-attr]
+
+
+def test_a_listener_left_no_share_of_the_instance_is_inaccessible(dataplane, backends):
+    """Seed 000: "you allocate 5 Mbit/s to Listener A and none to Listener B: B is
+    inaccessible". Lowering A's limit gives B its share back."""
+    app = backends("app")
+    port_a, port_b = free_port(), free_port()
+
+    def apply(limit_a: int, generation: int) -> dict:
+        return dataplane.apply(
+            snapshot(
+                [
+                    listener(port_a, listener_id="lsn-a", bandwidth_mbit=limit_a),
+                    listener(port_b, listener_id="lsn-b"),
+                ],
+                [server_group(app)],
+                bandwidth_mbit=5,
+                generation=generation,
+            )
+        )
+
+    result = apply(5, 1)
+    assert result["lsn-a"]["status"] == "running"
+    assert result["lsn-b"]["status"] == "failed"
+    assert "inaccessible" in result["lsn-b"]["reason"]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port_b), timeout=2).close()
+
+    result = apply(4, 2)
+    assert result["lsn-b"]["status"] == "running"
+    connection = http.client.HTTPConnection("127.0.0.1", port_b, timeout=WAIT)
+    connection.request("GET", "/")
+    assert connection.getresponse().status == 200
+    connection.close()
