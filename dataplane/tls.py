@@ -327,9 +327,9 @@ class TlsContextCache:
         if any(info.weak_key for info in infos.values()):
             # Seed 000 allows RSA 1024 certificates; OpenSSL 3 serves them only up to level 1.
             level = min(level, 1)
-        # ALPN is offered only where HTTP/2 is on: a TCP SSL listener carries any protocol, and
-        # an HTTP/1.1-only listener must not let a client believe h2 was agreed.
-        alpn = HTTP2_ALPN if listener.http2 and listener.protocol == "https" else ()
+        # ALPN is offered only where HTTP/2 is on (the schema allows it on https alone): an
+        # HTTP/1.1-only listener must not let a client believe h2 was agreed.
+        alpn = HTTP2_ALPN if listener.http2 else ()
         key = (policy, level, ca_pem, default, sni, alpn)
         self._used_listeners.add(key)
         cached = self._listeners.get(key)

@@ -12,6 +12,7 @@ default group; an HTTP listener with forwarding rules has one more per group its
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -31,6 +32,36 @@ if TYPE_CHECKING:
     from dataplane.stats import ListenerStats
     from dataplane.tls import ListenerTls
     from dataplane.upstream import UpstreamPool
+
+
+# Response fields that belong to one HTTP/1.1 connection; HTTP/2 and HTTP/3 carry none of them
+# (RFC 9113 8.2.2, RFC 9114 4.2).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_UNSAFE_IN_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+
+
+def fits_request_line(method: bytes, path: bytes, authority: bytes) -> bool:
+    """Whether HTTP/2 or HTTP/3 pseudo-headers survive as an HTTP/1.1 request line and Host.
+
+    Their libraries refuse CR, LF and NUL, but a space or tab would still split the line.
+    """
+    return (
+        bool(method)
+        and _TOKEN.issuperset(method)
+        and not _UNSAFE_IN_TARGET.search(path)
+        and not _UNSAFE_IN_TARGET.search(authority)
+    )
 
 
 CLIENTCERT_HEADERS = (
@@ -148,6 +179,7 @@ class ListenerSettings:
         "scheme",
         "source_persistence",
         "srcport",
+        "static_fields",
         "static_headers",
         "stats",
         "tls",
@@ -181,7 +213,7 @@ class ListenerSettings:
         self.response_timeout = float(listener.response_timeout)
         # Seed 003: HTTP/2 (ALPN h2) on HTTPS listeners; a gRPC group takes HTTP/2 streams as
         # they are, while HTTP and HTTPS groups get each stream as an HTTP/1.1 request.
-        self.http2 = listener.http2 and listener.protocol == "https"
+        self.http2 = listener.http2
         self.grpc = group is not None and group.config.backend_protocol == "grpc"
         self.scheme = b"https" if listener.protocol == "https" else b"http"
         # Seed 001 compression: "gzip" is seed 000's GZIP only, "brotli_gzip" prefers Brotli.
@@ -262,6 +294,8 @@ class ListenerSettings:
         self.static_headers = b"".join(
             b"%s: %s\r\n" % (name, value) for name, value in managed.values()
         )
+        # The same headers as HTTP/2 fields, for gRPC streams.
+        self.static_fields = tuple((lower, value) for lower, (_, value) in managed.items())
         drop.update(managed)
         if listener.x_forwarded_host:
             drop.add(b"x-forwarded-host")

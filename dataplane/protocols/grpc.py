@@ -33,6 +33,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from dataplane.protocols import HOP_BY_HOP
 from dataplane.protocols.h2 import (
     CONNECTION_WINDOW,
     STREAM_WINDOW,
@@ -52,10 +53,6 @@ DEADLINE_EXCEEDED = 4
 UNAVAILABLE = 14
 # Time allowed to open a connection to a backend before the call tries another one.
 CONNECT_TIMEOUT = 5.0
-# Response fields HTTP/2 forbids (RFC 9113 8.2.2), should a backend send them.
-_CONNECTION_SPECIFIC = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
 
 
 def forwarded_headers(
@@ -78,10 +75,7 @@ def forwarded_headers(
         fields.append((b"x-forwarded-for", b", ".join([*xff, peer_ip])))
     elif mode == "off":
         fields += [(b"x-forwarded-for", value) for value in xff]
-    for line in settings.static_headers.split(b"\r\n"):
-        if line:
-            name, _, value = line.partition(b":")
-            fields.append((name.lower(), value.strip()))
+    fields += settings.static_fields
     return fields
 
 
@@ -96,9 +90,30 @@ class GrpcUpstream(asyncio.Protocol):
             h2.config.H2Configuration(client_side=True, header_encoding=None)
         )
         self.transport: asyncio.Transport | None = None
+        # Done once connected; calls that find the connection still opening wait on it.
+        self.connected: asyncio.Future[None] = self.loop.create_future()
         self.streams: dict[int, GrpcStream] = {}
         self.usable = True
         self.flush_scheduled = False
+
+    async def open(self) -> None:
+        """Connect; raises OSError or TimeoutError, which the calls waiting on it get too."""
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: self, *self.key), CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            self._gone(exc)
+            raise
+
+    def _gone(self, exc: Exception) -> None:
+        self.usable = False
+        if self.owner.upstreams.get(self.key) is self:
+            del self.owner.upstreams[self.key]
+        if not self.connected.done():
+            self.connected.set_exception(exc)
+            # Retrieved here: no other call may be waiting for it.
+            self.connected.exception()
 
     # -- transport callbacks ---------------------------------------------------------------------
 
@@ -115,6 +130,7 @@ class GrpcUpstream(asyncio.Protocol):
         conn.initiate_connection()
         conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
+        self.connected.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -157,9 +173,7 @@ class GrpcUpstream(asyncio.Protocol):
                 waiting.pump_request()
         elif isinstance(event, h2.events.ConnectionTerminated):
             # GOAWAY: calls the backend did not take fail; the ones it took finish.
-            self.usable = False
-            if self.owner.upstreams.get(self.key) is self:
-                del self.owner.upstreams[self.key]
+            self._gone(ConnectionError("the backend is going away"))
             last = event.last_stream_id or 0
             for pending_id in [sid for sid in self.streams if sid > last]:
                 self.streams.pop(pending_id).upstream_failed("the backend is going away")
@@ -167,9 +181,7 @@ class GrpcUpstream(asyncio.Protocol):
                 self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.usable = False
-        if self.owner.upstreams.get(self.key) is self:
-            del self.owner.upstreams[self.key]
+        self._gone(exc or ConnectionError("the backend closed the connection"))
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
@@ -298,22 +310,12 @@ class GrpcStream(Stream):
         upstream = connection.upstreams.get(key)
         try:
             if upstream is None or not upstream.usable:
-                upstream = GrpcUpstream(connection, key)
-                connection.upstreams[key] = upstream
-                created = upstream
-                await asyncio.wait_for(
-                    connection.loop.create_connection(lambda: created, *key), CONNECT_TIMEOUT
-                )
+                upstream = connection.upstreams[key] = GrpcUpstream(connection, key)
+                await upstream.open()
             else:
                 # Another call is opening this connection: wait for it.
-                while upstream.transport is None and upstream.usable:
-                    await asyncio.sleep(0.005)
-                if not upstream.usable:
-                    raise ConnectionError("the connection attempt failed")
+                await asyncio.shield(upstream.connected)
         except (OSError, TimeoutError) as exc:
-            if upstream is not None and connection.upstreams.get(key) is upstream:
-                upstream.usable = False
-                del connection.upstreams[key]
             self._connect_failed(backend, exc)
             return
         if connection.streams.get(self.stream_id) is not self or self.backend is not backend:
@@ -385,7 +387,8 @@ class GrpcStream(Stream):
         status = next((value for name, value in headers if name == b":status"), b"0")
         if status[:1].isdigit():
             self.settings.stats.responses[int(status[:1])] += 1
-        fields = [header for header in headers if header[0] not in _CONNECTION_SPECIFIC]
+        # Should a backend send fields HTTP/2 forbids, they stop here.
+        fields = [header for header in headers if header[0] not in HOP_BY_HOP]
         self.connection.send_headers(self, fields, end_stream=ended)
 
     def response_data(self, data: bytes, credit: int) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +40,7 @@ import h2.exceptions
 import h2.settings
 import httptools
 
+from dataplane.protocols import HOP_BY_HOP, fits_request_line
 from dataplane.protocols.http import MAX_HEADER_BYTES, HttpProxy
 
 if TYPE_CHECKING:
@@ -57,21 +57,6 @@ MAX_CONCURRENT_STREAMS = 128
 # Response bytes a stream may hold for a client before its backend is paused, and resumed.
 SEND_HIGH_WATER = 256 * 1024
 SEND_LOW_WATER = 64 * 1024
-
-# HTTP/1.1 response fields HTTP/2 does not carry (RFC 9113 8.2.2).
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"te",
-    }
-)
-# h2 rejects CR, LF and NUL in values; an HTTP/1.1 request line also breaks on whitespace.
-_UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 def server_config() -> h2.config.H2Configuration:
@@ -156,21 +141,31 @@ class Stream:
     def resume_backend(self) -> None:
         """The client caught up."""
 
-    def pump(self) -> None:
-        self.connection.pump(self)
-
 
 # -- HTTP and HTTPS groups: each stream is an HTTP/1.1 exchange ---------------------------------
 
 
 class StreamProxy(HttpProxy):
-    """The HTTP/1.1 proxy serving one HTTP/2 stream: the connection counts once, not per stream."""
+    """The HTTP/1.1 proxy serving one HTTP/2 stream.
+
+    The HTTP/2 connection was accepted (access control, counters) once; a stream only takes its
+    peer address and its per-connection header lines, computed once per listener generation.
+    """
 
     __slots__ = ()
-    client_connection = False
 
-    def _register(self) -> None:
-        pass
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        connection: Http2Connection = transport.connection  # type: ignore[attr-defined]
+        self.peer_ip, self.peer_port = connection.peer_ip, connection.peer_port
+        self._serve(self.settings)
+
+    def _connection_headers(self, settings: ListenerSettings) -> bytes:
+        connection: Http2Connection = self.transport.connection  # type: ignore[attr-defined]
+        cached = connection.header_lines
+        if cached is None or cached[0] is not settings:
+            cached = connection.header_lines = (settings, super()._connection_headers(settings))
+        return cached[1]
 
 
 class ProxiedStream(Stream):
@@ -317,7 +312,7 @@ class ProxiedStream(Stream):
         if status < 200:
             return
         fields = [(b":status", b"%d" % status)]
-        fields += [header for header in headers if header[0] not in _HOP_BY_HOP]
+        fields += [header for header in headers if header[0] not in HOP_BY_HOP]
         self.responded = True
         end = self.head_request or status in (204, 304)
         self.connection.send_headers(self, fields, end_stream=end)
@@ -356,6 +351,9 @@ class Http2Connection(asyncio.Protocol):
         self.conn = h2.connection.H2Connection(server_config())
         self.streams: dict[int, Stream] = {}
         self.peer_ip = ""
+        self.peer_port = 0
+        # StreamProxy's header lines for one listener generation: (settings, lines).
+        self.header_lines: tuple[ListenerSettings, bytes] | None = None
         self.registered = False
         self.closed = False
         self.draining = False
@@ -364,7 +362,6 @@ class Http2Connection(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         # gRPC: this connection's HTTP/2 connections to backends, by (address, port).
         self.upstreams: dict[tuple[str, int], Any] = {}
-        self.grpc_headers: list[tuple[bytes, bytes]] | None = None
 
     # -- transport callbacks ---------------------------------------------------------------------
 
@@ -378,7 +375,7 @@ class Http2Connection(asyncio.Protocol):
         self.settings = settings
         peer = transport.get_extra_info("peername")
         if peer:
-            self.peer_ip = peer[0]
+            self.peer_ip, self.peer_port = peer[0], peer[1]
         acl = settings.acl
         if acl is not None and not acl.allows(self.peer_ip):
             self.stats.denied_connections += 1
@@ -532,12 +529,7 @@ class Http2Connection(asyncio.Protocol):
                 lines.append(b"%s: %s\r\n" % (name, value))
         if method == b"CONNECT":
             path = authority
-        if (
-            not _TOKEN.match(method)
-            or not path
-            or _UNSAFE_TARGET.search(path)
-            or _UNSAFE_TARGET.search(authority)
-        ):
+        if not path or not fits_request_line(method, path, authority):
             self._refuse(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return None
         # RFC 9113 8.3.1: :authority wins over Host.

@@ -269,9 +269,6 @@ class HttpProxy(asyncio.Protocol):
         "xff_line",
     )
 
-    # False where the "connection" is one HTTP/2 stream (dataplane.protocols.h2).
-    client_connection = True
-
     def __init__(self, runtime: ListenerRuntime) -> None:
         # shared state
         self.runtime = runtime
@@ -344,7 +341,7 @@ class HttpProxy(asyncio.Protocol):
             self.closed = True
             transport.abort()
             return
-        if settings.http2 and self.client_connection:
+        if settings.http2:
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
                 # The protocol object exists before the handshake that chose h2; hand over.
@@ -364,20 +361,21 @@ class HttpProxy(asyncio.Protocol):
             self.closed = True
             transport.abort()
             return
-        self._register()
+        self.registered = True
+        self.runtime.connections.add(self)
+        stats = self.stats
+        stats.active_connections += 1
+        stats.total_connections += 1
+        self._serve(settings)
+
+    def _serve(self, settings: ListenerSettings) -> None:
+        """Ready to read requests from a client whose peer address is known and accepted."""
         self.peer_ip_bytes = self.peer_ip.encode()
         self.xff_line = b"X-Forwarded-For: %s\r\n" % self.peer_ip_bytes
         self.conn_headers = self._connection_headers(settings)
         self._use_bucket(settings)
         self.parser = httptools.HttpRequestParser(self)
         self._go_idle()
-
-    def _register(self) -> None:
-        self.registered = True
-        self.runtime.connections.add(self)
-        stats = self.stats
-        stats.active_connections += 1
-        stats.total_connections += 1
 
     def _connection_headers(self, settings: ListenerSettings) -> bytes:
         """Header lines that stay the same for every request of this connection."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from dataplane.acl import AccessControl
 from dataplane.balancing import Backend, Scheduler, make_scheduler
-from dataplane.protocols import compile_acl
+from dataplane.protocols import HOP_BY_HOP, compile_acl, fits_request_line
 from dataplane.tls import TlsError
 
 if TYPE_CHECKING:
@@ -71,20 +70,6 @@ _NOT_FORWARDED = frozenset(
         b"x-forwarded-for",
     }
 )
-# Response headers HTTP/3 does not carry (RFC 9114 4.2).
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_UNSAFE_IN_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 _REASONS = {
     400: b"Bad Request",
     405: b"Method Not Allowed",
@@ -575,13 +560,7 @@ class Http3Connection(QuicConnectionProtocol):
             if name in _NOT_FORWARDED or name in drop:
                 continue
             lines.append(b"%s: %s\r\n" % (name, value))
-        if (
-            not method
-            or not _TOKEN.issuperset(method)
-            or _UNSAFE_IN_TARGET.search(path)
-            or _UNSAFE_IN_TARGET.search(authority)
-        ):
-            # aioquic refuses CR, LF and NUL; a space or tab would still split the request line.
+        if not fits_request_line(method, path, authority):
             raise _BackendError(400)
         if method == b"CONNECT":
             raise _BackendError(405)
@@ -712,7 +691,7 @@ class Http3Connection(QuicConnectionProtocol):
                     # RFC 9114 allows a length here, but aioquic-based clients close the whole
                     # connection when DATA does not add up to it.
                     continue
-            if lower in _HOP_BY_HOP:
+            if lower in HOP_BY_HOP:
                 continue
             fields.append((lower, value.strip()))
         exchange.response_started = True
