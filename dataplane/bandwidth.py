@@ -3,8 +3,9 @@
 Seed 000 ("Bandwidth Throttling for Listeners"): each listener may get a maximum bandwidth in
 Mbit/s, and the listeners of an instance together may not exceed the instance's bandwidth; a
 listener given no share of a fully allocated instance is inaccessible. The console checks the sum
-and warns; the dataplane only enforces each listener's own limit, with one `TokenBucket` shared
-by every connection of the listener.
+and warns; the dataplane enforces each listener's own limit with one `TokenBucket` shared by every
+connection of the listener, and when the instance has a bandwidth, the listeners without a limit of
+their own share one bucket holding what the others' limits leave of it.
 
 How it is enforced here:
 
@@ -18,6 +19,10 @@ How it is enforced here:
   connection's `pause_reading` for the other side and schedules `resume_reading` with
   `loop.call_later`, checking the bucket again when the timer fires, because other connections
   of the listener may have spent the refill meanwhile.
+- Datagram listeners have no source to pause: a UDP datagram the client should get while the
+  bucket is in debt is dropped (`TokenBucket.admit`), as a policer on a router does; QUIC's own
+  congestion control treats such losses as congestion. HTTP/3 response bodies are shaped at the
+  source instead, like TCP: the relay waits out the debt before reading the backend again.
 - Mbit here is 10^6 bits, as cloud bandwidth is billed.
 """
 
@@ -38,6 +43,11 @@ MIN_BURST_BYTES: Final = 16 * 1024
 def mbit_to_bytes_per_s(mbit_per_s: float) -> float:
     """Mbit/s (10^6 bits per second) to bytes per second."""
     return mbit_per_s * 1_000_000 / 8
+
+
+def burst_for(rate_bytes_per_s: float) -> float:
+    """The standard burst of a bucket with this rate."""
+    return max(rate_bytes_per_s * BURST_SECONDS, MIN_BURST_BYTES)
 
 
 class TokenBucket:
@@ -69,7 +79,19 @@ class TokenBucket:
     ) -> TokenBucket:
         """The bucket for a listener limit in Mbit/s, with the standard burst."""
         rate = mbit_to_bytes_per_s(mbit_per_s)
-        return cls(rate, max(rate * BURST_SECONDS, MIN_BURST_BYTES), clock=clock)
+        return cls(rate, burst_for(rate), clock=clock)
+
+    def set_rate(self, rate_bytes_per_s: float) -> None:
+        """Change the rate (and the standard burst with it) in place, keeping the balance.
+
+        For a bucket several listeners hold, whose rate follows the others' limits.
+        """
+        if rate_bytes_per_s <= 0:
+            raise ValueError(f"rate must be above 0 bytes/s, not {rate_bytes_per_s}")
+        self.take(0)  # settle the refill earned at the old rate
+        self.rate_bytes_per_s = float(rate_bytes_per_s)
+        self.burst_bytes = burst_for(self.rate_bytes_per_s)
+        self._tokens = min(self._tokens, self.burst_bytes)
 
     def take(self, n: int) -> float:
         """Charge n bytes; seconds to wait before sending more (0.0 when within budget).
@@ -90,6 +112,29 @@ class TokenBucket:
         if tokens > -1.0:
             return 0.0
         return -tokens / self.rate_bytes_per_s
+
+    def admit(self, n: int) -> bool:
+        """Police one datagram of n bytes: charge it and say yes, or say no while in debt.
+
+        A yes may leave the bucket in debt by at most this datagram, so over any window the bytes
+        admitted are at most rate x time + burst + one datagram.
+        """
+        if self.take(0) > 0.0:
+            return False
+        self._tokens -= n
+        return True
+
+
+async def pay(bucket: TokenBucket, n: int) -> None:
+    """Charge n bytes sent, then wait until the bucket is out of debt.
+
+    For a coroutine that produces the bytes itself: waiting here is pausing the source.
+    """
+    wait = bucket.take(n)
+    while wait > 0.0:
+        await asyncio.sleep(wait)
+        # Other connections of the listener may have spent the refill meanwhile.
+        wait = bucket.take(0)
 
 
 class ThrottledWriter:

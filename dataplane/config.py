@@ -731,10 +731,6 @@ class _Validator:
             _in_range(
                 errors, f"{path}.bandwidth_mbit", listener.bandwidth_mbit, *LISTENER_BANDWIDTH_MBIT
             )
-            if listener.is_datagram:
-                errors.append(
-                    f"{path}.bandwidth_mbit: not supported yet on {listener.protocol} listeners"
-                )
         self.forwarding_rules(path, listener)
         _one_of(errors, f"{path}.proxy_protocol", listener.proxy_protocol, PROXY_PROTOCOL_VERSIONS)
         if listener.proxy_protocol != "off" and listener.protocol not in PROXY_PROTOCOL_LISTENERS:

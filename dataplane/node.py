@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dataplane.balancing import Backend
-from dataplane.bandwidth import TokenBucket
+from dataplane.bandwidth import TokenBucket, burst_for, mbit_to_bytes_per_s
 from dataplane.config import Listener, ServerGroup, Snapshot
 from dataplane.health import HealthChecker, HealthCheckSpec
 from dataplane.protocols import ListenerSettings, ServerGroupRuntime
@@ -217,18 +217,6 @@ def _health_spec(group: ServerGroup) -> HealthCheckSpec | UdpHealthCheckSpec:
     )
 
 
-def _keep_bucket(runtime: ListenerRuntime, listener: Listener) -> None:
-    """The listener's bandwidth bucket: the same one while the limit stays, else a new one."""
-    limit = listener.bandwidth_mbit
-    if limit is None:
-        runtime.bucket = None
-        return
-    bucket = runtime.bucket
-    rate = TokenBucket.for_mbit(limit).rate_bytes_per_s
-    if bucket is None or bucket.rate_bytes_per_s != rate:
-        runtime.bucket = TokenBucket.for_mbit(limit)
-
-
 def _no_bandwidth_share(listener: Listener, snapshot: Snapshot) -> str:
     """Why a listener without a limit of its own gets no bandwidth, or "" when it gets some.
 
@@ -252,10 +240,22 @@ class Node:
     """Applies snapshots and reports status; one per dataplane process."""
 
     def __init__(
-        self, *, reuse_port: bool = False, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        reuse_port: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        bandwidth_share: float = 1.0,
     ) -> None:
         # True in a worker process: its listening sockets share their ports with the other workers.
         self.reuse_port = reuse_port
+        # The part of each bandwidth limit this process enforces: 1/N in each of N workers, whose
+        # buckets are their own, so that together they keep to the limit.
+        if not 0.0 < bandwidth_share <= 1.0:
+            raise ValueError(f"bandwidth share must be in (0, 1], not {bandwidth_share}")
+        self.bandwidth_share = bandwidth_share
+        # Seed 000: the listeners without a limit share what the others' limits leave of the
+        # instance's bandwidth. One bucket, changed in place, so running listeners follow it.
+        self.shared_bucket: TokenBucket | None = None
         # The clock slow-start ramps are measured on (a test drives it by hand).
         self.clock = clock
         self.snapshot: Snapshot | None = None
@@ -309,6 +309,7 @@ class Node:
     async def _apply(self, snapshot: Snapshot) -> None:
         loop = asyncio.get_running_loop()
         groups = self._plan_groups(snapshot)
+        self._share_remainder(snapshot)
 
         # Free sockets first, so a port moving between listeners can be bound again below.
         wanted = {listener.id: listener for listener in snapshot.listeners}
@@ -337,6 +338,7 @@ class Node:
             if (
                 runtime.status == "running"
                 and runtime.fingerprint == fingerprint
+                and runtime.bucket is self._bucket(runtime, listener)
                 and not _no_bandwidth_share(listener, snapshot)
             ):
                 if listener.is_tls:
@@ -447,6 +449,33 @@ class Node:
                 group.checker = HealthChecker(spec, backends, on_change=on_change)
         return group
 
+    def _share_remainder(self, snapshot: Snapshot) -> None:
+        """Size the bucket of the listeners without a limit to what the others leave."""
+        total = snapshot.bandwidth_mbit
+        allocated = sum(listener.bandwidth_mbit or 0 for listener in snapshot.listeners)
+        if total is None or allocated >= total:
+            # No instance bandwidth: unlimited. Nothing left: those listeners are inaccessible.
+            self.shared_bucket = None
+            return
+        rate = mbit_to_bytes_per_s(total - allocated) * self.bandwidth_share
+        if self.shared_bucket is None:
+            self.shared_bucket = TokenBucket(rate, burst_for(rate))
+        elif self.shared_bucket.rate_bytes_per_s != rate:
+            self.shared_bucket.set_rate(rate)
+
+    def _bucket(self, runtime: ListenerRuntime, listener: Listener) -> TokenBucket | None:
+        """The bucket a listener's traffic goes through: its own while its limit stays the same
+        (so a reload does not hand out a fresh burst), else the shared one or none."""
+        limit = listener.bandwidth_mbit
+        if limit is None:
+            return self.shared_bucket
+        rate = mbit_to_bytes_per_s(limit) * self.bandwidth_share
+        bucket = runtime.bucket
+        if bucket is not None and bucket is not self.shared_bucket:
+            if bucket.rate_bytes_per_s == rate:
+                return bucket
+        return TokenBucket(rate, burst_for(rate))
+
     @staticmethod
     def _fingerprint(listener: Listener, snapshot: Snapshot) -> tuple:
         """Everything a listener's behaviour depends on; equal means nothing to do."""
@@ -489,7 +518,7 @@ class Node:
         runtime.config = listener
         runtime.fingerprint = fingerprint
         runtime.group = groups.get(listener.server_group_id or "")
-        _keep_bucket(runtime, listener)
+        runtime.bucket = self._bucket(runtime, listener)
         try:
             tls = self.tls_cache.listener_tls(listener, snapshot) if listener.is_tls else None
             settings = ListenerSettings(
@@ -565,16 +594,14 @@ class Node:
         group = runtime.group = groups.get(listener.server_group_id or "")
         backends = group.backends if group is not None else []
         slow_start = group.slow_start if group is not None else None
+        bucket = runtime.bucket = self._bucket(runtime, listener)
         configuration = None
         try:
-            if listener.protocol == "udp":
-                settings: UdpSettings | QuicSettings = UdpSettings.from_listener(
-                    listener, snapshot, backends, runtime.stats, slow_start=slow_start
-                )
-            else:
-                settings = QuicSettings.from_listener(
-                    listener, snapshot, backends, runtime.stats, slow_start=slow_start
-                )
+            kind = UdpSettings if listener.protocol == "udp" else QuicSettings
+            settings: UdpSettings | QuicSettings = kind.from_listener(
+                listener, snapshot, backends, runtime.stats, slow_start=slow_start, bucket=bucket
+            )
+            if isinstance(settings, QuicSettings):
                 certificate = snapshot.certificate(listener.default_certificate_id)
                 if certificate is None:  # validation refuses this; a guard, not a path
                     raise TlsError("no server certificate")

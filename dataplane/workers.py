@@ -323,6 +323,8 @@ def worker_command(args: argparse.Namespace) -> list[str]:
         str(args.drain_timeout),
         "--log-level",
         args.log_level,
+        "--workers",
+        str(args.workers),
     ]
 
 
@@ -336,9 +338,11 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)
 
 
-async def serve_worker(token: str, drain_timeout: float) -> int:
+async def serve_worker(token: str, drain_timeout: float, workers: int = 1) -> int:
     loop = asyncio.get_running_loop()
-    node = Node(reuse_port=True)
+    # The kernel spreads connections over the workers and each worker has its own buckets, so each
+    # enforces its part of every bandwidth limit.
+    node = Node(reuse_port=True, bandwidth_share=1.0 / workers)
     api = ControlApi(node, token=token, store=None)
     _, port = await api.start("127.0.0.1", 0)
     stop = asyncio.Event()
@@ -360,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-file", type=Path, required=True)
     parser.add_argument("--drain-timeout", type=float, default=10.0)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--workers", type=int, default=1, help="how many workers there are")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -368,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _die_with_parent()
     token = args.token_file.read_text().strip()
-    return uvloop.run(serve_worker(token, args.drain_timeout))
+    return uvloop.run(serve_worker(token, args.drain_timeout, max(args.workers, 1)))
 
 
 if __name__ == "__main__":

@@ -37,10 +37,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from dataplane.acl import AccessControl
 from dataplane.balancing import Backend, Scheduler, make_scheduler
+from dataplane.bandwidth import pay
 from dataplane.protocols import HOP_BY_HOP, compile_acl, fits_request_line
 from dataplane.tls import TlsError
 
 if TYPE_CHECKING:
+    from dataplane.bandwidth import TokenBucket
     from dataplane.config import Listener, Snapshot
     from dataplane.slowstart import SlowStart
     from dataplane.stats import ListenerStats
@@ -148,6 +150,7 @@ class QuicSettings:
 
     __slots__ = (
         "acl",
+        "bucket",
         "drop_headers",
         "forwarded_host",
         "forwarded_srcport",
@@ -174,6 +177,7 @@ class QuicSettings:
         x_forwarded_host: bool = False,
         x_forwarded_client_srcport: bool = False,
         extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+        bucket: TokenBucket | None = None,
     ) -> None:
         if xff_mode not in ("add", "remove", "off"):
             raise ValueError(f"unknown X-Forwarded-For mode {xff_mode!r}")
@@ -184,6 +188,8 @@ class QuicSettings:
         self.response_timeout = response_timeout
         self.idle_timeout = idle_timeout
         self.xff_mode = xff_mode
+        # Seed 000 bandwidth: response bodies are read from the backend no faster than this.
+        self.bucket = bucket
         headers = list(extra_headers)
         if x_forwarded_proto:
             # The URL scheme of an HTTP/3 request is https; backends build links from it.
@@ -209,6 +215,7 @@ class QuicSettings:
         stats: ListenerStats,
         *,
         slow_start: SlowStart | None = None,
+        bucket: TokenBucket | None = None,
     ) -> QuicSettings:
         """Compile a snapshot listener; the header switches are those of HTTP listeners."""
         acl = compile_acl(listener, snapshot)
@@ -237,6 +244,7 @@ class QuicSettings:
             x_forwarded_host=listener.x_forwarded_host,
             x_forwarded_client_srcport=listener.x_forwarded_client_srcport,
             extra_headers=tuple(extra),
+            bucket=bucket,
         )
 
     def pick(self, client_ip: str, exclude: Backend | None = None) -> Backend | None:
@@ -696,14 +704,24 @@ class Http3Connection(QuicConnectionProtocol):
             fields.append((lower, value.strip()))
         exchange.response_started = True
         h3.send_headers(exchange.stream_id, fields, end_stream=no_body)
+        bucket = settings.bucket
+        sent = sum(len(name) + len(value) for name, value in fields)
         if no_body:
             self.transmit()
+            if bucket is not None:
+                bucket.take(sent)
             return
         body = response.take_body()
         if body:
             h3.send_data(exchange.stream_id, body, end_stream=False)
         self.transmit()
+        sent += len(body)
         while not response.complete:
+            if bucket is not None:
+                # Shaped at the source: the backend is not read again until the bytes sent so
+                # far fit the listener's bandwidth.
+                await pay(bucket, sent)
+                sent = 0
             data = await reader.read(READ_SIZE)
             if not data:
                 if framed:
@@ -717,8 +735,11 @@ class Http3Connection(QuicConnectionProtocol):
             if body:
                 h3.send_data(exchange.stream_id, body, end_stream=False)
                 self.transmit()
+                sent += len(body)
         h3.send_data(exchange.stream_id, b"", end_stream=True)
         self.transmit()
+        if bucket is not None:
+            bucket.take(sent)
 
     def _respond_error(self, exchange: _Exchange, status: int, settings: QuicSettings) -> None:
         h3 = self.h3

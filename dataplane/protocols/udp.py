@@ -10,7 +10,8 @@ A session ends when it has been idle (no datagram in either direction) for the l
 timeout, when its backend has been marked unhealthy (the client's next datagram opens a session on
 another server), when the backend's port answers with ICMP port unreachable, or when the table is
 full and it is the least recently active session. UDP has no flow control: a datagram that cannot
-be sent at once is dropped and counted, as a router would.
+be sent at once is dropped and counted, as a router would. So is a reply that would take the client
+side over the listener's bandwidth limit (seed 000): the listener's token bucket polices replies.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataplane.balancing import Backend, Scheduler, make_scheduler
 from dataplane.protocols import compile_acl
 
 if TYPE_CHECKING:
+    from dataplane.bandwidth import TokenBucket
     from dataplane.config import Listener, Snapshot
     from dataplane.slowstart import SlowStart
     from dataplane.stats import ListenerStats
@@ -78,7 +80,15 @@ def _is_ip(text: str) -> bool:
 class UdpSettings:
     """One UDP listener generation: how new sessions are placed and how long they live."""
 
-    __slots__ = ("acl", "idle_timeout", "listener_id", "max_sessions", "scheduler", "stats")
+    __slots__ = (
+        "acl",
+        "bucket",
+        "idle_timeout",
+        "listener_id",
+        "max_sessions",
+        "scheduler",
+        "stats",
+    )
 
     def __init__(
         self,
@@ -89,6 +99,7 @@ class UdpSettings:
         acl: AccessControl | None = None,
         idle_timeout: float = 60.0,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        bucket: TokenBucket | None = None,
     ) -> None:
         if idle_timeout <= 0:
             raise ValueError("UDP session idle timeout must be positive")
@@ -100,6 +111,8 @@ class UdpSettings:
         self.acl = acl
         self.idle_timeout = idle_timeout
         self.max_sessions = max_sessions
+        # Seed 000 bandwidth: replies to clients beyond it are dropped.
+        self.bucket = bucket
 
     @classmethod
     def from_listener(
@@ -110,6 +123,7 @@ class UdpSettings:
         stats: ListenerStats,
         *,
         slow_start: SlowStart | None = None,
+        bucket: TokenBucket | None = None,
     ) -> UdpSettings:
         """Compile a snapshot listener; its idle timeout is the session idle timeout."""
         acl = compile_acl(listener, snapshot)
@@ -123,6 +137,7 @@ class UdpSettings:
             stats=stats,
             acl=acl,
             idle_timeout=float(listener.idle_timeout),
+            bucket=bucket,
         )
 
     @property
@@ -188,6 +203,7 @@ class UdpListener(asyncio.DatagramProtocol):
         self.datagrams_out = 0
         self.dropped = 0
         self.evicted = 0
+        self.throttled = 0
 
     # -- listener socket -------------------------------------------------------------------------
 
@@ -353,6 +369,7 @@ class UdpListener(asyncio.DatagramProtocol):
         if sock is None or transport is None or session.closed:
             return
         stats = self.settings.stats
+        bucket = self.settings.bucket
         received = False
         for _ in range(READS_PER_WAKEUP):
             try:
@@ -375,6 +392,9 @@ class UdpListener(asyncio.DatagramProtocol):
             received = True
             if transport.get_write_buffer_size() > MAX_SEND_BUFFER:
                 self.dropped += 1
+                continue
+            if bucket is not None and not bucket.admit(len(data)):
+                self.throttled += 1
                 continue
             transport.sendto(data, session.client)
             self.datagrams_out += 1
@@ -492,6 +512,7 @@ class UdpListener(asyncio.DatagramProtocol):
             "datagrams_out": self.datagrams_out,
             "dropped": self.dropped,
             "evicted": self.evicted,
+            "throttled": self.throttled,
         }
 
     def session_backends(self) -> dict[tuple, str]:

@@ -17,6 +17,7 @@ from django.utils import timezone
 from certificates.models import Certificate
 from console.models import Instance
 from listeners import rules
+from listeners.bandwidth import allocated_mbit, no_share_warning
 from listeners.models import (
     AccessControlList,
     HealthCheck,
@@ -322,8 +323,7 @@ class ListenerSettingsForm(forms.Form):
             "retrieve_client_ip": http,
             "compression": http,
             "quic_upgrade": protocol == P.HTTPS,
-            # The dataplane throttles TCP-carried listeners; UDP and QUIC are not yet.
-            "bandwidth": protocol not in (P.UDP, P.QUIC),
+            "bandwidth": True,
             "proxy_protocol": protocol in (P.TCP, P.TCP_SSL),
         }
 
@@ -433,18 +433,31 @@ class ListenerSettingsForm(forms.Form):
         total = self.instance.bandwidth_mbit
         if not limit or not total:
             return
-        others = self.instance.listeners.all()
-        if self.listener is not None:
-            others = others.exclude(pk=self.listener.pk)
-        allocated = sum(
-            others.exclude(bandwidth_mbit=None).values_list("bandwidth_mbit", flat=True)
-        )
+        allocated = allocated_mbit(self.instance, excluding=self.listener)
         if allocated + limit > total:
             self.add_error(
                 "bandwidth_mbit",
                 f"The listeners would be given {allocated + limit} Mbit/s in all, more than the "
                 f"instance's {total} Mbit/s ({allocated} Mbit/s already allocated).",
             )
+
+    def allocated_to_others(self) -> int:
+        """Mbit/s the other listeners' limits take of the instance's bandwidth (for the help)."""
+        return allocated_mbit(self.instance, excluding=self.listener)
+
+    def bandwidth_warning(self) -> str:
+        """Seed 000's caution for the cleaned settings: which listeners they leave no bandwidth."""
+        cleaned = self.cleaned_data
+        listener = self.listener
+        port = listener.port if listener is not None else cleaned.get("port")
+        name = cleaned.get("name") or getattr(listener, "name", "") or "this listener"
+        name = f"{name} ({self.protocol_value().upper()}:{port})"
+        return no_share_warning(
+            self.instance,
+            listener=self.listener,
+            limit=cleaned.get("bandwidth_mbit"),
+            name=name,
+        )
 
     def _reset_inapplicable(self, cleaned: dict, applies: dict[str, bool]) -> None:
         """Options that do not apply to the protocol are stored at their defaults."""

@@ -163,6 +163,9 @@ def listener_modify(request: HttpRequest, instance_id: str, listener_id: str) ->
             listener.save()
             services.listeners_changed([listener])
         messages.success(request, f"Listener {listener.name} modified.")
+        warning = form.bandwidth_warning()
+        if warning:
+            messages.warning(request, warning)
         return redirect_after_change(request, listener.get_absolute_url())
     return _dialog(
         request,

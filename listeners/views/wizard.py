@@ -14,6 +14,7 @@ from certificates.models import Certificate
 from console.htmx import redirect_after_change, render_dialog
 from console.models import Instance
 from listeners import services
+from listeners.bandwidth import no_share_warning
 from listeners.forms.listener import (
     SUGGESTED_PORT,
     ProtocolListenerForm,
@@ -145,6 +146,8 @@ def _confirm(request: HttpRequest, instance: Instance, draft: Draft) -> HttpResp
         if request.method == "POST" or draft.data(invalid_step) is not None:
             messages.error(request, "Some settings need attention before you can submit.")
         return redirect("listener-create-step", instance_id=instance.id, step=invalid_step)
+    # Computed before the listener exists, so it is not counted among the others.
+    bandwidth_warning = forms["protocol"]["form"].bandwidth_warning()
     if request.method == "POST":
         try:
             with transaction.atomic():
@@ -159,6 +162,8 @@ def _confirm(request: HttpRequest, instance: Instance, draft: Draft) -> HttpResp
             return redirect("listener-create-step", instance_id=instance.id, step="protocol")
         draft.finish(listener.id)
         messages.success(request, f"Listener {listener.name} ({listener.id}) created.")
+        if bandwidth_warning:
+            messages.warning(request, bandwidth_warning)
         return redirect(listener.get_absolute_url())
     return render(
         request,
@@ -170,6 +175,7 @@ def _confirm(request: HttpRequest, instance: Instance, draft: Draft) -> HttpResp
             "completed": draft.completed(),
             "protocol": draft.protocol(),
             "summary": summary(forms),
+            "bandwidth_warning": bandwidth_warning,
             "token": draft.token,
             "title": "Create Listener",
             "breadcrumbs": _crumbs(instance),
@@ -277,6 +283,14 @@ def quick_create(request: HttpRequest, instance_id: str) -> HttpResponse:
             )
         else:
             messages.success(request, f"Listener {listener.name} ({listener.id}) created.")
+            warning = no_share_warning(
+                instance,
+                listener=listener,
+                limit=None,
+                name=f"{listener.name} ({listener.protocol.upper()}:{listener.port})",
+            )
+            if warning:
+                messages.warning(request, warning)
             return redirect_after_change(request, listener.get_absolute_url())
     return render_dialog(
         request,

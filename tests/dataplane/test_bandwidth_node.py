@@ -129,6 +129,23 @@ def test_tcp_download_stays_within_ten_percent_of_the_limit(dataplane, loop_thre
         loop_thread.loop.call_soon_threadsafe(source.server.close)  # type: ignore[union-attr]
 
 
+def apply_pair(
+    dataplane, app, ports: tuple[int, int], limit_a: int, instance_mbit: int, generation: int
+) -> dict:
+    """Listener lsn-a with a limit and lsn-b without one, on an instance with a bandwidth."""
+    return dataplane.apply(
+        snapshot(
+            [
+                listener(ports[0], listener_id="lsn-a", bandwidth_mbit=limit_a),
+                listener(ports[1], listener_id="lsn-b"),
+            ],
+            [server_group(app)],
+            bandwidth_mbit=instance_mbit,
+            generation=generation,
+        )
+    )
+
+
 def test_a_listener_left_no_share_of_the_instance_is_inaccessible(dataplane, backends):
     """Seed 000: "you allocate 5 Mbit/s to Listener A and none to Listener B: B is
     inaccessible". Lowering A's limit gives B its share back."""
@@ -136,17 +153,7 @@ def test_a_listener_left_no_share_of_the_instance_is_inaccessible(dataplane, bac
     port_a, port_b = free_port(), free_port()
 
     def apply(limit_a: int, generation: int) -> dict:
-        return dataplane.apply(
-            snapshot(
-                [
-                    listener(port_a, listener_id="lsn-a", bandwidth_mbit=limit_a),
-                    listener(port_b, listener_id="lsn-b"),
-                ],
-                [server_group(app)],
-                bandwidth_mbit=5,
-                generation=generation,
-            )
-        )
+        return apply_pair(dataplane, app, (port_a, port_b), limit_a, 5, generation)
 
     result = apply(5, 1)
     assert result["lsn-a"]["status"] == "running"

@@ -231,7 +231,9 @@ def test_udp_health_check_rules():
     assert len(reasons(data)) == 1
 
 
-def test_bandwidth_on_datagram_listeners_is_not_supported_yet():
-    assert "listeners[0].bandwidth_mbit: not supported yet on udp listeners" in reasons(
-        base("udp", "udp", bandwidth_mbit=10)
-    )
+@pytest.mark.parametrize(("protocol", "backend"), [("udp", "udp"), ("quic", "http")])
+def test_datagram_listeners_take_a_bandwidth_limit(protocol, backend):
+    data = base(protocol, backend, bandwidth_mbit=10, default_certificate_id="cert-a")
+    if protocol == "udp":
+        del data["listeners"][0]["default_certificate_id"]
+    assert Snapshot.from_dict(data).listeners[0].bandwidth_mbit == 10

@@ -233,6 +233,7 @@ async def test_counters_count_datagrams_and_bytes_both_ways(udp):
         "datagrams_out": 2,
         "dropped": 0,
         "evicted": 0,
+        "throttled": 0,
     }
 
 
