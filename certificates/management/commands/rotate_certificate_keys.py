@@ -21,9 +21,7 @@ class Command(BaseCommand):
             for certificate in Certificate.objects.select_for_update().exclude(
                 private_key_token=""
             ):
-                certificate.private_key_token = keystore.rotate_token(
-                    certificate.private_key_token
-                )
+                certificate.private_key_token = keystore.rotate_token(certificate.private_key_token)
                 certificate.save(update_fields=["private_key_token"])
                 rotated += 1
         self.stdout.write(f"Rotated {rotated} private keys to the newest encryption key.")
