@@ -297,6 +297,9 @@ class ListenerSettingsForm(forms.Form):
             # Not on the page for TCP and TCP SSL; clean() stores the default.
             self.fields["x_forwarded_for"].required = False
         self.fields["scheduler"].choices = SCHEDULERS[protocol]
+        if not self.applies(protocol)["persistence"]:
+            # Not on the page for UDP and QUIC; clean() stores "none".
+            self.fields["persistence"].required = False
         self.fields["persistence"].choices = [
             (value, label)
             for value, label in Listener.Persistence.choices
@@ -461,6 +464,8 @@ class ListenerSettingsForm(forms.Form):
 
     def _reset_inapplicable(self, cleaned: dict, applies: dict[str, bool]) -> None:
         """Options that do not apply to the protocol are stored at their defaults."""
+        if not applies["persistence"]:
+            cleaned["persistence"] = "none"
         if cleaned.get("persistence") not in ("insert_cookie", "source_ip"):
             cleaned["persistence_timeout"] = 1000
         if cleaned.get("persistence") != "rewrite_cookie":
