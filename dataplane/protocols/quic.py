@@ -54,6 +54,11 @@ ALT_SVC_MAX_AGE = 86400
 # Response bytes read from a backend per read, and a ceiling on a response head.
 READ_SIZE = 65536
 MAX_RESPONSE_HEAD = 64 * 1024
+# A response's bytes held by aioquic for one stream (not yet sent, or sent and not yet
+# acknowledged) above which the backend is not read, and below which reading resumes: a client
+# that reads slowly must not make the node hold its whole download in memory.
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
 
 # Request headers that are not copied to the backend: hop-by-hop ones (HTTP/3 forbids most, but a
 # client may still send them), and those the dataplane writes itself.
@@ -421,6 +426,8 @@ class Http3Connection(QuicConnectionProtocol):
         self.registered = False
         # The counters this connection is counted in as active.
         self.stats = listener.settings.stats
+        # Relays waiting for their stream's buffer to drain, by stream id.
+        self._draining: dict[int, asyncio.Future[None]] = {}
 
     # -- QUIC ------------------------------------------------------------------------------------
 
@@ -434,6 +441,33 @@ class Http3Connection(QuicConnectionProtocol):
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         self.peer = addr
         super().datagram_received(data, addr)
+        # Acknowledgements arrive in datagrams: they are what drains a stream's buffer.
+        if self._draining:
+            for stream_id, waiter in list(self._draining.items()):
+                if self._buffered(stream_id) <= LOW_WATER and not waiter.done():
+                    waiter.set_result(None)
+
+    def _buffered(self, stream_id: int) -> int:
+        """Response bytes aioquic holds for a stream: queued, in flight or lost and to resend.
+
+        aioquic has no public measure of this; its sender keeps exactly these bytes in one
+        buffer, trimmed as acknowledgements arrive. Without that attribute the answer is 0, and
+        responses are relayed without this backpressure rather than not at all.
+        """
+        stream = self._quic._streams.get(stream_id)
+        buffer = getattr(getattr(stream, "sender", None), "_buffer", None)
+        return len(buffer) if buffer is not None else 0
+
+    async def _drained(self, stream_id: int) -> None:
+        """Wait until the client has taken enough of this stream's response to read more."""
+        if self._buffered(stream_id) <= HIGH_WATER:
+            return
+        waiter = self._loop.create_future()
+        self._draining[stream_id] = waiter
+        try:
+            await waiter
+        finally:
+            del self._draining[stream_id]
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.ProtocolNegotiated):
@@ -717,6 +751,7 @@ class Http3Connection(QuicConnectionProtocol):
         self.transmit()
         sent += len(body)
         while not response.complete:
+            await self._drained(exchange.stream_id)
             if bucket is not None:
                 # Shaped at the source: the backend is not read again until the bytes sent so
                 # far fit the listener's bandwidth.

@@ -515,3 +515,67 @@ def test_settings_from_a_snapshot_listener():
     assert settings.drop_headers == {b"x-forwarded-port", b"slb-id", b"x-forwarded-proto"}
     assert settings.acl is not None and settings.acl.allows("192.0.2.7")
     assert not settings.acl.allows("198.51.100.1")
+
+
+# -- backpressure ----------------------------------------------------------------------------------
+
+
+class CountingSource:
+    """An HTTP/1.1 server answering any request with `size` bytes, counting what it got out."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.written = 0
+        self.name = "source"
+        self.port = 0
+        self.server: asyncio.Server | None = None
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.size)
+        chunk = b"s" * 65536
+        with contextlib.suppress(ConnectionError):
+            while self.written < self.size:
+                writer.write(chunk)
+                await writer.drain()
+                self.written += len(chunk)
+        writer.close()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def settled(self) -> int:
+        """What the server has written once it has stopped making progress."""
+        last = -1
+        while self.written != last:
+            last = self.written
+            await asyncio.sleep(0.5)
+        return last
+
+
+@pytest.mark.asyncio
+async def test_a_stalled_client_stops_the_backend_read_and_the_download_resumes(quic):
+    """A client that takes nothing (no acknowledgements) must not make the node read the whole
+    response into memory: the backend is paused once a megabyte waits for the client, and the
+    download completes whole once the client reads again."""
+    size = 32 * 1024 * 1024
+    source = CountingSource(size)
+    await source.start()
+    try:
+        _, port = await quic.listener(quic.settings(source))  # type: ignore[arg-type]
+        async with quic.client(port, idle_timeout=60) as client:
+            request = asyncio.ensure_future(client.request(b"GET", b"/big"))
+            while not client.bodies:
+                await asyncio.sleep(0.01)
+            # Stall: datagrams from the listener are dropped unread, so nothing is acknowledged.
+            client.datagram_received = lambda data, addr: None  # type: ignore[method-assign]
+            held = await source.settled()
+            # The node holds at most its high-water mark plus what the sockets buffer, not the
+            # 32 MiB the backend has to send.
+            assert held < size // 2
+            del client.datagram_received
+            status, _, body = await asyncio.wait_for(request, 60)
+        assert status == 200 and len(body) == size
+    finally:
+        source.server.close()  # type: ignore[union-attr]
