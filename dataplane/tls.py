@@ -9,11 +9,15 @@ apply to every handshake, whichever certificate is served.
 Contexts are cached by content: a snapshot that does not change a listener's TLS material gives it
 the very same front context, which is how the node can tell that its server need not be replaced.
 
-Two OpenSSL knobs are not exposed by Python's ssl module, so `_NativeSsl` reaches them through
+Three OpenSSL knobs are not exposed by Python's ssl module, so `_NativeSsl` reaches them through
 ctypes on the SSL_CTX behind an SSLContext (falling back to OpenSSL's defaults when it cannot):
 - SSL_CTX_set_timeout: the session lifetime, which is also the lifetime hint of session tickets
   (seed 000/001: 300 s; OpenSSL's default is 7200 s);
-- SSL_CTX_set_ciphersuites: the TLS 1.3 suites of a policy.
+- SSL_CTX_set_ciphersuites: the TLS 1.3 suites of a policy;
+- SSL_CTX_set_tlsext_ticket_keys: with worker processes (`set_ticket_secret`), the session ticket
+  keys of a front context, so that a ticket one worker issued resumes in the others. OpenSSL's
+  default is random keys per context, which would make every connection the kernel gives to
+  another worker a full handshake.
 """
 
 from __future__ import annotations
@@ -39,6 +43,34 @@ from dataplane.hostnames import CertificateSelector
 log = logging.getLogger(__name__)
 
 SESSION_TICKET_LIFETIME = 300
+# OpenSSL's ticket key block, and the SSL_CTX_ctrl command that sets it (ssl.h).
+TICKET_KEYS_LENGTH = 80
+_SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
+# Set by worker processes: the secret all workers derive the same ticket keys from.
+_ticket_secret: bytes | None = None
+
+
+def set_ticket_secret(secret: bytes | None) -> None:
+    """Make every front context built from now on use ticket keys derived from `secret`.
+
+    Worker processes of one node are given the same secret, so each listener's tickets resume in
+    every worker. The keys are derived per context from its whole TLS input (policy, CA, and
+    certificates), so a ticket never resumes on a context with other rules: a session from a
+    listener without mutual authentication cannot skip the client certificate on one with it.
+    """
+    global _ticket_secret
+    if secret is not None and len(secret) < 16:
+        raise ValueError("a ticket secret needs at least 16 bytes")
+    _ticket_secret = secret
+
+
+def _ticket_keys(secret: bytes, *parts: object) -> bytes:
+    material = hashlib.sha256()
+    for part in parts:
+        text = repr(part).encode()
+        # Length-prefixed, so that no two different inputs hash the same stream.
+        material.update(b"%d:" % len(text) + text)
+    return hashlib.shake_256(secret + material.digest()).digest(TICKET_KEYS_LENGTH)
 
 _VERSIONS = {
     "TLSv1.0": "TLSv1",
@@ -159,6 +191,13 @@ class _NativeSsl:
             lib.SSL_CTX_get_timeout.argtypes = [ctypes.c_void_p]
             lib.SSL_CTX_set_ciphersuites.restype = ctypes.c_int
             lib.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            lib.SSL_CTX_ctrl.restype = ctypes.c_long
+            lib.SSL_CTX_ctrl.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_int,
+                ctypes.c_long,
+                ctypes.c_void_p,
+            ]
         except (OSError, AttributeError):
             log.warning("OpenSSL session timeout and TLS 1.3 suites cannot be set on this Python")
             return
@@ -188,6 +227,16 @@ class _NativeSsl:
             return
         if self.lib.SSL_CTX_set_ciphersuites(self._pointer(context), suites.encode()) != 1:
             raise TlsError(f"OpenSSL refused the TLS 1.3 cipher suites {suites}")
+
+    def set_ticket_keys(self, context: ssl.SSLContext, keys: bytes) -> bool:
+        """SSL_CTX_set_tlsext_ticket_keys: name (16), HMAC key (32), AES key (32)."""
+        if self.lib is None or len(keys) != TICKET_KEYS_LENGTH:
+            return False
+        buffer = ctypes.create_string_buffer(keys, len(keys))
+        done = self.lib.SSL_CTX_ctrl(
+            self._pointer(context), _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, len(keys), buffer
+        )
+        return done == 1
 
 
 native = _NativeSsl()
@@ -340,6 +389,20 @@ class TlsContextCache:
 
         front = _policy_context(policy, level, ca_pem, alpn)
         _load_certificate(front, default)
+        if _ticket_secret is not None:
+            # Tickets are sealed with the keys of the context the handshake began on, whichever
+            # certificate SNI picks, so the front context's keys are the ones that count.
+            keys = _ticket_keys(
+                _ticket_secret,
+                policy,
+                level,
+                ca_pem,
+                default.certificate_pem,
+                tuple(cert.certificate_pem for cert in sni),
+                alpn,
+            )
+            if not native.set_ticket_keys(front, keys):
+                log.warning("session tickets cannot be shared between worker processes here")
         by_id = {
             cert.id: self._certificate_context(policy, level, ca_pem, cert, alpn) for cert in sni
         }

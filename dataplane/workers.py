@@ -25,6 +25,7 @@ import ctypes
 import gc
 import json
 import logging
+import secrets
 import signal
 import sys
 import time
@@ -34,6 +35,7 @@ from typing import Any
 from dataplane.config import Snapshot
 from dataplane.control import ControlApi
 from dataplane.node import GenerationConflict, Node, StaleGeneration
+from dataplane.tls import set_ticket_secret
 
 log = logging.getLogger("dataplane.workers")
 
@@ -62,17 +64,27 @@ class WorkerError(Exception):
 class Worker:
     """One worker process and its private control API."""
 
-    def __init__(self, index: int, command: list[str], token: str) -> None:
+    def __init__(
+        self, index: int, command: list[str], token: str, ticket_secret: bytes = b""
+    ) -> None:
         self.index = index
         self.command = command
         self._authorization = f"Bearer {token}".encode()
+        self._ticket_secret = ticket_secret
         self.process: asyncio.subprocess.Process | None = None
         self.port = 0
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            *self.command, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+            *self.command, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE
         )
+        # The session ticket secret goes through a pipe: never on disk or in the environment.
+        stdin = self.process.stdin
+        if stdin is not None:
+            stdin.write(self._ticket_secret.hex().encode() + b"\n")
+            with contextlib.suppress(ConnectionError):
+                await stdin.drain()
+            stdin.close()
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), START_TIMEOUT)  # type: ignore[union-attr]
         except TimeoutError:
@@ -127,7 +139,10 @@ class WorkerGroup:
     def __init__(self, count: int, command: list[str], token: str) -> None:
         if count < 1:
             raise ValueError("at least one worker is needed")
-        self.workers = [Worker(index, command, token) for index in range(count)]
+        # One secret for the node's lifetime, kept by restarted workers too, so that session
+        # tickets resume in whichever worker the kernel hands a connection to.
+        secret = secrets.token_bytes(32)
+        self.workers = [Worker(index, command, token, secret) for index in range(count)]
         self.snapshot: Snapshot | None = None
         self.generation = 0
         self.draining = False
@@ -373,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     _die_with_parent()
     token = args.token_file.read_text().strip()
+    secret = bytes.fromhex(sys.stdin.readline().strip() or "")
+    set_ticket_secret(secret or None)
     return uvloop.run(serve_worker(token, args.drain_timeout, max(args.workers, 1)))
 
 

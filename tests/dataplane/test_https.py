@@ -13,6 +13,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from dataplane import tls
 from tests.dataplane.conftest import (
     WAIT,
     certificate_entry,
@@ -28,7 +29,8 @@ from tests.dataplane.conftest import (
 
 def https_listener(port: int, **settings: object) -> dict[str, object]:
     settings.setdefault("default_certificate_id", "cert-default")
-    return listener(port, listener_id="lsn-tls", protocol="https", **settings)
+    settings.setdefault("listener_id", "lsn-tls")
+    return listener(port, protocol="https", **settings)  # type: ignore[arg-type]
 
 
 def dns_names(cert: x509.Certificate) -> list[str]:
@@ -345,3 +347,50 @@ def test_listener_with_a_broken_certificate_fails_alone(dataplane, backends, ca)
     assert result["lsn-broken"]["status"] == "failed"
     assert "cert-broken" in result["lsn-broken"]["reason"]
     assert https_get(good_port, trusting(ca)) == (200, b"web")
+
+
+@pytest.fixture
+def shared_ticket_keys():
+    """As in a worker process: front contexts get ticket keys derived from one secret."""
+    tls.set_ticket_secret(b"k" * 32)
+    yield
+    tls.set_ticket_secret(None)
+
+
+def test_a_ticket_from_a_listener_without_mutual_tls_cannot_skip_it_on_another(
+    shared_ticket_keys, dataplane, backends, ca
+):
+    """Derived ticket keys depend on every TLS input: a session from an open listener must not
+    resume on a listener that requires a client certificate, or it would get in without one."""
+    web = backends("web")
+    open_port, mutual_port = free_port(), free_port()
+    client_ca = trustme.CA(organization_name="Client CA")
+    dataplane.apply(
+        snapshot(
+            [
+                https_listener(open_port, listener_id="lsn-open"),
+                https_listener(
+                    mutual_port, listener_id="lsn-mutual", ca_certificate_id="cert-clientca"
+                ),
+            ],
+            [server_group(web)],
+            certificates=[certificate_entry("cert-default", ca.issue_cert("www.example.com"))],
+            ca_certificates=[
+                {"id": "cert-clientca", "certificate_pem": client_ca.cert_pem.bytes().decode()}
+            ],
+        )
+    )
+    client = trusting(ca)
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    with handshake(open_port, client, "www.example.com") as first:
+        session = first.session
+    # The open listener resumes its own tickets with the derived keys...
+    raw = socket.create_connection(("127.0.0.1", open_port), timeout=WAIT)
+    with client.wrap_socket(raw, server_hostname="www.example.com", session=session) as again:
+        assert again.session_reused
+    # ...and the mutual one cannot open them: a full handshake, which needs a certificate.
+    raw = socket.create_connection(("127.0.0.1", mutual_port), timeout=WAIT)
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        with client.wrap_socket(raw, server_hostname="www.example.com", session=session) as tls_:
+            tls_.sendall(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+            tls_.recv(1)

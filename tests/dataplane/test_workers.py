@@ -8,6 +8,8 @@ import os
 import queue
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from dataplane.config import Snapshot
 from dataplane.workers import _merge_listeners, _merge_results
 from tests.dataplane.conftest import (
     WAIT,
+    certificate_entry,
     free_port,
     get,
     listener,
@@ -202,6 +205,38 @@ def test_sigterm_stops_the_workers_and_exits_0(supervisor, backends):
 
     assert supervisor.stop() == 0
     assert wait_until(lambda: all(_gone(pid) for pid in workers))
+
+
+def test_session_tickets_resume_in_every_worker(supervisor, backends, ca):
+    """The kernel spreads connections over the workers; a ticket from one must resume in the
+    others, or half of all resumptions would be full handshakes."""
+    web = backends("web")
+    port = free_port()
+    status, ack = supervisor.request(
+        "PUT",
+        "/v1/config",
+        snapshot(
+            [listener(port, protocol="https", default_certificate_id="cert-web")],
+            [server_group(web)],
+            certificates=[certificate_entry("cert-web", ca.issue_cert("web.example"))],
+        ),
+    )
+    assert status == 200 and ack["listeners"]["lsn-web"]["status"] == "running"
+    client = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+    # TLS 1.2: the ticket is part of the handshake, so the session can be taken right away.
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    def connect(session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        return client.wrap_socket(raw, server_hostname="web.example", session=session)
+
+    with connect() as first:
+        session = first.session
+    resumed = []
+    for _ in range(24):
+        with connect(session) as again:
+            resumed.append(again.session_reused)
+    assert resumed == [True] * 24
 
 
 # -- merging the workers' answers ------------------------------------------------------------------
