@@ -72,6 +72,7 @@ def _ticket_keys(secret: bytes, *parts: object) -> bytes:
         material.update(b"%d:" % len(text) + text)
     return hashlib.shake_256(secret + material.digest()).digest(TICKET_KEYS_LENGTH)
 
+
 _VERSIONS = {
     "TLSv1.0": "TLSv1",
     "TLSv1.1": "TLSv1_1",
