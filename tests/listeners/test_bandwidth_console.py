@@ -158,3 +158,15 @@ def test_quick_create_on_a_fully_allocated_instance_warns(
         "The listeners' bandwidth limits take all of the instance's 10 Mbit/s, so HTTP_8080 "
         "(HTTP:8080) has no bandwidth left and will be inaccessible until the limits are lowered."
     ]
+
+
+def test_detail_page_says_how_a_listener_without_a_limit_is_served(
+    admin_client, instance, server_group
+) -> None:
+    listener = make_listener(instance, server_group, port=81, status="running")
+    page = admin_client.get(listener.get_absolute_url()).content.decode()
+    assert "<dd>No limit</dd>" in page
+    instance.bandwidth_mbit = 50
+    instance.save()
+    page = admin_client.get(listener.get_absolute_url()).content.decode()
+    assert "shares what the other listeners' limits leave of the instance's 50 Mbit/s" in page
