@@ -521,6 +521,8 @@ class ProtocolListenerForm(ListenerSettingsForm):
         label="Listener Port",
         min_value=1,
         max_value=65535,
+        # The wizard opens on HTTP; choosing another protocol suggests that protocol's port.
+        initial=SUGGESTED_PORT[P.HTTP],
         help_text="1-65535. HTTP usually uses 80 and HTTPS 443.",
     )
     auto_enable = forms.BooleanField(

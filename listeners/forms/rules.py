@@ -12,6 +12,28 @@ from listeners.models import ForwardingRule, Listener, ServerGroup
 from listeners.rules import compatible_backend_protocols
 
 SPLIT = re.compile(r"[,\s]+")
+# Where the dataplane's rule checks point ("rule[0].conditions[2].values[0]", "rule[0].action.port")
+_CONDITION_PATH = re.compile(r"^rule\[0\]\.conditions\[(\d+)\](?:\.(\w+))?")
+_ACTION_PATH = re.compile(r"^rule\[0\]\.action\.(\w+)")
+# The form field behind each condition type and action attribute.
+_CONDITION_FIELDS = {
+    "host": "host",
+    "path": "path",
+    "method": "methods",
+    "query": "query",
+    "source_ip": "source_ip",
+}
+_ACTION_FIELDS = {
+    "server_group_id": "server_group",
+    "status_code": "status_code",
+    "protocol": "redirect_protocol",
+    "host": "redirect_host",
+    "port": "redirect_port",
+    "path": "redirect_path",
+    "query": "redirect_query",
+    "content_type": "content_type",
+    "body": "body",
+}
 
 
 def _list(text: str) -> tuple[str, ...]:
@@ -123,8 +145,25 @@ class ForwardingRuleForm(forms.Form):
             listener_protocol=self.listener.protocol,
         )
         for problem in problems:
-            self.add_error(None, problem.message)
+            self.add_error(self._field_of(problem.path, conditions), problem.message)
         return cleaned
+
+    @staticmethod
+    def _field_of(path: str, conditions: list[dict]) -> str | None:
+        """The form field a dataplane rule problem is about, so the error shows next to it."""
+        found = _CONDITION_PATH.match(path)
+        if found:
+            index, attribute = int(found.group(1)), found.group(2)
+            if index >= len(conditions):
+                return None
+            kind = conditions[index]["type"]
+            if kind == "header":
+                return "header_name" if attribute == "name" else "header_values"
+            return "path_match" if attribute == "match" else _CONDITION_FIELDS.get(kind)
+        found = _ACTION_PATH.match(path)
+        if found:
+            return _ACTION_FIELDS.get(found.group(1))
+        return "name" if path == "rule[0].name" else None
 
     def apply_to(self, rule: ForwardingRule) -> None:
         data = self.cleaned_data

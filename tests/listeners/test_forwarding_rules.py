@@ -136,3 +136,37 @@ def test_rules_and_their_groups_reach_the_snapshot(admin_client, instance, liste
     assert rule.action.server_group_id == api.id
     assert rule.conditions[0].values == ("/api/",)
     assert api.id in {group.id for group in snapshot.server_groups}
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"path": "api", "action": "forward"}, "path", "must start with /"),
+        ({"path": "/a", "action": "forward"}, "server_group", "choose a server group"),
+        (
+            {"path": "/a", "action": "fixed_response", "status_code": "302"},
+            "status_code",
+            "302 is not a 2xx, 4xx or 5xx code",
+        ),
+        (
+            {"path": "/a", "action": "redirect", "redirect_protocol": "https"}
+            | {"redirect_path": "x"},
+            "redirect_path",
+            "must start with / or ${path}",
+        ),
+        ({"header_name": "bad header", "action": "forward"}, "header_name", "is not a header"),
+        ({"source_ip": "10.0.0.300", "action": "forward"}, "source_ip", "not an IP address"),
+        ({"host": "bad!host", "action": "forward"}, "host", ""),
+    ],
+)
+def test_rule_problems_show_next_to_their_field(
+    admin_client, listener, fields, field, message
+) -> None:
+    response = admin_client.post(
+        rule_url("listener-rule-create", listener), {"path_match": "prefix", **fields}
+    )
+    assert response.status_code == 422
+    form = response.context["form"]
+    assert not form.non_field_errors()
+    assert message in form.errors[field][0]
+    assert not ForwardingRule.objects.exists()
