@@ -5,6 +5,10 @@ added, keep-alive connections to the backend, no access log, the same ECDSA P-25
 the dataplane's `tls_cipher_policy_1_2_strict_with_1_3` policy (TLS 1.2 and 1.3, the 12 ECDHE
 suites and the 5 TLS 1.3 suites), a 15 s client idle timeout, and a TCP health check every 5 s
 where the proxy has one (nginx open source has no active health checks).
+
+The HTTPS listener offers ALPN `h2, http/1.1` on all three. Clients that send no ALPN (wrk,
+openssl s_time) still get HTTP/1.1 there, so one listener serves the HTTP/1.1 and the HTTP/2
+scenarios, and the backend side stays HTTP/1.1 keep-alive either way.
 """
 
 from __future__ import annotations
@@ -199,7 +203,7 @@ def proxy_nginx_conf(
         + _nginx_tls(certificate, key, "    ")
         + f"    server {{ listen 127.0.0.1:{ports.http} backlog=4096;"
         " location / { proxy_pass http://web; } }\n"
-        f"    server {{ listen 127.0.0.1:{ports.https} ssl backlog=4096;"
+        f"    server {{ listen 127.0.0.1:{ports.https} ssl http2 backlog=4096;"
         " location / { proxy_pass http://web; } }\n" + extra + "}\n"
         "stream {\n"
         f"    upstream tcp {{ server 127.0.0.1:{backend_port}; }}\n"
@@ -244,7 +248,7 @@ def haproxy_cfg(
         f"    bind 127.0.0.1:{ports.http}",
         "    default_backend web",
         "frontend fe_https",
-        f"    bind 127.0.0.1:{ports.https} ssl crt {pem}",
+        f"    bind 127.0.0.1:{ports.https} ssl crt {pem} alpn h2,http/1.1",
         "    default_backend web",
         "frontend fe_tcp_ssl",
         "    mode tcp",
@@ -289,6 +293,8 @@ def _listener(listener_id: str, name: str, protocol: str, port: int) -> dict[str
     if protocol in {"https", "tcp_ssl"}:
         listener["default_certificate_id"] = CERTIFICATE_ID
         listener["tls_policy"] = TLS_POLICY.name
+    if protocol == "https":
+        listener["http2"] = True
     return listener
 
 

@@ -87,6 +87,27 @@ def parse_h2load(output: str) -> Load:
     )
 
 
+def parse_h2load_protocols(output: str) -> list[str]:
+    """Every ALPN protocol h2load printed ("Application protocol: h2"), in order."""
+    return re.findall(r"^Application protocol: (\S+)", output, flags=re.MULTILINE)
+
+
+def parse_h2load_h2(output: str) -> Load:
+    """An HTTP/2 run of h2load: its totals, or LoadError unless h2 was agreed and none failed."""
+    protocols = sorted(set(parse_h2load_protocols(output)))
+    if protocols != ["h2"]:
+        # h2load falls back to HTTP/1.1 when the server picks it or answers no ALPN at all, and
+        # still exits 0: its figures would be an HTTP/1.1 measurement filed under HTTP/2.
+        agreed = ", ".join(protocols) or "no application protocol"
+        raise LoadError(f"h2load negotiated {agreed}, not h2")
+    load = parse_h2load(output)
+    if load.failed:
+        # h2load's own lines, since its counters overlap (an errored request is also failed).
+        totals = re.findall(r"^(?:requests|status codes): .*$", output, flags=re.MULTILINE)
+        raise LoadError(f"h2load saw failures: {'; '.join(totals)}")
+    return load
+
+
 def parse_h2load_log(text: str) -> tuple[list[int], int]:
     """(latencies in microseconds of 2xx/3xx responses, count of other statuses) of --log-file."""
     latencies, failed = [], 0
@@ -203,6 +224,32 @@ def h2load_fixed_rate(
     load.latencies_us = latencies
     load.failed = max(load.failed, failed)
     return load
+
+
+def h2load_command(
+    binary: str,
+    url: str,
+    *,
+    seconds: float,
+    connections: int,
+    streams: int,
+    threads: int = 1,
+) -> list[str]:
+    """h2load over TLS with its default ALPN list (h2 first), for a fixed duration."""
+    return [
+        binary,
+        f"-c{connections}",
+        f"-m{streams}",
+        f"-t{threads}",
+        f"-D{max(1, round(seconds))}",
+        url,
+    ]
+
+
+def h2load_h2(binary: str, url: str, *, seconds: float, connections: int, streams: int) -> Load:
+    """As many HTTP/2 requests as `connections` x `streams` concurrent streams can do."""
+    command = h2load_command(binary, url, seconds=seconds, connections=connections, streams=streams)
+    return parse_h2load_h2(_run(command, seconds + GRACE))
 
 
 def s_time(binary: str, port: int, *, seconds: float, reuse: bool, parallel: int = 1) -> Load:

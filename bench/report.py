@@ -58,6 +58,9 @@ METRICS = {
         Metric("control_new_listener", "8. new listener: change to first 200", "ms", "lower"),
         Metric("control_apply_100", "8. 100 listeners: change to all serving", "s", "lower"),
         Metric("control_apply_1000", "8. 1,000 listeners: change to all serving", "s", "lower"),
+        Metric("https_h2_0b", "9. HTTPS with HTTP/2, 16 connections x 10 streams, 0 B", "req/s"),
+        Metric("https_h2_0b_per_cpu", "9. HTTPS with HTTP/2, 0 B, per CPU-second", "req/CPU-s"),
+        Metric("https_h2_1k", "9. HTTPS with HTTP/2, 16 connections x 10 streams, 1 KiB", "req/s"),
     )
 }
 
