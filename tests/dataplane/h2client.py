@@ -137,6 +137,11 @@ class H2Client:
     def get(self, path: str = "/", **kwargs: object) -> H2Response:
         return self.wait(self.request("GET", path, **kwargs))[0]  # type: ignore[arg-type]
 
+    def close_connection_only(self) -> None:
+        """Send GOAWAY and keep the socket open, to see what the server does next."""
+        self.conn.close_connection()
+        self._send()
+
     def close(self) -> None:
         try:
             self.conn.close_connection()

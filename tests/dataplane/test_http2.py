@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import re
 import socket
 import ssl
 import subprocess
+import time
 
 import h2.errors
 import pytest
@@ -18,6 +20,7 @@ from tests.dataplane.conftest import (
     free_port,
     server_group,
     snapshot,
+    wait_until,
 )
 from tests.dataplane.h2client import H2Client
 from tests.dataplane.test_https import https_listener, trusting
@@ -193,6 +196,28 @@ def test_client_reset_cancels_the_backend_exchange(h2_listener, ca):
         client._send()
         after = client.get("/next")
     assert after.status == 200
+
+
+def test_a_client_goaway_with_streams_in_flight_ends_them_quietly(h2_listener, ca, caplog):
+    """h2 sends nothing after the client's GOAWAY: responses still on their way from backends
+    end their streams instead of failing against a closed connection."""
+    port, web = h2_listener(lambda r: Reply(body=b"late", delay=0.5))
+    with H2Client(port, trusting(ca)) as client:
+        for n in range(3):
+            client.request("GET", f"/slow/{n}")
+        assert wait_until(lambda: len(web.requests) == 3)
+        client.close_connection_only()
+        # The socket stays open while the backends answer, as a client finishing its own
+        # shutdown would keep it.
+        time.sleep(0.8)
+        client.sock.settimeout(WAIT)
+        # The listener closes the connection; nothing is answered on it after the GOAWAY.
+        while client.sock.recv(65536):
+            pass
+    # The backends' late answers went nowhere, and nothing was logged as an error.
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    with H2Client(port, trusting(ca)) as client:
+        assert client.get("/after").status == 200
 
 
 def test_h2load_multiplexes_requests_without_errors(h2_listener):
