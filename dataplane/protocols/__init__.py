@@ -12,10 +12,11 @@ default group; an HTTP listener with forwarding rules has one more per group its
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dataplane.acl import AccessControl
 from dataplane.balancing import Backend, Scheduler, make_scheduler
@@ -49,6 +50,50 @@ HOP_BY_HOP = frozenset(
 )
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _UNSAFE_IN_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+
+
+class BackendReadGate(asyncio.Protocol):
+    """The client side of a proxied connection, gating reads from its backend.
+
+    The backend is not read while the client's transport buffer is full (`pause_writing`) or
+    while the listener's bandwidth bucket is in debt (`_bandwidth_pause`); it is read again only
+    once neither holds. Subclasses provide the three attributes below.
+    """
+
+    __slots__ = ()
+
+    upstream: Any
+    writing_paused: bool
+    throttled: bool
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self.upstream is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._read_backend_if_free()
+
+    def _bandwidth_pause(self) -> None:
+        self.throttled = True
+        upstream = self.upstream
+        if upstream is not None and not upstream.closed:
+            upstream.transport.pause_reading()
+
+    def _bandwidth_resume(self) -> None:
+        self.throttled = False
+        self._read_backend_if_free()
+
+    def _read_backend_if_free(self) -> None:
+        upstream = self.upstream
+        if (
+            upstream is not None
+            and not upstream.closed
+            and not self.writing_paused
+            and not self.throttled
+        ):
+            upstream.transport.resume_reading()
 
 
 def fits_request_line(method: bytes, path: bytes, authority: bytes) -> bool:

@@ -55,6 +55,7 @@ import httptools
 from dataplane.balancing import Backend
 from dataplane.bandwidth import ThrottledWriter
 from dataplane.compression import Compressor, choose_encoding
+from dataplane.protocols import BackendReadGate
 from dataplane.rules import (
     Action,
     FixedResponseAction,
@@ -216,7 +217,7 @@ class Request:
         self.buffered = 0
 
 
-class HttpProxy(asyncio.Protocol):
+class HttpProxy(BackendReadGate):
     """The client side of one HTTP or HTTPS connection."""
 
     __slots__ = (
@@ -411,18 +412,6 @@ class HttpProxy(asyncio.Protocol):
                 loop=self.loop,
             )
 
-    def _bandwidth_pause(self) -> None:
-        self.throttled = True
-        upstream = self.upstream
-        if upstream is not None and not upstream.closed:
-            upstream.transport.pause_reading()  # type: ignore[union-attr]
-
-    def _bandwidth_resume(self) -> None:
-        self.throttled = False
-        upstream = self.upstream
-        if upstream is not None and not upstream.closed and not self.writing_paused:
-            upstream.transport.resume_reading()  # type: ignore[union-attr]
-
     def _write(self, data: bytes) -> None:
         """Write response bytes to the client, through the bandwidth limit when there is one."""
         writer = self.writer
@@ -491,16 +480,6 @@ class HttpProxy(asyncio.Protocol):
             self.registered = False
             self.runtime.connections.discard(self)
             self.stats.active_connections -= 1
-
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-        if self.upstream is not None:
-            self.upstream.transport.pause_reading()  # type: ignore[union-attr]
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        if self.upstream is not None and not self.upstream.closed and not self.throttled:
-            self.upstream.transport.resume_reading()  # type: ignore[union-attr]
 
     # -- parser callbacks ------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from dataplane.balancing import Backend
 from dataplane.bandwidth import ThrottledWriter
+from dataplane.protocols import BackendReadGate
 
 if TYPE_CHECKING:
     from dataplane.node import ListenerRuntime
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class TcpProxy(asyncio.Protocol):
+class TcpProxy(BackendReadGate):
     """The client side of one TCP or TCP SSL connection."""
 
     __slots__ = (
@@ -157,26 +158,6 @@ class TcpProxy(asyncio.Protocol):
             self.registered = False
             self.runtime.connections.discard(self)
             self.settings.stats.active_connections -= 1
-
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-        if self.upstream is not None:
-            self.upstream.transport.pause_reading()  # type: ignore[union-attr]
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        if self.upstream is not None and not self.upstream.closed and not self.throttled:
-            self.upstream.transport.resume_reading()  # type: ignore[union-attr]
-
-    def _bandwidth_pause(self) -> None:
-        self.throttled = True
-        if self.upstream is not None and not self.upstream.closed:
-            self.upstream.transport.pause_reading()  # type: ignore[union-attr]
-
-    def _bandwidth_resume(self) -> None:
-        self.throttled = False
-        if self.upstream is not None and not self.upstream.closed and not self.writing_paused:
-            self.upstream.transport.resume_reading()  # type: ignore[union-attr]
 
     # -- backend side ----------------------------------------------------------------------------
 
