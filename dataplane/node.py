@@ -217,25 +217,6 @@ def _health_spec(group: ServerGroup) -> HealthCheckSpec | UdpHealthCheckSpec:
     )
 
 
-def _no_bandwidth_share(listener: Listener, snapshot: Snapshot) -> str:
-    """Why a listener without a limit of its own gets no bandwidth, or "" when it gets some.
-
-    Seed 000: listeners without a limit share what the others' limits leave of the instance's
-    bandwidth; "you allocate 5 Mbit/s to Listener A and none to Listener B: Listener B is
-    inaccessible".
-    """
-    total = snapshot.bandwidth_mbit
-    if total is None or listener.bandwidth_mbit is not None:
-        return ""
-    allocated = sum(other.bandwidth_mbit or 0 for other in snapshot.listeners)
-    if allocated < total:
-        return ""
-    return (
-        f"inaccessible: the other listeners' bandwidth limits take all of the instance's "
-        f"{total} Mbit/s, and this listener has no limit of its own"
-    )
-
-
 class Node:
     """Applies snapshots and reports status; one per dataplane process."""
 
@@ -339,7 +320,7 @@ class Node:
                 runtime.status == "running"
                 and runtime.fingerprint == fingerprint
                 and runtime.bucket is self._bucket(runtime, listener)
-                and not _no_bandwidth_share(listener, snapshot)
+                and not self._no_bandwidth_share(listener, snapshot)
             ):
                 if listener.is_tls:
                     # Untouched, but its contexts must stay cached for the next change.
@@ -463,6 +444,21 @@ class Node:
         elif self.shared_bucket.rate_bytes_per_s != rate:
             self.shared_bucket.set_rate(rate)
 
+    def _no_bandwidth_share(self, listener: Listener, snapshot: Snapshot) -> str:
+        """Why a listener without a limit of its own gets no bandwidth, or "" when it gets some.
+
+        Seed 000: "you allocate 5 Mbit/s to Listener A and none to Listener B: Listener B is
+        inaccessible". Those listeners' share is the shared bucket, which `_share_remainder`
+        leaves out exactly when the instance's bandwidth is all allocated.
+        """
+        total = snapshot.bandwidth_mbit
+        if total is None or listener.bandwidth_mbit is not None or self.shared_bucket is not None:
+            return ""
+        return (
+            f"inaccessible: the other listeners' bandwidth limits take all of the instance's "
+            f"{total} Mbit/s, and this listener has no limit of its own"
+        )
+
     def _bucket(self, runtime: ListenerRuntime, listener: Listener) -> TokenBucket | None:
         """The bucket a listener's traffic goes through: its own while its limit stays the same
         (so a reload does not hand out a fresh burst), else the shared one or none."""
@@ -506,7 +502,7 @@ class Node:
         groups: dict[str, ServerGroupRuntime],
         fingerprint: tuple,
     ) -> None:
-        no_share = _no_bandwidth_share(listener, snapshot)
+        no_share = self._no_bandwidth_share(listener, snapshot)
         if no_share:
             runtime.config = listener
             runtime.fingerprint = fingerprint

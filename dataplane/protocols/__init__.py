@@ -52,6 +52,25 @@ _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefgh
 _UNSAFE_IN_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 
 
+def managed_headers(
+    listener: Listener, snapshot: Snapshot, scheme: bytes
+) -> dict[bytes, tuple[bytes, bytes]]:
+    """The request headers a listener sets itself (seeds 001, 002), by lowercase name."""
+    managed: dict[bytes, tuple[bytes, bytes]] = {}
+    if listener.x_forwarded_proto:
+        managed[b"x-forwarded-proto"] = (b"X-Forwarded-Proto", scheme)
+    if listener.x_forwarded_port:
+        managed[b"x-forwarded-port"] = (b"X-Forwarded-Port", str(listener.port).encode())
+    if listener.slb_id:
+        managed[b"slb-id"] = (b"SLB-ID", snapshot.instance_id.encode())
+    if listener.slb_ip:
+        managed[b"slb-ip"] = (b"SLB-IP", snapshot.bind_address.encode())
+    if listener.x_forwarded_elb_ip:
+        # Seed 002 "Transfer Load Balancer EIP": the address the listener is bound on.
+        managed[b"x-forwarded-elb-ip"] = (b"X-Forwarded-ELB-IP", snapshot.bind_address.encode())
+    return managed
+
+
 class BackendReadGate(asyncio.Protocol):
     """The client side of a proxied connection, gating reads from its backend.
 
@@ -319,23 +338,8 @@ class ListenerSettings:
         )
         # Headers the dataplane sets itself (seed 001). A client's own copy is dropped, so it
         # cannot forge them; the value here replaces it.
-        scheme = self.scheme
-        managed: dict[bytes, tuple[bytes, bytes]] = {}
+        managed = managed_headers(listener, snapshot, self.scheme)
         drop = set()
-        if listener.x_forwarded_proto:
-            managed[b"x-forwarded-proto"] = (b"X-Forwarded-Proto", scheme)
-        if listener.x_forwarded_port:
-            managed[b"x-forwarded-port"] = (b"X-Forwarded-Port", str(listener.port).encode())
-        if listener.slb_id:
-            managed[b"slb-id"] = (b"SLB-ID", snapshot.instance_id.encode())
-        if listener.slb_ip:
-            managed[b"slb-ip"] = (b"SLB-IP", snapshot.bind_address.encode())
-        if listener.x_forwarded_elb_ip:
-            # Seed 002 "Transfer Load Balancer EIP": the address the listener is bound on.
-            managed[b"x-forwarded-elb-ip"] = (
-                b"X-Forwarded-ELB-IP",
-                snapshot.bind_address.encode(),
-            )
         self.static_headers = b"".join(
             b"%s: %s\r\n" % (name, value) for name, value in managed.values()
         )

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from dataplane.acl import AccessControl
 from dataplane.balancing import Backend, Scheduler, make_scheduler
 from dataplane.bandwidth import pay
-from dataplane.protocols import HOP_BY_HOP, compile_acl, fits_request_line
+from dataplane.protocols import HOP_BY_HOP, compile_acl, fits_request_line, managed_headers
 from dataplane.tls import TlsError
 
 if TYPE_CHECKING:
@@ -224,15 +224,12 @@ class QuicSettings:
     ) -> QuicSettings:
         """Compile a snapshot listener; the header switches are those of HTTP listeners."""
         acl = compile_acl(listener, snapshot)
-        extra: list[tuple[bytes, bytes]] = []
-        if listener.x_forwarded_port:
-            extra.append((b"X-Forwarded-Port", str(listener.port).encode()))
-        if listener.slb_id:
-            extra.append((b"SLB-ID", snapshot.instance_id.encode()))
-        if listener.slb_ip:
-            extra.append((b"SLB-IP", snapshot.bind_address.encode()))
-        if listener.x_forwarded_elb_ip:
-            extra.append((b"X-Forwarded-ELB-IP", snapshot.bind_address.encode()))
+        # X-Forwarded-Proto has its own switch here (HTTP/3 is always https).
+        extra = [
+            header
+            for name, header in managed_headers(listener, snapshot, b"https").items()
+            if name != b"x-forwarded-proto"
+        ]
         return cls(
             listener_id=listener.id,
             scheduler=(

@@ -38,7 +38,11 @@ READY = re.compile(r"dataplane ready: control API on [^ ]+:(\d+)")
 
 
 class DataplaneProcess:
-    def __init__(self, tmp_path: Path, state_dir: Path) -> None:
+    """`python -m dataplane` on a free control port; its log is read in a thread."""
+
+    def __init__(
+        self, tmp_path: Path, state_dir: Path, *, drain_timeout: int = 5, extra: tuple = ()
+    ) -> None:
         token_file = tmp_path / "token"
         token_file.write_text(TOKEN + "\n")
         self.process = subprocess.Popen(
@@ -53,7 +57,8 @@ class DataplaneProcess:
                 "--state-dir",
                 str(state_dir),
                 "--drain-timeout",
-                "5",
+                str(drain_timeout),
+                *extra,
             ],
             cwd=ROOT,
             stderr=subprocess.PIPE,

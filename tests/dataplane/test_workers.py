@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
-import queue
-import re
 import signal
 import socket
 import ssl
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -30,76 +22,18 @@ from tests.dataplane.conftest import (
     snapshot,
     wait_until,
 )
+from tests.dataplane.test_process import DataplaneProcess
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "workers-test-token"
-READY = re.compile(r"dataplane ready: control API on [^ ]+:(\d+)")
 
-
-class Supervisor:
-    """A dataplane started with --workers; its log is read in a thread."""
+class Supervisor(DataplaneProcess):
+    """A dataplane started with --workers."""
 
     def __init__(self, tmp_path: Path, workers: int) -> None:
-        token_file = tmp_path / "token"
-        token_file.write_text(TOKEN + "\n")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dataplane",
-                "--control",
-                "127.0.0.1:0",
-                "--token-file",
-                str(token_file),
-                "--state-dir",
-                str(tmp_path / "state"),
-                "--drain-timeout",
-                "2",
-                "--workers",
-                str(workers),
-            ],
-            cwd=ROOT,
-            stderr=subprocess.PIPE,
-            text=True,
+        super().__init__(
+            tmp_path, tmp_path / "state", drain_timeout=2, extra=("--workers", str(workers))
         )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.port = self._wait_ready()
-
-    def _read(self) -> None:
-        for line in self.process.stderr:  # type: ignore[union-attr]
-            self.lines.put(line)
-
-    def _wait_ready(self) -> int:
-        log = []
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.process.poll() is not None:
-                    break
-                continue
-            log.append(line)
-            match = READY.search(line)
-            if match:
-                return int(match.group(1))
-        self.process.kill()
-        raise AssertionError("dataplane did not start:\n" + "".join(log))
-
-    def request(self, method: str, path: str, body: object = None) -> tuple[int, dict]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT)
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-            connection.request(
-                method, path, body=data, headers={"Authorization": f"Bearer {TOKEN}"}
-            )
-            response = connection.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            connection.close()
 
     def workers(self) -> list[int]:
         pid = self.process.pid
@@ -108,15 +42,6 @@ class Supervisor:
         except OSError:
             return []
         return [int(child) for child in text.split()]
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(WAIT)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(WAIT)
 
 
 @pytest.fixture
