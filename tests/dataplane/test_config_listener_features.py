@@ -1,4 +1,4 @@
-"""Schema rules of the seed features wired in issue 8: UDP and QUIC listeners, QUIC upgrade,
+"""Snapshot schema rules of the listener features: UDP and QUIC listeners, QUIC upgrade,
 compression, bandwidth, slow start and UDP health checks."""
 
 from __future__ import annotations
@@ -87,7 +87,22 @@ def test_a_valid_udp_and_quic_pair():
     data["server_groups"].append({"id": "sgp-web00001", "slow_start": True})
     # UDP 443 twice would clash; UDP 443 and TCP 443 do not.
     data["listeners"][0]["port"] = 53
-    Snapshot.from_dict(data)
+    snapshot = Snapshot.from_dict(data)
+    udp, quic, https = snapshot.listeners
+    assert (udp.protocol, udp.port, udp.scheduler) == ("udp", 53, "source_ip_hash")
+    assert (quic.protocol, quic.port, quic.default_certificate_id) == ("quic", 443, "cert-a")
+    assert (https.quic_listener_id, https.compression, https.bandwidth_mbit) == (
+        "lsn-quic0001",
+        "brotli_gzip",
+        100,
+    )
+    udp_group, web_group = snapshot.server_groups
+    assert (
+        udp_group.health_check.protocol,
+        udp_group.health_check.udp_request,
+        udp_group.health_check.udp_expected,
+    ) == ("udp", "ping", "pong")
+    assert (web_group.slow_start, web_group.slow_start_duration) == (True, 30)
 
 
 @pytest.mark.parametrize(
