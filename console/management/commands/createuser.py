@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -34,9 +35,7 @@ class Command(BaseCommand):
             if not password:
                 raise CommandError(f"{password_env} is empty or not set.")
         else:
-            password = getpass.getpass(f"Password for {username}: ")
-            if not password:
-                raise CommandError("A password is required.")
+            password = _prompt_password(username)
         with transaction.atomic():
             user, created = get_user_model().objects.get_or_create(
                 username=username, defaults={"email": str(options["email"])}
@@ -46,3 +45,21 @@ class Command(BaseCommand):
             user.groups.set([Group.objects.get(name=ROLES[str(options["role"])])])
         verb = "Created" if created else "Updated"
         self.stdout.write(f"{verb} {username} with role {options['role']}.")
+
+
+def _prompt_password(username: str) -> str:
+    # Without a terminal (a script, CI, `docker exec` without -t) getpass would read stdin and
+    # end in EOFError; say how to give the password instead.
+    no_terminal = CommandError(
+        "No terminal to prompt for a password: set it in an environment variable and pass "
+        "--password-env VARIABLE."
+    )
+    if not sys.stdin.isatty():
+        raise no_terminal
+    try:
+        password = getpass.getpass(f"Password for {username}: ")
+    except EOFError:
+        raise no_terminal from None
+    if not password:
+        raise CommandError("A password is required.")
+    return password
