@@ -8,7 +8,7 @@ from django.core.files.uploadedfile import UploadedFile
 from certificates import validation
 from certificates.models import Certificate
 
-MAX_FILE_BYTES = 64 * 1024
+MAX_FILE_BYTES = validation.MAX_FIELD_BYTES
 
 
 class SecretTextarea(forms.Textarea):
@@ -21,15 +21,37 @@ class SecretTextarea(forms.Textarea):
 def _read_upload(upload: UploadedFile | None) -> bytes | None:
     if upload is None:
         return None
+    upload.seek(0)
     # One byte over the limit is enough for the validator to say the field is too large,
     # without reading an arbitrarily large file into memory.
     return upload.read(MAX_FILE_BYTES + 1)
 
 
+def _kib(size: int) -> str:
+    return f"{size / 1024:.0f}" if size >= 10 * 1024 else f"{size / 1024:.1f}"
+
+
 class PemUploadForm(forms.Form):
-    """Shared handling: for each PEM field, a file (if chosen) wins over pasted text."""
+    """Shared handling: for each PEM field, a file (if chosen) wins over pasted text.
+
+    After a failed upload the browser cannot fill a file input again, so the text of a chosen
+    certificate or chain file is carried into its textarea (it is public), and the operator is
+    told to choose a private key file again (a key is never sent back to the browser).
+    """
 
     pem_fields: tuple[str, ...] = ()
+    # PEM fields that must be pasted or uploaded: marked required, though either input will do.
+    required_pem_fields: tuple[str, ...] = ()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name in self.required_pem_fields:
+            self.fields[name].marked_required = True
+
+    def chosen_file(self, name: str) -> UploadedFile | None:
+        """The file chosen for PEM field ``name``, if any and not empty."""
+        upload = self.files.get(self.add_prefix(f"{name}_file")) if self.is_bound else None
+        return upload if upload and upload.size else None
 
     def pem_input(self, name: str) -> str | bytes | None:
         data = _read_upload(self.cleaned_data.get(f"{name}_file"))
@@ -39,13 +61,65 @@ class PemUploadForm(forms.Form):
             return data
         return self.cleaned_data.get(name) or ""
 
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        for name in self.pem_fields:
+            upload = self.chosen_file(name)
+            # The size of the whole file, known from the upload, not of the part read.
+            if upload and upload.size > MAX_FILE_BYTES:
+                self.add_error(
+                    name,
+                    f"The {self.fields[name].label} file {upload.name} is {_kib(upload.size)} "
+                    f"KiB; the limit is {MAX_FILE_BYTES // 1024} KiB.",
+                )
+        return cleaned
+
     def add_certificate_error(self, error: validation.CertificateError) -> None:
         field = error.field if error.field in self.fields else None
-        self.add_error(field, error.message)
+        message = error.message
+        upload = self.chosen_file(field) if field in self.pem_fields else None
+        if upload is not None:
+            # Say which file the problem is in: the operator chose it, they did not paste it.
+            message = f"In the chosen file {upload.name}: {message}"
+        self.add_error(field, message)
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        if self.is_bound and self._errors:
+            self._keep_chosen_files()
+
+    def _keep_chosen_files(self) -> None:
+        data = self.data.copy()
+        for name in self.pem_fields:
+            field = self.fields[name]
+            upload = self.chosen_file(name)
+            secret = isinstance(field.widget, SecretTextarea)
+            if upload is None:
+                if secret and self.data.get(self.add_prefix(name)):
+                    field.kept_note = f"Paste the {field.label} again: it is never sent back."
+                continue
+            # A key file is never read back into the page.
+            text = None if secret else self._text_of(upload)
+            if text is None:
+                field.kept_note = f"Choose {upload.name} again, or another file."
+                continue
+            data[self.add_prefix(name)] = text
+            field.kept_note = f"The text of {upload.name} is kept in the field above."
+        self.data = data
+
+    @staticmethod
+    def _text_of(upload: UploadedFile) -> str | None:
+        if upload.size > MAX_FILE_BYTES:
+            return None
+        try:
+            return _read_upload(upload).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
 
 
 class ServerCertificateForm(PemUploadForm):
     pem_fields = ("certificate", "private_key", "chain")
+    required_pem_fields = ("certificate", "private_key")
 
     name = forms.CharField(label="Certificate Name", max_length=128)
     certificate = forms.CharField(
@@ -113,6 +187,7 @@ class ServerCertificateForm(PemUploadForm):
 
 class CaCertificateForm(PemUploadForm):
     pem_fields = ("certificate",)
+    required_pem_fields = ("certificate",)
 
     name = forms.CharField(label="Certificate Name", max_length=128)
     certificate = forms.CharField(

@@ -96,7 +96,7 @@ def split_blocks(text: str) -> list[PemBlock]:
             if _END.match(line):
                 raise PemSyntaxError(f"line {index + 1} has an END line without its BEGIN line")
             raise PemSyntaxError(
-                f"line {index + 1} is outside any BEGIN/END block; paste only the blocks"
+                f"line {index + 1} is outside any BEGIN/END block; keep only the blocks"
             )
         block, index = _read_block(lines, index, begin.group(1))
         blocks.append(block)
