@@ -22,11 +22,12 @@ SECRET_FIELDS = ("private_key", "passphrase")
 
 
 def _with_usage(queryset):
+    # A GROUP BY query leaves Meta.ordering out, so the list's order is restated here.
     return queryset.annotate(
         usage=Count("default_for_listeners", distinct=True)
         + Count("additional_for_listeners", distinct=True)
         + Count("ca_for_listeners", distinct=True)
-    )
+    ).order_by(*Certificate._meta.ordering, "id")
 
 
 def certificate_list(request: HttpRequest) -> HttpResponse:
