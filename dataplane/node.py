@@ -10,7 +10,10 @@ certificates, TLS policy, ACL), with what is running:
   server is closed without closing its connections;
 - stopped and removed listeners close their socket and cut their open connections (seed 003);
 - a listener that cannot start (port in use, a certificate OpenSSL refuses) is reported `failed`
-  with a reason, and the others still apply.
+  with a reason, and the others still apply. The node tries it again on its own, 0.5 s later, then
+  doubling up to every 30 s, until it starts (a port freed, a file readable again): nothing needs
+  to push the same snapshot again. Only a failure the snapshot itself decides (no bandwidth left
+  for the listener) waits for the next snapshot. A new snapshot starts every backoff afresh.
 
 Server groups are shared by the listeners that use them. A group whose configuration is unchanged
 keeps its backends and health checker; a changed group starts fresh but keeps the health of servers
@@ -61,6 +64,10 @@ logging.getLogger("quic").setLevel(logging.WARNING)
 
 LISTEN_BACKLOG = 1024
 TLS_HANDSHAKE_TIMEOUT = 10.0
+# Backoff of a failed listener's retries: the first soon (a port freed a moment later), then
+# doubling, capped so a listener still recovers within half a minute of its cause going away.
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
 
 
 class StaleGeneration(Exception):
@@ -69,6 +76,16 @@ class StaleGeneration(Exception):
 
 class GenerationConflict(Exception):
     """The applied generation again, but with different content."""
+
+
+class _Retry:
+    """When a failed listener is tried next (time.monotonic()), and the wait after that."""
+
+    __slots__ = ("delay", "due")
+
+    def __init__(self, delay: float, due: float) -> None:
+        self.delay = delay
+        self.due = due
 
 
 class ListenerRuntime:
@@ -84,6 +101,7 @@ class ListenerRuntime:
         "group",
         "id",
         "loop",
+        "permanent",
         "reason",
         "server",
         "server_context",
@@ -103,6 +121,8 @@ class ListenerRuntime:
         self.connections: set[HttpProxy | TcpProxy] = set()
         self.status = "stopped"
         self.reason = ""
+        # A failure only a new snapshot can cure: not retried.
+        self.permanent = False
         self.sock: socket.socket | None = None
         self.server: asyncio.AbstractServer | None = None
         self.server_context: ssl.SSLContext | None = None
@@ -129,7 +149,7 @@ class ListenerRuntime:
             self.sock = None
         self.bind_key = None
 
-    def stop(self, status: str = "stopped", reason: str = "") -> None:
+    def stop(self, status: str = "stopped", reason: str = "", *, permanent: bool = False) -> None:
         """Close the socket and cut every open connection (seed 003)."""
         self.close_socket()
         self.settings = None
@@ -138,6 +158,7 @@ class ListenerRuntime:
             connection.abort()
         self.status = status
         self.reason = reason
+        self.permanent = permanent
 
 
 def _bind_key(listener: Listener, snapshot: Snapshot) -> tuple[str, str, int]:
@@ -248,6 +269,9 @@ class Node:
         self.draining = False
         self.started = time.time()
         self._lock = asyncio.Lock()
+        # Failed listeners waiting for their next try, and the task that tries them.
+        self._retries: dict[str, _Retry] = {}
+        self._healer: asyncio.Task[None] | None = None
 
     # -- applying --------------------------------------------------------------------------------
 
@@ -256,7 +280,8 @@ class Node:
 
         Raises StaleGeneration for an older generation and GenerationConflict for the applied
         generation with other content. Re-sending the applied snapshot is idempotent, and retries
-        listeners that failed (a port that has become free starts now).
+        listeners that failed (a port that has become free starts now). Listeners that still fail
+        are retried in the background with backoff.
         """
         async with self._lock:
             if snapshot.generation < self.generation:
@@ -270,6 +295,7 @@ class Node:
                         f"generation {snapshot.generation} is already applied with other content"
                     )
                 await self._retry_failed()
+                self._plan_retries()
                 return self.results()
             started = time.perf_counter()
             await self._apply(snapshot)
@@ -279,6 +305,7 @@ class Node:
                 (time.perf_counter() - started) * 1000,
                 extra={"generation": snapshot.generation},
             )
+            self._plan_retries()
             return self.results()
 
     def results(self) -> dict[str, dict[str, str]]:
@@ -340,19 +367,99 @@ class Node:
         self.snapshot = snapshot
         self.generation = snapshot.generation
 
-    async def _retry_failed(self) -> None:
+    async def _retry_failed(self, due: set[str] | None = None) -> None:
+        """Start failed listeners again: all of them, or only those in ``due``."""
         snapshot = self.snapshot
         if snapshot is None:
             return
+        failed = {
+            listener_id
+            for listener_id, runtime in self.listeners.items()
+            if runtime.status == "failed"
+        }
+        retry = [
+            listener
+            for listener in snapshot.listeners
+            if listener.enabled and listener.id in failed and (due is None or listener.id in due)
+        ]
+        await self._rebuild_broken_groups(retry)
+        retry_ids = {listener.id for listener in retry}
         self.tls_cache.begin()
         for listener in snapshot.listeners:
             runtime = self.listeners.get(listener.id)
-            if runtime is not None and listener.enabled and runtime.status == "failed":
+            if runtime is None or not listener.enabled:
+                continue
+            if listener.id in retry_ids:
                 fingerprint = self._fingerprint(listener, snapshot)
                 await self._start_listener(runtime, listener, snapshot, self.groups, fingerprint)
-            elif listener.is_tls and listener.enabled:
+            elif listener.is_tls and runtime.status == "running":
+                # Untouched, but its contexts must stay cached for the next change.
                 self.tls_cache.listener_tls(listener, snapshot)
         self.tls_cache.end()
+
+    async def _rebuild_broken_groups(self, listeners: list[Listener]) -> None:
+        """Build again the server groups whose backend TLS context could not be built (a CA store
+        unreadable for a moment), so the listeners that use them can start on retry."""
+        for group_id in dict.fromkeys(g for listener in listeners for g in _group_ids(listener)):
+            group = self.groups.get(group_id)
+            if group is None or not group.tls_error:
+                continue
+            fresh = self._build_group(group.config, group, group.ca_pem)
+            if fresh.tls_error:
+                continue
+            # No listener runs on a broken group, so it can be swapped without a new snapshot.
+            if group.checker is not None:
+                await group.checker.stop()
+            if fresh.checker is not None:
+                fresh.checker.start()
+            self.groups[group_id] = fresh
+
+    # -- healing ---------------------------------------------------------------------------------
+
+    def _plan_retries(self) -> None:
+        """After a snapshot: every listener that failed for a reason that can pass gets a first
+        retry soon (a new snapshot starts its backoff afresh)."""
+        now = time.monotonic()
+        self._retries = {
+            listener_id: _Retry(RETRY_FIRST, now + RETRY_FIRST)
+            for listener_id, runtime in self.listeners.items()
+            if runtime.status == "failed" and not runtime.permanent
+        }
+        # Called under the lock, so the healer is asleep or waiting for the lock: safe to cancel.
+        if self._healer is not None:
+            self._healer.cancel()
+            self._healer = None
+        if self._retries:
+            self._healer = asyncio.get_running_loop().create_task(self._heal())
+
+    async def _heal(self) -> None:
+        """Retry failed listeners as their backoff comes due, until none is left failing."""
+        while self._retries:
+            next_due = min(retry.due for retry in self._retries.values())
+            await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+            async with self._lock:
+                due = {lid for lid, retry in self._retries.items() if retry.due <= time.monotonic()}
+                try:
+                    await self._retry_failed(due)
+                except Exception:
+                    # The healer must outlive a surprise: log it and try again after the backoff.
+                    log.exception("retrying failed listeners")
+                for listener_id in due:
+                    runtime = self.listeners.get(listener_id)
+                    retry = self._retries[listener_id]
+                    if runtime is not None and runtime.status == "failed" and not runtime.permanent:
+                        retry.delay = min(retry.delay * 2, RETRY_MAX)
+                        retry.due = time.monotonic() + retry.delay
+                        continue
+                    del self._retries[listener_id]
+                    if runtime is not None and runtime.status == "running":
+                        log.info(
+                            "listener %s recovered",
+                            listener_id,
+                            extra={"listener_id": listener_id},
+                        )
+        if self._healer is asyncio.current_task():
+            self._healer = None
 
     def _plan_groups(self, snapshot: Snapshot) -> dict[str, ServerGroupRuntime]:
         needed: set[str] = set()
@@ -506,7 +613,7 @@ class Node:
         if no_share:
             runtime.config = listener
             runtime.fingerprint = fingerprint
-            runtime.stop("failed", no_share)
+            runtime.stop("failed", no_share, permanent=True)
             return
         if listener.is_datagram:
             await self._start_datagram(runtime, listener, snapshot, groups, fingerprint)
@@ -653,6 +760,7 @@ class Node:
         now = time.monotonic()
         listeners: dict[str, object] = {}
         for listener_id, runtime in self.listeners.items():
+            retry = self._retries.get(listener_id)
             config = runtime.config
             backends = []
             group = runtime.group if runtime.status == "running" else None
@@ -682,6 +790,8 @@ class Node:
             listeners[listener_id] = {
                 "status": runtime.status,
                 "reason": runtime.reason,
+                # A failed listener the node is still trying to start: when it tries next.
+                "retry_in_seconds": round(max(0.0, retry.due - now), 1) if retry else None,
                 "protocol": config.protocol if config else None,
                 "port": config.port if config else None,
                 "server_group_id": config.server_group_id if config else None,
@@ -703,6 +813,10 @@ class Node:
     async def shutdown(self, drain_timeout: float) -> None:
         """Stop accepting, let requests in flight finish within `drain_timeout`, cut the rest."""
         self.draining = True
+        if self._healer is not None:
+            self._healer.cancel()
+            self._healer = None
+        self._retries = {}
         for runtime in self.listeners.values():
             runtime.close_socket()
         for runtime in self.listeners.values():
