@@ -18,6 +18,7 @@ from certificates.models import Certificate
 from console.models import Instance
 from listeners import rules
 from listeners.bandwidth import allocated_mbit, no_share_warning
+from listeners.forms.ranges import state_ranges
 from listeners.models import (
     AccessControlList,
     HealthCheck,
@@ -283,6 +284,7 @@ class ListenerSettingsForm(forms.Form):
         self.fixed_protocol = protocol
         self.fields["quic_listener"].queryset = instance.listeners.filter(protocol=P.QUIC)
         self._shape_for(self.protocol_value())
+        state_ranges(self)
 
     # -- which options apply -------------------------------------------------------------
     def protocol_value(self) -> str:
@@ -705,6 +707,7 @@ class ServerGroupStepForm(forms.Form):
             choice for choice in ServerGroup.BackendProtocol.choices if choice[0] in allowed
         ]
         self.fields["new_backend_protocol"].initial = allowed[0]
+        state_ranges(self)
 
     def not_applicable(self) -> set[str]:
         if self.cleaned_data.get("group_mode") == "existing":
@@ -836,6 +839,7 @@ class HealthCheckForm(forms.ModelForm):
         else:
             del self.fields["udp_request"]
             del self.fields["udp_expected"]
+        state_ranges(self, HealthCheck)
 
     def _clean_udp_text(self, name: str) -> str:
         value = self.cleaned_data.get(name) or ""
@@ -918,6 +922,9 @@ class QuickCreateForm(forms.Form):
     def __init__(self, *args, instance: Instance, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.instance = instance
+        # Shown (and needed) only for HTTPS, TCP SSL and QUIC; clean() enforces it then.
+        self.fields["default_certificate"].marked_required = True
+        state_ranges(self)
 
     def clean(self) -> dict:
         cleaned = super().clean()

@@ -317,11 +317,11 @@ def test_quota_is_enforced(admin_client, instance, server_group) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("port", "0", "greater than or equal to 1"),
-        ("port", "65536", "less than or equal to 65535"),
-        ("idle_timeout", "601", "less than or equal to 600"),
-        ("idle_timeout", "0", "greater than or equal to 1"),
-        ("request_timeout", "601", "less than or equal to 600"),
+        ("port", "0", "Listener Port must be 1-65535."),
+        ("port", "65536", "Listener Port must be 1-65535."),
+        ("idle_timeout", "601", "Idle Connection Timeout Period must be 1-600 s."),
+        ("idle_timeout", "0", "Idle Connection Timeout Period must be 1-600 s."),
+        ("request_timeout", "601", "Request Timeout must be 1-600 s."),
         ("description", "x" * 256, "at most 255 characters"),
     ],
 )
@@ -369,10 +369,10 @@ def test_tcp_ssl_offers_wrr_and_wlc_only(admin_client, instance) -> None:
     ("field", "value", "message"),
     [
         ("timeout", "10", "may not exceed the interval"),
-        ("interval", "301", "less than or equal to 300"),
+        ("interval", "301", "Health Check Interval must be 1-300 s."),
         ("path", "no-slash", "starts with /"),
         ("domain", "-bad-.example.com", "at least two labels"),
-        ("healthy_threshold", "1", "greater than or equal to 2"),
+        ("healthy_threshold", "1", "Healthy Threshold must be 2-10."),
     ],
 )
 def test_health_check_rules(admin_client, instance, field, value, message) -> None:
