@@ -303,6 +303,10 @@ class Snapshot:
             raw = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ConfigError([f"snapshot: not valid JSON ({exc})"]) from None
+        except RecursionError:
+            # The schema is a few levels deep; only a document built to exhaust the parser's
+            # stack nests this far.
+            raise ConfigError(["snapshot: JSON nested too deeply"]) from None
         return cls.from_dict(raw)
 
     @classmethod
@@ -425,8 +429,22 @@ def _decode(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
     if tp is str:
         if not isinstance(value, str):
             errors.append(f"{path}: must be {_type_name(tp)}")
+        elif not _is_unicode(value):
+            # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 writer (a log line, a
+            # header, a certificate file) can encode later.
+            errors.append(f"{path}: must be Unicode text (it holds a lone surrogate)")
         return value
     raise TypeError(f"unsupported schema type {tp!r}")  # a bug in this module, not in the input
+
+
+def _is_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _encode(value: Any) -> Any:
