@@ -9,7 +9,7 @@ apply to every handshake, whichever certificate is served.
 Contexts are cached by content: a snapshot that does not change a listener's TLS material gives it
 the very same front context, which is how the node can tell that its server need not be replaced.
 
-Three OpenSSL knobs are not exposed by Python's ssl module, so `_NativeSsl` reaches them through
+Four OpenSSL knobs are not exposed by Python's ssl module, so `_NativeSsl` reaches them through
 ctypes on the SSL_CTX behind an SSLContext (falling back to OpenSSL's defaults when it cannot):
 - SSL_CTX_set_timeout: the session lifetime, which is also the lifetime hint of session tickets
   (seed 000/001: 300 s; OpenSSL's default is 7200 s);
@@ -17,7 +17,12 @@ ctypes on the SSL_CTX behind an SSLContext (falling back to OpenSSL's defaults w
 - SSL_CTX_set_tlsext_ticket_keys: with worker processes (`set_ticket_secret`), the session ticket
   keys of a front context, so that a ticket one worker issued resumes in the others. OpenSSL's
   default is random keys per context, which would make every connection the kernel gives to
-  another worker a full handshake.
+  another worker a full handshake;
+- SSL_CTX_set_client_CA_list: the CA names a mutual-TLS listener sends in its CertificateRequest
+  (`load_verify_locations` only makes OpenSSL trust the CA; the list it names stays empty).
+
+A refused handshake ends with the alert OpenSSL chose (handshake_failure, certificate_required,
+unknown_ca, inappropriate_fallback...): see `AlertingSSLObject`.
 """
 
 from __future__ import annotations
@@ -192,6 +197,10 @@ class _NativeSsl:
             lib.SSL_CTX_get_timeout.argtypes = [ctypes.c_void_p]
             lib.SSL_CTX_set_ciphersuites.restype = ctypes.c_int
             lib.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            lib.SSL_load_client_CA_file.restype = ctypes.c_void_p
+            lib.SSL_load_client_CA_file.argtypes = [ctypes.c_char_p]
+            lib.SSL_CTX_set_client_CA_list.restype = None
+            lib.SSL_CTX_set_client_CA_list.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
             lib.SSL_CTX_ctrl.restype = ctypes.c_long
             lib.SSL_CTX_ctrl.argtypes = [
                 ctypes.c_void_p,
@@ -239,8 +248,52 @@ class _NativeSsl:
         )
         return done == 1
 
+    def set_client_ca_list(self, context: ssl.SSLContext, ca_pem: str) -> bool:
+        """SSL_CTX_set_client_CA_list with the subjects of the certificates in `ca_pem`."""
+        if self.lib is None:
+            return False
+        # SSL_load_client_CA_file only reads files; the CA is public, but a memory file keeps
+        # this path the same as the certificates'.
+        fd = os.memfd_create("lb-client-ca", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, ca_pem.encode())
+            names = self.lib.SSL_load_client_CA_file(f"/proc/self/fd/{fd}".encode())
+        finally:
+            os.close(fd)
+        if not names:
+            return False
+        # The context owns the list from here on.
+        self.lib.SSL_CTX_set_client_CA_list(self._pointer(context), names)
+        return True
+
 
 native = _NativeSsl()
+
+
+class AlertingSSLObject(ssl.SSLObject):
+    """A server-side SSLObject whose failed handshake still sends OpenSSL's alert to the client.
+
+    asyncio's and uvloop's SSL protocols close the transport as soon as do_handshake() raises,
+    without writing out what OpenSSL left in the outgoing memory BIO: the fatal alert (CPython
+    gh-98078; uvloop's sslproto is a port of the same code). The client sees a bare close and
+    cannot tell a missing certificate from a network fault. Here the first failure is reported
+    as "want read" instead, which makes the protocol flush the BIO as after any handshake step;
+    the real error is raised on the next call, which comes with the client's close (a client
+    closes on a fatal alert) or its next bytes, and the handshake timeout ends the rest.
+    """
+
+    _handshake_failure: ssl.SSLError | None = None
+
+    def do_handshake(self) -> None:
+        if self._handshake_failure is not None:
+            raise self._handshake_failure
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            self._handshake_failure = exc
+            raise ssl.SSLWantReadError("handshake failed; the alert is being sent") from exc
 
 
 # -- certificates ----------------------------------------------------------------------------------
@@ -296,6 +349,7 @@ def _policy_context(
     policy: PolicySpec, security_level: int, ca_pem: str | None, alpn: tuple[str, ...] = ()
 ) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sslobject_class = AlertingSSLObject
     if alpn:
         context.set_alpn_protocols(list(alpn))
     with warnings.catch_warnings():
@@ -321,6 +375,10 @@ def _policy_context(
             context.load_verify_locations(cadata=ca_pem)
         except (ssl.SSLError, ValueError) as exc:
             raise TlsError(f"unreadable CA certificate: {exc}") from None
+        # The CertificateRequest names the CA, so a client with several certificates offers
+        # the one this listener trusts (and tools show which one that is).
+        if not native.set_client_ca_list(context, ca_pem):
+            log.warning("the CertificateRequest cannot name the client CA on this Python")
     return context
 
 
