@@ -15,9 +15,16 @@ but the standard library.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 _LABEL_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz-")
+# A Host field or request-target authority a proxy passes on (RFC 9112 3.2, RFC 3986 3.2.2): a
+# name of unreserved characters or a bracketed IPv6 literal, and an optional port. Stricter than
+# RFC 3986's reg-name, which also allows escapes and sub-delimiters (`%`, `,`, `;`...): no DNS
+# name has them, and each is one more way a backend could read the host otherwise than the
+# rules did. Userinfo (`user@`) has no place in either.
+_HOST_FIELD = re.compile(rb"(?:[A-Za-z0-9._~-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 _IDNA_PREFIX = "xn--"
 
 
@@ -37,6 +44,11 @@ def _normalize(name: str) -> str | None:
     if not name or "" in name.split("."):
         return None
     return name
+
+
+def is_host_field(value: bytes) -> bool:
+    """Whether a Host field value (or an authority) is one host, as a proxy may forward it."""
+    return _HOST_FIELD.fullmatch(value) is not None
 
 
 def _split_wildcard(name: str) -> tuple[str, str] | None:

@@ -9,9 +9,9 @@ IP is on. The seeds say nothing more, so this module decides the rest:
 Conditions (every condition of a rule must match; within one condition any value may match):
 - `host`: names compared by the wildcard rules of dataplane.hostnames (seed 001), case-insensitive,
   without the Host header's port.
-- `path` with `match` = `prefix`, `exact` or `regex`: compared with the percent-decoded path, case
-  sensitive, as nginx locations are; a regex may match anywhere (`re.search`), so anchor it with
-  `^`/`$` for a whole-path match.
+- `path` with `match` = `prefix`, `exact` or `regex`: compared with the normalized path (see
+  "Paths" below), case sensitive, as nginx locations are; a regex may match anywhere
+  (`re.search`), so anchor it with `^`/`$` for a whole-path match.
 - `method`: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH or TRACE, as the client sent it.
 - `header` with a `name`: the header's whole value, case-insensitive; `*` stands for any run of
   characters and `?` for one, so `*` alone means "present with any value".
@@ -32,6 +32,15 @@ listener's default server group. Actions:
   The port is left out of the URL when it is the protocol's default;
 - `fixed_response`: status 2xx, 4xx or 5xx (default 200), a content type of text/plain, text/css,
   text/html, application/javascript or application/json, and a body of at most 1,024 bytes.
+
+Paths: a client must not get past a path rule by writing the same path another way, since the
+backend will read it the way it likes. `normalize_path()` is the form forwarded to the backend
+when a listener has path conditions: escaped unreserved characters decoded, runs of slashes
+merged, `.` and `..` segments removed (RFC 3986 2.3, 6.2.2, 5.2.4), so the backend gets the path
+the rules judged. Conditions compare a stricter form of it: every escape decoded, repeatedly
+(`%2561` is `a`), then slashes and dot segments squashed again, so `/x%2F..%2Fadmin` and
+`/%2561dmin` both count as `/admin`. That form errs towards matching: a deny rule may catch a
+path that a backend would have read differently, never miss one that it reads as the rule's.
 
 `ForwardingRule`, `RuleCondition` and `RuleAction` use only the types dataplane.config can decode
 (str, int, bool, tuples, nested dataclasses), so the snapshot schema can hold them as they are.
@@ -362,6 +371,72 @@ def validate_rules(
     return errors
 
 
+# -- paths ---------------------------------------------------------------------------------------
+
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# Rounds of percent-decoding for matching; more than two levels of escaping is no real path.
+_DECODE_ROUNDS = 3
+
+
+def _unreserved(escape: re.Match[bytes]) -> bytes:
+    byte = int(escape[1], 16)
+    return bytes((byte,)) if byte in _UNRESERVED else escape[0]
+
+
+def _squash(path: bytes) -> bytes:
+    """`path` with dot segments removed (RFC 3986 5.2.4) and runs of slashes merged."""
+    out: list[bytes] = []
+    segments = path.split(b"/")
+    last = len(segments) - 1
+    for index in range(1, last + 1):
+        segment = segments[index]
+        if segment == b"..":
+            if out:
+                out.pop()
+        elif segment and segment != b".":
+            out.append(segment)
+            continue
+        if index == last:
+            out.append(b"")  # "/a/." and "/a/" name the directory: keep the trailing slash
+    return b"/" + b"/".join(out)
+
+
+def needs_normalizing(path: bytes) -> bool:
+    """Whether `normalize_path` could change `path`: three substring tests, no allocation."""
+    return b"%" in path or b"//" in path or b"/." in path
+
+
+def normalize_path(path: bytes) -> bytes:
+    """The path a listener with path conditions forwards: escaped unreserved characters decoded,
+    slashes merged, dot segments removed. Other escapes (`%2F`, `%3F`, `%25`...) stay as they
+    are: decoding them would change what the path means. Not an origin-form path: unchanged."""
+    if path[:1] != b"/" or not needs_normalizing(path):
+        return path
+    if b"%" in path:
+        path = _ESCAPE.sub(_unreserved, path)
+    if b"//" in path or b"/." in path:
+        path = _squash(path)
+    return path
+
+
+def matching_path(path: bytes) -> bytes:
+    """The form path conditions compare: every escape decoded (up to three levels), then
+    normalized, so no spelling of a path the backend could read as `/admin` escapes `/admin`."""
+    if not needs_normalizing(path):
+        return path
+    for _ in range(_DECODE_ROUNDS):
+        if b"%" not in path:
+            break
+        decoded = urllib.parse.unquote_to_bytes(path)
+        if decoded == path:
+            break
+        path = decoded
+    if path[:1] == b"/" and (b"//" in path or b"/." in path):
+        path = _squash(path)
+    return path
+
+
 # -- the request as the rules see it ---------------------------------------------------------------
 
 
@@ -404,9 +479,7 @@ class _Request:
     def decoded_path(self) -> bytes:
         decoded = self._decoded_path
         if decoded is None:
-            path = self.path
-            decoded = urllib.parse.unquote_to_bytes(path) if b"%" in path else path
-            self._decoded_path = decoded
+            decoded = self._decoded_path = matching_path(self.path)
         return decoded
 
     def host(self) -> str:
@@ -502,8 +575,9 @@ class _HostCondition:
 
 
 def _decoded(value: str) -> bytes:
-    # Requests are compared percent-decoded, so a rule written with escapes must be decoded too.
-    return urllib.parse.unquote_to_bytes(value)
+    # Requests are compared in matching form, so a rule written with escapes or dot segments
+    # must be in that form too.
+    return matching_path(value.encode())
 
 
 class _PathPrefixCondition:
@@ -758,7 +832,7 @@ def _compile_action(rule: ForwardingRule) -> Action:
 class RuleTable:
     """A listener's forwarding rules, compiled; `match()` runs once per request."""
 
-    __slots__ = ("_rules", "header_names", "server_group_ids")
+    __slots__ = ("_rules", "header_names", "normalizes_paths", "server_group_ids")
 
     def __init__(
         self,
@@ -781,6 +855,9 @@ class RuleTable:
             for c in rule.conditions
             if c.type == "header" and c.name
         )
+        # With path conditions the proxy forwards the normalized path (normalize_path): the
+        # backend then reads the path the rules judged. Without, it forwards what it received.
+        self.normalizes_paths = any(c.type == "path" for rule in rules for c in rule.conditions)
         # Groups the proxy must have schedulers for, besides the listener's default.
         self.server_group_ids = frozenset(
             rule.action.server_group_id
@@ -802,7 +879,8 @@ class RuleTable:
     ) -> Action | None:
         """The action of the first rule whose conditions all match, or None for the default.
 
-        `path` is the request path as received (percent-encoded, no query), `query` the query
+        `path` is the request path (percent-encoded, no query; `normalize_path`'s form when
+        `normalizes_paths`, though any form matches the same), `query` the query
         string without "?", `host` the Host header, `headers` the values of `header_names` keyed
         by lower-case name (repeated lines joined with ", "), `client_ip` the client address the
         listener settled on.

@@ -517,7 +517,7 @@ class Http2Connection(asyncio.Protocol):
     ) -> Stream | None:
         """Start one HTTP/1.1 exchange for a stream; None when the request is malformed."""
         method = path = authority = b""
-        host: bytes | None = None
+        host = b""
         lines: list[bytes] = []
         has_length = False
         for name, value in headers:
@@ -536,15 +536,19 @@ class Http2Connection(asyncio.Protocol):
                 lines.append(b"%s: %s\r\n" % (name, value))
         if method == b"CONNECT":
             path = authority
+        elif path[:1] != b"/" and (path != b"*" or method != b"OPTIONS"):
+            # RFC 9113 8.3.1: origin form (or "*"); an absolute-form :path would be read as a
+            # second authority by the HTTP/1.1 proxy.
+            path = b""
         if not path or not fits_request_line(method, path, authority):
             self._refuse(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return None
-        # RFC 9113 8.3.1: :authority wins over Host.
-        host = authority or host
         chunked = not ended and not has_length
         parts = [method, b" ", path, b" HTTP/1.1\r\n"]
-        if host is not None:
-            parts.append(b"Host: %s\r\n" % host)
+        # RFC 9113 8.3.1: :authority is the host (h2 refuses a second Host field, or one that
+        # names another host). The HTTP/1.1 proxy then checks it as any client's; with no
+        # authority at all, the request says so with an empty Host, as HTTP/1.1 does.
+        parts.append(b"Host: %s\r\n" % (authority or host))
         parts += lines
         if chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")

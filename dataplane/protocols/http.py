@@ -12,9 +12,17 @@ callbacks: when one side's write buffer passes its high-water mark, reading from
 pauses until it drains.
 
 Answers the dataplane gives itself:
-- 400 malformed request (both Content-Length and Transfer-Encoding, invalid Content-Length, bad
-  chunking), 431 request header block over MAX_HEADER_BYTES, 501 unknown transfer coding, 405
-  CONNECT; the connection is closed and nothing is forwarded;
+- 400 malformed request (both Content-Length and Transfer-Encoding, invalid or repeated
+  Content-Length, Transfer-Encoding without chunked last or on HTTP/1.0, bad chunking, two Host
+  fields, a Host that is not one host, HTTP/1.1 without Host, an absolute-form target that is not
+  http(s) with a host), 414 request line over MAX_HEADER_BYTES, 431 request header block over it,
+  501 a transfer coding before chunked, 505 a version other than HTTP/1.0 and 1.1, 405 CONNECT;
+  the connection is closed and nothing is forwarded;
+- an absolute-form target's authority is the request's host (RFC 9112 3.2.2): rules,
+  X-Forwarded-Host and the Host sent to the backend use it, and the backend gets the origin form;
+  an HTTP/1.0 request without Host reaches it with an empty Host;
+- bytes after the connection's last request (Connection: close, HTTP/1.0) are ignored: the client
+  gets that request's response, then the connection closes;
 - 503 when the server group has no healthy server with a weight above 0;
 - 502 when connecting fails on the chosen server and on one other (a single retry), or when the
   backend's response is not valid HTTP;
@@ -36,7 +44,8 @@ Seed features on top of the plain proxy:
 - Forwarding rules (seed 002, dataplane.rules): with rules, each request is matched once the
   client IP is settled; a forward picks from that group's route (scheduler, TLS context,
   persistence tokens), a redirect or fixed response is answered here without a backend. A listener
-  without rules pays one attribute test per request.
+  without rules pays one attribute test per request. With path conditions the backend gets the
+  normalized path the rules judged (dataplane.rules, "Paths").
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ import httptools
 from dataplane.balancing import Backend
 from dataplane.bandwidth import ThrottledWriter
 from dataplane.compression import Compressor, choose_encoding
+from dataplane.hostnames import is_host_field
 from dataplane.protocols import BackendReadGate
 from dataplane.rules import (
     Action,
@@ -62,6 +72,8 @@ from dataplane.rules import (
     ForwardAction,
     RedirectAction,
     RuleTable,
+    needs_normalizing,
+    normalize_path,
     split_target,
 )
 from dataplane.tls import client_certificate_headers
@@ -121,7 +133,14 @@ _RESPONSE_SPECIAL = re.compile(
 _COMPRESSION_FIELDS = re.compile(
     rb"\r\n(content-type|content-length|content-encoding|cache-control|vary):[ \t]*([^\r]*)"
 )
-_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Connection options that name no header to drop: the connection's own, and the fields that frame
+# the request or name its host, which a client must not strip from what the backend gets (without
+# Content-Length the backend would read the body as the next request).
+_CONNECTION_TOKENS = frozenset(
+    {b"close", b"keep-alive", b"upgrade", b"content-length", b"transfer-encoding", b"host"}
+)
+# A request target in absolute form (RFC 9112 3.2.2): scheme, authority, and the rest.
+_ABSOLUTE_FORM = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)(.*)", re.DOTALL)
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_HEADERS: dict[bytes, bytes] = {}
@@ -130,6 +149,7 @@ _REASONS = {
     400: "Bad Request",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    414: "URI Too Long",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
     502: "Bad Gateway",
@@ -447,6 +467,10 @@ class HttpProxy(BackendReadGate):
             if self.closed:
                 return
             cause = exc.__context__
+            if cause is None and self.parsing is None and self.paused & _PAUSE_DONE:
+                # Bytes after the connection's last request (Connection: close, HTTP/1.0):
+                # httptools refuses them; they are neither read nor answered (RFC 9112 9.6).
+                return
             if cause is not None and not isinstance(cause, _Reject):
                 log.error("error while handling a request", exc_info=cause)
             self._reject(self.reject_status or 400)
@@ -457,7 +481,10 @@ class HttpProxy(BackendReadGate):
             else:
                 self.head_bytes += len(data)
             if self.head_bytes > MAX_HEADER_BYTES:
-                self._reject(431)
+                request = self.parsing
+                # Nothing but the request line yet: the target is what is too long.
+                too_long = request is not None and self.head_size <= len(request.url)
+                self._reject(414 if too_long else 431)
 
     def eof_received(self) -> bool:
         if self.tunnel:
@@ -501,6 +528,9 @@ class HttpProxy(BackendReadGate):
         self.parsing.url += url  # type: ignore[union-attr]
         self.head_size += len(url)
         self.accounted += len(url)
+        if self.head_size > MAX_HEADER_BYTES:
+            self.reject_status = 414
+            raise _Reject
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request: Request = self.parsing  # type: ignore[assignment]
@@ -516,8 +546,13 @@ class HttpProxy(BackendReadGate):
             if lower not in self.settings.drop_headers:
                 request.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == _HOST:
+            if request.host is not None:
+                # RFC 9112 3.2: two Host fields name no host; the rules and the backend could
+                # each believe another one.
+                self.reject_status = 400
+                raise _Reject
+            # Forwarded by _start, from the target's authority when it has one.
             request.host = value
-            request.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == _XFF:
             if request.xff is None:
                 request.xff = []
@@ -560,15 +595,23 @@ class HttpProxy(BackendReadGate):
             # Bytes after a request that ended the connection are not requests any more.
             return
         parser = self.parser
+        request.method = parser.get_method()  # type: ignore[union-attr]
+        if request.method == b"CONNECT":
+            self.reject_status = 405
+            raise _Reject
+        keep_alive = parser.should_keep_alive()  # type: ignore[union-attr]
+        tokens = request.connection_tokens
+        if keep_alive and (tokens is None or b"keep-alive" not in tokens):
+            # Only HTTP/1.1 stays alive without asking; this spares formatting the version.
+            request.version = "1.1"
+        else:
+            version = request.version = parser.get_http_version()  # type: ignore[union-attr]
+            if version not in {"1.0", "1.1"}:
+                # httptools also reads "HTTP/2.0" and "HTTP/0.9" request lines.
+                self.reject_status = 505
+                raise _Reject
         if request.transfer_encoding:
-            if request.content_length is not None:
-                # Request smuggling defence (RFC 9112 6.3): never guess which length wins.
-                self.reject_status = 400
-                raise _Reject
-            codings = b",".join(request.transfer_encoding).lower().replace(b" ", b"")
-            if codings != b"chunked":
-                self.reject_status = 501
-                raise _Reject
+            self._check_transfer_encoding(request)
             request.chunked = True
             request.has_body = True
         elif request.content_length is not None:
@@ -580,17 +623,17 @@ class HttpProxy(BackendReadGate):
                 self.reject_status = 400
                 raise _Reject
             request.has_body = length > 0
-        request.method = parser.get_method()  # type: ignore[union-attr]
-        if request.method == b"CONNECT":
-            self.reject_status = 405
+        if request.url[:1] != b"/":
+            self._absolute_form(request)
+        host = request.host
+        if host is None:
+            if request.version == "1.1":
+                # RFC 9112 3.2: an HTTP/1.1 request names its host.
+                self.reject_status = 400
+                raise _Reject
+        elif not is_host_field(host):
+            self.reject_status = 400
             raise _Reject
-        keep_alive = parser.should_keep_alive()  # type: ignore[union-attr]
-        tokens = request.connection_tokens
-        if keep_alive and (tokens is None or b"keep-alive" not in tokens):
-            # Only HTTP/1.1 stays alive without asking; this spares formatting the version.
-            request.version = "1.1"
-        else:
-            request.version = parser.get_http_version()  # type: ignore[union-attr]
         request.keep_alive = keep_alive and not request.upgrade
         # Seed 003: WebSocket passes through (RFC 6455 4.1: an HTTP/1.1 GET asking to upgrade).
         request.websocket = (
@@ -606,6 +649,37 @@ class HttpProxy(BackendReadGate):
         else:
             self.queue.append(request)
             self._pause(_PAUSE_PIPELINE)
+
+    def _check_transfer_encoding(self, request: Request) -> None:
+        """Refuse (raise _Reject) a Transfer-Encoding the node cannot frame exactly as sent."""
+        if request.content_length is not None or request.version == "1.0":
+            # Request smuggling defence (RFC 9112 6.1, 6.3): never guess which length wins, and
+            # HTTP/1.0 has no chunked framing for a backend to agree on.
+            self.reject_status = 400
+            raise _Reject
+        codings = b",".join(request.transfer_encoding).lower().split(b",")  # type: ignore[arg-type]
+        if codings[-1].strip(b" \t") != b"chunked":
+            # RFC 9112 6.3: without chunked last, the body has no length anyone can agree on.
+            self.reject_status = 400
+            raise _Reject
+        if len(codings) > 1:
+            self.reject_status = 501  # a coding before chunked that the node does not decode
+            raise _Reject
+
+    def _absolute_form(self, request: Request) -> None:
+        """A target in absolute form: its authority is the host (RFC 9112 3.2.2) for the rules,
+        X-Forwarded-Host and the Host forwarded, and the backend gets the origin form."""
+        url = request.url
+        if url == b"*" and request.method == b"OPTIONS":
+            return
+        match = _ABSOLUTE_FORM.fullmatch(url)
+        # An empty authority is no host to route by; on_headers_complete checks the rest.
+        if match is None or not match[1]:
+            self.reject_status = 400
+            raise _Reject
+        request.host = match[1]
+        path = match[2]
+        request.url = path if path[:1] == b"/" else b"/" + path
 
     def on_body(self, body: bytes) -> None:
         request: Request = self.parsing  # type: ignore[assignment]
@@ -685,7 +759,9 @@ class HttpProxy(BackendReadGate):
                 self._reject(503)
                 return
 
-        parts = [request.method, b" ", request.url, b" HTTP/1.1\r\n"]
+        # RFC 9112 3.2: without a host (HTTP/1.0) the backend gets an empty Host.
+        parts = [request.method, b" ", request.url, b" HTTP/1.1\r\nHost: ", request.host or b""]
+        parts.append(b"\r\n")
         headers = request.headers
         if request.connection_tokens:
             # Headers the client named in Connection are hop-by-hop too.
@@ -721,6 +797,12 @@ class HttpProxy(BackendReadGate):
 
     def _match_rules(self, table: RuleTable, request: Request, client_ip: str) -> Action | None:
         path, query = split_target(request.url)
+        if table.normalizes_paths and needs_normalizing(path):
+            normalized = normalize_path(path)
+            if normalized != path:
+                # The backend gets the path the rules judge (dataplane.rules, "Paths").
+                request.url = normalized + request.url[len(path) :]
+                path = normalized
         names = table.header_names
         headers = self._rule_headers(names, request) if names else _NO_HEADERS
         return table.match(request.method, path, query, request.host, headers, client_ip)
@@ -736,6 +818,8 @@ class HttpProxy(BackendReadGate):
                 value = value.strip()
                 found[lower] = found[lower] + b", " + value if lower in found else value
         # Headers the proxy keeps apart from the forwarded lines.
+        if request.host is not None and b"host" in names:
+            found[b"host"] = request.host
         if request.cookies and b"cookie" in names:
             found[b"cookie"] = b"; ".join(request.cookies)
         if request.xff and b"x-forwarded-for" in names:

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from dataplane.acl import AccessControl
 from dataplane.balancing import Backend, Scheduler, make_scheduler
 from dataplane.bandwidth import pay
+from dataplane.hostnames import is_host_field
 from dataplane.protocols import HOP_BY_HOP, compile_acl, fits_request_line, managed_headers
 from dataplane.tls import TlsError
 
@@ -578,6 +579,9 @@ class Http3Connection(QuicConnectionProtocol):
         xff: list[bytes] = []
         content_length: bytes | None = None
         drop = settings.drop_headers
+        # The same host and framing rules as HTTP/1.1 clients meet (dataplane.protocols.http):
+        # one host, well formed, origin-form path, at most one Content-Length of digits.
+        malformed = False
         for name, value in headers:
             if name.startswith(b":"):
                 if name == b":method":
@@ -588,7 +592,12 @@ class Http3Connection(QuicConnectionProtocol):
                     authority = value
                 continue
             if name == b"content-length":
+                malformed = malformed or content_length is not None or not value.isdigit()
                 content_length = value
+            elif name == b"host":
+                # RFC 9114 4.3.1: a Host field must say what :authority says.
+                malformed = malformed or value.lower() != authority.lower()
+                continue
             elif name == b"cookie":
                 # HTTP/3 may split cookies into several fields; HTTP/1.1 wants one line.
                 cookies.append(value)
@@ -605,6 +614,12 @@ class Http3Connection(QuicConnectionProtocol):
             raise _BackendError(405)
         if not path:
             path = b"/" if method != b"OPTIONS" else b"*"
+        if (
+            malformed
+            or not is_host_field(authority)
+            or (path[:1] != b"/" and (path != b"*" or method != b"OPTIONS"))
+        ):
+            raise _BackendError(400)
         parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, path, authority), *lines]
         if cookies:
             parts.append(b"Cookie: %s\r\n" % b"; ".join(cookies))

@@ -387,7 +387,10 @@ def test_idle_client_connection_is_closed(dataplane, backends):
             + b"\r\n",
             431,
         ),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        # RFC 9112 6.3: chunked not last leaves the length unknown (400); a coding before chunked
+        # that the node does not decode is 501.
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
         (b"GARBAGE\r\n\r\n", 400),
     ],
 )
