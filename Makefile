@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 DATAPLANE_CONTROL_PORT ?= 9901
-export PORT DATAPLANE_CONTROL_PORT
+DATAPLANE_WORKERS ?= 1
+# Generated secrets, SQLite, the embedded broker, the node's state and the logs.
+VAR_DIR ?= $(CURDIR)/var
+export PORT DATAPLANE_CONTROL_PORT DATAPLANE_WORKERS VAR_DIR
 
 # The test suite runs against this machine's PostgreSQL and Redis.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ferry
@@ -24,14 +27,14 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	mkdir -p var/dataplane
-	test -s var/dataplane/token || $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32))" > var/dataplane/token
-	chmod 600 var/dataplane/token
+	mkdir -p $(VAR_DIR)/dataplane
+	test -s $(VAR_DIR)/dataplane/token || $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32))" > $(VAR_DIR)/dataplane/token
+	chmod 600 $(VAR_DIR)/dataplane/token
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	$(BIN)/python manage.py bootstrap --node-token-file var/dataplane/token --node-url http://127.0.0.1:$(DATAPLANE_CONTROL_PORT)
-	@echo "Console: http://127.0.0.1:$(PORT)/  (Ctrl-C stops every process)"
-	exec $(BIN)/honcho -f Procfile start
+	$(BIN)/python manage.py bootstrap --node-token-file $(VAR_DIR)/dataplane/token --node-url http://127.0.0.1:$(DATAPLANE_CONTROL_PORT)
+	@echo "Console: http://127.0.0.1:$(PORT)/  (Ctrl-C stops every process, each after its drain)"
+	exec $(BIN)/supervisord --configuration supervisord.conf --user $$(id -u)
 
 # Debian's Chromium for the browser tests (Playwright cannot download its own build here), and
 # nghttp2's h2load, the HTTP/2 client the tests drive listeners with.

@@ -1,10 +1,33 @@
-"""The Celery app. Tasks live in console/tasks.py; settings come from Django's CELERY_* names."""
+"""The Celery app. Tasks live in console/tasks.py; settings come from Django's CELERY_* names.
 
+Besides the app, this module holds how the pipeline lives with its broker: a worker reconnects at a
+short fixed interval and runs reconcile as soon as it is connected (so a change saved while the
+broker was away converges about a second after it returns, not at the end of Celery's growing
+backoff), and the worker, beat and the console each log one line when the broker goes away and one
+when it is back, instead of an error per attempt, per save or per beat tick.
+"""
+
+from __future__ import annotations
+
+import logging
 import os
+import threading
+import time
 
-from celery import Celery
+from celery import Celery, bootsteps
+from celery.beat import PersistentScheduler, SchedulingError
+from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.state import maybe_shutdown
+from kombu.exceptions import OperationalError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+log = logging.getLogger(__name__)
+
+# Seconds between two attempts to reach a broker that is away. Fixed, not growing: an attempt
+# is one refused TCP connection, and the time to converge after the broker returns is at most
+# this plus one reconcile.
+RECONNECT_INTERVAL = 0.5
 
 app = Celery("console")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -23,3 +46,114 @@ def schedule_reconcile(sender: Celery, **kwargs: object) -> None:
         name="reconcile",
         options={"expires": interval},
     )
+
+
+class BrokerOutage:
+    """One log line when the broker goes away and one when it is back, per process."""
+
+    def __init__(self, who: str) -> None:
+        self.who = who
+        self.since: float | None = None
+        self._lock = threading.Lock()
+
+    def lost(self, error: object) -> None:
+        with self._lock:
+            if self.since is not None:
+                return
+            self.since = time.monotonic()
+        log.warning("%s: broker unreachable (%s); %s", self.who, error, self._meanwhile())
+
+    def back(self) -> bool:
+        """Note that the broker answers; True when that ends an outage."""
+        with self._lock:
+            since, self.since = self.since, None
+        if since is None:
+            return False
+        log.info("%s: broker reachable again after %.1f s", self.who, time.monotonic() - since)
+        return True
+
+    def _meanwhile(self) -> str:
+        if self.who == "worker":
+            return f"retrying every {RECONNECT_INTERVAL:g} s"
+        return "changes are saved and reconcile delivers them once it is back"
+
+
+def is_broker_down(error: BaseException) -> bool:
+    """The error, or what it wraps, says the broker could not be reached."""
+    # The transport's own errors (redis-py's ConnectionError is no OSError), and kombu's
+    # OperationalError, which is what publishing raises once its retries are spent.
+    with app.connection_for_write() as connection:
+        down = (OperationalError, OSError, *connection.connection_errors)
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, down):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class Consumer(CeleryConsumer):
+    """The worker's consumer: reconnects every RECONNECT_INTERVAL, logs once per outage."""
+
+    outage = BrokerOutage("worker")
+
+    def ensure_connected(self, conn):
+        conn.ensure_connection(
+            lambda error, interval: self.outage.lost(error),
+            None,  # retry for as long as it takes
+            interval_start=RECONNECT_INTERVAL,
+            interval_step=0,
+            interval_max=RECONNECT_INTERVAL,
+            callback=maybe_shutdown,
+        )
+        self.first_connection_attempt = False
+        self.broker_connection_retry_attempt = 0
+        return conn
+
+    def on_connection_error_after_connected(self, exc: BaseException) -> None:
+        self.outage.lost(exc)
+        if self.pool and self.pool.flush:
+            self.pool.flush()
+
+    def on_connection_error_before_connected(self, exc: BaseException) -> None:
+        self.outage.lost(exc)
+
+
+class ReconcileOnConnect(bootsteps.StartStopStep):
+    """Queue a reconcile each time the worker (re)connects to the broker.
+
+    Whatever happened while this worker could not consume (a broker outage, the worker's own
+    restart) is caught up at once, instead of at beat's next tick, which beat may not even have
+    been able to send.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c) -> None:
+        Consumer.outage.back()
+        try:
+            c.app.send_task("console.tasks.reconcile", retry=False)
+        except Exception as error:
+            if not is_broker_down(error):
+                raise
+            # Gone again already: the next connection queues it.
+
+
+app.steps["consumer"].add(ReconcileOnConnect)
+
+
+class Scheduler(PersistentScheduler):
+    """Beat's scheduler: a tick that cannot reach the broker is one line per outage."""
+
+    outage = BrokerOutage("beat")
+
+    def apply_entry(self, entry, producer=None) -> None:
+        try:
+            self.apply_async(entry, producer=producer, advance=False)
+        except SchedulingError as error:
+            if not is_broker_down(error):
+                log.error("beat: %s", error, exc_info=True)
+                return
+            self.outage.lost(error.__cause__ or error.__context__ or error)
+        else:
+            self.outage.back()

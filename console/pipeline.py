@@ -130,9 +130,14 @@ def _record_push(node: DataplaneNode, generation: int, answer, duration: int) ->
     )
     stale = PushAttempt.objects.filter(node=node).order_by("-started_at", "-id")[HISTORY_PER_NODE:]
     PushAttempt.objects.filter(pk__in=list(stale.values_list("pk", flat=True))).delete()
+    # A node answering a push is a state change (routine reconcile passes push nothing).
     log.info(
-        "push %s",
+        "node %s: generation %d %s in %d ms%s",
+        node.name,
+        generation,
         result,
+        duration,
+        f": {detail}" if detail else "",
         extra={"node": node.name, "generation": generation, "instance_id": node.instance_id},
     )
 

@@ -176,14 +176,22 @@ if REDIS_URL:
     CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": 300}
 else:
     _broker_dir = VAR_DIR / "celery-broker"
-    for _sub in ("out", "processed"):
+    for _sub in ("out", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_URL = "filesystem://"
+    # The host part means nothing to this transport; naming one keeps kombu from warning.
+    CELERY_BROKER_URL = "filesystem://localhost/"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "out"),
         "data_folder_out": str(_broker_dir / "out"),
         "processed_folder": str(_broker_dir / "processed"),
+        # kombu keeps its exchange tables here; by default it writes them to the working
+        # directory.
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
+        # This transport is polled: a task waits up to one interval before the worker sees it.
+        # One listing of a nearly empty folder every 20 ms costs next to nothing and keeps the
+        # push fast (kombu's default is 1 s).
+        "polling_interval": 0.02,
     }
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -191,10 +199,19 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Reconnect to the broker at a short fixed interval and log one line per outage (see
+# console/celery.py); Celery's own consumer backs off up to 30 s and logs every attempt.
+CELERY_WORKER_CONSUMER = "console.celery:Consumer"
+CELERY_BEAT_SCHEDULER = "console.celery:Scheduler"
 RECONCILE_INTERVAL = float(os.environ.get("RECONCILE_INTERVAL", "5"))
 # A listener still Configuring after this many seconds is marked Failed with the reason.
 CONFIGURING_DEADLINE = float(os.environ.get("CONFIGURING_DEADLINE", "20"))
 
+# Routine success is DEBUG, state changes and problems INFO and above: Celery logs every task
+# received and succeeded, and beat every task sent, at INFO, which buries the rest under
+# reconcile's ticks.
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+_ROUTINE_LEVEL = "DEBUG" if LOG_LEVEL == "DEBUG" else "WARNING"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -202,6 +219,13 @@ LOGGING = {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["stderr"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": _ROUTINE_LEVEL},
+        "celery.app.trace": {"level": _ROUTINE_LEVEL},
+        "celery.beat": {"level": _ROUTINE_LEVEL},
+        # "Connected to <broker>" on every reconnection; console.celery says it once per outage.
+        "celery.worker.consumer.connection": {"level": _ROUTINE_LEVEL},
+    },
 }

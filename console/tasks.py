@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from console import pipeline
+from console.celery import BrokerOutage, is_broker_down
 
 MAX_RETRIES = 6
 
 
+class PushTask(Task):
+    """Queueing a push is a fast path only: with the broker away the change is already saved,
+    and reconcile delivers it once the broker is back. So a failed publish is not an error for
+    the caller (a web request must not answer 500), and it is logged once per outage, not once
+    per save."""
+
+    outage = BrokerOutage("queueing a push")
+
+    def apply_async(self, *args, **kwargs):
+        try:
+            result = super().apply_async(*args, **kwargs)
+        except Exception as error:
+            if not is_broker_down(error):
+                raise
+            self.outage.lost(error)
+            return None
+        self.outage.back()
+        return result
+
+
 @shared_task(
+    base=PushTask,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
