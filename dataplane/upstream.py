@@ -7,6 +7,10 @@ snapshot does not throw the warm connections away.
 
 `HttpUpstream` parses responses with httptools and hands each event to the client-side exchange
 that currently owns the connection (`owner`), which implements the `Exchange` methods below.
+
+A response's heads (its interim 1xx heads and the final one together) may take at most
+MAX_RESPONSE_HEAD bytes; a backend sending more gets its connection closed and the client a 502,
+so a 16 MiB header block costs the node 64 KiB, not 16 MiB held and copied per read.
 """
 
 from __future__ import annotations
@@ -25,12 +29,19 @@ log = logging.getLogger(__name__)
 PoolKey = tuple[str, int, ssl.SSLContext | None]
 
 _LINE_BREAKS = (b"\r", b"\n")
+# Like the request side's MAX_HEADER_BYTES (dataplane.protocols.http).
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class ResponseHeadTooLarge(Exception):
+    """A backend's response heads passed MAX_RESPONSE_HEAD."""
 
 
 class Exchange(Protocol):
     """What an upstream connection reports to the request that owns it."""
 
     def upstream_headers(self, upstream: HttpUpstream) -> None: ...
+    def upstream_interim(self, upstream: HttpUpstream, head: bytes) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_complete(self, upstream: HttpUpstream) -> None: ...
     def upstream_lost(self, upstream: HttpUpstream) -> None: ...
@@ -55,6 +66,7 @@ class HttpUpstream(asyncio.Protocol):
         "cursor",
         "head",
         "head_start",
+        "head_total",
         "headers_done",
         "idle_mark",
         "in_head",
@@ -63,6 +75,7 @@ class HttpUpstream(asyncio.Protocol):
         "owner",
         "parser",
         "partial",
+        "partial_size",
         "pool",
         "received",
         "reused",
@@ -81,13 +94,16 @@ class HttpUpstream(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.idle_mark = 0
-        # where the response head being parsed lies: `buffer` is the current read (prefixed by
-        # `partial`, the start of a head that arrived in earlier reads); `cursor` is where the
-        # next message of this read begins
+        # where the response head being parsed lies: `buffer` is the current read; `partial`
+        # holds the start of a head that arrived in earlier reads, piece by piece (joined once,
+        # when the head is complete); `cursor` is where the next message of this read begins
         self.buffer = b""
-        self.partial = b""
+        self.partial: list[bytes] = []
+        self.partial_size = 0
         self.cursor = 0
         self.head_start = 0
+        # bytes of this response's complete heads (interim ones included)
+        self.head_total = 0
         self.in_head = False
         self.stray = False
         # per-response state
@@ -106,6 +122,7 @@ class HttpUpstream(asyncio.Protocol):
         self.owner = owner
         self.headers_done = False
         self.received = False
+        self.head_total = 0
 
     # -- asyncio callbacks -----------------------------------------------------------------------
 
@@ -122,12 +139,10 @@ class HttpUpstream(asyncio.Protocol):
         if self.tunnel:
             owner.tunnel_data(data)
             return
-        if self.partial:
-            self.buffer = self.partial + data
-            self.partial = b""
-        else:
-            self.buffer = data
+        self.buffer = data
         self.cursor = 0
+        # A head continued from earlier reads goes on from this read's first byte.
+        self.head_start = 0
         try:
             self.parser.feed_data(data)
             owner = self.owner
@@ -149,6 +164,9 @@ class HttpUpstream(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             cause = exc.__context__
+            if isinstance(cause, ResponseHeadTooLarge):
+                self._head_too_large()
+                return
             if cause is not None:
                 log.error("error while handling a backend response", exc_info=cause)
             if self.owner is not None:
@@ -156,8 +174,14 @@ class HttpUpstream(asyncio.Protocol):
             self.close()
             return
         if self.in_head:
-            # The head continues in the next read.
-            self.partial = self.buffer[self.head_start :]
+            # The head continues in the next read: keep this read's part of it, uncopied when
+            # that is all of the read.
+            piece = self.buffer[self.head_start :] if self.head_start else self.buffer
+            self.partial.append(piece)
+            self.partial_size += len(piece)
+            if self.partial_size + self.head_total > MAX_RESPONSE_HEAD:
+                self._head_too_large()
+                return
         self.buffer = b""
         if self.stray:
             # Bytes after the end of the response: the connection cannot be trusted for reuse.
@@ -196,6 +220,13 @@ class HttpUpstream(asyncio.Protocol):
         self.in_head = False
         buffer = self.buffer
         start = self.head_start
+        if self.partial:
+            # The head began in earlier reads: join its pieces once, now that it is whole (the
+            # rest of this read follows, so later positions shift with it).
+            self.partial.append(buffer)
+            buffer = self.buffer = b"".join(self.partial)
+            self.partial = []
+            self.partial_size = 0
         if buffer[start : start + 1] in _LINE_BREAKS:
             # Empty lines before a status line are allowed, and skipped.
             start = len(buffer) - len(buffer[start:].lstrip(b"\r\n"))
@@ -203,12 +234,17 @@ class HttpUpstream(asyncio.Protocol):
         # the first empty line.
         end = buffer.find(b"\r\n\r\n", start)
         self.cursor = end + 4
+        self.head_total += end + 4 - start
+        if self.head_total > MAX_RESPONSE_HEAD:
+            raise ResponseHeadTooLarge
         status = self.parser.get_status_code()
         self.status = status
         if 100 <= status < 200 and status != 101:
-            # 100 Continue and friends: the dataplane answered Expect itself; the final response
-            # follows on this connection.
+            # 100 Continue, 103 Early Hints and friends: the final response follows on this
+            # connection; the owner decides whether its client sees this one.
             self.interim = True
+            if self.owner is not None:
+                self.owner.upstream_interim(self, buffer[start : end + 4])
             return
         self.head = buffer[start : end + 2]
         self.headers_done = True
@@ -229,6 +265,20 @@ class HttpUpstream(asyncio.Protocol):
         owner = self.owner
         if owner is not None:
             owner.upstream_complete(self)
+
+    def _head_too_large(self) -> None:
+        log.info(
+            "backend %s sent a response head over %d bytes: answered 502, connection closed",
+            self.transport.get_extra_info("peername") if self.transport is not None else None,
+            MAX_RESPONSE_HEAD,
+        )
+        self.buffer = b""
+        self.partial = []
+        self.partial_size = 0
+        owner = self.owner
+        if owner is not None:
+            owner.upstream_error(self)
+        self.close()
 
     # -- control ---------------------------------------------------------------------------------
 

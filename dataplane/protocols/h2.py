@@ -46,6 +46,7 @@ from dataplane.protocols.http import MAX_HEADER_BYTES, HttpProxy
 if TYPE_CHECKING:
     from dataplane.node import ListenerRuntime
     from dataplane.protocols import ListenerSettings
+    from dataplane.upstream import HttpUpstream
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,9 @@ class StreamProxy(HttpProxy):
         if cached is None or cached[0] is not settings:
             cached = connection.header_lines = (settings, super()._connection_headers(settings))
         return cached[1]
+
+    def upstream_interim(self, upstream: HttpUpstream, head: bytes) -> None:
+        """Not passed on: the stream's response parser takes only final responses."""
 
 
 class ProxiedStream(Stream):

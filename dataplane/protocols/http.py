@@ -243,6 +243,7 @@ class HttpProxy(BackendReadGate):
     __slots__ = (
         "accounted",
         "backend",
+        "body_mark",
         "bucket",
         "client_ip",
         "closed",
@@ -270,6 +271,7 @@ class HttpProxy(BackendReadGate):
         "peer_ip_bytes",
         "peer_port",
         "queue",
+        "reads",
         "rechunk",
         "registered",
         "reject_status",
@@ -324,6 +326,9 @@ class HttpProxy(BackendReadGate):
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.deadline = 0.0
+        # reads from the client so far, and their count when a request body was last checked
+        self.reads = 0
+        self.body_mark = -1
         # request being parsed
         self.parsing: Request | None = None
         self.in_head = False
@@ -443,6 +448,7 @@ class HttpProxy(BackendReadGate):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.reads += 1
         self.stats.bytes_in += len(data)
         if self.tunnel:
             upstream = self.upstream
@@ -490,10 +496,19 @@ class HttpProxy(BackendReadGate):
         if self.tunnel:
             self._end_tunnel()
             return False
+        self.draining = True
+        request = self.current
+        if request is not None and not request.complete:
+            # The client left in the middle of its request (an upload abandoned midway): it can
+            # never be complete, so neither the backend's answer nor its connection is of any use.
+            if self.response_started:
+                self._abort()
+            else:
+                self._close()
+            return False
         # A plain-TCP client that half-closes after its request still gets the response (TLS
         # transports cannot stay half-open); the connection closes after it.
-        self.draining = True
-        return self.current is not None and self.settings.tls is None
+        return request is not None and self.settings.tls is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.tunnel:
@@ -959,6 +974,21 @@ class HttpProxy(BackendReadGate):
 
     # -- backend callbacks -----------------------------------------------------------------------
 
+    def upstream_interim(self, upstream: HttpUpstream, head: bytes) -> None:
+        """A 1xx before the final response (103 Early Hints, 100 Continue): a proxy passes it on
+        (RFC 9110 15.2), to HTTP/1.1 clients only, since an HTTP/1.0 one cannot read it. The node
+        answers `Expect: 100-continue` itself and never forwards the expectation, so a client
+        that asked has had its one 100 Continue and does not get the backend's too."""
+        request = self.current
+        if request is None or request.version != "1.1":
+            return
+        if upstream.status == 100 and request.expect_continue:
+            return
+        if not head.startswith(b"HTTP/1.1 "):
+            head = b"HTTP/1.1" + head[8:]
+        self.stats.bytes_out += len(head)
+        self.out.append(head)
+
     def upstream_headers(self, upstream: HttpUpstream) -> None:
         request: Request = self.current  # type: ignore[assignment]
         settings = self.settings
@@ -1260,12 +1290,21 @@ class HttpProxy(BackendReadGate):
         self.timer = None
         if self.closed:
             return
-        remaining = self.deadline - self.loop.time()
+        now = self.loop.time()
+        request = self.current
+        if (
+            request is not None
+            and not request.complete
+            and self.upstream is not None
+            and not self.tunnel
+        ):
+            self._check_body(now)
+            return
+        remaining = self.deadline - now
         if remaining > 0.001:
             self.timer_at = self.deadline
             self.timer = self.loop.call_at(self.deadline, self._check_deadline)
             return
-        request = self.current
         if request is None or self.tunnel:
             if self.in_head and not self.tunnel:
                 # A request head still incomplete after the request timeout (seed 002).
@@ -1273,12 +1312,30 @@ class HttpProxy(BackendReadGate):
             else:
                 # Idle for the whole idle timeout.
                 self._close()
-        elif self.response_started or (not request.complete and self.upstream is not None):
-            # Streaming a response, or still receiving the client's body: the backend cannot be
-            # late yet. Look again one response timeout later.
+        elif self.response_started:
+            # Streaming a response: the backend cannot be late any more. Look again one response
+            # timeout later.
             self._set_deadline(self.settings.response_timeout)
         else:
             self._reject(504)
+
+    def _check_body(self, now: float) -> None:
+        """A request body is on its way to the backend: the request timeout bounds each pause
+        between the client's reads, as it bounds the head (seed 002), so a body that stops
+        arriving gets 408. The check runs once per request timeout on the connection's timer
+        and compares a read count, so the body's hot path reads no clock; a stall is caught
+        between one and two request timeouts after the client's last read."""
+        settings = self.settings
+        if self.reads == self.body_mark and not self.paused & _PAUSE_UPSTREAM:
+            self._reject(408)
+            return
+        # While the backend is too slow to take the body, reading is paused: not the client's
+        # fault, so the next check starts a fresh window.
+        self.body_mark = -1 if self.paused & _PAUSE_UPSTREAM else self.reads
+        # The backend's answer is due no earlier than one response timeout after the body ends.
+        self.deadline = now + settings.request_timeout + settings.response_timeout
+        self.timer_at = now + settings.request_timeout
+        self.timer = self.loop.call_at(self.timer_at, self._check_deadline)
 
     def _go_idle(self) -> None:
         if self.draining:
