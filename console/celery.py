@@ -51,8 +51,9 @@ def schedule_reconcile(sender: Celery, **kwargs: object) -> None:
 class BrokerOutage:
     """One log line when the broker goes away and one when it is back, per process."""
 
-    def __init__(self, who: str) -> None:
+    def __init__(self, who: str, meanwhile: str) -> None:
         self.who = who
+        self.meanwhile = meanwhile
         self.since: float | None = None
         self._lock = threading.Lock()
 
@@ -61,7 +62,7 @@ class BrokerOutage:
             if self.since is not None:
                 return
             self.since = time.monotonic()
-        log.warning("%s: broker unreachable (%s); %s", self.who, error, self._meanwhile())
+        log.warning("%s: broker unreachable (%s); %s", self.who, error, self.meanwhile)
 
     def back(self) -> bool:
         """Note that the broker answers; True when that ends an outage."""
@@ -71,11 +72,6 @@ class BrokerOutage:
             return False
         log.info("%s: broker reachable again after %.1f s", self.who, time.monotonic() - since)
         return True
-
-    def _meanwhile(self) -> str:
-        if self.who == "worker":
-            return f"retrying every {RECONNECT_INTERVAL:g} s"
-        return "changes are saved and reconcile delivers them once it is back"
 
 
 def is_broker_down(error: BaseException) -> bool:
@@ -95,7 +91,7 @@ def is_broker_down(error: BaseException) -> bool:
 class Consumer(CeleryConsumer):
     """The worker's consumer: reconnects every RECONNECT_INTERVAL, logs once per outage."""
 
-    outage = BrokerOutage("worker")
+    outage = BrokerOutage("worker", f"retrying every {RECONNECT_INTERVAL:g} s")
 
     def ensure_connected(self, conn):
         conn.ensure_connection(
@@ -145,7 +141,18 @@ app.steps["consumer"].add(ReconcileOnConnect)
 class Scheduler(PersistentScheduler):
     """Beat's scheduler: a tick that cannot reach the broker is one line per outage."""
 
-    outage = BrokerOutage("beat")
+    outage = BrokerOutage("beat", f"retrying every {RECONNECT_INTERVAL:g} s")
+
+    def _ensure_connected(self):
+        # Celery's beat reconnects with a growing backoff (2, 4, 6 ... 30 s) and logs an error
+        # per attempt; this is the one place it does so.
+        return self.connection.ensure_connection(
+            lambda error, interval: self.outage.lost(error),
+            None,
+            interval_start=RECONNECT_INTERVAL,
+            interval_step=0,
+            interval_max=RECONNECT_INTERVAL,
+        )
 
     def apply_entry(self, entry, producer=None) -> None:
         try:

@@ -16,7 +16,9 @@ class PushTask(Task):
     the caller (a web request must not answer 500), and it is logged once per outage, not once
     per save."""
 
-    outage = BrokerOutage("queueing a push")
+    outage = BrokerOutage(
+        "queueing a push", "changes are saved and reconcile delivers them once it is back"
+    )
 
     def apply_async(self, *args, **kwargs):
         try:
