@@ -7,6 +7,12 @@ from django.urls import NoReverseMatch, reverse
 
 from console.roles import is_administrator
 
+# Shown above a form that a Viewer opened by its URL: the form is there to read, disabled.
+READ_ONLY_NOTICE = (
+    "You have read-only access (Viewer): this form is shown disabled. Ask an administrator "
+    "to make changes."
+)
+
 NAVIGATION = (
     ("instances", "Instances", "instance-list", "server"),
     ("certificates", "Certificates", "certificate-list", "shield"),
@@ -33,6 +39,7 @@ def shell(request: HttpRequest) -> dict[str, object]:
     section = request.path.strip("/").split("/", 1)[0]
     return {
         "can_change": admin,
+        "read_only_notice": "" if admin else READ_ONLY_NOTICE,
         "role_name": "Administrator" if admin else "Viewer",
         "navigation": _built_navigation(),
         "nav_section": section,

@@ -4,6 +4,15 @@ document.addEventListener("keydown", (event) => {
     document.querySelectorAll("#dialog-root dialog").forEach((d) => d.remove());
   }
 });
+// Close buttons of dialogs (a strict Content-Security-Policy allows no inline handlers).
+document.addEventListener("click", (event) => {
+  const close = event.target.closest("[data-close-dialog]");
+  if (close) close.closest("dialog")?.remove();
+});
+// A filter select applies on change; without JavaScript its form has a Filter button.
+document.addEventListener("change", (event) => {
+  if (event.target.matches("select[data-submit-on-change]")) event.target.form.requestSubmit();
+});
 // A dialog answered with a full-page redirect closes itself before htmx navigates.
 document.body?.addEventListener("htmx:beforeSwap", (event) => {
   if (event.detail.xhr.getResponseHeader("HX-Redirect")) {
