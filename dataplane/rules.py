@@ -34,13 +34,18 @@ listener's default server group. Actions:
   text/html, application/javascript or application/json, and a body of at most 1,024 bytes.
 
 Paths: a client must not get past a path rule by writing the same path another way, since the
-backend will read it the way it likes. `normalize_path()` is the form forwarded to the backend
-when a listener has path conditions: escaped unreserved characters decoded, runs of slashes
-merged, `.` and `..` segments removed (RFC 3986 2.3, 6.2.2, 5.2.4), so the backend gets the path
-the rules judged. Conditions compare a stricter form of it: every escape decoded, repeatedly
-(`%2561` is `a`), then slashes and dot segments squashed again, so `/x%2F..%2Fadmin` and
-`/%2561dmin` both count as `/admin`. That form errs towards matching: a deny rule may catch a
-path that a backend would have read differently, never miss one that it reads as the rule's.
+backend will read it the way it likes. On a listener with path conditions:
+- `normalize_path()` is the form forwarded to the backend: escaped unreserved characters decoded,
+  runs of slashes merged, `.` and `..` segments removed (RFC 3986 2.3, 6.2.2, 5.2.4), so a
+  backend that normalizes again finds nothing left to change, and gets the path the rules judged.
+- `ambiguous_path()` paths are refused (400): an escaped slash or backslash (`%2F`, `%5C`) or a
+  raw backslash. Backends disagree on whether these separate segments (IIS reads a backslash as `/`,
+  Apache refuses `%2F`, most keep it inside one segment), so no one reading is safe to judge:
+  `/public/..%2Fsecret` is under /public for one backend and /secret for another.
+- Conditions compare `matching_path()`: every escape decoded, repeatedly (`%2561` is `a`, for
+  backends that decode twice), path parameters dropped (`/x/..;/admin` is `/admin` to Tomcat),
+  then slashes and dot segments squashed. With escaped slashes refused, what remains can only
+  make a rule match more paths than a backend would read the same way, never fewer.
 
 `ForwardingRule`, `RuleCondition` and `RuleAction` use only the types dataplane.config can decode
 (str, int, bool, tuples, nested dataclasses), so the snapshot schema can hold them as they are.
@@ -377,6 +382,10 @@ _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # Rounds of percent-decoding for matching; more than two levels of escaping is no real path.
 _DECODE_ROUNDS = 3
+# Separators some backends see and others do not: an escaped slash or backslash, a backslash.
+_AMBIGUOUS = re.compile(rb"%(?:2[Ff]|5[Cc])|\\")
+# A segment's parameters (RFC 3986 3.3), which servlet containers drop before resolving the path.
+_PATH_PARAMETERS = re.compile(rb";[^/]*")
 
 
 def _unreserved(escape: re.Match[bytes]) -> bytes:
@@ -402,6 +411,11 @@ def _squash(path: bytes) -> bytes:
     return b"/" + b"/".join(out)
 
 
+def ambiguous_path(path: bytes) -> bool:
+    """Whether backends may disagree on where `path`'s segments end (see "Paths" above)."""
+    return (b"%" in path or b"\\" in path) and _AMBIGUOUS.search(path) is not None
+
+
 def needs_normalizing(path: bytes) -> bool:
     """Whether `normalize_path` could change `path`: three substring tests, no allocation."""
     return b"%" in path or b"//" in path or b"/." in path
@@ -421,9 +435,9 @@ def normalize_path(path: bytes) -> bytes:
 
 
 def matching_path(path: bytes) -> bytes:
-    """The form path conditions compare: every escape decoded (up to three levels), then
-    normalized, so no spelling of a path the backend could read as `/admin` escapes `/admin`."""
-    if not needs_normalizing(path):
+    """The form path conditions compare: every escape decoded (up to three levels), parameters
+    dropped, then normalized, so no spelling a backend could read as `/admin` escapes `/admin`."""
+    if not needs_normalizing(path) and b";" not in path:
         return path
     for _ in range(_DECODE_ROUNDS):
         if b"%" not in path:
@@ -432,6 +446,8 @@ def matching_path(path: bytes) -> bytes:
         if decoded == path:
             break
         path = decoded
+    if b";" in path:
+        path = _PATH_PARAMETERS.sub(b"", path)
     if path[:1] == b"/" and (b"//" in path or b"/." in path):
         path = _squash(path)
     return path

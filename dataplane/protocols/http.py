@@ -71,7 +71,9 @@ from dataplane.rules import (
     FixedResponseAction,
     ForwardAction,
     RedirectAction,
+    RuleAction,
     RuleTable,
+    ambiguous_path,
     needs_normalizing,
     normalize_path,
     split_target,
@@ -138,6 +140,12 @@ _COMPRESSION_FIELDS = re.compile(
 # Content-Length the backend would read the body as the next request).
 _CONNECTION_TOKENS = frozenset(
     {b"close", b"keep-alive", b"upgrade", b"content-length", b"transfer-encoding", b"host"}
+)
+# What _match_rules answers for a path whose segments backends may read differently
+# (dataplane.rules, "Paths"): refused, since whichever reading the rules took, a backend could
+# take another.
+_AMBIGUOUS_PATH = FixedResponseAction(
+    "ambiguous-path", RuleAction("fixed_response", status_code=400)
 )
 # A request target in absolute form (RFC 9112 3.2.2): scheme, authority, and the rest.
 _ABSOLUTE_FORM = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)(.*)", re.DOTALL)
@@ -754,6 +762,9 @@ class HttpProxy(BackendReadGate):
         route = settings.route
         if settings.rules is not None:
             action = self._match_rules(settings.rules, request, client_ip)
+            if action is _AMBIGUOUS_PATH:
+                self._reject(400)
+                return
             if action is not None:
                 if not isinstance(action, ForwardAction):
                     self._answer_rule(request, action)
@@ -811,8 +822,11 @@ class HttpProxy(BackendReadGate):
     # -- forwarding rules (seed 002) -------------------------------------------------------------
 
     def _match_rules(self, table: RuleTable, request: Request, client_ip: str) -> Action | None:
+        """The matching rule's action; _AMBIGUOUS_PATH for a path no rule can judge."""
         path, query = split_target(request.url)
-        if table.normalizes_paths and needs_normalizing(path):
+        if table.normalizes_paths and (needs_normalizing(path) or b"\\" in path):
+            if ambiguous_path(path):
+                return _AMBIGUOUS_PATH
             normalized = normalize_path(path)
             if normalized != path:
                 # The backend gets the path the rules judge (dataplane.rules, "Paths").

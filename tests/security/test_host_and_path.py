@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from dataplane.rules import matching_path, normalize_path
 from tests.dataplane import conftest as dataplane_fixtures
 from tests.dataplane.conftest import certificate_entry, free_port, server_group, snapshot
 from tests.dataplane.h2client import H2Client
@@ -208,8 +209,8 @@ DISGUISED_PATHS = [
     b"/x/%2E%2E/admin",
     b"/%61dmin",
     b"/%2561dmin",
-    b"/x/..%2Fadmin",
-    b"/x%2F..%2Fadmin",
+    b"/x/..;/admin",
+    b"/x;p=1/..;/admin;jsessionid=1",
     b"/admin/.",
     b"/.//admin?x=1",
 ]
@@ -229,7 +230,8 @@ def test_a_disguised_path_still_meets_its_rule(guarded, path):
         (b"/public/a", "/public/a"),
         (b"//public/./a/../b?q=/../admin", "/public/b?q=/../admin"),
         (b"/public/%7Euser/%41", "/public/~user/A"),
-        (b"/public/a%2Fb/%3F", "/public/a%2Fb/%3F"),
+        (b"/public/a%3Fb/%25", "/public/a%3Fb/%25"),
+        (b"/x/..;/public", "/x/..;/public"),
         (b"/public/a/..", "/public/"),
     ],
 )
@@ -239,11 +241,41 @@ def test_with_path_rules_the_backend_gets_the_path_the_rules_judged(guarded, pat
     assert [r.target for r in web.requests] == [forwarded]
 
 
+@pytest.mark.parametrize(
+    "path",
+    [b"/x/..%2Fadmin", b"/x%2F..%2Fadmin", b"/public/..%2fsecret", b"/a%5C..%5Cadmin", b"/a\\b"],
+)
+def test_with_path_rules_a_path_backends_split_differently_is_refused(guarded, path):
+    port, web = guarded
+    assert ask(port, b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path) == 400
+    assert web.requests == []
+
+
 def test_without_path_rules_the_path_is_forwarded_as_received(dataplane, backends):
     web = backends("web")
     port = serve(dataplane, web, rules=[ADMIN_DENIED])
-    assert ask(port, b"GET //a/./b/../%7Ec HTTP/1.1\r\nHost: t\r\n\r\n") == 200
-    assert [r.target for r in web.requests] == ["//a/./b/../%7Ec"]
+    for path in (b"//a/./b/../%7Ec", b"/x/..%2Fadmin", b"/a\\b"):
+        assert ask(port, b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path) == 200
+    assert [r.target for r in web.requests] == ["//a/./b/../%7Ec", "/x/..%2Fadmin", "/a\\b"]
+
+
+@pytest.mark.parametrize(
+    ("path", "forwarded", "matched"),
+    [
+        (b"/a/b", b"/a/b", b"/a/b"),
+        (b"//a/./b/../c/", b"/a/c/", b"/a/c/"),
+        (b"/%7E%41%2e/", b"/~A./", b"/~A./"),
+        (b"/a/%2e%2E/b", b"/b", b"/b"),
+        (b"/%2561dmin", b"/%2561dmin", b"/admin"),
+        (b"/a%3Fb", b"/a%3Fb", b"/a?b"),
+        (b"/x/..;/admin", b"/x/..;/admin", b"/admin"),
+        (b"/..", b"/", b"/"),
+        (b"*", b"*", b"*"),
+    ],
+)
+def test_forwarded_and_matching_forms_of_a_path(path, forwarded, matched):
+    assert normalize_path(path) == forwarded
+    assert matching_path(path) == matched
 
 
 # -- the same over HTTP/2 --------------------------------------------------------------------------
