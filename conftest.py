@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.listeners",
     "tests.fixtures.nodes",
     "tests.fixtures.processes",
+    "tests.fixtures.single_node",
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from django.db import models
 from django.db.models import F
 
@@ -54,6 +56,11 @@ class Instance(models.Model):
         if instance_ids:
             Instance.objects.filter(pk__in=instance_ids).update(generation=F("generation") + 1)
 
+    @cached_property
+    def node_reports(self) -> list[DataplaneNode]:
+        """The nodes as read once: every listener status on a page derives from the same rows."""
+        return list(self.nodes.all())
+
     @property
     def supports_mutual_authentication(self) -> bool:
         # Seed 001: Basic edition instances support neither mutual authentication nor
@@ -75,10 +82,17 @@ class DataplaneNode(models.Model):
     reachable = models.BooleanField(default=False)
     last_contact = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
-    # The node's last per-listener results ({listener_id: {status, reason}}) for
-    # ``acked_generation``; listener statuses are derived from these across all nodes.
+    # When the node stopped answering (cleared by its next answer), for "unreachable since".
+    unreachable_since = models.DateTimeField(null=True, blank=True)
+    # When reconcile last asked for the node's status, answered or not: older than two reconcile
+    # intervals means nothing is watching the node (no worker, or the broker is down).
+    checked_at = models.DateTimeField(null=True, blank=True)
+    # The node's latest per-listener state ({listener_id: {status, reason}}), from its answer to
+    # a push or from /v1/status, whichever is newer (``results_at``); ``acked_generation`` is the
+    # generation it answered. Listener statuses are derived from these across all nodes.
     acked_generation = models.PositiveBigIntegerField(null=True, blank=True)
     listener_results = models.JSONField(default=dict, blank=True)
+    results_at = models.DateTimeField(null=True, blank=True)
     # The last two /v1/status answers, so the details page can show rates.
     status_report = models.JSONField(default=dict, blank=True)
     status_report_at = models.DateTimeField(null=True, blank=True)

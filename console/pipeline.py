@@ -21,6 +21,7 @@ from django.utils import timezone
 from console import nodeclient
 from console.models import DataplaneNode, Instance, PushAttempt
 from console.snapshot import build_snapshot
+from console.status import combine, observe
 from listeners.models import Listener
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,10 @@ def _record_push(node: DataplaneNode, generation: int, answer, duration: int) ->
     changes: dict[str, object]
     if not answer.reachable:
         result, detail = PushAttempt.Result.UNREACHABLE, answer.error
-        changes = {"reachable": False, "last_error": answer.error}
+        changes = {"reachable": False, "last_error": answer.error, "checked_at": now}
+        DataplaneNode.objects.filter(pk=node.pk, unreachable_since__isnull=True).update(
+            unreachable_since=now
+        )
     elif answer.ok:
         result = PushAttempt.Result.ACK
         listeners = answer.payload.get("listeners") or {}
@@ -95,8 +99,11 @@ def _record_push(node: DataplaneNode, generation: int, answer, duration: int) ->
             "applied_generation": applied,
             "acked_generation": applied,
             "listener_results": listeners,
+            "results_at": now,
             "reachable": True,
             "last_contact": now,
+            "checked_at": now,
+            "unreachable_since": None,
             "last_error": "",
         }
     else:
@@ -105,6 +112,8 @@ def _record_push(node: DataplaneNode, generation: int, answer, duration: int) ->
         changes = {
             "reachable": True,
             "last_contact": now,
+            "checked_at": now,
+            "unreachable_since": None,
             "last_error": f"rejected generation {generation}: {detail}",
         }
         if answer.status == 409:
@@ -122,6 +131,7 @@ def _record_push(node: DataplaneNode, generation: int, answer, duration: int) ->
             changes["listener_results"] = {
                 "*": {"status": "failed", "reason": f"rejected: {detail}"}
             }
+            changes["results_at"] = now
     DataplaneNode.objects.filter(pk=node.pk).update(**changes)
     for name, value in changes.items():
         setattr(node, name, value)
@@ -143,59 +153,67 @@ def _record_push(node: DataplaneNode, generation: int, answer, duration: int) ->
 
 
 def settle(instance_id: str) -> None:
-    """Derive listener statuses once every node has answered the current generation."""
+    """Write each listener's status, derived from the nodes' latest reports (console.status),
+    into its row; a pending change settles once every node has answered the current generation.
+    """
     with transaction.atomic():
         instance = Instance.objects.select_for_update().filter(pk=instance_id).first()
         if instance is None:
             return
         nodes = list(instance.nodes.all())
-        if not nodes or any(node.acked_generation != instance.generation for node in nodes):
-            return
-        for listener in instance.listeners.all():
-            status, reason = _combined_status(listener, nodes)
-            if (listener.status, listener.last_error) != (status, reason):
+        generation = instance.generation
+        applied = bool(nodes) and all(node.acked_generation == generation for node in nodes)
+        now = timezone.now()
+        # A listener a change holds locked right now is skipped: it leaves it Configuring.
+        for listener in instance.listeners.select_for_update(skip_locked=True):
+            if listener.change_pending and not applied:
+                continue
+            observed = combine(listener, nodes, now=now)
+            row = (listener.status, listener.last_error, listener.configuring_since)
+            if row != (observed.status, observed.reason, None):
                 Listener.objects.filter(pk=listener.pk).update(
-                    status=status, last_error=reason, configuring_since=None
+                    status=observed.status, last_error=observed.reason, configuring_since=None
                 )
 
 
-def _combined_status(listener: Listener, nodes: list[DataplaneNode]) -> tuple[str, str]:
-    """Running only when every node runs it; any node's failure fails it, with its reason."""
-    statuses, failures = set(), []
-    for node in nodes:
-        result = node.listener_results.get(listener.id) or node.listener_results.get("*")
-        if result is None:
-            failures.append(f"node {node.name}: not in its configuration")
-            continue
-        statuses.add(result.get("status"))
-        if result.get("status") == "failed":
-            failures.append(f"node {node.name}: {result.get('reason') or 'failed'}")
-    if failures:
-        return Listener.Status.FAILED, "; ".join(failures)
-    if statuses == {"running"}:
-        return Listener.Status.RUNNING, ""
-    if statuses == {"stopped"}:
-        return Listener.Status.STOPPED, ""
-    return Listener.Status.FAILED, f"nodes disagree: {sorted(statuses)}"
-
-
 def collect(instance: Instance) -> list[DataplaneNode]:
-    """Read every node's /v1/status: counters for the console, and its real generation."""
+    """Read every node's /v1/status: counters for the console, its real generation, and the
+    state of each of its listeners (a listener the node started again on its own shows here)."""
     nodes = list(instance.nodes.all())
-    now = timezone.now()
+    asked_at = timezone.now()
     for node, answer, _ in _parallel(nodes, nodeclient.get_status):
         rows = DataplaneNode.objects.filter(pk=node.pk)
+        now = timezone.now()
         if not answer.ok:
             error = answer.error or f"status answered HTTP {answer.status}"
-            rows.update(reachable=False, last_error=error)
+            rows.update(reachable=False, last_error=error, checked_at=now)
+            rows.filter(unreachable_since__isnull=True).update(unreachable_since=asked_at)
             continue
         reported = int(answer.payload.get("generation") or 0)
-        # A node that reports less than it acknowledged restarted (perhaps empty): forget its
-        # acknowledgement so it is pushed again. A higher report means a push is landing right
-        # now; that push records it.
-        rows.filter(applied_generation__gt=reported).update(
-            applied_generation=reported, acked_generation=None
-        )
+        results = {
+            listener_id: {"status": entry.get("status"), "reason": entry.get("reason", "")}
+            for listener_id, entry in (answer.payload.get("listeners") or {}).items()
+        }
+        # The report is the node's state as of ``asked_at``; a push recorded after that is newer.
+        newer = rows.filter(Q(results_at__isnull=True) | Q(results_at__lt=asked_at))
+        if reported == instance.generation:
+            # The node runs the current generation: as good as its ACK, so an ACK that was lost
+            # (the worker or the node killed right after the apply) costs nothing.
+            newer.update(
+                applied_generation=reported,
+                acked_generation=reported,
+                listener_results=results,
+                results_at=asked_at,
+            )
+        else:
+            # A node that reports less than it applied restarted (perhaps empty): forget its
+            # acknowledgement so it is pushed again.
+            newer.filter(applied_generation__gt=reported).update(
+                applied_generation=reported,
+                acked_generation=None,
+                listener_results=results,
+                results_at=asked_at,
+            )
         rows.update(
             previous_report=node.status_report,
             previous_report_at=node.status_report_at,
@@ -203,6 +221,8 @@ def collect(instance: Instance) -> list[DataplaneNode]:
             status_report_at=now,
             reachable=True,
             last_contact=now,
+            checked_at=now,
+            unreachable_since=None,
         )
         rows.filter(
             Q(last_error__startswith="unreachable") | Q(last_error__startswith="status answered")
@@ -226,27 +246,28 @@ def reconcile() -> list[str]:
 
 
 def fail_overdue(instance: Instance) -> None:
-    deadline = timezone.now() - timedelta(seconds=settings.CONFIGURING_DEADLINE)
-    overdue = instance.listeners.filter(
-        status=Listener.Status.CONFIGURING, configuring_since__lt=deadline
+    """Write the deadline's verdict into the rows of listeners Configuring for too long (pages
+    derive it when read either way, so it holds while no task can run)."""
+    now = timezone.now()
+    deadline = now - timedelta(seconds=settings.CONFIGURING_DEADLINE)
+    overdue = list(
+        instance.listeners.filter(
+            status=Listener.Status.CONFIGURING, configuring_since__lt=deadline
+        )
     )
-    if not overdue.exists():
+    if not overdue:
         return
     instance.refresh_from_db(fields=["generation"])
     nodes = list(instance.nodes.all())
-    if not nodes:
-        reason = "no dataplane node is registered for this instance"
-    else:
-        reasons = [
-            f"node {node.name} unreachable ({node.last_error})"
-            if not node.reachable
-            else f"node {node.name} has not applied generation {instance.generation}"
-            for node in nodes
-            if node.acked_generation != instance.generation
-        ]
-        reason = "; ".join(reasons) or "waiting for the dataplane"
-    # configuring_since stays set: the listener is still waiting, and settles when nodes answer.
-    overdue.update(status=Listener.Status.FAILED, last_error=reason)
+    for listener in overdue:
+        listener.instance = instance
+        observed = observe(listener, nodes, now=now)
+        if observed.status == Listener.Status.CONFIGURING:
+            continue
+        # configuring_since stays set: the listener still waits, and settles when nodes answer.
+        Listener.objects.filter(pk=listener.pk, status=Listener.Status.CONFIGURING).update(
+            status=observed.status, last_error=observed.reason
+        )
 
 
 def recent_attempts(instance: Instance, limit: int = 10):

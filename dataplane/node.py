@@ -11,7 +11,7 @@ certificates, TLS policy, ACL), with what is running:
 - stopped and removed listeners close their socket and cut their open connections (seed 003);
 - a listener that cannot start (port in use, a certificate OpenSSL refuses) is reported `failed`
   with a reason, and the others still apply. The node tries it again on its own, 0.5 s later, then
-  doubling up to every 30 s, until it starts (a port freed, a file readable again): nothing needs
+  doubling up to every 8 s, until it starts (a port freed, a file readable again): nothing needs
   to push the same snapshot again. Only a failure the snapshot itself decides (no bandwidth left
   for the listener) waits for the next snapshot. A new snapshot starts every backoff afresh.
 
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from dataplane.balancing import Backend
 from dataplane.bandwidth import TokenBucket, burst_for, mbit_to_bytes_per_s
 from dataplane.config import Listener, ServerGroup, Snapshot
+from dataplane.descriptors import EXHAUSTED, DescriptorReserve
 from dataplane.health import HealthChecker, HealthCheckSpec
 from dataplane.protocols import ListenerSettings, ServerGroupRuntime
 from dataplane.protocols.http import HttpProxy
@@ -65,9 +66,10 @@ logging.getLogger("quic").setLevel(logging.WARNING)
 LISTEN_BACKLOG = 1024
 TLS_HANDSHAKE_TIMEOUT = 10.0
 # Backoff of a failed listener's retries: the first soon (a port freed a moment later), then
-# doubling, capped so a listener still recovers within half a minute of its cause going away.
+# doubling, capped so that a listener serves again within 8 s of its cause going away. A retry is
+# a bind() or a context build, cheap enough to repeat that often for as long as it takes.
 RETRY_FIRST = 0.5
-RETRY_MAX = 30.0
+RETRY_MAX = 8.0
 
 
 class StaleGeneration(Exception):
@@ -97,6 +99,7 @@ class ListenerRuntime:
         "config",
         "connections",
         "datagram",
+        "descriptors",
         "fingerprint",
         "group",
         "id",
@@ -129,6 +132,8 @@ class ListenerRuntime:
         self.bind_key: tuple[str, str, int] | None = None
         # UDP and QUIC listeners: the protocol serving the UDP socket.
         self.datagram: UdpListener | QuicListener | None = None
+        # The node's descriptor reserve: its protocols report running out of descriptors here.
+        self.descriptors: DescriptorReserve | None = None
         # The server group runtime serving this listener (for status).
         self.group: ServerGroupRuntime | None = None
         # The bandwidth bucket, kept across generations while the limit is unchanged.
@@ -159,6 +164,20 @@ class ListenerRuntime:
         self.status = status
         self.reason = reason
         self.permanent = permanent
+
+
+def _fail(runtime: ListenerRuntime, reason: str) -> None:
+    """Stop a listener that cannot start. The log says so once per reason: its retries repeat
+    the same failure every few seconds until its cause goes away."""
+    again = runtime.status == "failed" and runtime.reason == reason
+    log.log(
+        logging.DEBUG if again else logging.WARNING,
+        "listener %s failed: %s",
+        runtime.id,
+        reason,
+        extra={"listener_id": runtime.id},
+    )
+    runtime.stop("failed", reason)
 
 
 def _bind_key(listener: Listener, snapshot: Snapshot) -> tuple[str, str, int]:
@@ -272,6 +291,11 @@ class Node:
         # Failed listeners waiting for their next try, and the task that tries them.
         self._retries: dict[str, _Retry] = {}
         self._healer: asyncio.Task[None] | None = None
+        # Out of file descriptors, listeners stop accepting for a while (dataplane.descriptors).
+        self.descriptors = DescriptorReserve(
+            stop_accepting=self._stop_accepting, start_accepting=self._start_accepting
+        )
+        self._resuming: asyncio.Task[None] | None = None
 
     # -- applying --------------------------------------------------------------------------------
 
@@ -636,10 +660,7 @@ class Node:
                 rule_groups=groups,
             )
         except (TlsError, ValueError) as exc:
-            log.warning(
-                "listener %s failed: %s", listener.id, exc, extra={"listener_id": listener.id}
-            )
-            runtime.stop("failed", str(exc))
+            _fail(runtime, str(exc))
             return
 
         bind_key = _bind_key(listener, snapshot)
@@ -649,32 +670,18 @@ class Node:
                     snapshot.bind_address, listener.port, reuse_port=self.reuse_port
                 )
             except OSError as exc:
-                reason = _bind_reason(exc, snapshot.bind_address, listener.port)
-                log.warning(
-                    "listener %s failed: %s",
-                    listener.id,
-                    reason,
-                    extra={"listener_id": listener.id},
-                )
-                runtime.stop("failed", reason)
+                _fail(runtime, _bind_reason(exc, snapshot.bind_address, listener.port))
                 return
             runtime.bind_key = bind_key
 
         runtime.settings = settings
         context = tls.context if tls is not None else None
         if runtime.server is None or context is not runtime.server_context:
-            protocol = HttpProxy if listener.is_http else TcpProxy
             old_server = runtime.server
             try:
-                runtime.server = await runtime.loop.create_server(
-                    lambda: protocol(runtime),
-                    sock=runtime.sock.dup(),  # type: ignore[union-attr]
-                    ssl=context,
-                    backlog=LISTEN_BACKLOG,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None,
-                )
+                runtime.server = await self._serve(runtime, listener, context)
             except OSError as exc:
-                runtime.stop("failed", f"cannot serve on port {listener.port}: {exc}")
+                _fail(runtime, f"cannot serve on port {listener.port}: {exc}")
                 return
             runtime.server_context = context
             if old_server is not None:
@@ -682,6 +689,58 @@ class Node:
                 old_server.close()
         runtime.status = "running"
         runtime.reason = ""
+
+    async def _serve(
+        self, runtime: ListenerRuntime, listener: Listener, context: ssl.SSLContext | None
+    ) -> asyncio.AbstractServer:
+        """A server accepting on a duplicate of the listener's socket."""
+        protocol = HttpProxy if listener.is_http else TcpProxy
+        runtime.descriptors = self.descriptors
+        self.descriptors.watch(runtime.loop)
+        return await runtime.loop.create_server(
+            lambda: protocol(runtime),
+            sock=runtime.sock.dup(),  # type: ignore[union-attr]
+            ssl=context,
+            backlog=LISTEN_BACKLOG,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None,
+        )
+
+    def _stop_accepting(self) -> None:
+        """Out of descriptors: close the servers, keep the listening sockets. Clients wait in the
+        kernel's accept queue meanwhile; connections already accepted carry on."""
+        if self._resuming is not None:
+            self._resuming.cancel()
+            self._resuming = None
+        for runtime in self.listeners.values():
+            if runtime.server is not None:
+                runtime.server.close()
+                runtime.server = None
+
+    def _start_accepting(self) -> None:
+        if not self.draining:
+            self._resuming = asyncio.get_running_loop().create_task(self._resume_accepting())
+
+    async def _resume_accepting(self) -> None:
+        # Under the lock, so a snapshot being applied does not give a listener a second server.
+        async with self._lock:
+            for runtime in self.listeners.values():
+                listener = runtime.config
+                if (
+                    runtime.server is not None
+                    or runtime.status != "running"
+                    or runtime.sock is None
+                    or listener is None
+                    or listener.is_datagram
+                ):
+                    continue
+                try:
+                    runtime.server = await self._serve(runtime, listener, runtime.server_context)
+                except OSError as exc:
+                    if exc.errno in EXHAUSTED:
+                        self.descriptors.run_out()
+                        return
+                    _fail(runtime, f"cannot serve on port {listener.port}: {exc}")
+        self._resuming = None
 
     async def _start_datagram(
         self,
@@ -715,10 +774,7 @@ class Node:
                     idle_timeout=float(listener.idle_timeout),
                 )
         except (TlsError, ValueError) as exc:
-            log.warning(
-                "listener %s failed: %s", listener.id, exc, extra={"listener_id": listener.id}
-            )
-            runtime.stop("failed", str(exc))
+            _fail(runtime, str(exc))
             return
 
         datagram = runtime.datagram
@@ -730,14 +786,7 @@ class Node:
             try:
                 sock = bind_udp(snapshot.bind_address, listener.port, reuse_port=self.reuse_port)
             except OSError as exc:
-                reason = _bind_reason(exc, snapshot.bind_address, listener.port)
-                log.warning(
-                    "listener %s failed: %s",
-                    listener.id,
-                    reason,
-                    extra={"listener_id": listener.id},
-                )
-                runtime.stop("failed", reason)
+                _fail(runtime, _bind_reason(exc, snapshot.bind_address, listener.port))
                 return
             try:
                 if isinstance(settings, UdpSettings):
@@ -748,7 +797,7 @@ class Node:
                     runtime.datagram = quic
             except OSError as exc:
                 sock.close()
-                runtime.stop("failed", f"cannot serve on port {listener.port}: {exc}")
+                _fail(runtime, f"cannot serve on port {listener.port}: {exc}")
                 return
             runtime.bind_key = _bind_key(listener, snapshot)
         runtime.status = "running"
@@ -817,6 +866,10 @@ class Node:
             self._healer.cancel()
             self._healer = None
         self._retries = {}
+        self.descriptors.close()
+        if self._resuming is not None:
+            self._resuming.cancel()
+            self._resuming = None
         for runtime in self.listeners.values():
             runtime.close_socket()
         for runtime in self.listeners.values():

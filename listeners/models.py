@@ -7,9 +7,14 @@ either console is valid here; the defaults are the stricter seed's.
 
 from __future__ import annotations
 
+import datetime
+from functools import cached_property
+
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
 
 from certificates.models import Certificate
 from console.ids import new_id
@@ -393,8 +398,31 @@ class Listener(models.Model):
         return self.protocol in self.HTTP_PROTOCOLS
 
     @property
+    def change_pending(self) -> bool:
+        """A change not yet applied by every node (it may be past its deadline)."""
+        return self.configuring_since is not None or self.status == self.Status.CONFIGURING
+
+    def overdue(self, now: datetime.datetime | None = None) -> bool:
+        """Configuring for longer than CONFIGURING_DEADLINE: from then on the change counts as
+        failed, whether or not a task has run to say so (the broker may be down)."""
+        since = self.configuring_since
+        if since is None:
+            return False
+        elapsed = (now or timezone.now()) - since
+        return elapsed.total_seconds() > settings.CONFIGURING_DEADLINE
+
+    @property
     def is_configuring(self) -> bool:
-        return self.status == self.Status.CONFIGURING
+        """Edits are refused while this holds (seed 003); a change past its deadline has failed,
+        so the operator can edit again."""
+        return self.status == self.Status.CONFIGURING and not self.overdue()
+
+    @cached_property
+    def observed(self):
+        """The status and reason to show, derived from the nodes' reports (console.status)."""
+        from console.status import observe
+
+        return observe(self, self.instance.node_reports)
 
 
 class ForwardingRule(models.Model):
