@@ -187,6 +187,14 @@ def error_response(status: int) -> bytes:
     ) + b"Connection: close\r\nDate: %s\r\n\r\n%s" % (http_date(), body)
 
 
+def _disguises(lower: bytes, drop: frozenset[bytes]) -> bool:
+    """Whether a name such as `X_Forwarded_For` stands for a header the node frames, sets or
+    drops: CGI-style backends (WSGI, PHP) read `_` and `-` alike, so it would reach them as that
+    header, past the node."""
+    dashed = lower.replace(b"_", b"-")
+    return dashed in _REQUEST_HEADERS or dashed in drop
+
+
 class _Reject(Exception):
     """Raised inside a parser callback to stop parsing; the status is on the protocol."""
 
@@ -566,7 +574,8 @@ class HttpProxy(BackendReadGate):
         lower = name.lower()
         kind = _REQUEST_HEADERS.get(lower)
         if kind is None:
-            if lower not in self.settings.drop_headers:
+            drop = self.settings.drop_headers
+            if lower not in drop and not (b"_" in lower and _disguises(lower, drop)):
                 request.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == _HOST:
             if request.host is not None:

@@ -607,6 +607,11 @@ class Http3Connection(QuicConnectionProtocol):
                 continue
             if name in _NOT_FORWARDED or name in drop:
                 continue
+            if b"_" in name:
+                # CGI-style backends read `_` as `-`: X_Forwarded_For would pass as the real one.
+                dashed = name.replace(b"_", b"-")
+                if dashed in _NOT_FORWARDED or dashed in drop or dashed == b"content-length":
+                    continue
             lines.append(b"%s: %s\r\n" % (name, value))
         if not fits_request_line(method, path, authority):
             raise _BackendError(400)

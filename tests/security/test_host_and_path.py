@@ -397,3 +397,43 @@ async def test_http3_a_host_equal_to_authority_is_one_host(quic):
         )
     assert status == 200
     assert backend.requests[0].all("Host") == [SERVER_NAME]
+
+
+# -- header names that CGI-style backends read as a managed header --------------------------------
+
+DISGUISED_NAMES = [
+    b"X_Forwarded_For: 203.0.113.66",
+    b"X_FORWARDED_PROTO: http",
+    b"Content_Length: 40",
+    b"Transfer_Encoding: chunked",
+    b"X_Forwarded_Host: admin.example",
+]
+
+
+def test_a_managed_header_disguised_with_underscores_is_dropped(dataplane, backends):
+    web = backends("web")
+    port = serve(dataplane, web, x_forwarded_proto=True, x_forwarded_host=True)
+    fields = b"".join(name + b"\r\n" for name in DISGUISED_NAMES)
+    request = b"GET /r HTTP/1.1\r\nHost: t\r\n" + fields + b"X_Custom: kept\r\n\r\n"
+    assert ask(port, request) == 200
+    [received] = web.requests
+    names = {name.lower() for name in received.names()}
+    assert not {n.split(b":")[0].decode().lower() for n in DISGUISED_NAMES} & names
+    assert received.all("X_Custom") == ["kept"]
+    assert received.all("X-Forwarded-For") == ["127.0.0.1"]
+    assert received.all("X-Forwarded-Proto") == ["http"]
+
+
+@pytest.mark.asyncio
+async def test_http3_a_managed_header_disguised_with_underscores_is_dropped(quic):
+    backend = await quic.backend("web")
+    _, port = await quic.listener(quic.settings(backend))
+    async with quic.client(port) as client:
+        status, _, _ = await client.request(
+            b"GET", b"/r", [(b"x_forwarded_for", b"203.0.113.66"), (b"x_custom", b"kept")]
+        )
+    assert status == 200
+    [received] = backend.requests
+    assert received.all("x_forwarded_for") == []
+    assert received.all("X-Forwarded-For") == ["127.0.0.1"]
+    assert received.all("x_custom") == ["kept"]
