@@ -84,8 +84,9 @@ class DataplaneNode(models.Model):
     last_error = models.TextField(blank=True, default="")
     # When the node stopped answering (cleared by its next answer), for "unreachable since".
     unreachable_since = models.DateTimeField(null=True, blank=True)
-    # When reconcile last asked for the node's status, answered or not: older than two reconcile
-    # intervals means nothing is watching the node (no worker, or the broker is down).
+    # When the pipeline last tried the node (a push, or reconcile reading its status), answered
+    # or not: older than two reconcile intervals means nothing is watching it (no worker, or the
+    # broker is down).
     checked_at = models.DateTimeField(null=True, blank=True)
     # The node's latest per-listener state ({listener_id: {status, reason}}), from its answer to
     # a push or from /v1/status, whichever is newer (``results_at``); ``acked_generation`` is the
