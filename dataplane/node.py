@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from dataplane.balancing import Backend
 from dataplane.bandwidth import TokenBucket, burst_for, mbit_to_bytes_per_s
 from dataplane.config import Listener, ServerGroup, Snapshot
+from dataplane.descriptors import EXHAUSTED, DescriptorReserve
 from dataplane.health import HealthChecker, HealthCheckSpec
 from dataplane.protocols import ListenerSettings, ServerGroupRuntime
 from dataplane.protocols.http import HttpProxy
@@ -98,6 +99,7 @@ class ListenerRuntime:
         "config",
         "connections",
         "datagram",
+        "descriptors",
         "fingerprint",
         "group",
         "id",
@@ -130,6 +132,8 @@ class ListenerRuntime:
         self.bind_key: tuple[str, str, int] | None = None
         # UDP and QUIC listeners: the protocol serving the UDP socket.
         self.datagram: UdpListener | QuicListener | None = None
+        # The node's descriptor reserve: its protocols report running out of descriptors here.
+        self.descriptors: DescriptorReserve | None = None
         # The server group runtime serving this listener (for status).
         self.group: ServerGroupRuntime | None = None
         # The bandwidth bucket, kept across generations while the limit is unchanged.
@@ -287,6 +291,11 @@ class Node:
         # Failed listeners waiting for their next try, and the task that tries them.
         self._retries: dict[str, _Retry] = {}
         self._healer: asyncio.Task[None] | None = None
+        # Out of file descriptors, listeners stop accepting for a while (dataplane.descriptors).
+        self.descriptors = DescriptorReserve(
+            stop_accepting=self._stop_accepting, start_accepting=self._start_accepting
+        )
+        self._resuming: asyncio.Task[None] | None = None
 
     # -- applying --------------------------------------------------------------------------------
 
@@ -668,16 +677,9 @@ class Node:
         runtime.settings = settings
         context = tls.context if tls is not None else None
         if runtime.server is None or context is not runtime.server_context:
-            protocol = HttpProxy if listener.is_http else TcpProxy
             old_server = runtime.server
             try:
-                runtime.server = await runtime.loop.create_server(
-                    lambda: protocol(runtime),
-                    sock=runtime.sock.dup(),  # type: ignore[union-attr]
-                    ssl=context,
-                    backlog=LISTEN_BACKLOG,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None,
-                )
+                runtime.server = await self._serve(runtime, listener, context)
             except OSError as exc:
                 _fail(runtime, f"cannot serve on port {listener.port}: {exc}")
                 return
@@ -687,6 +689,58 @@ class Node:
                 old_server.close()
         runtime.status = "running"
         runtime.reason = ""
+
+    async def _serve(
+        self, runtime: ListenerRuntime, listener: Listener, context: ssl.SSLContext | None
+    ) -> asyncio.AbstractServer:
+        """A server accepting on a duplicate of the listener's socket."""
+        protocol = HttpProxy if listener.is_http else TcpProxy
+        runtime.descriptors = self.descriptors
+        self.descriptors.watch(runtime.loop)
+        return await runtime.loop.create_server(
+            lambda: protocol(runtime),
+            sock=runtime.sock.dup(),  # type: ignore[union-attr]
+            ssl=context,
+            backlog=LISTEN_BACKLOG,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None,
+        )
+
+    def _stop_accepting(self) -> None:
+        """Out of descriptors: close the servers, keep the listening sockets. Clients wait in the
+        kernel's accept queue meanwhile; connections already accepted carry on."""
+        if self._resuming is not None:
+            self._resuming.cancel()
+            self._resuming = None
+        for runtime in self.listeners.values():
+            if runtime.server is not None:
+                runtime.server.close()
+                runtime.server = None
+
+    def _start_accepting(self) -> None:
+        if not self.draining:
+            self._resuming = asyncio.get_running_loop().create_task(self._resume_accepting())
+
+    async def _resume_accepting(self) -> None:
+        # Under the lock, so a snapshot being applied does not give a listener a second server.
+        async with self._lock:
+            for runtime in self.listeners.values():
+                listener = runtime.config
+                if (
+                    runtime.server is not None
+                    or runtime.status != "running"
+                    or runtime.sock is None
+                    or listener is None
+                    or listener.is_datagram
+                ):
+                    continue
+                try:
+                    runtime.server = await self._serve(runtime, listener, runtime.server_context)
+                except OSError as exc:
+                    if exc.errno in EXHAUSTED:
+                        self.descriptors.run_out()
+                        return
+                    _fail(runtime, f"cannot serve on port {listener.port}: {exc}")
+        self._resuming = None
 
     async def _start_datagram(
         self,
@@ -812,6 +866,10 @@ class Node:
             self._healer.cancel()
             self._healer = None
         self._retries = {}
+        self.descriptors.close()
+        if self._resuming is not None:
+            self._resuming.cancel()
+            self._resuming = None
         for runtime in self.listeners.values():
             runtime.close_socket()
         for runtime in self.listeners.values():

@@ -64,6 +64,7 @@ import httptools
 from dataplane.balancing import Backend
 from dataplane.bandwidth import ThrottledWriter
 from dataplane.compression import Compressor, choose_encoding
+from dataplane.descriptors import EXHAUSTED
 from dataplane.hostnames import is_host_field
 from dataplane.protocols import BackendReadGate
 from dataplane.rules import (
@@ -939,6 +940,13 @@ class HttpProxy(BackendReadGate):
         self._attach(upstream)
 
     def _connect_failed(self, backend: Backend, exc: OSError) -> None:
+        if exc.errno in EXHAUSTED:
+            # The node, not the backend, is out of descriptors: the node's log says so once, and
+            # another server would fail the same way.
+            self.runtime.descriptors.run_out()  # type: ignore[union-attr]
+            self._release_backend()
+            self._reject(503)
+            return
         extra = {"listener_id": self.settings.listener.id, "backend_id": backend.id}
         if isinstance(exc, ssl.SSLCertVerificationError):
             # A configuration problem rather than an outage: say which CA refused it.

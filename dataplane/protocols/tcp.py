@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from dataplane.balancing import Backend
 from dataplane.bandwidth import ThrottledWriter
+from dataplane.descriptors import EXHAUSTED
 from dataplane.protocols import BackendReadGate
 
 if TYPE_CHECKING:
@@ -193,6 +194,14 @@ class TcpProxy(BackendReadGate):
         self.transport.resume_reading()
 
     def _connect_failed(self, backend: Backend, exc: OSError) -> None:
+        if exc.errno in EXHAUSTED:
+            # The node, not the backend, is out of descriptors: the node's log says so once, and
+            # another server would fail the same way.
+            self.runtime.descriptors.run_out()  # type: ignore[union-attr]
+            self._release_backend()
+            if not self.closed:
+                self._abort()
+            return
         log.info(
             "cannot connect to backend %s (%s:%d): %s",
             backend.id,
