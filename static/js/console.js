@@ -4,11 +4,33 @@ document.addEventListener("keydown", (event) => {
     document.querySelectorAll("#dialog-root dialog").forEach((d) => d.remove());
   }
 });
-// Close buttons of dialogs (a strict Content-Security-Policy allows no inline handlers).
+// Buttons declare what they do with data- attributes: a strict Content-Security-Policy allows
+// no inline handlers.
 document.addEventListener("click", (event) => {
-  const close = event.target.closest("[data-close-dialog]");
-  if (close) close.closest("dialog")?.remove();
+  const target = event.target;
+  if (!(target instanceof Element)) return;
+  const closeDialog = target.closest("[data-close-dialog]");
+  if (closeDialog) closeDialog.closest("dialog")?.remove();
+  const closeFlash = target.closest("[data-close-flash]");
+  if (closeFlash) closeFlash.closest(".flash")?.remove();
+  // "Reset" beside a backend server's weight puts the default back.
+  const reset = target.closest("[data-reset-weight]");
+  if (reset) reset.parentElement.querySelector("input").value = reset.dataset.resetWeight;
 });
+// Advanced Settings remember whether they are open across the protocol switch's re-render, in
+// the hidden field inside them (toggle does not bubble, so listen while capturing).
+document.addEventListener(
+  "toggle",
+  (event) => {
+    const details = event.target;
+    if (!(details instanceof HTMLDetailsElement) || !details.hasAttribute("data-remember-open")) {
+      return;
+    }
+    const field = details.querySelector("[name=advanced_open]");
+    if (field) field.value = details.open ? "1" : "";
+  },
+  true,
+);
 // A filter select applies on change; without JavaScript its form has a Filter button.
 document.addEventListener("change", (event) => {
   if (event.target.matches("select[data-submit-on-change]")) event.target.form.requestSubmit();

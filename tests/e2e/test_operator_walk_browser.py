@@ -399,3 +399,47 @@ def test_an_upload_that_fails_keeps_the_certificate_and_asks_for_the_key_file(
     expect(page.get_by_role("heading", name="shop", exact=True)).to_be_visible()
     stored = Certificate.objects.get(name="shop")
     assert stored.fingerprint_sha256 == material.fingerprint_sha256
+    # The confirmation is dismissed by its button, served from the static script
+    flash = page.get_by_role("status").filter(has_text="uploaded")
+    expect(flash).to_be_visible()
+    flash.get_by_role("button", name="Dismiss").click()
+    expect(flash).to_have_count(0)
+
+
+INLINE_HANDLERS = """() => [...document.querySelectorAll('*')].flatMap((el) =>
+  [...el.attributes]
+    .filter((a) => a.name.startsWith('on'))
+    .map((a) => `${el.tagName} ${a.name}`))"""
+
+
+def test_buttons_work_without_inline_handlers(
+    signed_in_page: Page, live_server, instance: Instance
+) -> None:
+    # A strict Content-Security-Policy runs no inline handler: the pages carry none, and their
+    # buttons still work from static/js/console.js.
+    page = signed_in_page
+    page.goto(f"{live_server.url}/instances/{instance.id}/listeners/")
+    for close in ("Cancel", "Close"):
+        page.get_by_role("link", name="Quick Create Listener").click()
+        dialog = page.get_by_role("dialog", name="Quick Create Listener")
+        expect(dialog).to_be_visible()
+        assert page.evaluate(INLINE_HANDLERS) == []
+        dialog.get_by_role("button", name=close, exact=True).click()
+        expect(dialog).to_have_count(0)
+
+    # Advanced Settings stay open across the Listener Protocol's re-render
+    page.goto(f"{live_server.url}/instances/{instance.id}/listeners/create/?reset=1")
+    page.locator("details.advanced").get_by_text("Advanced Settings").click()
+    expect(page.get_by_label("Idle Connection Timeout Period (s)", exact=True)).to_be_visible()
+    page.get_by_label("Listener Protocol", exact=True).select_option("TCP")
+    expect(page.get_by_label("Listener Port", exact=True)).to_have_value("8080")
+    expect(page.get_by_label("Idle Connection Timeout Period (s)", exact=True)).to_be_visible()
+    assert page.evaluate(INLINE_HANDLERS) == []
+
+    # Reset puts a backend server's weight back to 100
+    page.get_by_role("button", name="Next", exact=True).click()
+    page.get_by_role("radio", name="Create Server Group").check()
+    page.get_by_label("Weight, row 1", exact=True).fill("7")
+    page.get_by_role("button", name="Reset weight of row 1 to 100").click()
+    expect(page.get_by_label("Weight, row 1", exact=True)).to_have_value("100")
+    assert page.evaluate(INLINE_HANDLERS) == []
