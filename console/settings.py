@@ -178,8 +178,10 @@ else:
     _broker_dir = VAR_DIR / "celery-broker"
     for _sub in ("out", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    # The host part means nothing to this transport; naming one keeps kombu from warning.
-    CELERY_BROKER_URL = "filesystem://localhost/"
+    # kombu's filesystem transport, writing messages atomically (console/filesystem_broker.py).
+    # The host means nothing to it; naming one keeps kombu from warning.
+    CELERY_BROKER_TRANSPORT = "console.filesystem_broker:Transport"
+    CELERY_BROKER_URL = "localhost"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "out"),
         "data_folder_out": str(_broker_dir / "out"),
