@@ -33,8 +33,7 @@ def running(stack: Stack, listener: Listener) -> bool:
 def test_a_killed_node_shows_on_its_listeners_and_they_recover_when_it_returns(
     stack: Stack,
 ) -> None:
-    stack.plane.worker()
-    stack.plane.beat()
+    stack.start_pipeline()
     port = free_port()
     listener = stack.add_listener(port, "web")
     wait_until(lambda: running(stack, listener), timeout=CONVERGENCE)
@@ -83,8 +82,7 @@ def test_a_change_saved_while_the_broker_is_down_fails_at_its_deadline_and_can_b
 ) -> None:
     redis = stack.plane.redis()
     with celery_broker(redis.url):
-        stack.plane.worker()
-        stack.plane.beat()
+        stack.start_pipeline()
         before = stack.add_listener(free_port(), "before")
         wait_until(lambda: running(stack, before), timeout=CONVERGENCE)
 
