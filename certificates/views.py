@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db import transaction
 from django.db.models import Count, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -15,7 +14,7 @@ from django.views.decorators.http import require_http_methods
 from certificates.forms import form_class_for
 from certificates.models import Certificate
 from console.htmx import redirect_after_change, render_dialog
-from listeners.services import listeners_changed
+from listeners import services
 
 CRUMBS = [("Certificates", "certificate-list")]
 SECRET_FIELDS = ("private_key", "passphrase")
@@ -67,9 +66,9 @@ def certificate_upload(request: HttpRequest, kind: str) -> HttpResponse:
     if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
         next_url = ""
     if request.method == "POST" and form.is_valid():
-        certificate = Certificate(name=form.cleaned_data["name"], kind=kind)
-        certificate.apply_validated(form.validated)
-        certificate.save()
+        certificate = services.upload_certificate(
+            name=form.cleaned_data["name"], kind=kind, validated=form.validated
+        )
         messages.success(request, f"Certificate {certificate.name} ({certificate.id}) uploaded.")
         if next_url:
             return redirect_after_change(
@@ -115,14 +114,18 @@ def certificate_replace(request: HttpRequest, certificate_id: str) -> HttpRespon
     form = form_class_for(certificate.kind)(
         request.POST or None, request.FILES or None, require_name=False
     )
+    status = 200
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            certificate.apply_validated(form.validated)
-            certificate.save()
-            # Listeners that use it pick up the new certificate on their instance's next push.
-            listeners_changed(certificate.listeners_using())
-        messages.success(request, f"Certificate {certificate.name} replaced.")
-        return redirect_after_change(request, certificate.get_absolute_url())
+        try:
+            certificate = services.replace_certificate(
+                certificate_id=certificate.pk, validated=form.validated
+            )
+        except services.RuleViolation as problem:
+            form.add_error(None, str(problem))
+            status = 409 if isinstance(problem, services.ListenerConfiguring) else 422
+        else:
+            messages.success(request, f"Certificate {certificate.name} replaced.")
+            return redirect_after_change(request, certificate.get_absolute_url())
     return render_dialog(
         request,
         "certificates/_certificate_form.html",
@@ -134,18 +137,26 @@ def certificate_replace(request: HttpRequest, certificate_id: str) -> HttpRespon
             "action": reverse("certificate-replace", args=[certificate.id]),
             "breadcrumbs": CRUMBS,
         },
-        status=422 if form.errors else 200,
+        status=422 if form.errors and status == 200 else status,
     )
 
 
 @require_http_methods(["GET", "POST"])
 def certificate_delete(request: HttpRequest, certificate_id: str) -> HttpResponse:
     certificate = get_object_or_404(Certificate, pk=certificate_id)
-    blockers = list(certificate.listeners_using().select_related("instance")[:50])
+    blockers = list(
+        services.listeners_using_certificate(certificate).select_related("instance")[:50]
+    )
     if request.method == "POST" and not blockers:
-        certificate.delete()
-        messages.success(request, f"Certificate {certificate.name} ({certificate.id}) deleted.")
-        return redirect_after_change(request, reverse("certificate-list"))
+        try:
+            services.delete_certificate(certificate_id=certificate.pk)
+        except services.InUse as in_use:
+            blockers = in_use.blockers
+            if not blockers:
+                messages.error(request, str(in_use))
+        else:
+            messages.success(request, f"Certificate {certificate.name} ({certificate.id}) deleted.")
+            return redirect_after_change(request, reverse("certificate-list"))
     return render_dialog(
         request,
         "certificates/_certificate_delete.html",

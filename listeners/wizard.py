@@ -22,6 +22,7 @@ from listeners.forms.listener import (
 )
 from listeners.forms.servergroups import BackendServerFormSet, blank_rows, server_rows
 from listeners.models import HealthCheck, ServerGroup
+from listeners.services import default_health_check
 
 
 @dataclass(frozen=True)
@@ -134,11 +135,9 @@ class Draft:
             backend = self.backend_protocol()
             initial_check = getattr(group, "health_check", None) if group else None
             if data is None and initial_check is None:
-                initial = {
-                    "protocol": {"http": "http", "udp": "udp"}.get(backend, "tcp"),
-                    "expected_codes": ["http_2xx", "http_3xx"],
-                }
-                form = HealthCheckForm(initial=initial, backend_protocol=backend)
+                form = HealthCheckForm(
+                    initial=default_health_check(backend), backend_protocol=backend
+                )
                 return {"form": form, "group": group}
             form = HealthCheckForm(data, instance=initial_check, backend_protocol=backend)
             return {"form": form, "group": group}
@@ -187,11 +186,7 @@ class Draft:
         group = self.selected_group()
         check = getattr(group, "health_check", None) if group else None
         query = QueryDict(mutable=True)
-        defaults = HealthCheck(
-            protocol={"http": "http", "udp": "udp"}.get(self.backend_protocol(), "tcp"),
-            expected_codes=["http_2xx", "http_3xx"],
-        )
-        source = check or defaults
+        source = check or HealthCheck(**default_health_check(self.backend_protocol()))
         udp = self.backend_protocol() == "udp"
         for name in HealthCheckForm.Meta.fields:
             if name.startswith("udp_") and not udp:

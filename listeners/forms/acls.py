@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from django import forms
 
-from listeners.models import AccessControlList, AclEntry
+from listeners.models import AccessControlList
 
 MAX_ENTRIES = 1000
 MAX_DESCRIPTION = 255
@@ -117,19 +117,3 @@ class AccessControlListForm(forms.ModelForm):
             raise forms.ValidationError(errors)
         self.parsed_entries = entries
         return text
-
-
-def save_entries(acl: AccessControlList, entries: list[ParsedEntry]) -> None:
-    """Make the ACL's entries exactly ``entries``; the caller holds the transaction."""
-    wanted = {entry.cidr: entry.description for entry in entries}
-    existing = {entry.cidr: entry for entry in acl.entries.all()}
-    AclEntry.objects.filter(acl=acl).exclude(cidr__in=wanted).delete()
-    new = []
-    for cidr, description in wanted.items():
-        entry = existing.get(cidr)
-        if entry is None:
-            new.append(AclEntry(acl=acl, cidr=cidr, description=description))
-        elif entry.description != description:
-            entry.description = description
-            entry.save(update_fields=["description"])
-    AclEntry.objects.bulk_create(new)

@@ -14,8 +14,9 @@ from django import forms
 from django.db import transaction
 from django.http import QueryDict
 
-from listeners.models import BackendServer, ServerGroup
+from listeners.models import ServerGroup
 from listeners.rules import compatible_backend_protocols, slow_start_conflict
+from listeners.services import replace_servers
 
 DEFAULT_WEIGHT = 100
 MAX_SERVERS = 500
@@ -233,25 +234,12 @@ def blank_rows() -> list[dict[str, Any]]:
 
 
 def save_servers(group: ServerGroup, formset: BaseBackendServerFormSet) -> None:
-    """Make the group's servers exactly the formset's rows.
+    """Make the group's servers exactly the formset's rows (``services.replace_servers``).
 
-    Rows that match an existing server by address and port update it in place, so its
-    server ID (and the dataplane's health state keyed by it) survives a weight change.
     The caller decides whether listeners need a push (``listeners_changed``).
     """
-    rows = {(row["address"], row["port"]): row for row in formset.rows()}
     with transaction.atomic():
-        existing = {(s.address, s.port): s for s in group.servers.select_for_update()}
-        stale = [server.pk for key, server in existing.items() if key not in rows]
-        BackendServer.objects.filter(pk__in=stale).delete()
-        for key, row in rows.items():
-            server = existing.get(key)
-            if server is None:
-                BackendServer.objects.create(group=group, **row)
-            elif (server.weight, server.description) != (row["weight"], row["description"]):
-                server.weight = row["weight"]
-                server.description = row["description"]
-                server.save(update_fields=["weight", "description"])
+        replace_servers(group, formset.rows())
 
 
 def add_row(data: QueryDict | Mapping[str, Any], prefix: str = PREFIX) -> dict[str, Any]:

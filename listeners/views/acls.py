@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db import transaction
-from django.db.models import Count, ProtectedError, Q
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from console.htmx import redirect_after_change, render_dialog
-from listeners.forms.acls import AccessControlListForm, save_entries
+from listeners import services
+from listeners.forms.acls import AccessControlListForm
 from listeners.models import AccessControlList
-from listeners.services import listeners_changed
 
 CRUMBS = [("Access Control", "acl-list")]
 
@@ -54,6 +53,19 @@ def acl_detail(request: HttpRequest, acl_id: str) -> HttpResponse:
     )
 
 
+def _values(form: AccessControlListForm) -> dict:
+    return {
+        "name": form.cleaned_data["name"],
+        "description": form.cleaned_data["description"],
+        "entries": {entry.cidr: entry.description for entry in form.parsed_entries},
+    }
+
+
+def _show_problem(form: AccessControlListForm, problem: services.RuleViolation) -> int:
+    form.add_error(problem.field if problem.field in form.fields else None, str(problem))
+    return 409 if isinstance(problem, services.ListenerConfiguring) else 422
+
+
 def _form_dialog(
     request: HttpRequest, form: AccessControlListForm, *, title: str, action: str, status: int
 ) -> HttpResponse:
@@ -74,18 +86,21 @@ def _form_dialog(
 @require_http_methods(["GET", "POST"])
 def acl_create(request: HttpRequest) -> HttpResponse:
     form = AccessControlListForm(request.POST or None)
+    status = 200
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            acl = form.save()
-            save_entries(acl, form.parsed_entries)
-        messages.success(request, f"IP address group {acl.name} ({acl.id}) created.")
-        return redirect_after_change(request, acl.get_absolute_url())
+        try:
+            acl = services.create_acl(**_values(form))
+        except services.RuleViolation as problem:
+            status = _show_problem(form, problem)
+        else:
+            messages.success(request, f"IP address group {acl.name} ({acl.id}) created.")
+            return redirect_after_change(request, acl.get_absolute_url())
     return _form_dialog(
         request,
         form,
         title="Create IP Address Group",
         action=reverse("acl-create"),
-        status=422 if form.errors else 200,
+        status=422 if form.errors and status == 200 else status,
     )
 
 
@@ -93,20 +108,21 @@ def acl_create(request: HttpRequest) -> HttpResponse:
 def acl_edit(request: HttpRequest, acl_id: str) -> HttpResponse:
     acl = get_object_or_404(AccessControlList, pk=acl_id)
     form = AccessControlListForm(request.POST or None, instance=acl)
+    status = 200
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            form.save()
-            save_entries(acl, form.parsed_entries)
-            # Whitelists and blacklists are enforced by the dataplane from the snapshot.
-            listeners_changed(acl.listeners.all())
-        messages.success(request, f"IP address group {acl.name} ({acl.id}) saved.")
-        return redirect_after_change(request, acl.get_absolute_url())
+        try:
+            acl = services.update_acl(acl_id=acl.pk, **_values(form))
+        except services.RuleViolation as problem:
+            status = _show_problem(form, problem)
+        else:
+            messages.success(request, f"IP address group {acl.name} ({acl.id}) saved.")
+            return redirect_after_change(request, acl.get_absolute_url())
     return _form_dialog(
         request,
         form,
         title=f"Edit {acl.name}",
         action=reverse("acl-edit", args=[acl.id]),
-        status=422 if form.errors else 200,
+        status=422 if form.errors and status == 200 else status,
     )
 
 
@@ -116,9 +132,9 @@ def acl_delete(request: HttpRequest, acl_id: str) -> HttpResponse:
     blockers = list(acl.listeners.select_related("instance")[:50])
     if request.method == "POST" and not blockers:
         try:
-            acl.delete()
-        except ProtectedError:
-            blockers = list(acl.listeners.select_related("instance")[:50])
+            services.delete_acl(acl_id=acl.pk)
+        except services.InUse as in_use:
+            blockers = in_use.blockers
         else:
             messages.success(request, f"IP address group {acl.name} ({acl.id}) deleted.")
             return redirect_after_change(request, reverse("acl-list"))

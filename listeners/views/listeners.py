@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.contrib import messages
-from django.db import transaction
 from django.forms import Form
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, render
@@ -113,9 +112,15 @@ def listener_status(request: HttpRequest, instance_id: str, listener_id: str) ->
 
 
 def _refused(request: HttpRequest, listener: Listener, action: str) -> HttpResponse | None:
+    """Shown before a form is filled in for nothing; the service enforces the refusal again under
+    the listener's row lock when the change is saved (``services.ListenerConfiguring``)."""
     problem = rules.configuring_refusal(listener, action)
     if problem is None:
         return None
+    return _refusal(request, listener, problem)
+
+
+def _refusal(request: HttpRequest, listener: Listener, problem: str) -> HttpResponse:
     if request.htmx:
         return render_dialog(
             request,
@@ -156,17 +161,22 @@ def listener_modify(request: HttpRequest, instance_id: str, listener_id: str) ->
         initial=ListenerSettingsForm.initial_from(listener),
     )
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            for name, value in form.settings_values().items():
-                setattr(listener, name, value)
-            listener.name = form.cleaned_data["name"] or listener.name
-            listener.save()
-            services.listeners_changed([listener])
-        messages.success(request, f"Listener {listener.name} modified.")
-        warning = form.bandwidth_warning()
-        if warning:
-            messages.warning(request, warning)
-        return redirect_after_change(request, listener.get_absolute_url())
+        try:
+            listener = services.modify_listener(
+                listener_id=listener.pk,
+                name=form.cleaned_data["name"],
+                settings=form.settings_values(),
+            )
+        except services.ListenerConfiguring as refusal:
+            return _refusal(request, listener, str(refusal))
+        except services.RuleViolation as problem:
+            form.add_error(problem.field, str(problem))
+        else:
+            messages.success(request, f"Listener {listener.name} modified.")
+            warning = form.bandwidth_warning()
+            if warning:
+                messages.warning(request, warning)
+            return redirect_after_change(request, listener.get_absolute_url())
     return _dialog(
         request,
         listener,
@@ -187,10 +197,10 @@ def _set_state(
     if refused:
         return refused
     if request.method == "POST":
-        with transaction.atomic():
-            listener.desired_state = state
-            listener.save(update_fields=["desired_state", "updated_at"])
-            services.listeners_changed([listener])
+        try:
+            listener = services.set_desired_state(listener_id=listener.pk, desired_state=state)
+        except services.RuleViolation as refusal:
+            return _refusal(request, listener, str(refusal))
         label = "started" if state == Listener.DesiredState.RUNNING else "stopped"
         messages.success(request, f"Listener {listener.name} is being {label}.")
         return redirect_after_change(request, listener.get_absolute_url())
@@ -221,10 +231,11 @@ def listener_delete(request: HttpRequest, instance_id: str, listener_id: str) ->
     if refused:
         return refused
     if request.method == "POST":
-        with transaction.atomic():
-            instance = listener.instance
-            listener.delete()
-            services.instances_changed({instance.pk})
+        instance = listener.instance
+        try:
+            services.delete_listener(listener_id=listener.pk)
+        except services.RuleViolation as refusal:
+            return _refusal(request, listener, str(refusal))
         messages.success(request, f"Listener {listener.name} ({listener_id}) deleted.")
         return redirect_after_change(request, _tab_url(instance))
     return _dialog(request, listener, "listeners/_delete.html", "Delete Listener", None)
@@ -248,8 +259,8 @@ def _settings_dialog(
 ) -> HttpResponse:
     """One of the details page's dialogs: refused while Configuring, else form and apply.
 
-    ``apply`` changes the listener (inside the transaction that also bumps the generation)
-    and returns the success message.
+    ``apply`` calls the use case's service function with the cleaned data and returns the
+    success message.
     """
     listener = _listener(instance_id, listener_id)
     refused = _refused(request, listener, doing)
@@ -257,11 +268,15 @@ def _settings_dialog(
         return refused
     form = make_form(listener, request.POST.copy() if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
+        try:
             message = apply(listener, form.cleaned_data)
-            services.listeners_changed([listener])
-        messages.success(request, message)
-        return redirect_after_change(request, listener.get_absolute_url())
+        except services.ListenerConfiguring as refusal:
+            return _refusal(request, refusal.listener, str(refusal))
+        except services.RuleViolation as problem:
+            form.add_error(problem.field if problem.field in form.fields else None, str(problem))
+        else:
+            messages.success(request, message)
+            return redirect_after_change(request, listener.get_absolute_url())
     return _dialog(
         request,
         listener,
@@ -277,8 +292,9 @@ def _settings_dialog(
 @require_http_methods(["GET", "POST"])
 def listener_server_group(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
     def apply(listener: Listener, data: dict) -> str:
-        listener.server_group = data["server_group"]
-        listener.save(update_fields=["server_group", "updated_at"])
+        listener = services.change_server_group(
+            listener_id=listener.pk, server_group=data["server_group"]
+        )
         return f"Listener {listener.name} now uses {listener.server_group}."
 
     return _settings_dialog(
@@ -310,11 +326,13 @@ def _certificates_form(listener: Listener, data: QueryDict | None) -> ManageCert
 @require_http_methods(["GET", "POST"])
 def listener_certificates(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
     def apply(listener: Listener, data: dict) -> str:
-        listener.default_certificate = data["default_certificate"]
-        listener.mutual_authentication = bool(data.get("mutual_authentication"))
-        listener.ca_certificate = data.get("ca_certificate")
-        listener.save()
-        listener.additional_certificates.set(data.get("additional_certificates") or [])
+        services.update_listener_certificates(
+            listener_id=listener.pk,
+            default_certificate=data["default_certificate"],
+            additional_certificates=data.get("additional_certificates") or [],
+            mutual_authentication=bool(data.get("mutual_authentication")),
+            ca_certificate=data.get("ca_certificate"),
+        )
         return f"Certificates of {listener.name} updated."
 
     return _settings_dialog(
@@ -332,8 +350,7 @@ def listener_certificates(request: HttpRequest, instance_id: str, listener_id: s
 @require_http_methods(["GET", "POST"])
 def listener_tls_policy(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
     def apply(listener: Listener, data: dict) -> str:
-        listener.tls_policy = data["tls_policy"]
-        listener.save(update_fields=["tls_policy", "updated_at"])
+        services.change_tls_policy(listener_id=listener.pk, tls_policy=data["tls_policy"])
         return f"TLS security policy of {listener.name} changed."
 
     return _settings_dialog(
@@ -351,7 +368,7 @@ def listener_tls_policy(request: HttpRequest, instance_id: str, listener_id: str
 @require_http_methods(["GET", "POST"])
 def listener_health_check(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
     def apply(listener: Listener, data: dict) -> str:
-        services.update_health_check(listener.server_group, data)
+        services.update_health_check(group=listener.server_group, values=data)
         return f"Health check of {listener.server_group.name} modified."
 
     group = get_object_or_404(Listener, pk=listener_id, instance_id=instance_id).server_group
@@ -382,17 +399,22 @@ def _rule_dialog(
     initial = ForwardingRuleForm.initial_from(rule) if rule else {}
     form = ForwardingRuleForm(request.POST or None, listener=listener, initial=initial)
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            if rule is None:
-                last = listener.rules.order_by("-position").first()
-                rule = ForwardingRule(
-                    listener=listener, position=(last.position + 1) if last else 0
-                )
-            form.apply_to(rule)
-            rule.save()
-            services.listeners_changed([listener])
-        messages.success(request, f"Forwarding rule {rule} saved.")
-        return redirect_after_change(request, listener.get_absolute_url())
+        # The form turns its fields into rule fields on a scratch rule; the service saves them.
+        scratch = ForwardingRule(listener=listener)
+        form.apply_to(scratch)
+        try:
+            saved = services.save_forwarding_rule(
+                listener_id=listener.pk,
+                rule_id=rule.pk if rule else None,
+                values={name: getattr(scratch, name) for name in services.RULE_FIELDS},
+            )
+        except services.ListenerConfiguring as refusal:
+            return _refusal(request, listener, str(refusal))
+        except services.RuleViolation as problem:
+            form.add_error(None, str(problem))
+        else:
+            messages.success(request, f"Forwarding rule {saved} saved.")
+            return redirect_after_change(request, listener.get_absolute_url())
     action = (
         reverse("listener-rule-edit", args=[listener.instance_id, listener.id, rule.pk])
         if rule
@@ -433,10 +455,11 @@ def rule_delete(
     refused = _refused(request, listener, "changing its forwarding rules")
     if refused:
         return refused
-    rule = get_object_or_404(listener.rules, pk=rule_id)
-    with transaction.atomic():
-        rule.delete()
-        services.listeners_changed([listener])
+    get_object_or_404(listener.rules, pk=rule_id)
+    try:
+        rule = services.delete_forwarding_rule(listener_id=listener.pk, rule_id=rule_id)
+    except services.RuleViolation as refusal:
+        return _refusal(request, listener, str(refusal))
     messages.success(request, f"Forwarding rule {rule} deleted.")
     return redirect_after_change(request, listener.get_absolute_url())
 
@@ -450,17 +473,11 @@ def rule_move(
     refused = _refused(request, listener, "reordering its forwarding rules")
     if refused:
         return refused
-    rules = list(listener.rules.all())
-    index = next((i for i, r in enumerate(rules) if r.pk == rule_id), None)
-    if index is None:
-        raise Http404("No such rule")
-    other = index - 1 if direction == "up" else index + 1
-    if 0 <= other < len(rules):
-        rules[index], rules[other] = rules[other], rules[index]
-        with transaction.atomic():
-            for position, rule in enumerate(rules):
-                ForwardingRule.objects.filter(pk=rule.pk).update(position=position)
-            services.listeners_changed([listener])
+    get_object_or_404(listener.rules, pk=rule_id)
+    try:
+        services.move_forwarding_rule(listener_id=listener.pk, rule_id=rule_id, direction=direction)
+    except services.RuleViolation as refusal:
+        return _refusal(request, listener, str(refusal))
     return redirect_after_change(request, listener.get_absolute_url())
 
 

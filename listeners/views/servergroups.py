@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db import transaction
-from django.db.models import Count, ProtectedError, Q
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from console.htmx import redirect_after_change, render_dialog
+from listeners import services
 from listeners.forms.servergroups import (
     BackendServerFormSet,
     ServerGroupForm,
     add_row,
     blank_rows,
-    save_servers,
     server_rows,
 )
-from listeners.models import HealthCheck, ServerGroup
-from listeners.services import listeners_changed
+from listeners.models import ServerGroup
 
 CRUMBS = [("Server Groups", "servergroup-list")]
 
@@ -59,6 +57,16 @@ def group_detail(request: HttpRequest, group_id: str) -> HttpResponse:
             "breadcrumbs": CRUMBS,
         },
     )
+
+
+def _group_values(form: ServerGroupForm) -> dict:
+    return {name: form.cleaned_data[name] for name in ServerGroupForm.Meta.fields}
+
+
+def _show_problem(form: ServerGroupForm, problem: services.RuleViolation) -> int:
+    """Put a service's refusal next to its field; the status code to answer with."""
+    form.add_error(problem.field if problem.field in form.fields else None, str(problem))
+    return 409 if isinstance(problem, services.ListenerConfiguring) else 422
 
 
 def _edit_page(
@@ -111,16 +119,23 @@ def group_create(request: HttpRequest) -> HttpResponse:
         )
     form = ServerGroupForm(request.POST)
     formset = BackendServerFormSet(request.POST)
+    status = 422
     if form.is_valid() and formset.is_valid():
-        with transaction.atomic():
-            group = form.save()
-            # Every group carries a health check; the seeds' defaults until someone edits it.
-            HealthCheck.objects.create(group=group)
-            save_servers(group, formset)
-        messages.success(request, f"Server group {group.name} ({group.id}) created.")
-        return redirect_after_change(request, group.get_absolute_url())
+        try:
+            # The group starts with the health check of its backend protocol, as in the wizard.
+            group = services.create_server_group(**_group_values(form), servers=formset.rows())
+        except services.RuleViolation as problem:
+            status = _show_problem(form, problem)
+        else:
+            messages.success(request, f"Server group {group.name} ({group.id}) created.")
+            return redirect_after_change(request, group.get_absolute_url())
     return _edit_page(
-        request, form=form, formset=formset, title="Create Server Group", action=action, status=422
+        request,
+        form=form,
+        formset=formset,
+        title="Create Server Group",
+        action=action,
+        status=status,
     )
 
 
@@ -151,29 +166,33 @@ def group_edit(request: HttpRequest, group_id: str) -> HttpResponse:
         )
     form = ServerGroupForm(request.POST, instance=group)
     formset = BackendServerFormSet(request.POST)
+    status = 422
     if form.is_valid() and formset.is_valid():
-        with transaction.atomic():
-            form.save()
-            save_servers(group, formset)
+        try:
             # Listeners forwarding to this group get the new servers on their next push.
-            listeners_changed(group.listeners.all())
-        messages.success(request, f"Server group {group.name} ({group.id}) saved.")
-        return redirect_after_change(request, group.get_absolute_url())
+            group = services.update_server_group(
+                group_id=group.pk, values=_group_values(form), servers=formset.rows()
+            )
+        except services.RuleViolation as problem:
+            status = _show_problem(form, problem)
+        else:
+            messages.success(request, f"Server group {group.name} ({group.id}) saved.")
+            return redirect_after_change(request, group.get_absolute_url())
     return _edit_page(
-        request, form=form, formset=formset, title=title, action=action, group=group, status=422
+        request, form=form, formset=formset, title=title, action=action, group=group, status=status
     )
 
 
 @require_http_methods(["GET", "POST"])
 def group_delete(request: HttpRequest, group_id: str) -> HttpResponse:
     group = get_object_or_404(ServerGroup, pk=group_id)
-    blockers = list(group.listeners.select_related("instance")[:50])
+    blockers = list(services.listeners_of_group(group).distinct().select_related("instance")[:50])
     if request.method == "POST" and not blockers:
         try:
-            group.delete()
-        except ProtectedError:
+            services.delete_server_group(group_id=group.pk)
+        except services.InUse as in_use:
             # A listener started using the group since the check above.
-            blockers = list(group.listeners.select_related("instance")[:50])
+            blockers = in_use.blockers
         else:
             messages.success(request, f"Server group {group.name} ({group.id}) deleted.")
             return redirect_after_change(request, reverse("servergroup-list"))

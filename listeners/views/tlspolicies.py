@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db import transaction
-from django.db.models import Count, ProtectedError, Q
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from console.htmx import redirect_after_change, render_dialog
+from listeners import services
 from listeners.forms.tlspolicies import TlsPolicyForm
 from listeners.models import TlsPolicy
-from listeners.services import listeners_changed
 
 CRUMBS = [("TLS Security Policies", "tlspolicy-list")]
 READ_ONLY = (
@@ -67,6 +66,15 @@ def policy_detail(request: HttpRequest, policy_id: str) -> HttpResponse:
     )
 
 
+def _values(form: TlsPolicyForm) -> dict:
+    return {name: form.cleaned_data[name] for name in TlsPolicyForm.Meta.fields}
+
+
+def _show_problem(form: TlsPolicyForm, problem: services.RuleViolation) -> int:
+    form.add_error(problem.field if problem.field in form.fields else None, str(problem))
+    return 409 if isinstance(problem, services.ListenerConfiguring) else 422
+
+
 def _form_page(
     request: HttpRequest, form: TlsPolicyForm, *, title: str, action: str, status: int = 200
 ) -> HttpResponse:
@@ -99,16 +107,21 @@ def policy_create(request: HttpRequest) -> HttpResponse:
         }
     form = TlsPolicyForm(request.POST or None, initial=initial)
     action = reverse("tlspolicy-create")
+    status = 200
     if request.method == "POST" and form.is_valid():
-        policy = form.save()
-        messages.success(request, f"TLS security policy {policy.name} ({policy.id}) created.")
-        return redirect_after_change(request, policy.get_absolute_url())
+        try:
+            policy = services.create_tls_policy(values=_values(form))
+        except services.RuleViolation as problem:
+            status = _show_problem(form, problem)
+        else:
+            messages.success(request, f"TLS security policy {policy.name} ({policy.id}) created.")
+            return redirect_after_change(request, policy.get_absolute_url())
     return _form_page(
         request,
         form,
         title="Create Custom TLS Security Policy",
         action=action,
-        status=422 if form.errors else 200,
+        status=422 if form.errors and status == 200 else status,
     )
 
 
@@ -118,18 +131,21 @@ def policy_edit(request: HttpRequest, policy_id: str) -> HttpResponse:
     if policy.predefined:
         return _read_only(request, policy)
     form = TlsPolicyForm(request.POST or None, instance=policy)
+    status = 200
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            form.save()
-            listeners_changed(policy.listeners.all())
-        messages.success(request, f"TLS security policy {policy.name} saved.")
-        return redirect_after_change(request, policy.get_absolute_url())
+        try:
+            policy = services.update_tls_policy(policy_id=policy.pk, values=_values(form))
+        except services.RuleViolation as problem:
+            status = _show_problem(form, problem)
+        else:
+            messages.success(request, f"TLS security policy {policy.name} saved.")
+            return redirect_after_change(request, policy.get_absolute_url())
     return _form_page(
         request,
         form,
         title=f"Edit {policy.name}",
         action=reverse("tlspolicy-edit", args=[policy.id]),
-        status=422 if form.errors else 200,
+        status=422 if form.errors and status == 200 else status,
     )
 
 
@@ -141,9 +157,9 @@ def policy_delete(request: HttpRequest, policy_id: str) -> HttpResponse:
     blockers = list(policy.listeners.select_related("instance")[:50])
     if request.method == "POST" and not blockers:
         try:
-            policy.delete()
-        except ProtectedError:
-            blockers = list(policy.listeners.select_related("instance")[:50])
+            services.delete_tls_policy(policy_id=policy.pk)
+        except services.InUse as in_use:
+            blockers = in_use.blockers
         else:
             messages.success(request, f"TLS security policy {policy.name} deleted.")
             return redirect_after_change(request, reverse("tlspolicy-list"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.forms import BooleanField
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
@@ -150,8 +150,11 @@ def _confirm(request: HttpRequest, instance: Instance, draft: Draft) -> HttpResp
     bandwidth_warning = forms["protocol"]["form"].bandwidth_warning()
     if request.method == "POST":
         try:
-            with transaction.atomic():
-                listener = _create_from(instance, forms)
+            listener = _create_from(instance, forms)
+        except services.ListenerConfiguring as refusal:
+            # Editing an existing group's health check reconfigures the listeners using it.
+            messages.error(request, str(refusal))
+            return redirect("listener-create-step", instance_id=instance.id, step="healthcheck")
         except (services.RuleViolation, IntegrityError) as error:
             message = (
                 str(error)
@@ -186,31 +189,31 @@ def _confirm(request: HttpRequest, instance: Instance, draft: Draft) -> HttpResp
 def _create_from(instance: Instance, forms: dict) -> Listener:
     listener_form = forms["protocol"]["form"]
     group_form = forms["servergroup"]["form"]
-    check_values = forms["healthcheck"]["form"].cleaned_data
+    existing_group, new_group = None, None
     if group_form.cleaned_data["group_mode"] == "existing":
-        group = group_form.cleaned_data["server_group"]
-        services.update_health_check(group, check_values)
+        existing_group = group_form.cleaned_data["server_group"]
     else:
         formset = forms["servergroup"]["formset"]
-        group = services.create_server_group(
-            name=group_form.cleaned_data["new_group_name"],
-            backend_protocol=group_form.cleaned_data["new_backend_protocol"],
-            slow_start=bool(group_form.cleaned_data["new_slow_start"]),
-            slow_start_duration=group_form.cleaned_data["new_slow_start_duration"] or 30,
-            servers=[row for row in formset.cleaned_data if row and not row.get("DELETE")],
-            health_check=check_values,
-        )
+        new_group = {
+            "name": group_form.cleaned_data["new_group_name"],
+            "backend_protocol": group_form.cleaned_data["new_backend_protocol"],
+            "slow_start": bool(group_form.cleaned_data["new_slow_start"]),
+            "slow_start_duration": group_form.cleaned_data["new_slow_start_duration"] or 30,
+            "servers": [row for row in formset.cleaned_data if row and not row.get("DELETE")],
+        }
     certificates = None
     if "certificate" in forms:
         certificates = forms["certificate"]["form"].certificate_values()
     cleaned = listener_form.cleaned_data
-    return services.create_listener(
+    return services.create_listener_with_group(
         instance,
+        server_group=existing_group,
+        new_server_group=new_group,
+        health_check=forms["healthcheck"]["form"].cleaned_data,
         protocol=cleaned["protocol"],
         port=cleaned["port"],
         name=cleaned["name"],
         settings=listener_form.settings_values(),
-        server_group=group,
         certificates=certificates,
         enabled=cleaned["auto_enable"],
     )
@@ -264,16 +267,15 @@ def quick_create(request: HttpRequest, instance_id: str) -> HttpResponse:
             if name in ("idle_timeout", "request_timeout", "x_forwarded_for", "acl_mode")
         }
         try:
-            with transaction.atomic():
-                listener = services.create_listener(
-                    instance,
-                    protocol=data["protocol"],
-                    port=data["port"],
-                    name=default_listener_name(data["protocol"], data["port"]),
-                    settings=settings,
-                    server_group=data["server_group"],
-                    certificates=certificates,
-                )
+            listener = services.create_listener(
+                instance,
+                protocol=data["protocol"],
+                port=data["port"],
+                name=default_listener_name(data["protocol"], data["port"]),
+                settings=settings,
+                server_group=data["server_group"],
+                certificates=certificates,
+            )
         except (services.RuleViolation, IntegrityError) as error:
             form.add_error(
                 "port",

@@ -196,7 +196,8 @@ def test_create_group_with_servers_and_a_default_health_check(admin_client: Clie
         ("192.168.0.11", 8080, 0),
     ]
     check = HealthCheck.objects.get(group=group)
-    assert (check.enabled, check.protocol, check.interval, check.timeout) == (True, "tcp", 5, 2)
+    # The HTTP backends get an HTTP check, as in the wizard: a server answering 500 leaves.
+    assert (check.enabled, check.protocol, check.interval, check.timeout) == (True, "http", 5, 2)
 
 
 def test_create_refuses_duplicates_and_stores_nothing(admin_client: Client) -> None:
