@@ -14,9 +14,12 @@ import dj_database_url
 from cryptography.fernet import Fernet
 from django.core.management.utils import get_random_secret_key
 
+from console.private_files import keep_private
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+# Before anything is written there: folders 0700, files 0600 (console/private_files.py).
+keep_private(VAR_DIR)
 
 
 def env_flag(name: str, default: bool = False) -> bool:

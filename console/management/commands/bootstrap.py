@@ -6,12 +6,14 @@ import os
 import secrets
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
 from console.models import DataplaneNode, Instance
+from console.private_files import tighten
 from console.roles import ADMINISTRATORS, ensure_role_groups
 from listeners.services import instances_changed
 
@@ -29,6 +31,11 @@ class Command(BaseCommand):
             self._ensure_admin()
             self._ensure_instance()
             self._ensure_local_node(str(options["node_token_file"]), str(options["node_url"]))
+        # What was made before the console's umask applied (the token the Makefile wrote, files
+        # of an older version) becomes private too.
+        changed = tighten(settings.VAR_DIR)
+        if changed:
+            self.stdout.write(f"Made {len(changed)} path(s) under {settings.VAR_DIR} private.")
 
     def _ensure_admin(self) -> None:
         users = get_user_model().objects
