@@ -39,9 +39,9 @@ run: $(STAMP)
 # Debian's Chromium for the browser tests (Playwright cannot download its own build here), and
 # nghttp2's h2load, the HTTP/2 client the tests drive listeners with.
 chromium:
-	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/h2load ]; then \
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/h2load ] || [ ! -x /usr/bin/testssl ]; then \
 	  echo "Installing Debian's chromium and nghttp2-client for the tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nghttp2-client; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nghttp2-client testssl.sh; \
 	fi
 
 # Browser tests run in their own pytest process: Playwright's sync API keeps an event loop
