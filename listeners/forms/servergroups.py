@@ -14,6 +14,7 @@ from django import forms
 from django.db import transaction
 from django.http import QueryDict
 
+from listeners.forms.ranges import state_ranges
 from listeners.models import ServerGroup
 from listeners.rules import compatible_backend_protocols, slow_start_conflict
 from listeners.services import replace_servers
@@ -70,6 +71,7 @@ class ServerGroupForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.fields["slow_start_duration"].required = False
         self.fields["slow_start_duration"].help_text = "30-1200 s, used when Slow Start is on."
+        state_ranges(self, ServerGroup)
 
     def clean_backend_ca_certificate(self):
         ca = self.cleaned_data.get("backend_ca_certificate")

@@ -8,6 +8,7 @@ from django.urls import reverse
 
 from console.models import Instance
 from listeners.forms.listener import HealthCheckForm, ProtocolListenerForm, QuickCreateForm
+from listeners.forms.servergroups import ServerGroupForm
 from listeners.models import ServerGroup
 from tests.fixtures.listeners import make_listener
 
@@ -69,3 +70,17 @@ def test_listener_and_quick_create_numbers_name_their_range(instance: Instance) 
 
     quick = QuickCreateForm(instance=instance)
     assert 'min="1" max="65535"' in str(quick["port"])
+
+
+def test_the_server_group_form_states_the_slow_start_range() -> None:
+    assert 'min="30" max="1200"' in str(ServerGroupForm()["slow_start_duration"])
+    form = ServerGroupForm(
+        data={
+            "name": "pool",
+            "backend_protocol": "http",
+            "slow_start": "on",
+            "slow_start_duration": "5",
+        }
+    )
+    assert not form.is_valid()
+    assert form.errors["slow_start_duration"] == ["Slow Start Duration must be 30-1200 s."]
