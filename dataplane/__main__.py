@@ -21,7 +21,7 @@ from pathlib import Path
 
 import uvloop
 
-from dataplane.control import ControlApi
+from dataplane.control import MAX_BODY, ControlApi
 from dataplane.node import Node
 from dataplane.state import SnapshotStore
 from dataplane.workers import SupervisorApi, WorkerError, WorkerGroup, worker_command
@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10.0,
         help="seconds requests in flight may take to finish on SIGTERM (default 10)",
     )
+    parser.add_argument(
+        "--control-max-body",
+        type=_mebibytes,
+        default=MAX_BODY,
+        help="largest snapshot PUT /v1/config accepts, in MiB (default 64)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument(
         "--workers",
@@ -64,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="proxy processes sharing the listening ports (SO_REUSEPORT); default 1",
     )
     return parser.parse_args(argv)
+
+
+def _mebibytes(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 4096:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size from 1 to 4096 MiB")
+    return int(text) * 1024 * 1024
 
 
 def _worker_count(text: str) -> int:
@@ -99,9 +111,11 @@ async def serve(args: argparse.Namespace, token: str) -> int:
         for listener_id, reason in failed.items():
             log.warning("listener %s failed after restore: %s", listener_id, reason)
     if isinstance(node, WorkerGroup):
-        api: ControlApi = SupervisorApi(node, token=token, store=store)
+        api: ControlApi = SupervisorApi(
+            node, token=token, store=store, max_body=args.control_max_body
+        )
     else:
-        api = ControlApi(node, token=token, store=store)
+        api = ControlApi(node, token=token, store=store, max_body=args.control_max_body)
     host, port = await api.start(*args.control)
 
     stop = asyncio.Event()

@@ -53,6 +53,8 @@ SLOW_START_DURATION = (30, 1200)
 # Schedulers that take weights and so can ramp a server's weight (see dataplane.slowstart).
 SLOW_START_SCHEDULERS = ("weighted_round_robin", "weighted_least_connections")
 UDP_PAYLOAD_MAX = 64
+# The console counts generations in a 64-bit database column.
+MAX_GENERATION = 2**63 - 1
 STATUS_CLASSES = ("http_1xx", "http_2xx", "http_3xx", "http_4xx", "http_5xx")
 TLS_VERSIONS = ("TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 PREDEFINED_TLS_POLICIES = (
@@ -297,7 +299,7 @@ class Snapshot:
     # -- JSON ------------------------------------------------------------------------------------
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> Snapshot:
+    def from_json(cls, data: bytes | bytearray | str) -> Snapshot:
         """Decode and validate; raises ConfigError listing every problem found."""
         try:
             raw = json.loads(data)
@@ -502,6 +504,9 @@ class _Validator:
             errors.append(f"instance_id: {s.instance_id!r} must look like lb-xxxxxxxx")
         if s.generation < 1:
             errors.append(f"generation: {s.generation} must be at least 1")
+        elif s.generation > MAX_GENERATION:
+            # Accepted, it would make every later push from the console look older.
+            errors.append(f"generation: {s.generation} is above {MAX_GENERATION}")
         if not _is_ip(s.bind_address):
             errors.append(f"bind_address: {s.bind_address!r} is not an IP address")
         for collection, prefix in Snapshot.ID_PREFIXES.items():

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dataplane.config import Snapshot
-from dataplane.control import ControlApi
+from dataplane.control import MAX_BODY, ControlApi
 from dataplane.node import GenerationConflict, Node, StaleGeneration
 from dataplane.tls import set_ticket_secret
 
@@ -336,6 +336,8 @@ def worker_command(args: argparse.Namespace) -> list[str]:
         str(args.token_file),
         "--drain-timeout",
         str(args.drain_timeout),
+        "--control-max-body",
+        str(args.control_max_body),
         "--log-level",
         args.log_level,
         "--workers",
@@ -353,12 +355,15 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)
 
 
-async def serve_worker(token: str, drain_timeout: float, workers: int = 1) -> int:
+async def serve_worker(
+    token: str, drain_timeout: float, workers: int = 1, max_body: int = MAX_BODY
+) -> int:
     loop = asyncio.get_running_loop()
     # The kernel spreads connections over the workers and each worker has its own buckets, so each
     # enforces its part of every bandwidth limit.
     node = Node(reuse_port=True, bandwidth_share=1.0 / workers)
-    api = ControlApi(node, token=token, store=None)
+    # The supervisor passes each snapshot on as it came: the workers take as much as it does.
+    api = ControlApi(node, token=token, store=None, max_body=max_body)
     _, port = await api.start("127.0.0.1", 0)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -378,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dataplane.workers")
     parser.add_argument("--token-file", type=Path, required=True)
     parser.add_argument("--drain-timeout", type=float, default=10.0)
+    parser.add_argument("--control-max-body", type=int, default=MAX_BODY, help="in bytes")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--workers", type=int, default=1, help="how many workers there are")
     args = parser.parse_args(argv)
@@ -390,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     token = args.token_file.read_text().strip()
     secret = bytes.fromhex(sys.stdin.readline().strip() or "")
     set_ticket_secret(secret or None)
-    return uvloop.run(serve_worker(token, args.drain_timeout, max(args.workers, 1)))
+    return uvloop.run(
+        serve_worker(token, args.drain_timeout, max(args.workers, 1), args.control_max_body)
+    )
 
 
 if __name__ == "__main__":
