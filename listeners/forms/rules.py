@@ -7,6 +7,7 @@ import re
 from django import forms
 
 from dataplane import rules as dp_rules
+from listeners.forms.ranges import state_ranges
 from listeners.forwarding import to_dataplane_rule
 from listeners.models import ForwardingRule, Listener, ServerGroup
 from listeners.rules import compatible_backend_protocols
@@ -100,6 +101,7 @@ class ForwardingRuleForm(forms.Form):
     def __init__(self, *args, listener: Listener, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.listener = listener
+        state_ranges(self)
         # Rules forward HTTP requests; a gRPC group takes whole HTTP/2 streams instead.
         self.fields["server_group"].queryset = ServerGroup.objects.filter(
             backend_protocol__in=compatible_backend_protocols(listener.protocol)

@@ -8,6 +8,7 @@ from django.urls import reverse
 
 from console.models import Instance
 from listeners.forms.listener import HealthCheckForm, ProtocolListenerForm, QuickCreateForm
+from listeners.forms.rules import ForwardingRuleForm
 from listeners.forms.servergroups import ServerGroupForm
 from listeners.models import ServerGroup
 from tests.fixtures.listeners import make_listener
@@ -84,3 +85,14 @@ def test_the_server_group_form_states_the_slow_start_range() -> None:
     )
     assert not form.is_valid()
     assert form.errors["slow_start_duration"] == ["Slow Start Duration must be 30-1200 s."]
+
+
+def test_the_forwarding_rule_redirect_port_names_its_range(
+    instance: Instance, server_group: ServerGroup
+) -> None:
+    listener = make_listener(instance, server_group)
+    form = ForwardingRuleForm(listener=listener)
+    assert 'min="1" max="65535"' in str(form["redirect_port"])
+    form = ForwardingRuleForm(data={"redirect_port": "70000"}, listener=listener)
+    assert not form.is_valid()
+    assert form.errors["redirect_port"] == ["Redirect Port must be 1-65535."]
