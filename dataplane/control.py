@@ -195,6 +195,7 @@ class ControlProtocol(asyncio.Protocol):
         self.head_size = 0
         self.timer: asyncio.TimerHandle | None = None
         self.lingered = 0
+        self.eof = False
         # The answer in progress; the next one waits for it, so answers keep the requests' order.
         self.task: asyncio.Task[None] | None = None
         # Per-request state.
@@ -202,6 +203,7 @@ class ControlProtocol(asyncio.Protocol):
         self.authorization: bytes | None = None
         self.content_length: int | None = None
         self.expect_continue = False
+        self.head_parsed = 0
         self.body = bytearray()
         self.body_limit = 0
         self.refusal: tuple[int, dict[str, str]] | None = None
@@ -232,7 +234,8 @@ class ControlProtocol(asyncio.Protocol):
         except httptools.HttpParserError:
             self._refuse(*(self.refusal or (400, {"error": "malformed request"})))
             return
-        # What is still head after this read (a line without end) counts against the limit too.
+        # A head still incomplete after this read (a line without end, held by the parser) is
+        # limited by the bytes read.
         if self.phase == "head" and self.head_size > self.api.max_head:
             self._refuse(431, {"error": f"request head over {self.api.max_head} bytes"})
 
@@ -240,6 +243,7 @@ class ControlProtocol(asyncio.Protocol):
         if self.phase == "closing" or self.task is None or self.task.done():
             return None  # close
         # A client that sent its request and half-closed still gets the answer.
+        self.eof = True
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -256,13 +260,16 @@ class ControlProtocol(asyncio.Protocol):
         self.authorization = None
         self.content_length = None
         self.expect_continue = False
+        self.head_parsed = 0
         self.body = bytearray()
         self.refusal = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self.head_parsed += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_parsed += len(name) + len(value) + 4
         name = name.lower()
         if name == b"authorization":
             self.authorization = value
@@ -273,7 +280,8 @@ class ControlProtocol(asyncio.Protocol):
             self.expect_continue = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
-        if self.head_size > self.api.max_head:
+        # The bytes read so far may hold the start of the body too; the head is what was parsed.
+        if self.head_parsed > self.api.max_head:
             self._stop(431, {"error": f"request head over {self.api.max_head} bytes"})
         try:
             path = httptools.parse_url(self.url).path if self.url else b"/"
@@ -339,8 +347,8 @@ class ControlProtocol(asyncio.Protocol):
         del body
         if self.transport is None:
             return
-        self._write(status, payload, keep_alive=keep_alive)
-        if not keep_alive:
+        self._write(status, payload, keep_alive=keep_alive and not self.eof)
+        if not keep_alive or self.eof:
             self.transport.close()
             return
         if self.phase == "closing":

@@ -176,6 +176,14 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(node):
     assert b"\r\nConnection: close\r\n" in answer
 
 
+def test_a_large_snapshot_sent_with_its_head_in_one_write_is_applied(node):
+    # About 1 MiB: the first read holds the head and the start of the body.
+    entries = [f"10.{a}.{b}.0/24" for a in range(256) for b in range(256)]
+    document = snapshot([], [], acls=[{"id": "acl-large", "entries": entries}])
+    status, answer = put(node.port, json.dumps(document).encode())
+    assert (status, answer["generation"]) == (200, 1)
+
+
 def test_the_body_limit_is_set_on_the_command_line(tmp_path):
     node = DataplaneProcess(tmp_path, tmp_path / "state", extra=("--control-max-body", "1"))
     try:
