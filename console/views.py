@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
-from console import pipeline
+from console import pipeline, services
 from console.forms import DataplaneNodeForm, InstanceForm
 from console.htmx import redirect_after_change, render_dialog
 from console.models import DataplaneNode, Instance
-from listeners.services import instances_changed
+from listeners.services import InUse, RuleViolation
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -33,7 +32,9 @@ def instance_list(request: HttpRequest) -> HttpResponse:
 def instance_create(request: HttpRequest) -> HttpResponse:
     form = InstanceForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        instance = form.save()
+        instance = services.create_instance(
+            **{name: form.cleaned_data[name] for name in InstanceForm.Meta.fields}
+        )
         messages.success(request, f"Instance {instance.name} ({instance.id}) created.")
         return redirect_after_change(request, reverse("instance-list"))
     return render_dialog(
@@ -49,10 +50,14 @@ def instance_delete(request: HttpRequest, instance_id: str) -> HttpResponse:
     instance = get_object_or_404(Instance, pk=instance_id)
     blockers = list(instance.listeners.all()[:20]) if hasattr(instance, "listeners") else []
     if request.method == "POST" and not blockers:
-        with transaction.atomic():
-            instance.delete()
-        messages.success(request, f"Instance {instance.name} ({instance.id}) deleted.")
-        return redirect_after_change(request, reverse("instance-list"))
+        try:
+            services.delete_instance(instance_id=instance.pk)
+        except InUse as in_use:
+            # A listener was created since the check above.
+            blockers = in_use.blockers
+        else:
+            messages.success(request, f"Instance {instance.name} ({instance.id}) deleted.")
+            return redirect_after_change(request, reverse("instance-list"))
     return render_dialog(
         request,
         "console/_instance_delete.html",
@@ -91,12 +96,19 @@ def node_create(request: HttpRequest, instance_id: str) -> HttpResponse:
     instance = get_object_or_404(Instance, pk=instance_id)
     form = DataplaneNodeForm(request.POST or None, instance_obj=instance)
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            node = form.save()
-            # A new node has nothing yet: push the instance's configuration to it.
-            instances_changed({instance.pk})
-        messages.success(request, f"Node {node.name} added; its configuration is being pushed.")
-        return redirect_after_change(request, reverse("instance-nodes", args=[instance.pk]))
+        try:
+            # A new node has nothing yet: the instance's configuration is pushed to it.
+            node = services.add_node(
+                instance_id=instance.pk,
+                name=form.cleaned_data["name"],
+                control_url=form.cleaned_data["control_url"],
+                token=form.cleaned_data["token"],
+            )
+        except RuleViolation as problem:
+            form.add_error(problem.field if problem.field in form.fields else None, str(problem))
+        else:
+            messages.success(request, f"Node {node.name} added; its configuration is being pushed.")
+            return redirect_after_change(request, reverse("instance-nodes", args=[instance.pk]))
     return render_dialog(
         request,
         "console/_node_form.html",
@@ -114,10 +126,11 @@ def node_create(request: HttpRequest, instance_id: str) -> HttpResponse:
 def node_delete(request: HttpRequest, instance_id: str, node_id: int) -> HttpResponse:
     node = get_object_or_404(DataplaneNode, pk=node_id, instance_id=instance_id)
     if request.method == "POST":
-        with transaction.atomic():
-            node.delete()
-            # Listener status is computed over the remaining nodes.
-            instances_changed({instance_id})
+        try:
+            services.remove_node(instance_id=instance_id, node_id=node.pk)
+        except RuleViolation as problem:
+            messages.error(request, str(problem))
+            return redirect_after_change(request, reverse("instance-nodes", args=[instance_id]))
         messages.success(request, f"Node {node.name} removed from the instance.")
         return redirect_after_change(request, reverse("instance-nodes", args=[instance_id]))
     return render_dialog(

@@ -12,10 +12,11 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
+from console import services
 from console.models import DataplaneNode, Instance
 from console.private_files import tighten
 from console.roles import ADMINISTRATORS, ensure_role_groups
-from listeners.services import instances_changed
+from listeners.services import RuleViolation
 
 
 class Command(BaseCommand):
@@ -57,7 +58,7 @@ class Command(BaseCommand):
 
     def _ensure_instance(self) -> None:
         if not Instance.objects.exists():
-            instance = Instance.objects.create(name="default")
+            instance = services.create_instance(name="default")
             self.stdout.write(f"Created default instance {instance.id}.")
 
     def _ensure_local_node(self, token_file: str, control_url: str) -> None:
@@ -66,8 +67,11 @@ class Command(BaseCommand):
             return
         token = Path(token_file).read_text().strip()
         instance = Instance.objects.order_by("created_at").first()
-        node = DataplaneNode(instance=instance, name="local", control_url=control_url)
-        node.token = token
-        node.save()
-        instances_changed({instance.pk})
+        try:
+            services.add_node(
+                instance_id=instance.pk, name="local", control_url=control_url, token=token
+            )
+        except RuleViolation as problem:
+            self.stderr.write(f"Local dataplane node not registered: {problem}")
+            return
         self.stdout.write(f"Registered dataplane node local ({control_url}) for {instance.id}.")
