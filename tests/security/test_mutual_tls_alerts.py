@@ -10,15 +10,18 @@ TCP SSL listeners. Python's ssl gives the alert a client received as the SSLErro
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import subprocess
+import time
 from typing import Any
 
 import pytest
 import trustme
 from cryptography import x509
 
+from dataplane.node import TLS_HANDSHAKE_TIMEOUT
 from tests.dataplane import conftest as dataplane_fixtures
 from tests.dataplane.conftest import (
     WAIT,
@@ -192,3 +195,21 @@ def test_a_downgraded_retry_gets_inappropriate_fallback(listeners, protocol):
     output = s_client(listeners[protocol], "-tls1_2", "-fallback_scsv")
 
     assert "alert inappropriate fallback" in output, output
+
+
+def test_a_client_that_ignores_the_alert_is_cut_off_by_the_handshake_timeout(listeners, ca):
+    """The node waits for the client to close after its alert, as the client must, but not
+    longer than a handshake may take (dataplane.node.TLS_HANDSHAKE_TIMEOUT)."""
+    context = client(ca, "TLSv1.3")
+    with socket.create_connection(("127.0.0.1", listeners["https"]), timeout=30) as raw:
+        tls = context.wrap_socket(raw, server_hostname="www.example.com")
+        started = time.monotonic()
+        # The client neither writes nor closes; its first read gets the alert, the next the close.
+        with pytest.raises(ssl.SSLError, match="TLSV13_ALERT_CERTIFICATE_REQUIRED"):
+            tls.recv(1024)
+        with socket.socket(fileno=os.dup(tls.fileno())) as plain:
+            plain.settimeout(30)
+            assert plain.recv(1024) == b""
+        elapsed = time.monotonic() - started
+        tls.close()
+    assert elapsed < TLS_HANDSHAKE_TIMEOUT + 5
