@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # this plus one reconcile.
 RECONNECT_INTERVAL = 0.5
 
+RECONCILE_SEND = {"max_retries": 2, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.2}
+
 app = Celery("console")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
@@ -51,26 +53,38 @@ def schedule_reconcile(sender: Celery, **kwargs: object) -> None:
 class BrokerOutage:
     """One log line when the broker goes away and one when it is back, per process."""
 
+    # A connection that fails again this soon after the broker answered is a stale one from
+    # before the outage (a pooled socket the broker closed when it restarted): the same outage.
+    SETTLING = 2.0
+
     def __init__(self, who: str, meanwhile: str) -> None:
         self.who = who
         self.meanwhile = meanwhile
         self.since: float | None = None
+        self.back_at: float | None = None
+        self.relapse = False
         self._lock = threading.Lock()
 
     def lost(self, error: object) -> None:
+        now = time.monotonic()
         with self._lock:
             if self.since is not None:
                 return
-            self.since = time.monotonic()
-        log.warning("%s: broker unreachable (%s); %s", self.who, error, self.meanwhile)
+            self.since = now
+            self.relapse = self.back_at is not None and now - self.back_at < self.SETTLING
+        if not self.relapse:
+            log.warning("%s: broker unreachable (%s); %s", self.who, error, self.meanwhile)
 
     def back(self) -> bool:
         """Note that the broker answers; True when that ends an outage."""
+        now = time.monotonic()
         with self._lock:
             since, self.since = self.since, None
-        if since is None:
-            return False
-        log.info("%s: broker reachable again after %.1f s", self.who, time.monotonic() - since)
+            if since is None:
+                return False
+            self.back_at = now
+        if not self.relapse:
+            log.info("%s: broker reachable again after %.1f s", self.who, now - since)
         return True
 
 
@@ -144,7 +158,8 @@ class ReconcileOnConnect(bootsteps.StartStopStep):
     def start(self, c) -> None:
         Consumer.outage.back()
         try:
-            c.app.send_task("console.tasks.reconcile", retry=False)
+            # A retry replaces a pooled connection that went stale during an outage.
+            c.app.send_task("console.tasks.reconcile", retry=True, retry_policy=RECONCILE_SEND)
         except Exception as error:
             if not is_broker_down(error):
                 raise

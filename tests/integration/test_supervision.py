@@ -103,7 +103,7 @@ class Client:
         while not self._stop.is_set():
             try:
                 status, _ = get(self.port, "/load", timeout=5)
-            except OSError as error:
+            except (OSError, http.client.HTTPException) as error:
                 self.failures.append(repr(error))
             else:
                 if status == 200:
