@@ -453,7 +453,7 @@ def update_server_group(
 ) -> ServerGroup:
     """Edit a group (``values``: its ServerGroup fields) and make its servers ``servers``."""
     group = _locked(ServerGroup, group_id, "Server group")
-    affected = _reconfigure(listeners_of_group(group), doing="changing its server group")
+    affected = _reconfigure(listeners_of_group(group), doing="editing its server group")
     protocol = values.get("backend_protocol", group.backend_protocol)
     for listener in affected:
         if protocol not in rules.compatible_backend_protocols(listener.protocol):
@@ -538,7 +538,7 @@ def update_acl(
 ) -> AccessControlList:
     acl = _locked(AccessControlList, acl_id, "IP address group")
     # Whitelists and blacklists are enforced by the dataplane from the snapshot.
-    _reconfigure(acl.listeners.all(), doing="changing its access control")
+    _reconfigure(acl.listeners.all(), doing="editing its IP address group")
     acl.name = name
     acl.description = description
     acl.save()
@@ -587,7 +587,7 @@ def _custom_policy(policy_id: str, *, deleting: bool = False) -> TlsPolicy:
 @transaction.atomic
 def update_tls_policy(*, policy_id: str, values: dict[str, Any]) -> TlsPolicy:
     policy = _custom_policy(policy_id)
-    _reconfigure(policy.listeners.all(), doing="changing its TLS security policy")
+    _reconfigure(policy.listeners.all(), doing="editing its TLS security policy")
     for field, value in values.items():
         setattr(policy, field, value)
     policy.save()
