@@ -24,7 +24,7 @@ _LABEL_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz-")
 # RFC 3986's reg-name, which also allows escapes and sub-delimiters (`%`, `,`, `;`...): no DNS
 # name has them, and each is one more way a backend could read the host otherwise than the
 # rules did. Userinfo (`user@`) has no place in either.
-_HOST_FIELD = re.compile(rb"(?:[A-Za-z0-9._~-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+HOST_FIELD = re.compile(rb"(?:[A-Za-z0-9._~-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 _IDNA_PREFIX = "xn--"
 
 
@@ -48,7 +48,7 @@ def _normalize(name: str) -> str | None:
 
 def is_host_field(value: bytes) -> bool:
     """Whether a Host field value (or an authority) is one host, as a proxy may forward it."""
-    return _HOST_FIELD.fullmatch(value) is not None
+    return HOST_FIELD.fullmatch(value) is not None
 
 
 def _split_wildcard(name: str) -> tuple[str, str] | None:

@@ -437,7 +437,7 @@ def normalize_path(path: bytes) -> bytes:
 def matching_path(path: bytes) -> bytes:
     """The form path conditions compare: every escape decoded (up to three levels), parameters
     dropped, then normalized, so no spelling a backend could read as `/admin` escapes `/admin`."""
-    if not needs_normalizing(path) and b";" not in path:
+    if b"%" not in path and b"//" not in path and b"/." not in path and b";" not in path:
         return path
     for _ in range(_DECODE_ROUNDS):
         if b"%" not in path:

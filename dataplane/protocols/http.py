@@ -65,7 +65,7 @@ from dataplane.balancing import Backend
 from dataplane.bandwidth import ThrottledWriter
 from dataplane.compression import Compressor, choose_encoding
 from dataplane.descriptors import EXHAUSTED
-from dataplane.hostnames import is_host_field
+from dataplane.hostnames import HOST_FIELD
 from dataplane.protocols import BackendReadGate
 from dataplane.rules import (
     Action,
@@ -75,7 +75,6 @@ from dataplane.rules import (
     RuleAction,
     RuleTable,
     ambiguous_path,
-    needs_normalizing,
     normalize_path,
     split_target,
 )
@@ -148,6 +147,8 @@ _CONNECTION_TOKENS = frozenset(
 _AMBIGUOUS_PATH = FixedResponseAction(
     "ambiguous-path", RuleAction("fixed_response", status_code=400)
 )
+# One host, as a Host field or an authority may name it (dataplane.hostnames).
+_host_field = HOST_FIELD.fullmatch
 # A request target in absolute form (RFC 9112 3.2.2): scheme, authority, and the rest.
 _ABSOLUTE_FORM = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)(.*)", re.DOTALL)
 
@@ -664,7 +665,7 @@ class HttpProxy(BackendReadGate):
                 # RFC 9112 3.2: an HTTP/1.1 request names its host.
                 self.reject_status = 400
                 raise _Reject
-        elif not is_host_field(host):
+        elif _host_field(host) is None:
             self.reject_status = 400
             raise _Reject
         request.keep_alive = keep_alive and not request.upgrade
@@ -834,7 +835,10 @@ class HttpProxy(BackendReadGate):
     def _match_rules(self, table: RuleTable, request: Request, client_ip: str) -> Action | None:
         """The matching rule's action; _AMBIGUOUS_PATH for a path no rule can judge."""
         path, query = split_target(request.url)
-        if table.normalizes_paths and (needs_normalizing(path) or b"\\" in path):
+        # Substring tests inline: most paths have nothing to normalize.
+        if table.normalizes_paths and (
+            b"%" in path or b"//" in path or b"/." in path or b"\\" in path
+        ):
             if ambiguous_path(path):
                 return _AMBIGUOUS_PATH
             normalized = normalize_path(path)
