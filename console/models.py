@@ -143,3 +143,56 @@ class PushAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.node.name} g{self.generation} {self.result}"
+
+
+class ApiToken(models.Model):
+    """A personal API token: sent as ``Authorization: Bearer``, shown once, stored hashed.
+
+    Tokens are 256-bit random secrets, so one SHA-256 is enough to store them (a slow password
+    hash protects guessable secrets, and none of these is guessable). ``prefix`` is the public
+    start of the token, shown in the list so the operator can tell tokens apart.
+    """
+
+    class Role(models.TextChoices):
+        VIEWER = "viewer", "Viewer (read only)"
+        ADMIN = "admin", "Administrator"
+
+    user = models.ForeignKey(
+        "auth.User", on_delete=models.CASCADE, related_name="api_tokens", editable=False
+    )
+    name = models.CharField(max_length=64)
+    role = models.CharField(max_length=8, choices=Role.choices, default=Role.VIEWER)
+    prefix = models.CharField(max_length=16, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def usable(self, now) -> bool:
+        return self.revoked_at is None and self.expires_at > now
+
+
+class ClientToken(models.Model):
+    """A create request's idempotency key (the cloud APIs' ClientToken): a retry with the same
+    key and body answers with the listener the first request created."""
+
+    user = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=64)
+    request_hash = models.CharField(max_length=64)
+    listener_id = models.CharField(max_length=16)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="client_token_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} → {self.listener_id}"

@@ -3,7 +3,8 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from console import views
+from console import token_views, views
+from console.api.main import api
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -24,6 +25,9 @@ urlpatterns = [
         views.node_delete,
         name="node-delete",
     ),
+    path("tokens/", token_views.token_list, name="token-list"),
+    path("tokens/<int:token_id>/revoke/", token_views.token_revoke, name="token-revoke"),
+    path("api/v1/", api.urls),
     path("", include("listeners.urls")),
     path("certificates/", include("certificates.urls")),
 ]

@@ -1,0 +1,85 @@
+"""The API object: routers, authentication and problem documents for every error."""
+
+from __future__ import annotations
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from console.api import listeners
+from console.api.auth import API_MAX_BODY_BYTES, ConsoleAuth
+from console.api.problems import ApiError, problem_response
+
+DESCRIPTION = f"""
+Every operation of the Ferry console. Authenticate with a personal API token from the console's
+API Tokens page (`Authorization: Bearer <token>`), or with a signed-in browser session (writes
+then need the `X-CSRFToken` header). Viewer tokens only read.
+
+Changes are asynchronous: a create or change answers at once with the listener `configuring` and
+the instance `generation` that carries it; GET shows the live `status` and `last_error`.
+
+Errors are RFC 9457 problem documents (`application/problem+json`) whose `errors` name each
+field. Unknown fields are refused by name. Request bodies are limited to {API_MAX_BODY_BYTES}
+bytes (413 beyond).
+"""
+
+api = NinjaAPI(
+    title="Ferry Load Balancer API",
+    version="1",
+    description=DESCRIPTION,
+    auth=ConsoleAuth(),
+    urls_namespace="api",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+api.add_router("", listeners.router)
+
+
+def _field_of(location: tuple | list) -> str | None:
+    # ("body", "payload", "servers", 0, "port") -> "servers[0].port"
+    parts = [p for p in location if p not in ("body", "payload", "query", "path")]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or None
+
+
+@api.exception_handler(ValidationError)
+def invalid_request(request: HttpRequest, error: ValidationError) -> HttpResponse:
+    errors = []
+    for item in error.errors:
+        field = _field_of(item.get("loc", ()))
+        if item.get("type") == "extra_forbidden":
+            message = f"Unknown field {field}."
+        else:
+            message = item.get("msg", "Invalid value.")
+        errors.append({"field": field, "message": message})
+    return problem_response(
+        422, errors[0]["message"] if errors else "Invalid request.", errors=errors
+    )
+
+
+@api.exception_handler(ApiError)
+def api_error(request: HttpRequest, error: ApiError) -> HttpResponse:
+    return problem_response(error.status, error.detail, errors=error.errors)
+
+
+@api.exception_handler(Http404)
+def not_found(request: HttpRequest, error: Http404) -> HttpResponse:
+    return problem_response(404, "No such object.")
+
+
+@api.exception_handler(AuthenticationError)
+def unauthenticated(request: HttpRequest, error: AuthenticationError) -> HttpResponse:
+    return problem_response(401, "Authentication required.")
+
+
+@api.exception_handler(HttpError)
+def http_error(request: HttpRequest, error: HttpError) -> HttpResponse:
+    return problem_response(error.status_code, str(error))
+
+
+@api.exception_handler(RequestDataTooBig)
+def too_big(request: HttpRequest, error: RequestDataTooBig) -> HttpResponse:
+    return problem_response(413, f"The request body is larger than {API_MAX_BODY_BYTES} bytes.")
