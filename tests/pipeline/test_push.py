@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from celery.exceptions import Retry
+from django.db import transaction
 
 from console import pipeline
 from console.models import PushAttempt
@@ -21,7 +22,8 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("eager_celery")]
 @pytest.fixture
 def listener(instance, server_group) -> Listener:
     listener = make_listener(instance, server_group, port=8080)
-    listeners_changed([listener])
+    with transaction.atomic():
+        listeners_changed([listener])
     instance.refresh_from_db()
     return listener
 
@@ -199,7 +201,8 @@ def test_status_poll_does_not_undo_a_push_that_lands_meanwhile(
 
     register_node(instance, fake_node.url)
     pipeline.push(instance.id, instance.generation)
-    listeners_changed([listener])
+    with transaction.atomic():
+        listeners_changed([listener])
     instance.refresh_from_db()
     original = nodeclient.get_status
 
