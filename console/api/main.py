@@ -7,7 +7,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from console.api import listeners
+from console.api import acls, certificates, instances, listeners, rules, servergroups, tlspolicies
 from console.api.auth import API_MAX_BODY_BYTES, ConsoleAuth
 from console.api.problems import ApiError, problem_response
 
@@ -33,7 +33,8 @@ api = NinjaAPI(
     docs_url="/docs",
     openapi_url="/openapi.json",
 )
-api.add_router("", listeners.router)
+for module in (instances, listeners, rules, servergroups, certificates, tlspolicies, acls):
+    api.add_router("", module.router)
 
 
 def _field_of(location: tuple | list) -> str | None:

@@ -1,0 +1,177 @@
+"""Server groups with their backend servers and health check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from ninja import Field, Router, Schema, Status
+
+from console.api.common import Strict, call_service, pk_of, set_fields, validated
+from console.api.listeners import (
+    BackendServerIn,
+    HealthCheckIn,
+    _health_check_data,
+    _servers_formset,
+)
+from console.api.problems import Problem, form_errors, invalid
+from listeners import services
+from listeners.forms.listener import HealthCheckForm
+from listeners.forms.servergroups import ServerGroupForm
+from listeners.models import HealthCheck, ServerGroup
+
+router = Router(tags=["Server groups"])
+ERRORS = {400: Problem, 403: Problem, 404: Problem, 409: Problem, 422: Problem}
+GROUP_FIELDS = ServerGroupForm.Meta.fields
+
+
+class ServerGroupCreate(Strict):
+    name: str
+    backend_protocol: str = "http"
+    description: str = ""
+    slow_start: bool = False
+    slow_start_duration: int = 30
+    backend_ca_certificate: str | None = None
+    servers: list[BackendServerIn] = Field(..., max_length=500)
+    health_check: HealthCheckIn | None = None
+
+
+class ServerGroupChange(Strict):
+    """Omitted fields keep their value; ``servers``, when given, replaces every server."""
+
+    name: str | None = None
+    backend_protocol: str | None = None
+    description: str | None = None
+    slow_start: bool | None = None
+    slow_start_duration: int | None = None
+    backend_ca_certificate: str | None = None
+    servers: list[BackendServerIn] | None = Field(None, max_length=500)
+
+
+class ServerOut(Schema):
+    server_id: str
+    address: str
+    port: int
+    weight: int
+    description: str
+
+
+class ServerGroupOut(Schema):
+    id: str
+    name: str
+    backend_protocol: str
+    description: str
+    slow_start: bool
+    slow_start_duration: int
+    backend_ca_certificate: str | None
+    servers: list[ServerOut]
+    health_check: dict[str, Any] | None
+    listeners: list[str]
+
+
+def group_out(group: ServerGroup) -> dict[str, Any]:
+    group = ServerGroup.objects.get(pk=group.pk)
+    check = HealthCheck.objects.filter(group=group).first()
+    return {
+        **{name: pk_of(getattr(group, name)) for name in GROUP_FIELDS},
+        "id": group.id,
+        "servers": [
+            {
+                "server_id": server.server_id,
+                "address": server.address,
+                "port": server.port,
+                "weight": server.weight,
+                "description": server.description,
+            }
+            for server in group.servers.all()
+        ],
+        "health_check": (
+            {name: getattr(check, name) for name in HealthCheckForm.Meta.fields} if check else None
+        ),
+        "listeners": sorted(set(services.listeners_of_group(group).values_list("pk", flat=True))),
+    }
+
+
+def _servers(rows: list[dict]) -> list[dict]:
+    formset = _servers_formset(rows)
+    if not formset.is_valid():
+        raise invalid(form_errors(formset, at="servers"))
+    return formset.rows()
+
+
+@router.get("/server-groups", response=list[ServerGroupOut])
+def list_groups(request: HttpRequest):
+    return [group_out(group) for group in ServerGroup.objects.all()]
+
+
+@router.get("/server-groups/{group_id}", response={200: ServerGroupOut, 404: Problem})
+def get_group(request: HttpRequest, group_id: str):
+    return group_out(get_object_or_404(ServerGroup, pk=group_id))
+
+
+@router.post("/server-groups", response={201: ServerGroupOut, **ERRORS})
+def create_group(request: HttpRequest, payload: ServerGroupCreate):
+    data = payload.model_dump()
+    form = ServerGroupForm({name: data[name] for name in GROUP_FIELDS})
+    errors = form_errors(form)
+    formset = _servers_formset(data["servers"])
+    errors += form_errors(formset, at="servers")
+    check = None
+    if payload.health_check is not None:
+        check = HealthCheckForm(
+            _health_check_data(None, data["backend_protocol"], set_fields(payload.health_check)),
+            backend_protocol=data["backend_protocol"],
+        )
+        errors += form_errors(check, at="health_check")
+    if errors:
+        raise invalid(errors)
+    group = call_service(
+        services.create_server_group,
+        **{name: form.cleaned_data[name] for name in GROUP_FIELDS},
+        servers=formset.rows(),
+        health_check=check.cleaned_data if check else None,
+    )
+    return Status(201, group_out(group))
+
+
+@router.patch("/server-groups/{group_id}", response={200: ServerGroupOut, **ERRORS})
+def modify_group(request: HttpRequest, group_id: str, payload: ServerGroupChange):
+    group = get_object_or_404(ServerGroup, pk=group_id)
+    sent = set_fields(payload)
+    servers = sent.pop("servers", None)
+    if payload.servers is not None:
+        servers = _servers([row.model_dump() for row in payload.servers])
+    data = {name: pk_of(getattr(group, name)) for name in GROUP_FIELDS}
+    data.update(sent)
+    form = validated(ServerGroupForm(data, instance=group))
+    group = call_service(
+        services.update_server_group,
+        group_id=group.pk,
+        values={name: form.cleaned_data[name] for name in GROUP_FIELDS},
+        servers=servers,
+    )
+    return group_out(group)
+
+
+@router.put("/server-groups/{group_id}/health-check", response={200: ServerGroupOut, **ERRORS})
+def modify_health_check(request: HttpRequest, group_id: str, payload: HealthCheckIn):
+    """Modify Health Check; every listener that forwards to the group is reconfigured."""
+    group = get_object_or_404(ServerGroup, pk=group_id)
+    check = HealthCheck.objects.filter(group=group).first()
+    form = validated(
+        HealthCheckForm(
+            _health_check_data(check, group.backend_protocol, set_fields(payload)),
+            instance=check,
+            backend_protocol=group.backend_protocol,
+        )
+    )
+    call_service(services.update_health_check, group=group, values=form.cleaned_data)
+    return group_out(group)
+
+
+@router.delete("/server-groups/{group_id}", response={204: None, **ERRORS})
+def delete_group(request: HttpRequest, group_id: str):
+    group = get_object_or_404(ServerGroup, pk=group_id)
+    call_service(services.delete_server_group, group_id=group.pk)
+    return Status(204, None)
