@@ -10,7 +10,6 @@ from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
-from django_htmx.http import HttpResponseStopPolling
 
 from console import pipeline
 from console.htmx import redirect_after_change, render_dialog
@@ -102,13 +101,9 @@ def listener_detail(request: HttpRequest, instance_id: str, listener_id: str) ->
 
 @require_GET
 def listener_status(request: HttpRequest, instance_id: str, listener_id: str) -> HttpResponse:
-    """htmx polling target: the status badge while Configuring, then polling stops."""
+    """htmx polling target: the badge with its next poll, fast while Configuring, slow after."""
     listener = _listener(instance_id, listener_id)
-    response = render(request, "listeners/_status.html", {"listener": listener})
-    if not listener.is_configuring and request.htmx:
-        stop = HttpResponseStopPolling(response.content)
-        return stop
-    return response
+    return render(request, "listeners/_status_poll.html", {"listener": listener})
 
 
 def _refused(request: HttpRequest, listener: Listener, action: str) -> HttpResponse | None:
