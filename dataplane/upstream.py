@@ -77,6 +77,7 @@ class HttpUpstream(asyncio.Protocol):
         "partial",
         "partial_size",
         "pool",
+        "reads",
         "received",
         "reused",
         "status",
@@ -113,6 +114,8 @@ class HttpUpstream(asyncio.Protocol):
         self.headers_done = False
         self.interim = False
         self.received = False
+        # reads so far: the client side checks a streaming response still moves
+        self.reads = 0
         # After a 101 Switching Protocols the owner set this: bytes pass through unparsed, and
         # the connection is never pooled again.
         self.tunnel = False
@@ -136,6 +139,7 @@ class HttpUpstream(asyncio.Protocol):
             self.close()
             return
         self.received = True
+        self.reads += 1
         if self.tunnel:
             owner.tunnel_data(data)
             return

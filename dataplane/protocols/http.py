@@ -270,7 +270,9 @@ class HttpProxy(BackendReadGate):
         "connect_task",
         "current",
         "deadline",
+        "drain_mark",
         "draining",
+        "drains",
         "early",
         "eof_body",
         "head",
@@ -293,6 +295,7 @@ class HttpProxy(BackendReadGate):
         "rechunk",
         "registered",
         "reject_status",
+        "response_mark",
         "response_started",
         "retried",
         "route",
@@ -347,6 +350,11 @@ class HttpProxy(BackendReadGate):
         # reads from the client so far, and their count when a request body was last checked
         self.reads = 0
         self.body_mark = -1
+        # times the client drained its write buffer, and the backend's reads, when a streaming
+        # response was last checked
+        self.drains = 0
+        self.drain_mark = -1
+        self.response_mark = -1
         # request being parsed
         self.parsing: Request | None = None
         self.in_head = False
@@ -1026,6 +1034,7 @@ class HttpProxy(BackendReadGate):
 
     def upstream_headers(self, upstream: HttpUpstream) -> None:
         request: Request = self.current  # type: ignore[assignment]
+        self.response_mark = self.drain_mark = -1
         settings = self.settings
         status = upstream.status
         head = upstream.head
@@ -1348,11 +1357,37 @@ class HttpProxy(BackendReadGate):
                 # Idle for the whole idle timeout.
                 self._close()
         elif self.response_started:
-            # Streaming a response: the backend cannot be late any more. Look again one response
-            # timeout later.
+            # Streaming a response: the backend cannot be late any more, but it must keep moving.
+            if self._response_stalled():
+                self._abort()
+                return
             self._set_deadline(self.settings.response_timeout)
         else:
             self._reject(504)
+
+    def _response_stalled(self) -> bool:
+        """Whether a streaming response moved neither way since the last check, one response
+        timeout ago: a client that reads none of it (a slow-read attack holds both sockets),
+        or a backend that sends nothing more. Counters are compared, so the hot path reads no
+        clock; a stall is caught between one and two response timeouts after it began."""
+        if self.writing_paused:
+            stalled = self.drains == self.drain_mark
+            self.drain_mark = self.drains
+            self.response_mark = -1
+            return stalled
+        self.drain_mark = -1
+        upstream = self.upstream
+        if upstream is None or self.throttled:
+            # Paused by the bandwidth limit: waiting is the node's doing.
+            self.response_mark = -1
+            return False
+        stalled = upstream.reads == self.response_mark
+        self.response_mark = upstream.reads
+        return stalled
+
+    def resume_writing(self) -> None:
+        self.drains += 1
+        BackendReadGate.resume_writing(self)
 
     def _check_body(self, now: float) -> None:
         """A request body is on its way to the backend: the request timeout bounds each pause

@@ -241,6 +241,39 @@ def test_client_closing_during_the_response_releases_the_backend(front, protocol
     assert wait_until(lambda: open_fds() <= before, AT_ONCE), (open_fds(), before)
 
 
+@pytest.mark.parametrize("protocol", ["http", "https"])
+def test_client_that_stops_reading_its_response_is_cut(front, protocol):
+    """A slow-read client: the response timeout bounds how long a streaming response may wait
+    for the client to take any of it."""
+    piece = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+    site = front(protocol, trickle(STREAM_HEAD, piece, interval=0), response_timeout=1)
+    before = open_fds()
+    with site.connect() as sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        # Read nothing: buffers fill up on every hop, then nothing moves.
+        assert site.backend.all_closed(WAIT)
+    assert wait_until(lambda: open_fds() <= before), (open_fds(), before)
+
+
+@pytest.mark.parametrize("protocol", ["http", "https"])
+def test_backend_that_stalls_mid_response_is_cut(front, protocol):
+    async def stall(connection) -> None:
+        await connection.send(STREAM_HEAD + b"5\r\nhello\r\n")
+
+    site = front(protocol, stall, response_timeout=1)
+    before = open_fds()
+    with site.connect() as sock:
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        started = time.monotonic()
+        reply = read_until_closed(sock)
+        waited = time.monotonic() - started
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert reply.endswith(b"5\r\nhello\r\n")  # cut: no last chunk, the client knows
+    assert waited <= 3.5
+    assert site.backend.all_closed()
+    assert wait_until(lambda: open_fds() <= before), (open_fds(), before)
+
+
 # -- HTTP/2 ------------------------------------------------------------------------------------
 
 
