@@ -413,23 +413,26 @@ def _squash(path: bytes) -> bytes:
 
 def ambiguous_path(path: bytes) -> bool:
     """Whether backends may disagree on where `path`'s segments end (see "Paths" above)."""
-    return (b"%" in path or b"\\" in path) and _AMBIGUOUS.search(path) is not None
+    return _AMBIGUOUS.search(path) is not None
 
 
-def needs_normalizing(path: bytes) -> bool:
-    """Whether `normalize_path` could change `path`: three substring tests, no allocation."""
-    return b"%" in path or b"//" in path or b"/." in path
+# Whether a path may need normalizing, or its matching form differs from it. One regex search
+# each: on bytes, `b"%" in path` raises and clears a TypeError inside CPython (it tries the
+# operand as an integer first), which costs more than the search itself.
+needs_normalizing = re.compile(rb"[%\\]|//|/\.").search
+_NEEDS_MATCHING_FORM = re.compile(rb"[%;]|//|/\.").search
+_SQUASHABLE = re.compile(rb"//|/\.").search
 
 
 def normalize_path(path: bytes) -> bytes:
     """The path a listener with path conditions forwards: escaped unreserved characters decoded,
     slashes merged, dot segments removed. Other escapes (`%2F`, `%3F`, `%25`...) stay as they
     are: decoding them would change what the path means. Not an origin-form path: unchanged."""
-    if path[:1] != b"/" or not needs_normalizing(path):
+    if path[:1] != b"/" or needs_normalizing(path) is None:
         return path
-    if b"%" in path:
+    if path.find(b"%") >= 0:
         path = _ESCAPE.sub(_unreserved, path)
-    if b"//" in path or b"/." in path:
+    if _SQUASHABLE(path) is not None:
         path = _squash(path)
     return path
 
@@ -437,18 +440,18 @@ def normalize_path(path: bytes) -> bytes:
 def matching_path(path: bytes) -> bytes:
     """The form path conditions compare: every escape decoded (up to three levels), parameters
     dropped, then normalized, so no spelling a backend could read as `/admin` escapes `/admin`."""
-    if b"%" not in path and b"//" not in path and b"/." not in path and b";" not in path:
+    if _NEEDS_MATCHING_FORM(path) is None:
         return path
     for _ in range(_DECODE_ROUNDS):
-        if b"%" not in path:
+        if path.find(b"%") < 0:
             break
         decoded = urllib.parse.unquote_to_bytes(path)
         if decoded == path:
             break
         path = decoded
-    if b";" in path:
+    if path.find(b";") >= 0:
         path = _PATH_PARAMETERS.sub(b"", path)
-    if path[:1] == b"/" and (b"//" in path or b"/." in path):
+    if path[:1] == b"/" and _SQUASHABLE(path) is not None:
         path = _squash(path)
     return path
 

@@ -75,6 +75,7 @@ from dataplane.rules import (
     RuleAction,
     RuleTable,
     ambiguous_path,
+    needs_normalizing,
     normalize_path,
     split_target,
 )
@@ -585,7 +586,8 @@ class HttpProxy(BackendReadGate):
         kind = _REQUEST_HEADERS.get(lower)
         if kind is None:
             drop = self.settings.drop_headers
-            if lower not in drop and not (b"_" in lower and _disguises(lower, drop)):
+            # find(), not `in`: on bytes, `in` raises and clears a TypeError inside CPython.
+            if lower not in drop and (lower.find(b"_") < 0 or not _disguises(lower, drop)):
                 request.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == _HOST:
             if request.host is not None:
@@ -843,10 +845,7 @@ class HttpProxy(BackendReadGate):
     def _match_rules(self, table: RuleTable, request: Request, client_ip: str) -> Action | None:
         """The matching rule's action; _AMBIGUOUS_PATH for a path no rule can judge."""
         path, query = split_target(request.url)
-        # Substring tests inline: most paths have nothing to normalize.
-        if table.normalizes_paths and (
-            b"%" in path or b"//" in path or b"/." in path or b"\\" in path
-        ):
+        if table.normalizes_paths and needs_normalizing(path) is not None:
             if ambiguous_path(path):
                 return _AMBIGUOUS_PATH
             normalized = normalize_path(path)

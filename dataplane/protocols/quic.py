@@ -607,7 +607,7 @@ class Http3Connection(QuicConnectionProtocol):
                 continue
             if name in _NOT_FORWARDED or name in drop:
                 continue
-            if b"_" in name:
+            if name.find(b"_") >= 0:  # not `in`: on bytes it raises and clears a TypeError
                 # CGI-style backends read `_` as `-`: X_Forwarded_For would pass as the real one.
                 dashed = name.replace(b"_", b"-")
                 if dashed in _NOT_FORWARDED or dashed in drop or dashed == b"content-length":
