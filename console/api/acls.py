@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 
-from console.api.common import Strict, call_service, validated
+from console.api.common import ObjectId, Strict, call_service, validated
 from console.api.problems import Problem
 from listeners import services
 from listeners.forms.acls import MAX_ENTRIES, AccessControlListForm
@@ -70,7 +70,7 @@ def list_acls(request: HttpRequest):
 
 
 @router.get("/acls/{acl_id}", response={200: AclOut, 404: Problem})
-def get_acl(request: HttpRequest, acl_id: str):
+def get_acl(request: HttpRequest, acl_id: ObjectId):
     return acl_out(get_object_or_404(AccessControlList, pk=acl_id))
 
 
@@ -81,14 +81,14 @@ def create_acl(request: HttpRequest, payload: AclIn):
 
 
 @router.put("/acls/{acl_id}", response={200: AclOut, **ERRORS})
-def replace_acl(request: HttpRequest, acl_id: str, payload: AclIn):
+def replace_acl(request: HttpRequest, acl_id: ObjectId, payload: AclIn):
     acl = get_object_or_404(AccessControlList, pk=acl_id)
     acl = call_service(services.update_acl, acl_id=acl.pk, **_values(_form(payload, acl)))
     return acl_out(acl)
 
 
 @router.delete("/acls/{acl_id}", response={204: None, **ERRORS})
-def delete_acl(request: HttpRequest, acl_id: str):
+def delete_acl(request: HttpRequest, acl_id: ObjectId):
     acl = get_object_or_404(AccessControlList, pk=acl_id)
     call_service(services.delete_acl, acl_id=acl.pk)
     return Status(204, None)

@@ -12,7 +12,7 @@ from ninja import Router, Schema, Status
 
 from certificates.forms import form_class_for
 from certificates.models import Certificate
-from console.api.common import Strict, call_service, validated
+from console.api.common import ObjectId, Strict, call_service, validated
 from console.api.problems import Problem, invalid
 from listeners import services
 
@@ -103,7 +103,7 @@ def list_certificates(request: HttpRequest, kind: Certificate.Kind | None = None
 
 
 @router.get("/certificates/{certificate_id}", response={200: CertificateOut, 404: Problem})
-def get_certificate(request: HttpRequest, certificate_id: str):
+def get_certificate(request: HttpRequest, certificate_id: ObjectId):
     return certificate_out(get_object_or_404(Certificate, pk=certificate_id))
 
 
@@ -120,7 +120,7 @@ def upload_certificate(request: HttpRequest, payload: CertificateUpload):
 
 
 @router.put("/certificates/{certificate_id}", response={200: CertificateOut, **ERRORS})
-def replace_certificate(request: HttpRequest, certificate_id: str, payload: CertificatePem):
+def replace_certificate(request: HttpRequest, certificate_id: ObjectId, payload: CertificatePem):
     """Replace the certificate (and key); listeners that use it get it on the next push."""
     certificate = get_object_or_404(Certificate, pk=certificate_id)
     form = _form(certificate.kind, payload, require_name=False)
@@ -131,7 +131,7 @@ def replace_certificate(request: HttpRequest, certificate_id: str, payload: Cert
 
 
 @router.delete("/certificates/{certificate_id}", response={204: None, **ERRORS})
-def delete_certificate(request: HttpRequest, certificate_id: str):
+def delete_certificate(request: HttpRequest, certificate_id: ObjectId):
     certificate = get_object_or_404(Certificate, pk=certificate_id)
     call_service(services.delete_certificate, certificate_id=certificate.pk)
     return Status(204, None)

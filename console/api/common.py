@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from django import forms
 from django.db import IntegrityError
 from ninja import Schema
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field, StringConstraints
 
 from console.api.problems import ApiError, form_errors, invalid
 from listeners import services
 
 T = TypeVar("T")
+
+# Resource IDs (lsn-3k9x0q2m, tls_cipher_policy_1_0): anything else cannot name an object, and
+# is refused before it reaches a query.
+ObjectId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+# Row numbers (forwarding rules, nodes) within the database's bigint range.
+RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 class Strict(Schema):

@@ -10,7 +10,7 @@ from ninja import Router, Schema, Status
 
 from console import pipeline
 from console import services as console_services
-from console.api.common import Strict, call_service, validated
+from console.api.common import ObjectId, Strict, call_service, validated
 from console.api.problems import Problem
 from console.forms import InstanceForm
 from console.models import Instance
@@ -79,7 +79,7 @@ def list_instances(request: HttpRequest):
 
 
 @router.get("/instances/{instance_id}", response={200: InstanceOut, 404: Problem})
-def get_instance(request: HttpRequest, instance_id: str):
+def get_instance(request: HttpRequest, instance_id: ObjectId):
     return instance_out(get_object_or_404(Instance, pk=instance_id))
 
 
@@ -93,14 +93,14 @@ def create_instance(request: HttpRequest, payload: InstanceIn):
 
 
 @router.delete("/instances/{instance_id}", response={204: None, **ERRORS})
-def delete_instance(request: HttpRequest, instance_id: str):
+def delete_instance(request: HttpRequest, instance_id: ObjectId):
     instance = get_object_or_404(Instance, pk=instance_id)
     call_service(console_services.delete_instance, instance_id=instance.pk)
     return Status(204, None)
 
 
 @router.get("/instances/{instance_id}/nodes", response={200: list[NodeOut], 404: Problem})
-def list_nodes(request: HttpRequest, instance_id: str):
+def list_nodes(request: HttpRequest, instance_id: ObjectId):
     instance = get_object_or_404(Instance, pk=instance_id)
     return [
         {
@@ -117,7 +117,7 @@ def list_nodes(request: HttpRequest, instance_id: str):
 
 
 @router.get("/instances/{instance_id}/push-history", response={200: list[PushOut], 404: Problem})
-def push_history(request: HttpRequest, instance_id: str, limit: int = 50):
+def push_history(request: HttpRequest, instance_id: ObjectId, limit: int = 50):
     instance = get_object_or_404(Instance, pk=instance_id)
     return [
         {

@@ -16,7 +16,7 @@ from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 
-from console.api.common import Strict, call_service, pk_of, set_fields, validated
+from console.api.common import ObjectId, Strict, call_service, pk_of, set_fields, validated
 from console.api.problems import ApiError, Problem, form_errors, invalid
 from console.models import ClientToken, Instance
 from listeners import services
@@ -57,7 +57,7 @@ class ListenerSettings(Strict):
     persistence_timeout: int | None = None
     cookie_name: str | None = None
     acl_mode: str | None = None
-    acl: str | None = None
+    acl: ObjectId | None = None
     idle_timeout: int | None = None
     request_timeout: int | None = None
     response_timeout: int | None = None
@@ -79,7 +79,7 @@ class ListenerSettings(Strict):
     compression: str | None = None
     bandwidth_mbit: int | None = None
     proxy_protocol: str | None = None
-    quic_listener: str | None = None
+    quic_listener: ObjectId | None = None
 
 
 class BackendServerIn(Strict):
@@ -113,24 +113,24 @@ class HealthCheckIn(Strict):
 
 
 class CertificatesIn(Strict):
-    default_certificate: str
-    additional_certificates: list[str] = []
+    default_certificate: ObjectId
+    additional_certificates: list[ObjectId] = []
     mutual_authentication: bool = False
-    ca_certificate: str | None = None
+    ca_certificate: ObjectId | None = None
 
 
 class ListenerCreate(ListenerSettings):
     protocol: str
     port: int
     enabled: bool = True
-    server_group: str | None = None
+    server_group: ObjectId | None = None
     new_server_group: NewServerGroup | None = None
     health_check: HealthCheckIn | None = None
-    default_certificate: str | None = None
-    additional_certificates: list[str] = []
-    tls_policy: str | None = None
+    default_certificate: ObjectId | None = None
+    additional_certificates: list[ObjectId] = []
+    tls_policy: ObjectId | None = None
     mutual_authentication: bool = False
-    ca_certificate: str | None = None
+    ca_certificate: ObjectId | None = None
     client_token: str | None = Field(
         None,
         max_length=64,
@@ -140,15 +140,15 @@ class ListenerCreate(ListenerSettings):
 
 
 class ServerGroupChange(Strict):
-    server_group: str
+    server_group: ObjectId
 
 
 class TlsPolicyChange(Strict):
-    tls_policy: str
+    tls_policy: ObjectId
 
 
 class AdditionalCertificates(Strict):
-    certificates: list[str] = Field(..., min_length=1)
+    certificates: list[ObjectId] = Field(..., min_length=1, max_length=100)
 
 
 class ListenerOut(Schema):
@@ -163,7 +163,7 @@ class ListenerOut(Schema):
     desired_state: str
     status: str = Field(description="configuring, running, stopped or failed (derived live).")
     last_error: str
-    server_group: str
+    server_group: ObjectId
     settings: dict[str, Any]
     default_certificate: str | None
     additional_certificates: list[str]
@@ -206,7 +206,7 @@ def listener_out(listener: Listener) -> dict[str, Any]:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _listener(instance_id: str, listener_id: str) -> Listener:
+def _listener(instance_id: ObjectId, listener_id: ObjectId) -> Listener:
     return get_object_or_404(
         Listener.objects.select_related("instance", "server_group"),
         pk=listener_id,
@@ -240,7 +240,7 @@ def _health_check_data(check: HealthCheck | None, backend: str, sent: dict) -> d
 
 # -- endpoints -------------------------------------------------------------------------------
 @router.get("/instances/{instance_id}/listeners", response=list[ListenerOut])
-def list_listeners(request: HttpRequest, instance_id: str, tag: str = ""):
+def list_listeners(request: HttpRequest, instance_id: ObjectId, tag: str = ""):
     instance = get_object_or_404(Instance, pk=instance_id)
     listeners = instance.listeners.all()
     key, _, value = tag.partition("=")
@@ -255,7 +255,7 @@ def list_listeners(request: HttpRequest, instance_id: str, tag: str = ""):
 @router.get(
     "/instances/{instance_id}/listeners/{listener_id}", response={200: ListenerOut, 404: Problem}
 )
-def get_listener(request: HttpRequest, instance_id: str, listener_id: str):
+def get_listener(request: HttpRequest, instance_id: ObjectId, listener_id: ObjectId):
     return listener_out(_listener(instance_id, listener_id))
 
 
@@ -264,7 +264,7 @@ def get_listener(request: HttpRequest, instance_id: str, listener_id: str):
     response={201: ListenerOut, **ERRORS},
     summary="CreateListener",
 )
-def create_listener(request: HttpRequest, instance_id: str, payload: ListenerCreate):
+def create_listener(request: HttpRequest, instance_id: ObjectId, payload: ListenerCreate):
     instance = get_object_or_404(Instance, pk=instance_id)
     sent = set_fields(payload)
     if payload.new_server_group is not None:
@@ -436,7 +436,7 @@ def _refuse_if_configuring(listener: Listener, doing: str) -> None:
     summary="UpdateListenerAttribute",
 )
 def modify_listener(
-    request: HttpRequest, instance_id: str, listener_id: str, payload: ListenerSettings
+    request: HttpRequest, instance_id: ObjectId, listener_id: ObjectId, payload: ListenerSettings
 ):
     """Modify Listener: name, description, tags and Advanced Settings. Protocol and port cannot
     change (create another listener)."""
@@ -460,7 +460,7 @@ def modify_listener(
     return listener_out(listener)
 
 
-def _set_state(instance_id: str, listener_id: str, state: str) -> dict[str, Any]:
+def _set_state(instance_id: ObjectId, listener_id: ObjectId, state: str) -> dict[str, Any]:
     listener = _listener(instance_id, listener_id)
     verb = "starting" if state == Listener.DesiredState.RUNNING else "stopping"
     _refuse_if_configuring(listener, f"{verb} it")
@@ -474,7 +474,7 @@ def _set_state(instance_id: str, listener_id: str, state: str) -> dict[str, Any]
     response={200: ListenerOut, **ERRORS},
     summary="StartListener",
 )
-def start_listener(request: HttpRequest, instance_id: str, listener_id: str):
+def start_listener(request: HttpRequest, instance_id: ObjectId, listener_id: ObjectId):
     return _set_state(instance_id, listener_id, Listener.DesiredState.RUNNING)
 
 
@@ -483,7 +483,7 @@ def start_listener(request: HttpRequest, instance_id: str, listener_id: str):
     response={200: ListenerOut, **ERRORS},
     summary="StopListener",
 )
-def stop_listener(request: HttpRequest, instance_id: str, listener_id: str):
+def stop_listener(request: HttpRequest, instance_id: ObjectId, listener_id: ObjectId):
     return _set_state(instance_id, listener_id, Listener.DesiredState.STOPPED)
 
 
@@ -492,7 +492,7 @@ def stop_listener(request: HttpRequest, instance_id: str, listener_id: str):
     response={204: None, **ERRORS},
     summary="DeleteListener",
 )
-def delete_listener(request: HttpRequest, instance_id: str, listener_id: str):
+def delete_listener(request: HttpRequest, instance_id: ObjectId, listener_id: ObjectId):
     listener = _listener(instance_id, listener_id)
     _refuse_if_configuring(listener, "deleting it")
     call_service(services.delete_listener, listener_id=listener.pk)
@@ -504,7 +504,7 @@ def delete_listener(request: HttpRequest, instance_id: str, listener_id: str):
     response={200: ListenerOut, **ERRORS},
 )
 def change_server_group(
-    request: HttpRequest, instance_id: str, listener_id: str, payload: ServerGroupChange
+    request: HttpRequest, instance_id: ObjectId, listener_id: ObjectId, payload: ServerGroupChange
 ):
     listener = _listener(instance_id, listener_id)
     _refuse_if_configuring(listener, "changing its server group")
@@ -555,7 +555,7 @@ def _current_certificates(listener: Listener) -> dict[str, Any]:
     response={200: ListenerOut, **ERRORS},
 )
 def update_certificates(
-    request: HttpRequest, instance_id: str, listener_id: str, payload: CertificatesIn
+    request: HttpRequest, instance_id: ObjectId, listener_id: ObjectId, payload: CertificatesIn
 ):
     """Manage Certificates: the default and additional (SNI) certificates, mutual TLS."""
     listener = _listener(instance_id, listener_id)
@@ -569,7 +569,10 @@ def update_certificates(
     summary="AssociateAdditionalCertificatesWithListener",
 )
 def associate_certificates(
-    request: HttpRequest, instance_id: str, listener_id: str, payload: AdditionalCertificates
+    request: HttpRequest,
+    instance_id: ObjectId,
+    listener_id: ObjectId,
+    payload: AdditionalCertificates,
 ):
     listener = _listener(instance_id, listener_id)
     values = _current_certificates(listener)
@@ -585,7 +588,10 @@ def associate_certificates(
     summary="DissociateAdditionalCertificatesFromListener",
 )
 def dissociate_certificates(
-    request: HttpRequest, instance_id: str, listener_id: str, payload: AdditionalCertificates
+    request: HttpRequest,
+    instance_id: ObjectId,
+    listener_id: ObjectId,
+    payload: AdditionalCertificates,
 ):
     listener = _listener(instance_id, listener_id)
     values = _current_certificates(listener)
@@ -608,7 +614,7 @@ def dissociate_certificates(
     response={200: ListenerOut, **ERRORS},
 )
 def change_tls_policy(
-    request: HttpRequest, instance_id: str, listener_id: str, payload: TlsPolicyChange
+    request: HttpRequest, instance_id: ObjectId, listener_id: ObjectId, payload: TlsPolicyChange
 ):
     listener = _listener(instance_id, listener_id)
     if not listener.uses_tls:

@@ -9,7 +9,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from console.api import acls, certificates, instances, listeners, rules, servergroups, tlspolicies
 from console.api.auth import API_MAX_BODY_BYTES, ConsoleAuth
-from console.api.problems import ApiError, problem_response
+from console.api.problems import CONTENT_TYPE, ApiError, Problem, problem_response
 
 DESCRIPTION = f"""
 Every operation of the Ferry console. Authenticate with a personal API token from the console's
@@ -24,7 +24,45 @@ field. Unknown fields are refused by name. Request bodies are limited to {API_MA
 bytes (413 beyond).
 """
 
-api = NinjaAPI(
+
+class FerryApi(NinjaAPI):
+    def get_openapi_schema(self, *, path_prefix=None, path_params=None):
+        """Every operation also documents the answers the middleware and the request checks can
+        give (401, 403, 413, 422), and every error is ``application/problem+json``."""
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        problem = {"$ref": "#/components/schemas/Problem"}
+        for methods in schema["paths"].values():
+            for operation in methods.values():
+                responses = operation.setdefault("responses", {})
+                for status, text in COMMON_ERRORS.items():
+                    if status not in responses and str(status) not in responses:
+                        responses[status] = {"description": text}
+                for status, response in responses.items():
+                    if str(status).startswith("4"):
+                        response["content"] = {CONTENT_TYPE: {"schema": problem}}
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault(
+            "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
+        for name, definition in (
+            Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            .get("$defs", {})
+            .items()
+        ):
+            components.setdefault(name, definition)
+        components["Problem"].pop("$defs", None)
+        return schema
+
+
+COMMON_ERRORS = {
+    401: "No credentials, or a token that is unknown, revoked or expired.",
+    403: "A viewer (token or user) writing, or a session write without its CSRF token.",
+    404: "No such object.",
+    413: "The request body is over the limit.",
+    422: "The request is not valid; ``errors`` names each field.",
+}
+
+api = FerryApi(
     title="Ferry Load Balancer API",
     version="1",
     description=DESCRIPTION,

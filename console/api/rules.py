@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Router, Schema, Status
 
-from console.api.common import Strict, call_service, validated
+from console.api.common import ObjectId, RowId, Strict, call_service, validated
 from console.api.listeners import ListenerOut, _listener, _refuse_if_configuring, listener_out
 from console.api.problems import Problem
 from listeners import services
@@ -33,7 +33,7 @@ class RuleIn(Strict):
     query: list[str] = []
     source_ip: list[str] = []
     action: str = "forward"
-    server_group: str | None = None
+    server_group: ObjectId | None = None
     status_code: int | None = None
     redirect_protocol: str = ""
     redirect_host: str = "${host}"
@@ -92,18 +92,22 @@ def _save(listener, rule_id: int | None, payload: RuleIn) -> ForwardingRule:
 
 
 @router.get(RULES, response={200: list[RuleOut], 404: Problem})
-def list_rules(request: HttpRequest, instance_id: str, listener_id: str):
+def list_rules(request: HttpRequest, instance_id: ObjectId, listener_id: ObjectId):
     return [rule_out(rule) for rule in _listener(instance_id, listener_id).rules.all()]
 
 
 @router.post(RULES, response={201: RuleOut, **ERRORS})
-def add_rule(request: HttpRequest, instance_id: str, listener_id: str, payload: RuleIn):
+def add_rule(request: HttpRequest, instance_id: ObjectId, listener_id: ObjectId, payload: RuleIn):
     return Status(201, rule_out(_save(_listener(instance_id, listener_id), None, payload)))
 
 
 @router.put(RULES + "/{rule_id}", response={200: RuleOut, **ERRORS})
 def replace_rule(
-    request: HttpRequest, instance_id: str, listener_id: str, rule_id: int, payload: RuleIn
+    request: HttpRequest,
+    instance_id: ObjectId,
+    listener_id: ObjectId,
+    rule_id: RowId,
+    payload: RuleIn,
 ):
     listener = _listener(instance_id, listener_id)
     get_object_or_404(ForwardingRule, pk=rule_id, listener=listener)
@@ -111,7 +115,7 @@ def replace_rule(
 
 
 @router.delete(RULES + "/{rule_id}", response={204: None, **ERRORS})
-def delete_rule(request: HttpRequest, instance_id: str, listener_id: str, rule_id: int):
+def delete_rule(request: HttpRequest, instance_id: ObjectId, listener_id: ObjectId, rule_id: RowId):
     listener = _listener(instance_id, listener_id)
     get_object_or_404(ForwardingRule, pk=rule_id, listener=listener)
     _refuse_if_configuring(listener, "changing its forwarding rules")
@@ -121,7 +125,11 @@ def delete_rule(request: HttpRequest, instance_id: str, listener_id: str, rule_i
 
 @router.post(RULES + "/{rule_id}/move", response={200: ListenerOut, **ERRORS})
 def move_rule(
-    request: HttpRequest, instance_id: str, listener_id: str, rule_id: int, payload: Move
+    request: HttpRequest,
+    instance_id: ObjectId,
+    listener_id: ObjectId,
+    rule_id: RowId,
+    payload: Move,
 ):
     """Swap the rule with its neighbour above or below."""
     listener = _listener(instance_id, listener_id)

@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 
-from console.api.common import Strict, call_service, pk_of, set_fields, validated
+from console.api.common import ObjectId, Strict, call_service, pk_of, set_fields, validated
 from console.api.listeners import (
     BackendServerIn,
     HealthCheckIn,
@@ -32,7 +32,7 @@ class ServerGroupCreate(Strict):
     description: str = ""
     slow_start: bool = False
     slow_start_duration: int = 30
-    backend_ca_certificate: str | None = None
+    backend_ca_certificate: ObjectId | None = None
     servers: list[BackendServerIn] = Field(..., max_length=500)
     health_check: HealthCheckIn | None = None
 
@@ -45,7 +45,7 @@ class ServerGroupChange(Strict):
     description: str | None = None
     slow_start: bool | None = None
     slow_start_duration: int | None = None
-    backend_ca_certificate: str | None = None
+    backend_ca_certificate: ObjectId | None = None
     servers: list[BackendServerIn] | None = Field(None, max_length=500)
 
 
@@ -106,7 +106,7 @@ def list_groups(request: HttpRequest):
 
 
 @router.get("/server-groups/{group_id}", response={200: ServerGroupOut, 404: Problem})
-def get_group(request: HttpRequest, group_id: str):
+def get_group(request: HttpRequest, group_id: ObjectId):
     return group_out(get_object_or_404(ServerGroup, pk=group_id))
 
 
@@ -136,7 +136,7 @@ def create_group(request: HttpRequest, payload: ServerGroupCreate):
 
 
 @router.patch("/server-groups/{group_id}", response={200: ServerGroupOut, **ERRORS})
-def modify_group(request: HttpRequest, group_id: str, payload: ServerGroupChange):
+def modify_group(request: HttpRequest, group_id: ObjectId, payload: ServerGroupChange):
     group = get_object_or_404(ServerGroup, pk=group_id)
     sent = set_fields(payload)
     servers = sent.pop("servers", None)
@@ -155,7 +155,7 @@ def modify_group(request: HttpRequest, group_id: str, payload: ServerGroupChange
 
 
 @router.put("/server-groups/{group_id}/health-check", response={200: ServerGroupOut, **ERRORS})
-def modify_health_check(request: HttpRequest, group_id: str, payload: HealthCheckIn):
+def modify_health_check(request: HttpRequest, group_id: ObjectId, payload: HealthCheckIn):
     """Modify Health Check; every listener that forwards to the group is reconfigured."""
     group = get_object_or_404(ServerGroup, pk=group_id)
     check = HealthCheck.objects.filter(group=group).first()
@@ -171,7 +171,7 @@ def modify_health_check(request: HttpRequest, group_id: str, payload: HealthChec
 
 
 @router.delete("/server-groups/{group_id}", response={204: None, **ERRORS})
-def delete_group(request: HttpRequest, group_id: str):
+def delete_group(request: HttpRequest, group_id: ObjectId):
     group = get_object_or_404(ServerGroup, pk=group_id)
     call_service(services.delete_server_group, group_id=group.pk)
     return Status(204, None)

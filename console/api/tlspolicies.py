@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Router, Schema, Status
 
-from console.api.common import Strict, call_service, set_fields, validated
+from console.api.common import ObjectId, Strict, call_service, set_fields, validated
 from console.api.problems import Problem
 from listeners import services
 from listeners.forms.tlspolicies import TlsPolicyForm
@@ -64,7 +64,7 @@ def list_policies(request: HttpRequest):
 
 
 @router.get("/tls-policies/{policy_id}", response={200: TlsPolicyOut, 404: Problem})
-def get_policy(request: HttpRequest, policy_id: str):
+def get_policy(request: HttpRequest, policy_id: ObjectId):
     return policy_out(get_object_or_404(TlsPolicy, pk=policy_id))
 
 
@@ -78,7 +78,7 @@ def create_policy(request: HttpRequest, payload: TlsPolicyIn):
 
 
 @router.patch("/tls-policies/{policy_id}", response={200: TlsPolicyOut, **ERRORS})
-def modify_policy(request: HttpRequest, policy_id: str, payload: TlsPolicyChange):
+def modify_policy(request: HttpRequest, policy_id: ObjectId, payload: TlsPolicyChange):
     policy = get_object_or_404(TlsPolicy, pk=policy_id)
     if policy.predefined:
         # The same refusal the service gives, before the form complains about the name.
@@ -94,7 +94,7 @@ def modify_policy(request: HttpRequest, policy_id: str, payload: TlsPolicyChange
 
 
 @router.delete("/tls-policies/{policy_id}", response={204: None, **ERRORS})
-def delete_policy(request: HttpRequest, policy_id: str):
+def delete_policy(request: HttpRequest, policy_id: ObjectId):
     policy = get_object_or_404(TlsPolicy, pk=policy_id)
     call_service(services.delete_tls_policy, policy_id=policy.pk)
     return Status(204, None)
