@@ -53,10 +53,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import email.utils
+import itertools
 import logging
 import re
 import ssl
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import httptools
@@ -66,7 +68,7 @@ from dataplane.bandwidth import ThrottledWriter
 from dataplane.compression import Compressor, choose_encoding
 from dataplane.descriptors import EXHAUSTED
 from dataplane.hostnames import HOST_FIELD
-from dataplane.protocols import BackendReadGate
+from dataplane.protocols import CLIENTCERT_HEADERS, BackendReadGate
 from dataplane.rules import (
     Action,
     FixedResponseAction,
@@ -190,12 +192,34 @@ def error_response(status: int) -> bytes:
     ) + b"Connection: close\r\nDate: %s\r\n\r\n%s" % (http_date(), body)
 
 
-def _disguises(lower: bytes, drop: frozenset[bytes]) -> bool:
-    """Whether a name such as `X_Forwarded_For` stands for a header the node frames, sets or
-    drops: CGI-style backends (WSGI, PHP) read `_` and `-` alike, so it would reach them as that
-    header, past the node."""
-    dashed = lower.replace(b"_", b"-")
-    return dashed in _REQUEST_HEADERS or dashed in drop
+def _underscored(names: Iterable[bytes]) -> frozenset[bytes]:
+    """Every spelling of `names` with one or more of their dashes written as underscores."""
+    spellings = set()
+    for name in names:
+        parts = name.split(b"-")
+        for joins in itertools.product((b"-", b"_"), repeat=len(parts) - 1):
+            spelling = parts[0] + b"".join(j + p for j, p in zip(joins, parts[1:], strict=True))
+            if spelling != name:
+                spellings.add(spelling)
+    return frozenset(spellings)
+
+
+# Names such as `X_Forwarded_For` that stand for a header the node frames, sets or drops: CGI-style
+# backends (WSGI, PHP) read `_` and `-` alike, so they would reach them as that header, past the
+# node. Every name a listener's drop_headers may hold is here, whether or not it manages it.
+_DISGUISED = _underscored(
+    [
+        *_REQUEST_HEADERS,
+        *CLIENTCERT_HEADERS,
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
+        b"x-forwarded-host",
+        b"x-forwarded-client-srcport",
+        b"x-forwarded-elb-ip",
+        b"slb-id",
+        b"slb-ip",
+    ]
+)
 
 
 class _Reject(Exception):
@@ -585,9 +609,7 @@ class HttpProxy(BackendReadGate):
         lower = name.lower()
         kind = _REQUEST_HEADERS.get(lower)
         if kind is None:
-            drop = self.settings.drop_headers
-            # find(), not `in`: on bytes, `in` raises and clears a TypeError inside CPython.
-            if lower not in drop and (lower.find(b"_") < 0 or not _disguises(lower, drop)):
+            if lower not in self.settings.drop_headers and lower not in _DISGUISED:
                 request.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == _HOST:
             if request.host is not None:
