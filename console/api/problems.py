@@ -77,6 +77,8 @@ def form_errors(
     rename = rename or {}
     found: list[dict[str, Any]] = []
     if isinstance(form, forms.BaseFormSet):
+        # The whole formset first: its clean() adds errors to rows (a repeated server).
+        form.full_clean()
         for index, row in enumerate(form.forms):
             found += form_errors(row, rename, at=f"{at}[{index}]")
         for message in form.non_form_errors():
