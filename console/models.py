@@ -190,9 +190,38 @@ class ClientToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["user", "key"], name="client_token_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="client_token_unique")]
 
     def __str__(self) -> str:
         return f"{self.key} → {self.listener_id}"
+
+
+class AuditRecord(models.Model):
+    """One change made from the console or the API: when, who, to what, and the diff.
+
+    Written by the service functions in the transaction of the change, so a change and its record
+    commit or roll back together. Nothing in the console or the API edits or deletes a record.
+    """
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Kept as text too, so the record outlives the user or token it names.
+    actor = models.CharField(max_length=255)
+    user = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    token = models.ForeignKey(
+        ApiToken, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    via = models.CharField(max_length=16)
+    action = models.CharField(max_length=64, db_index=True)
+    object_type = models.CharField(max_length=32)
+    object_id = models.CharField(max_length=64, db_index=True)
+    object_name = models.CharField(max_length=255, blank=True, default="")
+    # {field: {"before": value, "after": value}}, secrets shown as "[redacted]".
+    changes = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_id}"

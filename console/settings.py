@@ -87,6 +87,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # /api/ only: token or session (with CSRF) auth and roles, answered as problem documents.
     "console.api.auth.ApiAuthenticationMiddleware",
+    # Tells the service functions who is making a change, for the audit log (console/audit.py).
+    "console.audit.AuditActorMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "console.roles.ReadOnlyForViewersMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",

@@ -15,6 +15,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from console.audit import audited
 from console.models import ApiToken
 from console.roles import is_administrator
 
@@ -36,6 +37,7 @@ class IssuedToken:
 
 
 @transaction.atomic
+@audited("token.create", ApiToken, created=lambda issued: issued.token)
 def issue_token(*, user: AbstractBaseUser, name: str, role: str, days: int) -> IssuedToken:
     if role == ApiToken.Role.ADMIN and not is_administrator(user):
         raise PermissionError("Only administrators can create administrator tokens.")
@@ -53,6 +55,7 @@ def issue_token(*, user: AbstractBaseUser, name: str, role: str, days: int) -> I
 
 
 @transaction.atomic
+@audited("token.revoke", ApiToken, key="token_id")
 def revoke_token(*, user: AbstractBaseUser, token_id: int) -> ApiToken | None:
     """Revoke one of the user's own tokens; it is refused (401) from then on."""
     token = ApiToken.objects.select_for_update().filter(pk=token_id, user=user).first()

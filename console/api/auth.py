@@ -101,7 +101,13 @@ class ApiAuthenticationMiddleware:
 
 
 class ConsoleAuth(HttpBearer):
-    """Declares Bearer auth in the OpenAPI document; the middleware has already decided."""
+    """Declares Bearer auth in the OpenAPI document; the middleware has already decided.
+
+    ``csrf`` makes the API reference page send the CSRF token, so "Try it out" works with the
+    browser's session as well as with a token (the middleware checks it, not django-ninja).
+    """
+
+    csrf = True
 
     def __call__(self, request: HttpRequest) -> Any:
         user = getattr(request, "user", None)

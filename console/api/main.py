@@ -7,7 +7,16 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from console.api import acls, certificates, instances, listeners, rules, servergroups, tlspolicies
+from console.api import (
+    acls,
+    audit,
+    certificates,
+    instances,
+    listeners,
+    rules,
+    servergroups,
+    tlspolicies,
+)
 from console.api.auth import API_MAX_BODY_BYTES, ConsoleAuth
 from console.api.problems import CONTENT_TYPE, ApiError, Problem, problem_response
 
@@ -71,7 +80,16 @@ api = FerryApi(
     docs_url="/docs",
     openapi_url="/openapi.json",
 )
-for module in (instances, listeners, rules, servergroups, certificates, tlspolicies, acls):
+for module in (
+    instances,
+    listeners,
+    rules,
+    servergroups,
+    certificates,
+    tlspolicies,
+    acls,
+    audit,
+):
     api.add_router("", module.router)
 
 

@@ -33,6 +33,16 @@ def test_tokens_page_creates_a_token_shown_once_and_revokes_it(
     expect(page.get_by_role("cell", name="Active")).to_be_visible()
     page.get_by_role("button", name="Revoke").click()
     expect(page.get_by_role("cell", name="Revoked", exact=False)).to_be_visible()
+
+    # The Audit Log has both changes, by this user, without the secret.
+    page.get_by_label("User menu").click()
+    page.get_by_role("link", name="Audit Log").click()
+    expect(page.get_by_role("cell", name="token.create")).to_be_visible()
+    expect(page.get_by_role("cell", name="token.revoke")).to_be_visible()
+    page.get_by_label("Action").select_option("token.revoke")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_role("cell", name="token.create")).to_have_count(0)
+    assert secret not in page.content()
     assert violations == []
 
 
