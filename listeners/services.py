@@ -28,7 +28,6 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
-from kombu.exceptions import OperationalError
 
 from certificates.models import Certificate
 from console.models import Instance
@@ -119,24 +118,17 @@ PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "i
 
 
 def queue_push(instance_ids: set[str]) -> None:
+    # A broker outage is no error for the caller: PushTask.apply_async logs it once per outage.
     from console.tasks import push_instance
 
     for instance_id, generation in Instance.objects.filter(pk__in=instance_ids).values_list(
         "id", "generation"
     ):
-        try:
-            push_instance.apply_async(
-                kwargs={"instance_id": instance_id, "generation": generation},
-                retry=True,
-                retry_policy=PUBLISH_RETRY,
-            )
-        except (OperationalError, OSError):
-            # The change is saved; a broker outage must not turn that into an error page.
-            log.warning(
-                "cannot queue the push; reconcile will deliver it",
-                exc_info=True,
-                extra={"instance_id": instance_id, "generation": generation},
-            )
+        push_instance.apply_async(
+            kwargs={"instance_id": instance_id, "generation": generation},
+            retry=True,
+            retry_policy=PUBLISH_RETRY,
+        )
 
 
 def _for_update(model, *, deleting: bool = False) -> QuerySet:
