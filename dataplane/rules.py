@@ -498,7 +498,11 @@ class _Request:
     def decoded_path(self) -> bytes:
         decoded = self._decoded_path
         if decoded is None:
-            decoded = self._decoded_path = matching_path(self.path)
+            path = self.path
+            # Most paths are in matching form already: one search, no call.
+            if _NEEDS_MATCHING_FORM(path) is not None:
+                path = matching_path(path)
+            decoded = self._decoded_path = path
         return decoded
 
     def host(self) -> str:
