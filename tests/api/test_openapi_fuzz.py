@@ -5,6 +5,7 @@ matches the document."""
 from __future__ import annotations
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.core.failures import FailureGroup
@@ -65,3 +66,15 @@ def test_every_operation_answers_within_its_schema(api_schema, bearer):
             failures.append(f"{operation.label}: {failure}")
     assert len(operations) >= 40
     assert failures == []
+
+
+def test_the_document_is_served_only_to_callers_with_credentials(live_server, bearer):
+    url = f"{live_server.url}/api/v1/openapi.json"
+
+    anonymous = requests.get(url, timeout=30)
+    served = requests.get(url, headers=bearer, timeout=30)
+
+    assert anonymous.status_code == 401
+    assert served.json()["openapi"].startswith("3.")
+    assert served.json()["components"]["securitySchemes"]["ConsoleAuth"]["scheme"] == "bearer"
+    assert "/api/v1/audit-log" in served.json()["paths"]
