@@ -6,7 +6,9 @@ On start it restores the last applied snapshot from the state directory. It logs
 "dataplane ready: control API on HOST:PORT" once the control API accepts requests (with port 0 the
 line names the port the system chose). SIGTERM or SIGINT stops accepting connections, lets requests
 in flight finish for at most --drain-timeout seconds, and exits 0. With --workers N (N > 1), N
-worker processes share the listening ports behind the one control API (see dataplane.workers).
+worker processes share the listening ports behind the one control API (see dataplane.workers);
+they outlive a node that is killed, and the next node started on the same state directory takes
+over from them without refusing a connection (see dataplane.handover).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import uvloop
 
 from dataplane.control import MAX_BODY, ControlApi
+from dataplane.handover import WorkerRegistry, ask_to_drain, retire
 from dataplane.node import Node
 from dataplane.state import SnapshotStore
 from dataplane.workers import SupervisorApi, WorkerError, WorkerGroup, worker_command
@@ -86,9 +89,14 @@ def _worker_count(text: str) -> int:
 
 async def serve(args: argparse.Namespace, token: str) -> int:
     loop = asyncio.get_running_loop()
+    registry = WorkerRegistry(args.state_dir)
+    # Workers a killed node left behind, still serving its last snapshot.
+    orphans = registry.survivors()
+    if orphans:
+        log.info("taking over from %d worker(s) of the previous node", len(orphans))
     node: Node | WorkerGroup
     if args.workers > 1:
-        node = WorkerGroup(args.workers, worker_command(args), token)
+        node = WorkerGroup(args.workers, worker_command(args), token, registry)
         try:
             await node.start()
         except WorkerError as exc:
@@ -96,6 +104,9 @@ async def serve(args: argparse.Namespace, token: str) -> int:
             await node.shutdown(0)
             return 1
     else:
+        # One process binds without SO_REUSEPORT: the orphans must let go of the ports first.
+        await retire(orphans, args.drain_timeout)
+        orphans = []
         node = Node()
     store = SnapshotStore(args.state_dir)
     snapshot = store.load()
@@ -110,6 +121,13 @@ async def serve(args: argparse.Namespace, token: str) -> int:
         )
         for listener_id, reason in failed.items():
             log.warning("listener %s failed after restore: %s", listener_id, reason)
+    # The new workers now serve the saved snapshot beside the orphans, which served the same one:
+    # the orphans can stop accepting and drain. The control API opens only now, so no change can
+    # reach the new workers while the orphans still accept with the old snapshot.
+    retiring = None
+    if orphans:
+        ask_to_drain(orphans)
+        retiring = loop.create_task(retire(orphans, args.drain_timeout))
     if isinstance(node, WorkerGroup):
         api: ControlApi = SupervisorApi(
             node, token=token, store=store, max_body=args.control_max_body
@@ -128,6 +146,8 @@ async def serve(args: argparse.Namespace, token: str) -> int:
     log.info("stopping: draining connections for up to %gs", args.drain_timeout)
     api.close()
     await node.shutdown(args.drain_timeout)
+    if retiring is not None:
+        await retiring
     log.info("stopped")
     return 0
 

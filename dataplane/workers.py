@@ -8,6 +8,10 @@ worker processes (`python -m dataplane.workers`). Each worker runs its own `Node
 listener's port with SO_REUSEPORT, so the kernel spreads new connections over the workers, and runs
 its own health checks.
 
+The workers hold the listening sockets, so the supervisor can die without costing a connection:
+its workers keep serving, orphaned, until the next node on the same state directory takes over
+(see dataplane.handover). With `--workers 1` the node process holds the sockets itself.
+
 Every worker is fed the same snapshot. The supervisor relays each accepted `PUT /v1/config` to all
 workers at once, over their private control APIs on loopback (same token), and merges their
 answers: a listener is `running` when it runs in every worker, otherwise it carries the first
@@ -21,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import copy
-import ctypes
 import gc
 import json
 import logging
@@ -34,6 +37,7 @@ from typing import Any
 
 from dataplane.config import Snapshot
 from dataplane.control import MAX_BODY, ControlApi
+from dataplane.handover import WorkerRegistry
 from dataplane.node import GenerationConflict, Node, StaleGeneration
 from dataplane.tls import set_ticket_secret
 
@@ -45,6 +49,8 @@ START_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 60.0
 # A worker that keeps dying is started again at most this often.
 RESTART_DELAY = 1.0
+# On SIGTERM, how long a worker waits after it stops accepting before it closes idle connections.
+FIRST_REQUEST_GRACE = 0.5
 
 _NOT_EVERYWHERE = "not yet applied in every worker process"
 _COUNTERS = (
@@ -79,12 +85,13 @@ class Worker:
             *self.command, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE
         )
         # The session ticket secret goes through a pipe: never on disk or in the environment.
+        # The pipe then stays open for the supervisor's lifetime: the worker takes its end as the
+        # sign that the supervisor is gone.
         stdin = self.process.stdin
         if stdin is not None:
             stdin.write(self._ticket_secret.hex().encode() + b"\n")
             with contextlib.suppress(ConnectionError):
                 await stdin.drain()
-            stdin.close()
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), START_TIMEOUT)  # type: ignore[union-attr]
         except TimeoutError:
@@ -128,6 +135,11 @@ class Worker:
     def running(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
+    def release(self) -> None:
+        """Close the supervisor's end of an exited worker's pipe."""
+        if self.process is not None and self.process.stdin is not None:
+            self.process.stdin.close()
+
     def terminate(self) -> None:
         if self.running():
             self.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
@@ -136,7 +148,13 @@ class Worker:
 class WorkerGroup:
     """Stands where a `Node` stands for the control API: applies snapshots in every worker."""
 
-    def __init__(self, count: int, command: list[str], token: str) -> None:
+    def __init__(
+        self,
+        count: int,
+        command: list[str],
+        token: str,
+        registry: WorkerRegistry | None = None,
+    ) -> None:
         if count < 1:
             raise ValueError("at least one worker is needed")
         # One secret for the node's lifetime, kept by restarted workers too, so that session
@@ -149,10 +167,22 @@ class WorkerGroup:
         self.started = time.time()
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
+        # Pid files in the state directory, so that the next node finds workers this one left.
+        self._registry = registry
 
     async def start(self) -> None:
-        await asyncio.gather(*(worker.start() for worker in self.workers))
+        await asyncio.gather(*(self._start(worker) for worker in self.workers))
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _start(self, worker: Worker) -> None:
+        await worker.start()
+        if self._registry is not None and worker.process is not None:
+            self._registry.add(worker.process.pid)
+
+    def _forget(self, worker: Worker) -> None:
+        worker.release()
+        if self._registry is not None and worker.process is not None:
+            self._registry.remove(worker.process.pid)
 
     # -- applying --------------------------------------------------------------------------------
 
@@ -235,8 +265,9 @@ class WorkerGroup:
                     worker.index,
                     worker.process.returncode if worker.process else None,
                 )
+                self._forget(worker)
                 try:
-                    await worker.start()
+                    await self._start(worker)
                 except WorkerError as exc:
                     log.error("%s", exc)
                     continue
@@ -261,6 +292,7 @@ class WorkerGroup:
             except TimeoutError:
                 worker.process.kill()
                 await worker.process.wait()
+            self._forget(worker)
 
 
 def _merge_results(
@@ -348,11 +380,19 @@ def worker_command(args: argparse.Namespace) -> list[str]:
 # -- the worker process ----------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    # A worker must not outlive its supervisor and keep a port open (Linux prctl PR_SET_PDEATHSIG).
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)
+class _SupervisorPipe(asyncio.Protocol):
+    """The worker's stdin: its end means the supervisor is gone. The worker keeps serving."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.node.draining:
+            log.warning(
+                "the supervisor is gone: serving generation %d on my own until a new node "
+                "takes over",
+                self.node.generation,
+            )
 
 
 async def serve_worker(
@@ -368,11 +408,20 @@ async def serve_worker(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    await loop.connect_read_pipe(lambda: _SupervisorPipe(node), sys.stdin)
     gc.freeze()
     sys.stdout.write(f"{WORKER_READY}{port}\n")
     sys.stdout.flush()
     await stop.wait()
     api.close()
+    # Stop accepting first and give the connections accepted last a moment to send their first
+    # request: the drain closes a connection that has none yet as idle, and a client that just
+    # connected would see it closed without an answer. With the listening socket closed, the
+    # kernel sends new connections to the other sockets on the port (a successor's workers).
+    node.draining = True
+    for runtime in node.listeners.values():
+        runtime.close_socket()
+    await asyncio.sleep(min(FIRST_REQUEST_GRACE, drain_timeout))
     await node.shutdown(drain_timeout)
     return 0
 
@@ -392,7 +441,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s",
         stream=sys.stderr,
     )
-    _die_with_parent()
     token = args.token_file.read_text().strip()
     secret = bytes.fromhex(sys.stdin.readline().strip() or "")
     set_ticket_secret(secret or None)

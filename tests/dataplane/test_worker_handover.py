@@ -1,0 +1,146 @@
+"""A node with --workers killed outright: its workers keep serving, the next node takes over.
+
+Real processes and sockets: `python -m dataplane --workers 2` serves a listener in front of a
+recording backend while a client opens a new connection per request the whole time; the
+supervisor is killed with SIGKILL, a new node is started on the same state directory, and the
+client must not see one failed request.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.dataplane.conftest import free_port, get, listener, server_group, snapshot, wait_until
+from tests.dataplane.test_workers import Supervisor, _gone
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Client:
+    """One request after another, each on a new connection, counting what failed."""
+
+    port: int
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Client:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, _, body = get(self.port, "/load")
+            except (OSError, http.client.HTTPException) as error:
+                self.failures.append(repr(error))
+            else:
+                if status == 200 and body == b"web":
+                    self.ok += 1
+                else:
+                    self.failures.append(f"HTTP {status} {body[:40]!r}")
+            time.sleep(0.005)
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+def dataplane_processes(token_file: Path) -> list[int]:
+    """Every node and worker process of this test (they all name its token file)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(token_file).encode() in arguments and not _gone(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def listening_sockets(port: int) -> int:
+    listing = subprocess.run(
+        ["ss", "-Htln", "sport", "=", str(port)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=5,
+    ).stdout
+    return len(listing.splitlines())
+
+
+def test_a_killed_supervisor_costs_no_request_and_the_next_node_retires_its_workers(
+    tmp_path, backends
+):
+    web = backends("web")
+    port = free_port()
+    token_file = tmp_path / "token"
+    first = Supervisor(tmp_path, workers=2)
+    second = None
+    try:
+        status, ack = first.request(
+            "PUT", "/v1/config", snapshot([listener(port)], [server_group(web)], generation=4)
+        )
+        assert status == 200 and ack["listeners"]["lsn-web"]["status"] == "running"
+        orphans = first.workers()
+        assert len(orphans) == 2
+
+        with Client(port) as client:
+            assert wait_until(lambda: client.ok > 20)
+            os.kill(first.process.pid, signal.SIGKILL)
+            first.process.wait(10)
+            # Orphaned, the workers go on serving on their own.
+            served = client.ok
+            assert wait_until(lambda: client.ok > served + 50)
+            assert all(not _gone(pid) for pid in orphans)
+
+            second = Supervisor(tmp_path, workers=2)
+            handed_over = time.monotonic()
+            assert wait_until(lambda: all(_gone(pid) for pid in orphans))
+            drained = time.monotonic() - handed_over
+            served = client.ok
+            assert wait_until(lambda: client.ok > served + 50)
+
+        print(f"\norphans drained {drained:.2f} s after the new node was ready")
+        print(f"client: {client.ok} answered, {len(client.failures)} failed")
+        assert client.failures == []
+        assert "the supervisor is gone" in "".join(first.lines.queue)
+        # The new node serves the saved snapshot, and only its own processes are left: itself,
+        # its two workers, and one listening socket per worker.
+        status, body = second.request("GET", "/v1/status")
+        assert status == 200 and body["generation"] == 4
+        assert body["listeners"]["lsn-web"]["status"] == "running"
+        assert sorted(dataplane_processes(token_file)) == sorted(
+            [second.process.pid, *second.workers()]
+        )
+        assert listening_sockets(port) == 2
+        assert sorted(p.name for p in (tmp_path / "state" / "workers").iterdir()) == sorted(
+            str(pid) for pid in second.workers()
+        )
+        # Everything the backend received was the client's (the health checks aside).
+        assert len([r for r in web.requests if r.target == "/load"]) == client.ok
+
+        assert second.stop() == 0
+        assert wait_until(lambda: dataplane_processes(token_file) == [])
+        assert listening_sockets(port) == 0
+    finally:
+        for node in (first, second):
+            if node is not None:
+                node.kill()
+        for pid in dataplane_processes(token_file):
+            os.kill(pid, signal.SIGKILL)
