@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 DATAPLANE_CONTROL_PORT ?= 9901
-DATAPLANE_WORKERS ?= 1
+DATAPLANE_WORKERS ?= 2
 # Generated secrets, SQLite, the embedded broker, the node's state and the logs.
 VAR_DIR ?= $(CURDIR)/var
 export PORT DATAPLANE_CONTROL_PORT DATAPLANE_WORKERS VAR_DIR
