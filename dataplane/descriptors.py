@@ -6,12 +6,12 @@ can use: libuv accepts and at once closes every waiting connection (its answer t
 least never spins), the control API's included, and clients already accepted cannot reach their
 backends.
 
-The node holds back a small reserve of descriptors instead. When one runs out (a probe a few times
-a second, or a backend connection failing with EMFILE or ENFILE), it gives the reserve back and
-stops accepting on its listeners: waiting clients stay in the kernel's accept queue, while the
-control API, health checks and the connections already accepted have descriptors to work with. It
-accepts again once the reserve can be taken back with room to spare, looking after 0.1 s, then
-doubling up to every second. Each episode is logged once, not once per connection.
+The node holds back a small reserve of descriptors instead. When one runs out (found by a probe
+once a second, or at once when a backend connection fails with EMFILE or ENFILE), it gives the
+reserve back and stops accepting on its listeners: waiting clients stay in the kernel's accept
+queue, while the control API, health checks and the connections already accepted have descriptors
+to work with. It accepts again once the reserve can be taken back with room to spare, looking
+after 0.1 s, then doubling up to every second. Each episode is logged once, not per connection.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
 RESERVE = 32
 # Free on top of the reserve before the listeners accept again.
 HEADROOM = 32
-PROBE_INTERVAL = 0.25
+PROBE_INTERVAL = 1.0
 RETRY_FIRST = 0.1
 RETRY_MAX = 1.0
 

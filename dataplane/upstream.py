@@ -145,8 +145,9 @@ class HttpUpstream(asyncio.Protocol):
             return
         self.buffer = data
         self.cursor = 0
-        # A head continued from earlier reads goes on from this read's first byte.
-        self.head_start = 0
+        if self.partial:
+            # A head continued from earlier reads goes on from this read's first byte.
+            self.head_start = 0
         try:
             self.parser.feed_data(data)
             owner = self.owner
