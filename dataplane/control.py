@@ -3,6 +3,7 @@
     PUT /v1/config   apply a snapshot; ACK 200, NACK 422 (invalid) or 409 (older generation)
     GET /v1/status   applied generation, listener status and counters, backend health
     GET /v1/healthz  liveness, without a token
+    GET /metrics     the same counters in the Prometheus text format (dataplane.metrics)
 
 Every request but healthz carries `Authorization: Bearer <token>`, compared in constant time. The
 server is written on asyncio and httptools like the proxy itself, with no web framework.
@@ -22,11 +23,14 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 from typing import Any
 
 import httptools
 
 from dataplane.config import ConfigError, Snapshot
+from dataplane.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from dataplane.metrics import ControlCounters, render
 from dataplane.node import GenerationConflict, Node, StaleGeneration
 from dataplane.state import SnapshotStore
 
@@ -49,7 +53,12 @@ MAX_CONNECTIONS = 64
 LINGER_BYTES = 1024 * 1024
 LINGER_TIMEOUT = 2.0
 
-_ROUTES = {b"/v1/healthz": b"GET", b"/v1/status": b"GET", b"/v1/config": b"PUT"}
+_ROUTES = {
+    b"/v1/healthz": b"GET",
+    b"/v1/status": b"GET",
+    b"/v1/config": b"PUT",
+    b"/metrics": b"GET",
+}
 _REASONS = {
     200: b"OK",
     400: b"Bad Request",
@@ -97,6 +106,8 @@ class ControlApi:
         self._apply_lock = asyncio.Lock()
         # A node started from the store runs what the store holds.
         self._saved_generation = node.generation if store is not None else 0
+        # Refused snapshots and the last apply's duration, for /metrics.
+        self.counters = ControlCounters()
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -139,23 +150,36 @@ class ControlApi:
         if path == b"/v1/healthz":
             return 200, "ok"
         if path == b"/v1/status":
-            return 200, self.node.status()
+            return 200, await self.status()
+        if path == b"/metrics":
+            # Bytes are the exposition, written with its own content type.
+            return 200, render(await self.status(), self.counters)
         return await self.put_config(body)
+
+    async def status(self) -> dict[str, object]:
+        """The status document; a supervisor gathers it from its workers."""
+        return self.node.status()
 
     async def put_config(self, body: bytes) -> tuple[int, object]:
         try:
             snapshot = Snapshot.from_json(body)
         except ConfigError as exc:
+            self.counters.rejections["invalid"] += 1
             return 422, {"error": "invalid snapshot", "reasons": exc.reasons}
         async with self._apply_lock:
+            before, started = self.node.generation, time.perf_counter()
             try:
                 results = await self.node.apply(snapshot)
             except (StaleGeneration, GenerationConflict) as exc:
+                self.counters.rejections["generation"] += 1
                 return 409, {
                     "error": str(exc),
                     "reasons": [f"generation: {exc}"],
                     "generation": self.node.generation,
                 }
+            if self.node.generation != before:
+                # A re-sent snapshot only retries failed listeners; it is not an apply to time.
+                self.counters.apply_seconds = time.perf_counter() - started
             if self.store is not None and snapshot.generation != self._saved_generation:
                 try:
                     await asyncio.to_thread(self.store.save, snapshot)
@@ -426,7 +450,10 @@ class ControlProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if isinstance(payload, str):
+        if isinstance(payload, bytes):
+            body = payload
+            content_type = METRICS_CONTENT_TYPE
+        elif isinstance(payload, str):
             body = payload.encode()
             content_type = b"text/plain; charset=utf-8"
         else:

@@ -1,0 +1,182 @@
+"""The node's Prometheus metrics, served by the control API as `GET /metrics`.
+
+Nothing here runs on the request path: a scrape renders the same status document `GET /v1/status`
+answers (in a supervisor, the workers' counters added up), so the proxy keeps bumping its plain
+integers (dataplane.stats) and pays nothing more for being scraped. prometheus_client's metric
+families and writer keep the text format exact (escaping, `_total` suffixes, HELP and TYPE lines).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
+
+_LISTENER = ["listener", "protocol", "port"]
+_SERVER = ["listener", "server_group", "server", "address"]
+_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+# A health check's reason is free text with numbers and OS messages in it; as a label it would
+# grow a new series per message. Each reason the checkers write maps to one of these codes.
+_REASON_CODES = (
+    (re.compile(r"ok\b"), "ok"),
+    (re.compile(r"health check disabled"), "disabled"),
+    (re.compile(r"not checked yet"), "unchecked"),
+    (re.compile(r"timeout after|no reply within"), "timeout"),
+    (re.compile(r"connection refused|port unreachable"), "refused"),
+    (re.compile(r"connection reset"), "reset"),
+    (re.compile(r"connection closed before response"), "closed"),
+    (re.compile(r"TLS handshake failed"), "tls"),
+    (re.compile(r"invalid HTTP response|reply does not contain"), "bad_response"),
+    (re.compile(r"HTTP \d+ not in"), "status_mismatch"),
+    (re.compile(r"connection failed|UDP check failed"), "connect_failed"),
+)
+
+
+def reason_code(reason: str) -> str:
+    """The bounded code for a health check's reason text ("other" for one not known here)."""
+    for pattern, code in _REASON_CODES:
+        if pattern.match(reason):
+            return code
+    return "other"
+
+
+@dataclass
+class ControlCounters:
+    """What the control API itself counts: refused snapshots and the last apply's duration."""
+
+    # Keyed by reason: "invalid" (422, the snapshot does not validate) or "generation" (409).
+    rejections: dict[str, int] = field(default_factory=lambda: {"invalid": 0, "generation": 0})
+    # Wall time of the last apply that changed the generation; None before the first.
+    apply_seconds: float | None = None
+
+
+class StatusCollector:
+    """Metric families from one status document; a prometheus_client collector."""
+
+    def __init__(self, status: Mapping[str, Any], counters: ControlCounters) -> None:
+        self.status = status
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._node()
+        yield from self._listeners()
+        yield from self._servers()
+
+    def _node(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "ferry_node_generation",
+            "Generation of the snapshot the node runs.",
+            value=int(self.status.get("generation") or 0),
+        )
+        if self.counters.apply_seconds is not None:
+            yield GaugeMetricFamily(
+                "ferry_node_apply_duration_seconds",
+                "How long applying the last new snapshot took.",
+                value=self.counters.apply_seconds,
+            )
+        rejections = CounterMetricFamily(
+            "ferry_node_config_rejections",
+            "Snapshots refused: invalid (422) or an old or conflicting generation (409).",
+            labels=["reason"],
+        )
+        for reason, count in self.counters.rejections.items():
+            rejections.add_metric([reason], count)
+        yield rejections
+
+    def _listeners(self) -> Iterator[Metric]:
+        running = GaugeMetricFamily(
+            "ferry_listener_running", "1 while the listener serves, else 0.", labels=_LISTENER
+        )
+        responses = CounterMetricFamily(
+            "ferry_listener_responses",
+            "HTTP responses sent to clients, by status class.",
+            labels=[*_LISTENER, "status_class"],
+        )
+        requests = CounterMetricFamily(
+            "ferry_listener_requests",
+            "HTTP requests received; for TCP and UDP, connections or sessions proxied.",
+            labels=_LISTENER,
+        )
+        received = CounterMetricFamily(
+            "ferry_listener_received_bytes", "Bytes received from clients.", labels=_LISTENER
+        )
+        sent = CounterMetricFamily(
+            "ferry_listener_sent_bytes", "Bytes sent to clients.", labels=_LISTENER
+        )
+        active = GaugeMetricFamily(
+            "ferry_listener_active_connections", "Client connections open now.", labels=_LISTENER
+        )
+        total = CounterMetricFamily(
+            "ferry_listener_connections", "Client connections accepted.", labels=_LISTENER
+        )
+        denied = CounterMetricFamily(
+            "ferry_listener_denied_connections",
+            "Client connections refused by the access control list.",
+            labels=_LISTENER,
+        )
+        for listener_id, entry in self.status.get("listeners", {}).items():
+            labels = _listener_labels(listener_id, entry)
+            counters = entry.get("counters", {})
+            running.add_metric(labels, 1 if entry.get("status") == "running" else 0)
+            classes = counters.get("responses", {})
+            for name in _CLASSES:
+                responses.add_metric([*labels, name], classes.get(name, 0))
+            requests.add_metric(labels, counters.get("requests", 0))
+            received.add_metric(labels, counters.get("bytes_in", 0))
+            sent.add_metric(labels, counters.get("bytes_out", 0))
+            active.add_metric(labels, counters.get("active_connections", 0))
+            total.add_metric(labels, counters.get("total_connections", 0))
+            denied.add_metric(labels, counters.get("denied_connections", 0))
+        yield from (running, responses, requests, received, sent, active, total, denied)
+
+    def _servers(self) -> Iterator[Metric]:
+        healthy = GaugeMetricFamily(
+            "ferry_server_healthy",
+            "1 while the server takes traffic by its health checks, else 0.",
+            labels=_SERVER,
+        )
+        check = GaugeMetricFamily(
+            "ferry_server_last_check_info",
+            "The last health check: result (pass, fail or none) and reason code; always 1.",
+            labels=[*_SERVER, "result", "reason"],
+        )
+        active = GaugeMetricFamily(
+            "ferry_server_active_connections",
+            "Connections open to the server now.",
+            labels=_SERVER,
+        )
+        for listener_id, entry in self.status.get("listeners", {}).items():
+            group = entry.get("server_group_id") or ""
+            for backend in entry.get("backends", []):
+                labels = [
+                    listener_id,
+                    group,
+                    backend["id"],
+                    f"{backend['address']}:{backend['port']}",
+                ]
+                code = reason_code(backend.get("reason") or "")
+                result = "pass" if code == "ok" else "none" if code in _NOT_RUN else "fail"
+                healthy.add_metric(labels, 1 if backend.get("healthy") else 0)
+                check.add_metric([*labels, result, code], 1)
+                active.add_metric(labels, backend.get("active", 0))
+        yield from (healthy, check, active)
+
+
+_NOT_RUN = frozenset({"disabled", "unchecked"})
+
+
+def _listener_labels(listener_id: str, entry: Mapping[str, Any]) -> list[str]:
+    port = entry.get("port")
+    return [listener_id, entry.get("protocol") or "", "" if port is None else str(port)]
+
+
+def render(status: Mapping[str, Any], counters: ControlCounters) -> bytes:
+    """The text exposition of a status document."""
+    return generate_latest(StatusCollector(status, counters))  # type: ignore[arg-type]
