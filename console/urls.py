@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from console import audit_views, token_views, views
+from console import audit_views, prometheus, token_views, views
 from console.api.main import api
 
 urlpatterns = [
@@ -28,6 +28,7 @@ urlpatterns = [
     path("tokens/", token_views.token_list, name="token-list"),
     path("tokens/<int:token_id>/revoke/", token_views.token_revoke, name="token-revoke"),
     path("audit-log/", audit_views.audit_log, name="audit-log"),
+    path("metrics", prometheus.metrics, name="metrics"),
     path("api/v1/", api.urls),
     path("", include("listeners.urls")),
     path("certificates/", include("certificates.urls")),
