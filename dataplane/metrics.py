@@ -56,6 +56,10 @@ class ControlCounters:
     # Wall time of the last apply that changed the generation; None before the first.
     apply_seconds: float | None = None
 
+    def copy(self) -> ControlCounters:
+        """A copy to render from while the loop goes on counting."""
+        return ControlCounters(dict(self.rejections), self.apply_seconds)
+
 
 class StatusCollector:
     """Metric families from one status document; a prometheus_client collector."""
