@@ -249,7 +249,14 @@ class WorkerGroup:
                 reports.append(answer[1])
         result = self.status()
         if reports:
-            result["listeners"] = _merge_listeners(reports)
+            listeners = _merge_listeners(reports)
+            if len(reports) < len(self.workers):
+                # A worker being started again serves nothing yet: its share of the connections
+                # waits in its queue or goes to the others, so no listener runs everywhere.
+                for entry in listeners.values():
+                    if entry["status"] == "running":
+                        entry["status"], entry["reason"] = "failed", _NOT_EVERYWHERE
+            result["listeners"] = listeners
         return result
 
     # -- lifecycle -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.dataplane.conftest import free_port, get, listener, server_group, snapshot, wait_until
+from tests.dataplane.test_process import DataplaneProcess
 from tests.dataplane.test_workers import Supervisor, _gone
 
 pytestmark = pytest.mark.integration
@@ -138,6 +139,36 @@ def test_a_killed_supervisor_costs_no_request_and_the_next_node_retires_its_work
         assert second.stop() == 0
         assert wait_until(lambda: dataplane_processes(token_file) == [])
         assert listening_sockets(port) == 0
+    finally:
+        for node in (first, second):
+            if node is not None:
+                node.kill()
+        for pid in dataplane_processes(token_file):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_single_process_node_takes_the_ports_over_from_the_workers_left_behind(
+    tmp_path, backends
+):
+    """--workers 1 binds without SO_REUSEPORT: it drains the orphans first, then serves."""
+    web = backends("web")
+    port = free_port()
+    token_file = tmp_path / "token"
+    first = Supervisor(tmp_path, workers=2)
+    second = None
+    try:
+        first.request("PUT", "/v1/config", snapshot([listener(port)], [server_group(web)]))
+        orphans = first.workers()
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait(10)
+        assert get(port)[::2] == (200, b"web")
+
+        second = DataplaneProcess(tmp_path, tmp_path / "state", drain_timeout=2)
+
+        assert all(_gone(pid) for pid in orphans)
+        assert [get(port)[::2] for _ in range(5)] == [(200, b"web")] * 5
+        assert dataplane_processes(token_file) == [second.process.pid]
+        assert listening_sockets(port) == 1
     finally:
         for node in (first, second):
             if node is not None:

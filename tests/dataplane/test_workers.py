@@ -51,6 +51,11 @@ def supervisor(tmp_path):
     started.kill()
 
 
+def _pipes(pid: int) -> int:
+    """The supervisor's pipes: two per worker (its stdin and stdout)."""
+    return sum(os.readlink(fd).startswith("pipe:") for fd in Path(f"/proc/{pid}/fd").iterdir())
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
@@ -98,11 +103,12 @@ def test_an_older_generation_is_refused_by_the_supervisor(supervisor, backends):
     assert body["generation"] == 5
 
 
-def test_a_worker_that_dies_is_started_again_with_the_snapshot(supervisor, backends):
+def test_a_worker_that_dies_is_started_again_with_the_snapshot(supervisor, backends, tmp_path):
     web = backends("web")
     port = free_port()
     supervisor.request("PUT", "/v1/config", snapshot([listener(port)], [server_group(web)]))
     first, second = supervisor.workers()
+    pipes = _pipes(supervisor.process.pid)
 
     os.kill(first, signal.SIGKILL)
 
@@ -119,6 +125,11 @@ def test_a_worker_that_dies_is_started_again_with_the_snapshot(supervisor, backe
     assert wait_until(serves_everywhere)
     assert [get(port)[::2] for _ in range(10)] == [(200, b"web")] * 10
     assert not _gone(replacement)
+    # The dead worker's pipes are closed, and its pid file replaced by the replacement's.
+    assert wait_until(lambda: _pipes(supervisor.process.pid) == pipes)
+    assert {path.name for path in (tmp_path / "state" / "workers").iterdir()} == {
+        str(pid) for pid in supervisor.workers()
+    }
 
 
 def test_sigterm_stops_the_workers_and_exits_0(supervisor, backends):
