@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -42,6 +43,14 @@ class Supervisor(DataplaneProcess):
         except OSError:
             return []
         return [int(child) for child in text.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor and its workers: workers outlive a supervisor killed alone."""
+        workers = self.workers()
+        super().kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
