@@ -234,7 +234,10 @@ def test_killing_the_node_costs_no_request_and_it_comes_back(
     print(f"client: {client.ok} answered, {len(client.failures)} failed")
     assert client.failures == []
     assert {name: stack.pid(name) for name in others} == others
-    assert "restored generation" in stack.log()
+    log = stack.log()
+    assert "restored generation" in log
+    assert "taking over from 2 worker(s) of the previous node" in log
+    assert "the previous node's 2 worker(s) drained and exited" in log
     assert len(_children(restarted)) == 2
     assert all(status == "running" for status in _listener_statuses(node))
 
