@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from console.audit import audited
 from console.models import DataplaneNode, Instance
 from listeners.services import InUse, NotFound, RuleViolation, instances_changed
 
@@ -19,6 +20,7 @@ def _locked_instance(instance_id: str, *, deleting: bool = False) -> Instance:
 
 
 @transaction.atomic
+@audited("instance.create", Instance)
 def create_instance(
     *,
     name: str,
@@ -37,6 +39,7 @@ def create_instance(
 
 
 @transaction.atomic
+@audited("instance.delete", Instance, key="instance_id")
 def delete_instance(*, instance_id: str) -> Instance:
     # Locked, so no listener is created on it between the check and the delete.
     instance = _locked_instance(instance_id, deleting=True)
@@ -48,6 +51,7 @@ def delete_instance(*, instance_id: str) -> Instance:
 
 
 @transaction.atomic
+@audited("node.add", DataplaneNode)
 def add_node(*, instance_id: str, name: str, control_url: str, token: str) -> DataplaneNode:
     """Register a dataplane node; the instance's configuration is pushed to it on commit."""
     instance = _locked_instance(instance_id)
@@ -61,6 +65,7 @@ def add_node(*, instance_id: str, name: str, control_url: str, token: str) -> Da
 
 
 @transaction.atomic
+@audited("node.remove", DataplaneNode, key="node_id")
 def remove_node(*, instance_id: str, node_id: int) -> DataplaneNode:
     """Listener status is then computed over the remaining nodes, hence the new generation."""
     _locked_instance(instance_id)

@@ -30,6 +30,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from certificates.models import Certificate
+from console.audit import audited
 from console.models import Instance
 from listeners import rules
 from listeners.models import (
@@ -177,8 +178,14 @@ def _blockers(listeners: QuerySet[Listener]) -> list[Listener]:
     return list(listeners.select_related("instance").order_by("name")[:50])
 
 
+def started_or_stopped(arguments: dict[str, Any]) -> str:
+    """The audit log's action for ``set_desired_state``."""
+    return "listener.start" if arguments["desired_state"] == "running" else "listener.stop"
+
+
 # -- listeners ---------------------------------------------------------------------------------
 @transaction.atomic
+@audited("listener.create", Listener)
 def create_listener(
     instance: Instance,
     *,
@@ -243,6 +250,7 @@ def create_listener_with_group(
 
 
 @transaction.atomic
+@audited("listener.modify", Listener, key="listener_id")
 def modify_listener(*, listener_id: str, name: str = "", settings: dict[str, Any]) -> Listener:
     """Modify Listener: name, description, tags and Advanced Settings (never protocol or port)."""
     listener = _lock_listener(listener_id, doing="modifying it")
@@ -255,6 +263,7 @@ def modify_listener(*, listener_id: str, name: str = "", settings: dict[str, Any
 
 
 @transaction.atomic
+@audited(started_or_stopped, Listener, key="listener_id")
 def set_desired_state(*, listener_id: str, desired_state: str) -> Listener:
     """Start or Stop a listener."""
     verb = "starting" if desired_state == Listener.DesiredState.RUNNING else "stopping"
@@ -266,6 +275,7 @@ def set_desired_state(*, listener_id: str, desired_state: str) -> Listener:
 
 
 @transaction.atomic
+@audited("listener.delete", Listener, key="listener_id")
 def delete_listener(*, listener_id: str) -> Listener:
     """Delete a listener; returns the deleted row (its id and name stay readable)."""
     listener = _lock_listener(listener_id, doing="deleting it", deleting=True)
@@ -278,6 +288,7 @@ def delete_listener(*, listener_id: str) -> Listener:
 
 
 @transaction.atomic
+@audited("listener.change_server_group", Listener, key="listener_id")
 def change_server_group(*, listener_id: str, server_group: ServerGroup) -> Listener:
     listener = _lock_listener(listener_id, doing="changing its server group")
     # The group's backend protocol is read under the group's lock: an edit of the group cannot
@@ -296,6 +307,7 @@ def change_server_group(*, listener_id: str, server_group: ServerGroup) -> Liste
 
 
 @transaction.atomic
+@audited("listener.update_certificates", Listener, key="listener_id")
 def update_listener_certificates(
     *,
     listener_id: str,
@@ -316,6 +328,7 @@ def update_listener_certificates(
 
 
 @transaction.atomic
+@audited("listener.change_tls_policy", Listener, key="listener_id")
 def change_tls_policy(*, listener_id: str, tls_policy: TlsPolicy) -> Listener:
     listener = _lock_listener(listener_id, doing="changing its TLS policy")
     listener.tls_policy = tls_policy
@@ -342,6 +355,7 @@ RULE_FIELDS = (
 
 
 @transaction.atomic
+@audited("listener.save_forwarding_rule", Listener, key="listener_id")
 def save_forwarding_rule(
     *, listener_id: str, rule_id: int | None = None, values: dict[str, Any]
 ) -> ForwardingRule:
@@ -363,6 +377,7 @@ def save_forwarding_rule(
 
 
 @transaction.atomic
+@audited("listener.delete_forwarding_rule", Listener, key="listener_id")
 def delete_forwarding_rule(*, listener_id: str, rule_id: int) -> ForwardingRule:
     listener = _lock_listener(listener_id, doing="changing its forwarding rules")
     rule = listener.rules.filter(pk=rule_id).first()
@@ -374,6 +389,7 @@ def delete_forwarding_rule(*, listener_id: str, rule_id: int) -> ForwardingRule:
 
 
 @transaction.atomic
+@audited("listener.move_forwarding_rule", Listener, key="listener_id")
 def move_forwarding_rule(*, listener_id: str, rule_id: int, direction: str) -> None:
     """Swap a rule with its neighbour: rules are tried in order, the first match wins."""
     listener = _lock_listener(listener_id, doing="reordering its forwarding rules")
@@ -412,6 +428,7 @@ def listeners_of_group(group: ServerGroup) -> QuerySet[Listener]:
 
 
 @transaction.atomic
+@audited("server_group.create", ServerGroup)
 def create_server_group(
     *,
     name: str,
@@ -440,6 +457,7 @@ def create_server_group(
 
 
 @transaction.atomic
+@audited("server_group.modify", ServerGroup, key="group_id")
 def update_server_group(
     *, group_id: str, values: dict[str, Any], servers: list[dict] | None = None
 ) -> ServerGroup:
@@ -493,6 +511,7 @@ def replace_servers(group: ServerGroup, rows: list[dict]) -> None:
 
 
 @transaction.atomic
+@audited("server_group.modify_health_check", ServerGroup, key="group")
 def update_health_check(*, group: ServerGroup, values: dict[str, Any]) -> HealthCheck:
     """Save the group's health check; its listeners are reconfigured only if it changed."""
     group = _locked(ServerGroup, group.pk, "Server group")
@@ -505,6 +524,7 @@ def update_health_check(*, group: ServerGroup, values: dict[str, Any]) -> Health
 
 
 @transaction.atomic
+@audited("server_group.delete", ServerGroup, key="group_id")
 def delete_server_group(*, group_id: str) -> ServerGroup:
     # Locked, so a listener or rule cannot start using the group between the check and the delete.
     group = _locked(ServerGroup, group_id, "Server group", deleting=True)
@@ -517,6 +537,7 @@ def delete_server_group(*, group_id: str) -> ServerGroup:
 
 # -- access control lists ------------------------------------------------------------------------
 @transaction.atomic
+@audited("acl.create", AccessControlList)
 def create_acl(*, name: str, description: str = "", entries: dict[str, str]) -> AccessControlList:
     """``entries``: CIDR to description."""
     acl = AccessControlList.objects.create(name=name, description=description)
@@ -525,6 +546,7 @@ def create_acl(*, name: str, description: str = "", entries: dict[str, str]) -> 
 
 
 @transaction.atomic
+@audited("acl.modify", AccessControlList, key="acl_id")
 def update_acl(
     *, acl_id: str, name: str, description: str = "", entries: dict[str, str]
 ) -> AccessControlList:
@@ -553,6 +575,7 @@ def _replace_acl_entries(acl: AccessControlList, entries: dict[str, str]) -> Non
 
 
 @transaction.atomic
+@audited("acl.delete", AccessControlList, key="acl_id")
 def delete_acl(*, acl_id: str) -> AccessControlList:
     acl = _locked(AccessControlList, acl_id, "IP address group", deleting=True)
     blockers = _blockers(acl.listeners.all())
@@ -564,6 +587,7 @@ def delete_acl(*, acl_id: str) -> AccessControlList:
 
 # -- TLS security policies -----------------------------------------------------------------------
 @transaction.atomic
+@audited("tls_policy.create", TlsPolicy)
 def create_tls_policy(*, values: dict[str, Any]) -> TlsPolicy:
     """A custom policy; ``values``: its TlsPolicy fields."""
     return TlsPolicy.objects.create(**values, predefined=False)
@@ -577,6 +601,7 @@ def _custom_policy(policy_id: str, *, deleting: bool = False) -> TlsPolicy:
 
 
 @transaction.atomic
+@audited("tls_policy.modify", TlsPolicy, key="policy_id")
 def update_tls_policy(*, policy_id: str, values: dict[str, Any]) -> TlsPolicy:
     policy = _custom_policy(policy_id)
     _reconfigure(policy.listeners.all(), doing="editing its TLS security policy")
@@ -587,6 +612,7 @@ def update_tls_policy(*, policy_id: str, values: dict[str, Any]) -> TlsPolicy:
 
 
 @transaction.atomic
+@audited("tls_policy.delete", TlsPolicy, key="policy_id")
 def delete_tls_policy(*, policy_id: str) -> TlsPolicy:
     policy = _custom_policy(policy_id, deleting=True)
     blockers = _blockers(policy.listeners.all())
@@ -610,6 +636,7 @@ def listeners_using_certificate(certificate: Certificate) -> QuerySet[Listener]:
 
 
 @transaction.atomic
+@audited("certificate.upload", Certificate)
 def upload_certificate(*, name: str, kind: str, validated: Any) -> Certificate:
     """``validated``: the result of certificates.validation for ``kind``."""
     certificate = Certificate(name=name, kind=kind)
@@ -619,6 +646,7 @@ def upload_certificate(*, name: str, kind: str, validated: Any) -> Certificate:
 
 
 @transaction.atomic
+@audited("certificate.replace", Certificate, key="certificate_id")
 def replace_certificate(*, certificate_id: str, validated: Any) -> Certificate:
     certificate = _locked(Certificate, certificate_id, "Certificate")
     # Listeners that use it pick up the new certificate on their instance's next push.
@@ -629,6 +657,7 @@ def replace_certificate(*, certificate_id: str, validated: Any) -> Certificate:
 
 
 @transaction.atomic
+@audited("certificate.delete", Certificate, key="certificate_id")
 def delete_certificate(*, certificate_id: str) -> Certificate:
     certificate = _locked(Certificate, certificate_id, "Certificate", deleting=True)
     blockers = _blockers(listeners_using_certificate(certificate))

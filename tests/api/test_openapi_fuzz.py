@@ -15,7 +15,7 @@ from console import tokens
 from console.models import Instance
 from tests.fixtures.users import make_user
 
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+pytestmark = pytest.mark.django_db(transaction=True)
 # Examples per operation: every operation is fuzzed in `make test` within a few minutes.
 EXAMPLES = 25
 
