@@ -12,7 +12,7 @@ Every function takes keyword arguments and makes its whole change in one transac
    field it is about,
 3. it writes, puts the listeners whose configuration changed in ``configuring`` and bumps the
    generations of their instances,
-4. it is where the audit record of the change will be written (one place per use case),
+4. it writes the audit record of the change in its transaction (``@audited``, console/audit.py),
 5. it queues the push once the transaction has committed.
 
 Views, forms and API endpoints validate input and call these; nothing else writes. A check a form
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 class RuleViolation(ValueError):
     """A rule refused the change; ``field`` names the input it is about (None: the whole change).
 
-    Views show the message next to that field; the API will answer with a problem document.
+    Views show the message next to that field; the API answers with a problem document naming it.
     """
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
