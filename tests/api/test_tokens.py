@@ -141,3 +141,12 @@ def test_a_body_over_the_limit_gets_413(api, instance):
     )
 
     assert response.status_code == 413
+
+
+def test_a_viewer_session_reads_and_its_writes_get_a_403_problem(viewer_client, instance):
+    listed = viewer_client.get(f"/api/v1/instances/{instance.id}/listeners")
+    refused = viewer_client.post(f"/api/v1/instances/{instance.id}/listeners/x/stop")
+
+    assert listed.status_code == 200
+    assert refused.status_code == 403
+    assert refused["Content-Type"] == "application/problem+json"
