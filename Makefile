@@ -34,7 +34,7 @@ run: $(STAMP)
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python manage.py bootstrap --node-token-file $(VAR_DIR)/dataplane/token --node-url http://127.0.0.1:$(DATAPLANE_CONTROL_PORT)
 	@echo "Console: http://127.0.0.1:$(PORT)/  (Ctrl-C stops every process, each after its drain)"
-	umask 077 && exec $(BIN)/supervisord --configuration supervisord.conf --user $$(id -u)
+	umask 077 && exec $(BIN)/python deploy/foreground.py $(BIN)/supervisord --configuration supervisord.conf --user $$(id -u)
 
 # Debian's Chromium for the browser tests (Playwright cannot download its own build here), and
 # nghttp2's h2load, the HTTP/2 client the tests drive listeners with.
