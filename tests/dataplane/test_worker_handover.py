@@ -8,13 +8,10 @@ client must not see one failed request.
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -22,41 +19,17 @@ import pytest
 from tests.dataplane.conftest import free_port, get, listener, server_group, snapshot, wait_until
 from tests.dataplane.test_process import DataplaneProcess
 from tests.dataplane.test_workers import Supervisor, _gone
+from tests.fixtures.load import SteadyClient
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class Client:
-    """One request after another, each on a new connection, counting what failed."""
+def steady_client(port: int) -> SteadyClient:
+    def request() -> str | None:
+        status, _, body = get(port, "/load")
+        return None if status == 200 and body == b"web" else f"HTTP {status} {body[:40]!r}"
 
-    port: int
-    ok: int = 0
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Client:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                status, _, body = get(self.port, "/load")
-            except (OSError, http.client.HTTPException) as error:
-                self.failures.append(repr(error))
-            else:
-                if status == 200 and body == b"web":
-                    self.ok += 1
-                else:
-                    self.failures.append(f"HTTP {status} {body[:40]!r}")
-            time.sleep(0.005)
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
+    return SteadyClient(request)
 
 
 def dataplane_processes(token_file: Path) -> list[int]:
@@ -101,7 +74,7 @@ def test_a_killed_supervisor_costs_no_request_and_the_next_node_retires_its_work
         orphans = first.workers()
         assert len(orphans) == 2
 
-        with Client(port) as client:
+        with steady_client(port) as client:
             assert wait_until(lambda: client.ok > 20)
             os.kill(first.process.pid, signal.SIGKILL)
             first.process.wait(10)

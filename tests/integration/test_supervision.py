@@ -11,11 +11,9 @@ from __future__ import annotations
 import http.client
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from django.utils import timezone
 from console.models import DataplaneNode, Instance
 from listeners.models import Listener, ServerGroup
 from listeners.services import create_listener, create_server_group, default_health_check
+from tests.fixtures.load import SteadyClient
 from tests.fixtures.processes import ControlPlane, free_port, wait_until
 from tests.fixtures.stack import PROGRAMS, Stack, started_stack, wait_serving_again
 
@@ -84,37 +83,12 @@ def serves(port: int) -> bool:
     return get(port, timeout=2)[0] == 200
 
 
-@dataclass
-class Client:
-    """Sends one request after another through a listener and counts what failed."""
+def steady_client(port: int) -> SteadyClient:
+    def request() -> str | None:
+        status, _ = get(port, "/load", timeout=5)
+        return None if status == 200 else f"HTTP {status}"
 
-    port: int
-    ok: int = 0
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Client:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                status, _ = get(self.port, "/load", timeout=5)
-            except (OSError, http.client.HTTPException) as error:
-                self.failures.append(repr(error))
-            else:
-                if status == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(f"HTTP {status}")
-            time.sleep(0.01)
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    return SteadyClient(request, pause=0.01)
 
 
 def test_killing_the_console_worker_or_beat_costs_no_request(
@@ -131,7 +105,7 @@ def test_killing_the_console_worker_or_beat_costs_no_request(
     wait_until(lambda: serves(port), timeout=CONVERGES_WITHIN)
     node_pid = stack.pid("dataplane")
 
-    with Client(port) as client:
+    with steady_client(port) as client:
         for program in ("console", "worker", "beat"):
             others = {name: stack.pid(name) for name in PROGRAMS if name != program}
             killed = stack.kill(program)
@@ -202,7 +176,7 @@ def test_killing_the_node_costs_no_request_and_it_comes_back(
     orphans = _children(stack.pid("dataplane"))
     assert len(orphans) == 2
 
-    with Client(port) as client:
+    with steady_client(port) as client:
         killed_at = timezone.now()
         killed = stack.kill("dataplane")
         down = time.monotonic()
