@@ -31,7 +31,8 @@ from console.celery import app as celery_app
 from console.models import DataplaneNode as ConsoleNode
 from console.models import Instance, PushAttempt
 from listeners.models import Listener, ServerGroup
-from listeners.services import create_listener, create_server_group
+from listeners.services import create_server_group
+from tests.fixtures.listeners import submit_http_listener
 from tests.fixtures.nodes import register_node
 from tests.fixtures.processes import (
     ControlPlane,
@@ -62,16 +63,7 @@ class Cluster:
         return next(node for node in self.nodes if node.name == name)
 
     def add_listener(self, port: int, name: str) -> Listener:
-        """Save a listener as the wizard's Submit does: its push is queued on commit."""
-        with transaction.atomic():
-            return create_listener(
-                self.instance,
-                protocol=Listener.Protocol.HTTP,
-                port=port,
-                name=name,
-                settings={},
-                server_group=self.group,
-            )
+        return submit_http_listener(self.instance, self.group, port, name)
 
     def generation(self) -> int:
         self.instance.refresh_from_db(fields=["generation"])
