@@ -19,6 +19,9 @@ ROLES = {"admin": ADMINISTRATORS, "viewer": VIEWERS}
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Signing out changes nothing of the product's state, so viewers may do it.
 ALWAYS_ALLOWED_PATHS = frozenset({"/accounts/logout/", "/accounts/login/"})
+# A user's own API tokens are credentials, not the product's state: a Viewer creates and revokes
+# their own (console.tokens refuses them an administrator token, and revokes only their own).
+OWN_CREDENTIALS_PREFIX = "/tokens/"
 
 
 def ensure_role_groups() -> None:
@@ -58,6 +61,7 @@ class ReadOnlyForViewersMiddleware:
         if (
             request.method not in SAFE_METHODS
             and request.path not in ALWAYS_ALLOWED_PATHS
+            and not request.path.startswith(OWN_CREDENTIALS_PREFIX)
             and request.user.is_authenticated
             and not is_administrator(request.user)
         ):

@@ -31,10 +31,16 @@ class TokenForm(forms.Form):
         initial=90,
     )
 
+    def __init__(self, *args, administrator: bool, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not administrator:  # a Viewer's token cannot do more than its user
+            self.fields["role"].choices = [(ApiToken.Role.VIEWER, ApiToken.Role.VIEWER.label)]
+
 
 @require_http_methods(["GET", "POST"])
 def token_list(request: HttpRequest) -> HttpResponse:
-    form = TokenForm(request.POST or None)
+    administrator = is_administrator(request.user)
+    form = TokenForm(request.POST or None, administrator=administrator)
     issued = None
     status = 200
     if request.method == "POST":
@@ -46,7 +52,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
                 status = 422
             else:
                 status = 201
-                form = TokenForm()
+                form = TokenForm(administrator=administrator)
         else:
             status = 422
     response = render(
@@ -56,7 +62,6 @@ def token_list(request: HttpRequest) -> HttpResponse:
             "form": form,
             "issued": issued,
             "tokens": _with_state(ApiToken.objects.filter(user=request.user)),
-            "can_create": is_administrator(request.user),
             "title": "API Tokens",
         },
         status=status,

@@ -119,6 +119,41 @@ def test_viewers_cannot_create_administrator_tokens(viewer_user):
         tokens.issue_token(user=viewer_user, name="x", role="admin", days=7)
 
 
+def test_a_viewer_creates_and_revokes_a_viewer_token_of_their_own(
+    viewer_client, admin_user, instance
+):
+    page = viewer_client.get("/tokens/").content.decode()
+    created = viewer_client.post("/tokens/", {"name": "grafana", "role": "viewer", "days": 30})
+    secret = re.search(r'id="new-token">([^<]+)<', created.content.decode()).group(1)
+    api = TokenClient(secret)
+    read = api.get(f"/api/v1/instances/{instance.id}/listeners")
+    write = api.post(f"/api/v1/instances/{instance.id}/listeners/lsn-missing/start")
+    someone_elses = tokens.issue_token(user=admin_user, name="ci", role="admin", days=7)
+    viewer_client.post(f"/tokens/{someone_elses.token.pk}/revoke/")
+    own = ApiToken.objects.get(name="grafana")
+    viewer_client.post(f"/tokens/{own.pk}/revoke/")
+
+    assert 'value="admin"' not in page  # the form offers a Viewer only what a Viewer may have
+    assert created.status_code == 201
+    assert read.status_code == 200
+    assert write.status_code == 403
+    assert ApiToken.objects.get(pk=someone_elses.token.pk).revoked_at is None
+    assert ApiToken.objects.get(pk=own.pk).revoked_at is not None
+    assert api.get(f"/api/v1/instances/{instance.id}/listeners").status_code == 401
+
+
+def test_a_viewer_asking_for_an_administrator_token_is_told_why(viewer_client):
+    refused = viewer_client.post("/tokens/", {"name": "sneaky", "role": "admin", "days": 30})
+
+    assert refused.status_code == 422
+    assert not ApiToken.objects.filter(name="sneaky").exists()
+
+
+def test_the_token_exception_opens_no_other_write_to_viewers(viewer_client, instance):
+    assert viewer_client.post("/tokens/../instances/").status_code in (403, 404)
+    assert viewer_client.post(f"/instances/{instance.id}/delete/").status_code == 403
+
+
 def test_a_session_write_needs_the_csrf_token(admin_user, instance):
     browser = Client(enforce_csrf_checks=True)
     browser.force_login(admin_user)
