@@ -148,6 +148,10 @@ AXES_RESET_ON_SUCCESS = True
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_LOCKOUT_CALLABLE = "console.lockout.locked_out"
 AXES_CLIENT_IP_CALLABLE = "console.lockout.client_address"
+# Failures are kept per user and address until they expire; a row per successful sign-in would
+# only grow without bound, and the start-up banner would be one more INFO line in every process.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "instance-list"
