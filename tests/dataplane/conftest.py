@@ -353,20 +353,20 @@ def get(
         connection.close()
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes (a reset or a TLS close ends it too)."""
+    chunks = []
+    with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def raw_exchange(port: int, data: bytes, *, timeout: float = WAIT) -> bytes:
     """Send raw bytes, then read until the server closes the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+        return read_until_closed(sock)
 
 
 def split_responses(data: bytes) -> list[tuple[int, bytes]]:

@@ -33,6 +33,7 @@ from tests.dataplane.conftest import (
     certificate_entry,
     free_port,
     listener,
+    read_until_closed,
     snapshot,
     split_responses,
 )
@@ -71,19 +72,6 @@ def head(method: str, path: str, *lines: str) -> bytes:
     return (
         f"{method} {path} HTTP/1.1\r\nHost: node\r\n" + "".join(f"{x}\r\n" for x in lines)
     ).encode() + b"\r\n"
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def put(port: int, body: bytes, *, token: str = TOKEN) -> tuple[int, dict[str, Any]]:

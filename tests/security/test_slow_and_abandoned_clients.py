@@ -17,7 +17,6 @@ import contextlib
 import os
 import resource
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from tests.dataplane.conftest import (
     free_port,
     get,
     listener,
+    read_until_closed,
     server_group,
     snapshot,
     unverified_client,
@@ -115,14 +115,6 @@ def front(dataplane, loop_thread, ca) -> Iterator[Callable[..., Front]]:
     yield start
     for backend in started:
         backend.stop()
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    data = b""
-    with contextlib.suppress(ConnectionResetError, ssl.SSLError):
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
 
 
 # -- a head that never ends --------------------------------------------------------------------
