@@ -3,6 +3,11 @@
 A server is taken out of rotation after `unhealthy_threshold` consecutive failed checks and put
 back after `healthy_threshold` consecutive successes (seed 004). The state machine is kept apart
 from the I/O so thresholds can be tested with a fake clock.
+
+Each check ends with a reason code from `REASON_CODES` beside its human text, so the console and
+the metrics can say why a server is down without parsing messages. A server's state also keeps the
+wall-clock time its health last flipped and a bounded ring of its recent checks (time, passed,
+code) for the console's timeline.
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ import logging
 import random
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dataplane.balancing import Backend
+
+if TYPE_CHECKING:
+    from dataplane.slowstart import SlowStart
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +36,61 @@ STATUS_CLASSES = ("http_1xx", "http_2xx", "http_3xx", "http_4xx", "http_5xx")
 
 # A status line longer than this is not HTTP; it also bounds what a broken server can make us read.
 _MAX_STATUS_LINE = 1024
+
+# Why a check passed or failed, as a bounded enum-like string (the text beside it has the details).
+OK = "ok"
+REFUSED = "refused"
+TIMEOUT = "timeout"
+STATUS_MISMATCH = "status_mismatch"
+TLS_FAILURE = "tls_failure"
+RESET = "reset"
+INVALID_RESPONSE = "invalid_response"
+CONNECT_FAILED = "connect_failed"
+REASON_CODES = (
+    OK,
+    REFUSED,
+    TIMEOUT,
+    STATUS_MISMATCH,
+    TLS_FAILURE,
+    RESET,
+    INVALID_RESPONSE,
+    CONNECT_FAILED,
+)
+
+# Recent checks kept per server for the console's timeline.
+HISTORY = 20
+
+
+class CheckResult(NamedTuple):
+    """One check's outcome: passed or not, the text for people, the code for machines, and the
+    HTTP status the server answered (HTTP and HTTPS checks that got one)."""
+
+    ok: bool
+    reason: str
+    code: str
+    status: int | None = None
+
+
+# Probes that report only (passed, text), like the UDP check: their texts mapped to a code.
+_TEXT_CODES = (
+    ("port unreachable", REFUSED),
+    ("connection refused", REFUSED),
+    ("no reply within", TIMEOUT),
+    ("timeout after", TIMEOUT),
+    ("reply does not contain", INVALID_RESPONSE),
+    ("connection reset", RESET),
+    ("TLS handshake failed", TLS_FAILURE),
+)
+
+
+def code_of(ok: bool, reason: str) -> str:
+    """The reason code of a result that came without one."""
+    if ok:
+        return OK
+    for prefix, code in _TEXT_CODES:
+        if reason.startswith(prefix):
+            return code
+    return CONNECT_FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,20 +134,31 @@ class HealthCheckSpec:
 
 
 class HealthState:
-    """Consecutive-result counter that decides when a server flips between healthy and not."""
+    """Consecutive-result counter that decides when a server flips between healthy and not, with
+    what the console shows about it: the last reason code, when the health last changed (wall
+    clock) and the recent checks."""
 
     __slots__ = (
+        "changed_at",
+        "code",
         "failures",
         "healthy",
         "healthy_threshold",
+        "history",
         "last_check",
         "reason",
+        "status",
         "successes",
         "unhealthy_threshold",
     )
 
     def __init__(
-        self, healthy_threshold: int, unhealthy_threshold: int, *, healthy: bool = True
+        self,
+        healthy_threshold: int,
+        unhealthy_threshold: int,
+        *,
+        healthy: bool = True,
+        since: float | None = None,
     ) -> None:
         self.healthy_threshold = healthy_threshold
         self.unhealthy_threshold = unhealthy_threshold
@@ -91,25 +166,59 @@ class HealthState:
         self.successes = 0
         self.failures = 0
         self.reason = ""
+        self.code = ""
+        self.status: int | None = None
         self.last_check: float | None = None
+        # Wall-clock time the current health began: when checking started, or the last flip.
+        self.changed_at = time.time() if since is None else since
+        # (wall time, passed, code) of the most recent checks, oldest first.
+        self.history: deque[tuple[float, bool, str]] = deque(maxlen=HISTORY)
 
-    def record(self, ok: bool, reason: str, now: float) -> bool:
+    def record(
+        self,
+        ok: bool,
+        reason: str,
+        now: float,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        wall: float | None = None,
+    ) -> bool:
         """Count one check result; returns True when the server's health flipped."""
+        wall = time.time() if wall is None else wall
         self.reason = reason
+        self.code = code or code_of(ok, reason)
+        self.status = status
         self.last_check = now
+        self.history.append((wall, ok, self.code))
+        flipped = False
         if ok:
             self.failures = 0
             self.successes += 1
             if not self.healthy and self.successes >= self.healthy_threshold:
-                self.healthy = True
-                return True
+                self.healthy = flipped = True
         else:
             self.successes = 0
             self.failures += 1
             if self.healthy and self.failures >= self.unhealthy_threshold:
                 self.healthy = False
-                return True
-        return False
+                flipped = True
+        if flipped:
+            self.changed_at = wall
+        return flipped
+
+    def adopt(self, before: HealthState) -> None:
+        """Carry what was seen of the same server under the same check over from the last
+        snapshot: the counts towards a flip, the reason, the last change and the timeline."""
+        self.healthy = before.healthy
+        self.successes = before.successes
+        self.failures = before.failures
+        self.reason = before.reason
+        self.code = before.code
+        self.status = before.status
+        self.last_check = before.last_check
+        self.changed_at = before.changed_at
+        self.history.extend(before.history)
 
 
 @functools.cache
@@ -130,7 +239,7 @@ def _host_header(spec: HealthCheckSpec, address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-async def _http_status(spec: HealthCheckSpec, address: str, port: int) -> tuple[bool, str]:
+async def _http_status(spec: HealthCheckSpec, address: str, port: int) -> CheckResult:
     tls = spec.protocol == "https"
     reader, writer = await asyncio.open_connection(
         address,
@@ -153,47 +262,65 @@ async def _http_status(spec: HealthCheckSpec, address: str, port: int) -> tuple[
         # Only the status line matters; abort rather than wait for a graceful (TLS) close.
         writer.transport.abort()
     if not line:
-        return False, "connection closed before response"
+        return CheckResult(False, "connection closed before response", INVALID_RESPONSE)
     parts = line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        return False, "invalid HTTP response"
+        return CheckResult(False, "invalid HTTP response", INVALID_RESPONSE)
     status = int(parts[1])
+    if not 100 <= status <= 999:
+        return CheckResult(False, "invalid HTTP response", INVALID_RESPONSE)
     if spec.accepts(status):
-        return True, f"ok (HTTP {status})"
-    return False, f"HTTP {status} not in {','.join(spec.expected_codes)}"
+        return CheckResult(True, f"ok (HTTP {status})", OK, status)
+    expected = ",".join(spec.expected_codes)
+    return CheckResult(False, f"HTTP {status} not in {expected}", STATUS_MISMATCH, status)
 
 
-async def _tcp_connect(spec: HealthCheckSpec, address: str, port: int) -> tuple[bool, str]:
+async def _tcp_connect(spec: HealthCheckSpec, address: str, port: int) -> CheckResult:
     _, writer = await asyncio.open_connection(address, port)
     writer.transport.abort()
-    return True, "ok (TCP connect)"
+    return CheckResult(True, "ok (TCP connect)", OK)
+
+
+async def check(spec: HealthCheckSpec, address: str, port: int) -> CheckResult:
+    """Run one check against a server: passed or not, why in words and as a reason code."""
+    target_port = spec.port or port
+    run = _tcp_connect if spec.protocol == "tcp" else _http_status
+    try:
+        return await asyncio.wait_for(run(spec, address, target_port), spec.timeout)
+    except TimeoutError:
+        return CheckResult(False, f"timeout after {float(spec.timeout)}s", TIMEOUT)
+    except ConnectionRefusedError:
+        return CheckResult(False, "connection refused", REFUSED)
+    except ConnectionResetError:
+        return CheckResult(False, "connection reset", RESET)
+    except ssl.SSLError as exc:
+        return CheckResult(False, f"TLS handshake failed: {exc.reason or exc}", TLS_FAILURE)
+    except ValueError:
+        # StreamReader raises ValueError when the status line exceeds the read limit.
+        return CheckResult(False, "invalid HTTP response", INVALID_RESPONSE)
+    except OSError as exc:
+        return CheckResult(False, f"connection failed: {exc.strerror or exc}", CONNECT_FAILED)
 
 
 async def probe(spec: HealthCheckSpec, address: str, port: int) -> tuple[bool, str]:
     """Run one check against a server; returns (passed, reason for the status page)."""
-    target_port = spec.port or port
-    check = _tcp_connect if spec.protocol == "tcp" else _http_status
-    try:
-        return await asyncio.wait_for(check(spec, address, target_port), spec.timeout)
-    except TimeoutError:
-        return False, f"timeout after {float(spec.timeout)}s"
-    except ConnectionRefusedError:
-        return False, "connection refused"
-    except ConnectionResetError:
-        return False, "connection reset"
-    except ssl.SSLError as exc:
-        return False, f"TLS handshake failed: {exc.reason or exc}"
-    except ValueError:
-        # StreamReader raises ValueError when the status line exceeds the read limit.
-        return False, "invalid HTTP response"
-    except OSError as exc:
-        return False, f"connection failed: {exc.strerror or exc}"
+    result = await check(spec, address, port)
+    return result.ok, result.reason
 
 
 class HealthChecker:
     """Checks every backend of one server group periodically and updates its health fields."""
 
-    __slots__ = ("_backends", "_clock", "_on_change", "_probe", "_states", "_tasks", "spec")
+    __slots__ = (
+        "_backends",
+        "_clock",
+        "_on_change",
+        "_probe",
+        "_states",
+        "_tasks",
+        "_wall_clock",
+        "spec",
+    )
 
     def __init__(
         self,
@@ -201,18 +328,26 @@ class HealthChecker:
         backends: list[Backend],
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         on_change: Callable[[Backend], None] | None = None,
-        probe: Callable[[Any, str, int], Awaitable[tuple[bool, str]]] = probe,
+        probe: Callable[[Any, str, int], Awaitable[tuple[Any, ...]]] = check,
     ) -> None:
         self.spec = spec
         self._backends = list(backends)
         self._clock = clock
+        # Times people read (last change, the timeline) are wall-clock times.
+        self._wall_clock = wall_clock
         self._on_change = on_change
-        # Another kind of check (dataplane.udp_health) brings its own probe and spec.
+        # Another kind of check (dataplane.udp_health) brings its own probe and spec; a probe
+        # answers a CheckResult, or (passed, reason) whose code is then read from the reason.
         self._probe = probe
+        started = wall_clock()
         self._states = {
             id(backend): HealthState(
-                spec.healthy_threshold, spec.unhealthy_threshold, healthy=backend.healthy
+                spec.healthy_threshold,
+                spec.unhealthy_threshold,
+                healthy=backend.healthy,
+                since=started,
             )
             for backend in self._backends
         }
@@ -221,6 +356,18 @@ class HealthChecker:
     def state(self, backend: Backend) -> HealthState:
         """The counters behind a backend's health, for status pages."""
         return self._states[id(backend)]
+
+    def adopt(self, previous: HealthChecker) -> None:
+        """Keep what the previous checker of this group saw of the servers still in it (same id,
+        address and port), when the snapshot changed the group but not its health check."""
+        before = {
+            (backend.id, backend.address, backend.port): previous.state(backend)
+            for backend in previous._backends
+        }
+        for backend in self._backends:
+            state = before.get((backend.id, backend.address, backend.port))
+            if state is not None:
+                self._states[id(backend)].adopt(state)
 
     def start(self) -> None:
         """Schedule one check loop per backend on the running event loop."""
@@ -244,9 +391,14 @@ class HealthChecker:
 
     async def check_once(self, backend: Backend) -> bool:
         """Probe one backend now and record the result; returns True when its health flipped."""
-        ok, reason = await self._probe(self.spec, backend.address, backend.port)
+        result = await self._probe(self.spec, backend.address, backend.port)
+        ok, reason = bool(result[0]), str(result[1])
+        code = result[2] if len(result) > 2 else code_of(ok, reason)
+        status = result[3] if len(result) > 3 else None
         state = self._states[id(backend)]
-        flipped = state.record(ok, reason, self._clock())
+        flipped = state.record(
+            ok, reason, self._clock(), code=code, status=status, wall=self._wall_clock()
+        )
         backend.healthy = state.healthy
         backend.health_reason = reason
         backend.last_check = state.last_check
@@ -279,3 +431,36 @@ class HealthChecker:
             now = loop.time()
             next_check = max(next_check, now)
             await asyncio.sleep(next_check - now)
+
+
+def server_report(
+    backend: Backend,
+    checker: HealthChecker | None,
+    slow_start: SlowStart | None,
+    now: float,
+) -> dict[str, object]:
+    """What a status document says of one server's health beyond healthy and reason: the reason
+    code, the HTTP status a check saw, when its health last changed (wall clock), its recent
+    checks as [time, passed, code] oldest first, and its slow-start ramp in percent (None when
+    it is not ramping)."""
+    percent = None
+    if slow_start is not None and backend.ramp_started is not None and backend.weight > 0:
+        fraction = slow_start.fraction(backend, now)
+        if fraction < 1.0:
+            percent = int(fraction * 100)
+    if checker is None:
+        return {
+            "reason_code": None,
+            "http_status": None,
+            "last_change": None,
+            "checks": [],
+            "slow_start_percent": percent,
+        }
+    state = checker.state(backend)
+    return {
+        "reason_code": state.code or None,
+        "http_status": state.status,
+        "last_change": round(state.changed_at, 3),
+        "checks": [[round(at, 3), ok, code] for at, ok, code in state.history],
+        "slow_start_percent": percent,
+    }

@@ -39,7 +39,7 @@ from dataplane.balancing import Backend
 from dataplane.bandwidth import TokenBucket, burst_for, mbit_to_bytes_per_s
 from dataplane.config import Listener, ServerGroup, Snapshot
 from dataplane.descriptors import EXHAUSTED, DescriptorReserve
-from dataplane.health import HealthChecker, HealthCheckSpec
+from dataplane.health import HealthChecker, HealthCheckSpec, server_report
 from dataplane.protocols import ListenerSettings, ServerGroupRuntime
 from dataplane.protocols.http import HttpProxy
 from dataplane.protocols.quic import QuicListener, QuicSettings, alt_svc_value, quic_configuration
@@ -559,6 +559,9 @@ class Node:
                 )
             else:
                 group.checker = HealthChecker(spec, backends, on_change=on_change)
+            if old is not None and same_check and old.checker is not None:
+                # Same check: the reasons, last changes and timelines go on too.
+                group.checker.adopt(old.checker)
         return group
 
     def _share_remainder(self, snapshot: Snapshot) -> None:
@@ -834,6 +837,7 @@ class Node:
                                 else None
                             ),
                             "active": backend.active,
+                            **server_report(backend, group.checker, group.slow_start, self.clock()),
                         }
                     )
             listeners[listener_id] = {
