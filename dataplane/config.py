@@ -109,6 +109,8 @@ _GROUP_PROTOCOLS = {
     "quic": ("http",),
 }
 _PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
+# An ACME key authorization: token "." base64url SHA-256 thumbprint of the account key.
+_KEY_AUTHORIZATION = re.compile(r"[A-Za-z0-9_-]{1,256}\.[A-Za-z0-9_-]{43}")
 
 
 class ConfigError(ValueError):
@@ -274,6 +276,14 @@ class Acl:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsAlpnChallenge:
+    """An ACME TLS-ALPN-01 challenge (RFC 8737) the node's TLS listeners answer while pending."""
+
+    domain: str
+    key_authorization: str
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     instance_id: str
     generation: int
@@ -286,6 +296,8 @@ class Snapshot:
     acls: tuple[Acl, ...] = ()
     # The instance's bandwidth in Mbit/s; listener limits may not add up to more.
     bandwidth_mbit: int | None = None
+    # ACME validations in progress (HTTP-01 ones travel as fixed-response forwarding rules).
+    acme_tls_alpn_challenges: tuple[TlsAlpnChallenge, ...] = ()
 
     ID_PREFIXES: ClassVar[dict[str, str]] = {
         "listeners": "lsn-",
@@ -550,6 +562,8 @@ class _Validator:
                         f"{other.protocol} listener {other.id}"
                     )
                 ports.setdefault(key, listener)
+        for index, challenge in enumerate(s.acme_tls_alpn_challenges):
+            self.tls_alpn_challenge(f"acme_tls_alpn_challenges[{index}]", challenge)
         if s.bandwidth_mbit is not None:
             _in_range(errors, "bandwidth_mbit", s.bandwidth_mbit, *INSTANCE_BANDWIDTH_MBIT)
             allocated = sum(x.bandwidth_mbit or 0 for x in s.listeners)
@@ -651,6 +665,14 @@ class _Validator:
             if "DH PARAMETERS" in getattr(cert, name):
                 # Seed 000: DH parameter files are not supported (ECDHE only).
                 errors.append(f"{path}.{name}: DH PARAMETERS are not supported")
+
+    def tls_alpn_challenge(self, path: str, challenge: TlsAlpnChallenge) -> None:
+        # The name goes into a certificate and the key authorization is token.thumbprint, both
+        # base64url (RFC 8555 8.1).
+        if not _is_hostname(challenge.domain) or "*" in challenge.domain:
+            self.errors.append(f"{path}.domain: {challenge.domain!r} is not a host name")
+        if not _KEY_AUTHORIZATION.fullmatch(challenge.key_authorization):
+            self.errors.append(f"{path}.key_authorization: not an ACME key authorization")
 
     def tls_policy(self, path: str, policy: TlsPolicy) -> None:
         errors = self.errors

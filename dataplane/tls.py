@@ -42,6 +42,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
+from dataplane import acme_tls
 from dataplane.config import TLS12_CIPHERS, TLS13_CIPHERSUITES, Certificate, Listener, Snapshot
 from dataplane.hostnames import CertificateSelector
 
@@ -419,6 +420,12 @@ class TlsContextCache:
 
     def listener_tls(self, listener: Listener, snapshot: Snapshot) -> ListenerTls:
         """The TLS setup of a listener; raises TlsError with a reason for its status."""
+        tls = self._listener_tls(listener, snapshot)
+        # While the snapshot carries ACME TLS-ALPN-01 challenges, the front context answers them.
+        acme_tls.answer(tls.context, AlertingSSLObject, snapshot.acme_tls_alpn_challenges)
+        return tls
+
+    def _listener_tls(self, listener: Listener, snapshot: Snapshot) -> ListenerTls:
         policy = resolve_policy(listener.tls_policy, snapshot)
         default = snapshot.certificate(listener.default_certificate_id)
         if default is None:
