@@ -53,6 +53,9 @@ SLOW_START_DURATION = (30, 1200)
 # Schedulers that take weights and so can ramp a server's weight (see dataplane.slowstart).
 SLOW_START_SCHEDULERS = ("weighted_round_robin", "weighted_least_connections")
 UDP_PAYLOAD_MAX = 64
+# "leaf": the client's certificate is checked against its issuer's CRL; "chain": every
+# certificate of the client's chain is (OpenSSL then needs a CRL from every CA in the chain).
+CRL_CHECKS = ("leaf", "chain")
 # The console counts generations in a 64-bit database column.
 MAX_GENERATION = 2**63 - 1
 STATUS_CLASSES = ("http_1xx", "http_2xx", "http_3xx", "http_4xx", "http_5xx")
@@ -257,6 +260,10 @@ class Certificate:
 class CaCertificate:
     id: str
     certificate_pem: str
+    # Certificate revocation lists checked on the client certificates of mutual-TLS listeners,
+    # one PEM "X509 CRL" block each; `crl_check` says how much of a client's chain is checked.
+    crls: tuple[str, ...] = ()
+    crl_check: str = "leaf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,6 +544,7 @@ class _Validator:
         for index, ca in enumerate(s.ca_certificates):
             if "-----BEGIN CERTIFICATE-----" not in ca.certificate_pem:
                 errors.append(f"ca_certificates[{index}].certificate_pem: not a PEM certificate")
+            self.revocation_lists(f"ca_certificates[{index}]", ca)
         for index, policy in enumerate(s.tls_policies):
             self.tls_policy(f"tls_policies[{index}]", policy)
         for index, acl in enumerate(s.acls):
@@ -665,6 +673,20 @@ class _Validator:
             if "DH PARAMETERS" in getattr(cert, name):
                 # Seed 000: DH parameter files are not supported (ECDHE only).
                 errors.append(f"{path}.{name}: DH PARAMETERS are not supported")
+
+    def revocation_lists(self, path: str, ca: CaCertificate) -> None:
+        errors = self.errors
+        _one_of(errors, f"{path}.crl_check", ca.crl_check, CRL_CHECKS)
+        for index, crl in enumerate(ca.crls):
+            # Exactly one block: the node loads CRLs the way OpenSSL loads a CA file, so a
+            # CERTIFICATE block slipped in here would become a trusted client CA.
+            text = crl.strip()
+            if not (
+                text.startswith("-----BEGIN X509 CRL-----")
+                and text.endswith("-----END X509 CRL-----")
+                and text.count("-----BEGIN ") == 1
+            ):
+                errors.append(f"{path}.crls[{index}]: not one PEM X509 CRL block")
 
     def tls_alpn_challenge(self, path: str, challenge: TlsAlpnChallenge) -> None:
         # The name goes into a certificate and the key authorization is token.thumbprint, both

@@ -43,8 +43,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from dataplane import acme_tls
-from dataplane.config import TLS12_CIPHERS, TLS13_CIPHERSUITES, Certificate, Listener, Snapshot
+from dataplane.config import (
+    TLS12_CIPHERS,
+    TLS13_CIPHERSUITES,
+    CaCertificate,
+    Certificate,
+    Listener,
+    Snapshot,
+)
 from dataplane.hostnames import CertificateSelector
+from dataplane.stats import handshake_failed
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +302,7 @@ class AlertingSSLObject(ssl.SSLObject):
             raise
         except ssl.SSLError as exc:
             self._handshake_failure = exc
+            handshake_failed(self, exc)
             raise ssl.SSLWantReadError("handshake failed; the alert is being sent") from exc
 
 
@@ -346,8 +355,49 @@ def _load_certificate(context: ssl.SSLContext, cert: Certificate) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """The CRLs a mutual-TLS listener checks client certificates against, and how far."""
+
+    crls: tuple[str, ...]
+    check: str  # "leaf" or "chain" (dataplane.config.CRL_CHECKS)
+
+
+def revocation_of(ca: CaCertificate | None) -> Revocation | None:
+    return Revocation(ca.crls, ca.crl_check) if ca is not None and ca.crls else None
+
+
+def _load_revocation_lists(context: ssl.SSLContext, revocation: Revocation) -> None:
+    """Load the CRLs and turn on OpenSSL's revocation check for client certificates.
+
+    load_verify_locations(cadata=...) reads CERTIFICATE blocks only and skips CRLs; a CA file is
+    read with X509_load_cert_crl_file, which takes both, so the CRLs go in through an anonymous
+    memory file. OpenSSL fails closed: once CRL checking is on, a client certificate whose
+    issuer has no CRL here is refused ("unable to get certificate CRL"), as is every client
+    while a CRL is past its next update. "leaf" checks the client's certificate only; "chain"
+    (VERIFY_CRL_CHECK_CHAIN) checks its intermediates too and needs a CRL from every CA of the
+    chain, the trusted CA included, which is why the console asks for it only then.
+    """
+    fd = os.memfd_create("lb-client-crls", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, "".join(crl.strip() + "\n" for crl in revocation.crls).encode())
+        context.load_verify_locations(cafile=f"/proc/self/fd/{fd}")
+    except (ssl.SSLError, ValueError) as exc:
+        raise TlsError(f"unreadable certificate revocation list: {exc}") from None
+    finally:
+        os.close(fd)
+    if revocation.check == "chain":
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
+    else:
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
 def _policy_context(
-    policy: PolicySpec, security_level: int, ca_pem: str | None, alpn: tuple[str, ...] = ()
+    policy: PolicySpec,
+    security_level: int,
+    ca_pem: str | None,
+    alpn: tuple[str, ...] = (),
+    revocation: Revocation | None = None,
 ) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.sslobject_class = AlertingSSLObject
@@ -376,6 +426,8 @@ def _policy_context(
             context.load_verify_locations(cadata=ca_pem)
         except (ssl.SSLError, ValueError) as exc:
             raise TlsError(f"unreadable CA certificate: {exc}") from None
+        if revocation is not None:
+            _load_revocation_lists(context, revocation)
         # The CertificateRequest names the CA, so a client with several certificates offers
         # the one this listener trusts (and tools show which one that is).
         if not native.set_client_ca_list(context, ca_pem):
@@ -437,6 +489,7 @@ class TlsContextCache:
         )
         ca = snapshot.ca_certificate(listener.ca_certificate_id)
         ca_pem = ca.certificate_pem if ca is not None else None
+        revocation = revocation_of(ca)
         infos = {cert.id: certificate_info(cert.certificate_pem) for cert in (default, *sni)}
         level = policy.security_level
         if any(info.weak_key for info in infos.values()):
@@ -445,15 +498,15 @@ class TlsContextCache:
         # ALPN is offered only where HTTP/2 is on (the schema allows it on https alone): an
         # HTTP/1.1-only listener must not let a client believe h2 was agreed.
         alpn = HTTP2_ALPN if listener.http2 else ()
-        key = (policy, level, ca_pem, default, sni, alpn)
+        key = (policy, level, ca_pem, default, sni, alpn, revocation)
         self._used_listeners.add(key)
         cached = self._listeners.get(key)
         if cached is not None:
             for cert in sni:
-                self._used_certificates.add((policy, level, ca_pem, cert, alpn))
+                self._used_certificates.add((policy, level, ca_pem, cert, alpn, revocation))
             return cached
 
-        front = _policy_context(policy, level, ca_pem, alpn)
+        front = _policy_context(policy, level, ca_pem, alpn, revocation)
         _load_certificate(front, default)
         if _ticket_secret is not None:
             # Tickets are sealed with the keys of the context the handshake began on, whichever
@@ -466,11 +519,15 @@ class TlsContextCache:
                 default.certificate_pem,
                 tuple(cert.certificate_pem for cert in sni),
                 alpn,
+                revocation,
             )
             if not native.set_ticket_keys(front, keys):
                 log.warning("session tickets cannot be shared between worker processes here")
         by_id = {
-            cert.id: self._certificate_context(policy, level, ca_pem, cert, alpn) for cert in sni
+            cert.id: self._certificate_context(
+                policy, level, ca_pem, cert, alpn, revocation=revocation
+            )
+            for cert in sni
         }
         names = {cert.id: infos[cert.id].names for cert in sni}
         names[default.id] = infos[default.id].names
@@ -488,14 +545,16 @@ class TlsContextCache:
         ca_pem: str | None,
         cert: Certificate,
         alpn: tuple[str, ...],
+        *,
+        revocation: Revocation | None = None,
     ) -> ssl.SSLContext:
-        key = (policy, level, ca_pem, cert, alpn)
+        key = (policy, level, ca_pem, cert, alpn, revocation)
         self._used_certificates.add(key)
         context = self._certificates.get(key)
         if context is None:
             # The SNI callback swaps the handshake onto this context before ALPN is chosen, so
             # it must offer the same protocols as the front one.
-            context = _policy_context(policy, level, ca_pem, alpn)
+            context = _policy_context(policy, level, ca_pem, alpn, revocation)
             _load_certificate(context, cert)
             self._certificates[key] = context
         return context
