@@ -225,3 +225,69 @@ class AuditRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_id}"
+
+
+class PushCounter(models.Model):
+    """Running totals of the pushes to one node, by result and by latency bucket.
+
+    PushAttempt keeps only the last attempts of a node; these counts only ever grow (until the
+    node is removed), so the console's /metrics can expose real Prometheus counters and a latency
+    histogram. One row per (node, result, bucket): ``bucket`` is the index of the smallest bound
+    in console.prometheus.PUSH_BUCKETS a push fitted under (len(PUSH_BUCKETS): slower than all).
+    """
+
+    node = models.ForeignKey(DataplaneNode, on_delete=models.CASCADE, related_name="+")
+    result = models.CharField(max_length=16, choices=PushAttempt.Result.choices)
+    bucket = models.PositiveSmallIntegerField()
+    count = models.PositiveBigIntegerField(default=0)
+    seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["node", "result", "bucket"], name="push_counter_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.node_id} {self.result} bucket {self.bucket}: {self.count}"
+
+
+class TrafficSample(models.Model):
+    """One node's counters for one listener at one sampling tick (console.sampling).
+
+    Counters are the node's cumulative values as reported, so rates come from the difference of
+    two samples and survive a lost sample; a node that restarted starts again from zero, which
+    ``uptime`` (the node's, smaller than in the sample before) and a counter going down reveal.
+    Gauges are the values at the tick. Kept for TRAFFIC_RETENTION seconds.
+    """
+
+    listener = models.ForeignKey("listeners.Listener", on_delete=models.CASCADE, related_name="+")
+    node = models.ForeignKey(DataplaneNode, on_delete=models.CASCADE, related_name="+")
+    at = models.DateTimeField()
+    uptime = models.FloatField()
+    # Cumulative counters.
+    requests = models.PositiveBigIntegerField(default=0)
+    responses_1xx = models.PositiveBigIntegerField(default=0)
+    responses_2xx = models.PositiveBigIntegerField(default=0)
+    responses_3xx = models.PositiveBigIntegerField(default=0)
+    responses_4xx = models.PositiveBigIntegerField(default=0)
+    responses_5xx = models.PositiveBigIntegerField(default=0)
+    bytes_in = models.PositiveBigIntegerField(default=0)
+    bytes_out = models.PositiveBigIntegerField(default=0)
+    total_connections = models.PositiveBigIntegerField(default=0)
+    # Gauges.
+    active_connections = models.PositiveIntegerField(default=0)
+    servers = models.PositiveIntegerField(default=0)
+    healthy_servers = models.PositiveIntegerField(default=0)
+    # The request-duration histogram, cumulative: {"buckets": [upper bounds in seconds],
+    # "counts": [requests at or under each bound], "count": all requests, "sum": seconds}; null
+    # when the node reports none.
+    latency = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["listener", "at"], name="traffic_listener_at"),
+            models.Index(fields=["at"], name="traffic_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.listener_id} on {self.node_id} at {self.at:%Y-%m-%d %H:%M:%S}"
