@@ -17,6 +17,9 @@ from certificates import keystore
 from console.ids import new_id
 
 EXPIRY_WARNING = timedelta(days=30)
+# A revocation list whose next update is this close is flagged: once it passes, the node refuses
+# every client certificate of that CA until a current CRL is uploaded or fetched.
+CRL_WARNING = timedelta(days=7)
 
 
 def new_certificate_id() -> str:
@@ -50,6 +53,9 @@ class Certificate(models.Model):
     not_before = models.DateTimeField()
     not_after = models.DateTimeField()
     chain_summary = models.JSONField(default=list, blank=True)
+    # CA certificates: one line per revocation list, kept by certificates/revocation.py with the
+    # rows, so the audit log's diff of a CRL change says what changed.
+    crl_summary = models.JSONField(default=list, blank=True, editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -116,3 +122,72 @@ class Certificate(models.Model):
             | models.Q(additional_certificates=self)
             | models.Q(ca_certificate=self)
         ).distinct()
+
+
+class CertificateRevocationList(models.Model):
+    """A CRL a CA certificate carries for mutual TLS: the CA's own, or an intermediate's below it.
+
+    One per issuer and CA certificate; a newer CRL of the same issuer replaces the stored one.
+    """
+
+    class Source(models.TextChoices):
+        UPLOAD = "upload", "Upload"
+        URL = "url", "Distribution Point URL"
+
+    ca_certificate = models.ForeignKey(
+        Certificate, on_delete=models.CASCADE, related_name="revocation_lists"
+    )
+    issuer = models.CharField(max_length=1024)
+    # The intermediates from the issuer up to the CA (PEM), "" when the CA signed the CRL.
+    issuer_chain_pem = models.TextField(blank=True, default="")
+    issuer_chain_subjects = models.JSONField(default=list, blank=True)
+    der = models.BinaryField()
+    fingerprint_sha256 = models.CharField(max_length=95)
+    crl_number = models.CharField(max_length=64, blank=True, default="")
+    this_update = models.DateTimeField()
+    next_update = models.DateTimeField()
+    revoked_count = models.PositiveIntegerField()
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.UPLOAD)
+    url = models.URLField(max_length=2048, blank=True, default="")
+    fetched_at = models.DateTimeField(null=True, blank=True)
+    last_fetch_error = models.TextField(blank=True, default="")
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["ca_certificate", "issuer"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["ca_certificate", "issuer"], name="one_crl_per_issuer_and_ca"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"CRL of {self.issuer}"
+
+    @property
+    def is_expired(self) -> bool:
+        return self.next_update <= timezone.now()
+
+    @property
+    def expires_soon(self) -> bool:
+        return not self.is_expired and self.next_update - timezone.now() < CRL_WARNING
+
+    @property
+    def signed_by_ca(self) -> bool:
+        return not self.issuer_chain_pem
+
+    def summary(self) -> dict:
+        """The line of `Certificate.crl_summary` for this CRL."""
+        return {
+            "issuer": self.issuer,
+            "crl_number": self.crl_number,
+            "this_update": self.this_update.isoformat(),
+            "next_update": self.next_update.isoformat(),
+            "revoked": self.revoked_count,
+            "source": self.source,
+            "url": self.url,
+            "fingerprint_sha256": self.fingerprint_sha256,
+        }
+from certificates.acme_models import AcmeAccount, AcmeAttempt, AcmeChallenge, AcmeIssuance, CertificateAlert  # noqa: E402, F401, I001

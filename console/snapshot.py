@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from certificates.models import Certificate
+from certificates.revocation import crl_check, crl_pem
 from console.models import Instance
 from dataplane import config as dp
 from listeners.forwarding import stored_rule
@@ -71,9 +73,7 @@ def build_snapshot(instance: Instance) -> dp.Snapshot:
             )
             for c in certificates.values()
         ),
-        ca_certificates=tuple(
-            dp.CaCertificate(id=c.id, certificate_pem=c.certificate_pem) for c in cas.values()
-        ),
+        ca_certificates=tuple(_ca_certificate(c) for c in cas.values()),
         tls_policies=tuple(
             dp.TlsPolicy(
                 id=p.id,
@@ -88,6 +88,17 @@ def build_snapshot(instance: Instance) -> dp.Snapshot:
         acls=tuple(
             dp.Acl(id=a.id, entries=tuple(e.cidr for e in a.entries.all())) for a in acls.values()
         ),
+    )
+
+
+def _ca_certificate(ca: Certificate) -> dp.CaCertificate:
+    """A CA with the revocation lists the node checks client certificates against."""
+    crls = list(ca.revocation_lists.all())
+    return dp.CaCertificate(
+        id=ca.id,
+        certificate_pem=ca.certificate_pem,
+        crls=tuple(crl_pem(crl.der) for crl in crls),
+        crl_check=crl_check(ca.subject, crls),
     )
 
 
