@@ -226,6 +226,9 @@ class Listener:
     proxy_protocol: str = "off"
     # Seed 002 "Transfer Load Balancer EIP": X-Forwarded-ELB-IP carries the bind address.
     x_forwarded_elb_ip: bool = False
+    # One JSON line per request (http, https) or connection (tcp, tcp_ssl, udp session) in the
+    # node's access log and its in-memory ring (dataplane.accesslog).
+    access_log: bool = False
 
     @property
     def is_http(self) -> bool:

@@ -33,8 +33,9 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from dataplane.accesslog import AccessLogs, AccessLogWriter, ListenerLog
 from dataplane.balancing import Backend
 from dataplane.bandwidth import TokenBucket, burst_for, mbit_to_bytes_per_s
 from dataplane.config import Listener, ServerGroup, Snapshot
@@ -46,7 +47,7 @@ from dataplane.protocols.quic import QuicListener, QuicSettings, alt_svc_value, 
 from dataplane.protocols.tcp import TcpProxy
 from dataplane.protocols.udp import UdpListener, UdpSettings, bind_udp, start_udp_listener
 from dataplane.slowstart import SlowStart
-from dataplane.stats import ListenerStats
+from dataplane.stats import ListenerStats, count_handshakes
 from dataplane.tls import (
     TlsContextCache,
     TlsError,
@@ -94,6 +95,7 @@ class ListenerRuntime:
     """One listener on this node: its socket, server, settings, connections and counters."""
 
     __slots__ = (
+        "access_log",
         "bind_key",
         "bucket",
         "config",
@@ -138,6 +140,8 @@ class ListenerRuntime:
         self.group: ServerGroupRuntime | None = None
         # The bandwidth bucket, kept across generations while the limit is unchanged.
         self.bucket: TokenBucket | None = None
+        # The access log while the listener's switch is on (dataplane.accesslog).
+        self.access_log: ListenerLog | None = None
 
     def close_socket(self) -> None:
         """Stop accepting: close the server and the listening socket."""
@@ -178,6 +182,18 @@ def _fail(runtime: ListenerRuntime, reason: str) -> None:
         extra={"listener_id": runtime.id},
     )
     runtime.stop("failed", reason)
+
+
+def _contexts(front: ssl.SSLContext) -> list[ssl.SSLContext]:
+    """A listener's front context and the per-certificate contexts its SNI callback swaps in
+    (found in the callback's closure), so a failed handshake on any of them is counted."""
+    contexts = [front]
+    callback = front.sni_callback
+    for cell in getattr(callback, "__closure__", None) or ():
+        value = cell.cell_contents
+        if isinstance(value, dict):
+            contexts.extend(v for v in value.values() if isinstance(v, type(front)))
+    return contexts
 
 
 def _bind_key(listener: Listener, snapshot: Snapshot) -> tuple[str, str, int]:
@@ -266,6 +282,7 @@ class Node:
         reuse_port: bool = False,
         clock: Callable[[], float] = time.monotonic,
         bandwidth_share: float = 1.0,
+        access_log: AccessLogWriter | None = None,
     ) -> None:
         # True in a worker process: its listening sockets share their ports with the other workers.
         self.reuse_port = reuse_port
@@ -296,6 +313,8 @@ class Node:
             stop_accepting=self._stop_accepting, start_accepting=self._start_accepting
         )
         self._resuming: asyncio.Task[None] | None = None
+        # Listeners' access logs; `access_log` writes their lines to a file and/or stdout.
+        self.access_logs = AccessLogs(access_log)
 
     # -- applying --------------------------------------------------------------------------------
 
@@ -363,6 +382,11 @@ class Node:
             if runtime is None:
                 runtime = self.listeners[listener.id] = ListenerRuntime(listener.id, loop)
             fingerprint = self._fingerprint(listener, snapshot)
+            runtime.access_log = (
+                self.access_logs.listener(listener.id, listener.protocol)
+                if listener.access_log
+                else None
+            )
             if not listener.enabled:
                 runtime.config = listener
                 runtime.fingerprint = fingerprint
@@ -379,6 +403,7 @@ class Node:
                 continue
             await self._start_listener(runtime, listener, snapshot, groups, fingerprint)
         self.tls_cache.end()
+        self.access_logs.forget(wanted)
 
         # Groups no listener uses any more stop checking; new ones start.
         for group_id, group in self.groups.items():
@@ -665,6 +690,8 @@ class Node:
         except (TlsError, ValueError) as exc:
             _fail(runtime, str(exc))
             return
+        if tls is not None:
+            count_handshakes(_contexts(tls.context), runtime.stats)
 
         bind_key = _bind_key(listener, snapshot)
         if runtime.sock is None:
@@ -780,6 +807,8 @@ class Node:
             _fail(runtime, str(exc))
             return
 
+        if isinstance(settings, UdpSettings):
+            settings.access_log = runtime.access_log
         datagram = runtime.datagram
         if isinstance(datagram, UdpListener) and isinstance(settings, UdpSettings):
             datagram.update(settings)
@@ -837,9 +866,12 @@ class Node:
                                 else None
                             ),
                             "active": backend.active,
+                            "requests": runtime.stats.server(backend.id)[0],
+                            "connect_failures": runtime.stats.server(backend.id)[1],
                             **server_report(backend, group.checker, group.slow_start, self.clock()),
                         }
                     )
+            counters = runtime.stats.as_dict()
             listeners[listener_id] = {
                 "status": runtime.status,
                 "reason": runtime.reason,
@@ -848,8 +880,11 @@ class Node:
                 "protocol": config.protocol if config else None,
                 "port": config.port if config else None,
                 "server_group_id": config.server_group_id if config else None,
-                "counters": runtime.stats.as_dict(),
+                "counters": counters,
                 "backends": backends,
+                # The latency histograms, also in `counters` (dataplane.stats.Histogram).
+                "request_duration": counters["request_duration"],
+                "backend_response_time": counters["backend_response_time"],
             }
             if isinstance(runtime.datagram, UdpListener):
                 listeners[listener_id]["udp"] = runtime.datagram.counters()
@@ -859,6 +894,18 @@ class Node:
             "draining": self.draining,
             "uptime_seconds": round(time.time() - self.started, 3),
             "listeners": listeners,
+            "access_log": self.access_logs.counters(),
+        }
+
+    def access_log(self, listener_id: str, **filters: Any) -> dict[str, object] | None:
+        """A listener's recent access-log entries, newest first (None: no such listener)."""
+        if listener_id not in self.listeners:
+            return None
+        log = self.access_logs.listeners.get(listener_id)
+        return {
+            "listener_id": listener_id,
+            "enabled": self.listeners[listener_id].access_log is not None,
+            "lines": log.recent(**filters) if log is not None else [],
         }
 
     # -- shutdown --------------------------------------------------------------------------------

@@ -83,6 +83,9 @@ from dataplane.rules import (
 )
 from dataplane.tls import client_certificate_headers
 
+# Request timings for the latency histograms and the access log (dataplane.accesslog).
+_clock = time.monotonic
+
 if TYPE_CHECKING:
     from dataplane.node import ListenerRuntime
     from dataplane.protocols import ListenerSettings, Route
@@ -170,6 +173,13 @@ _REASONS = {
     504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
+# Why a request the node answered itself ended, for the access log.
+_TERMINATIONS = {
+    408: "client_timeout",
+    502: "backend_error",
+    503: "no_server",
+    504: "backend_timeout",
+}
 _date_cache = [0, b""]
 
 
@@ -231,19 +241,27 @@ class Request:
 
     __slots__ = (
         "accept_encoding",
+        "answered_at",
         "body",
         "buffered",
         "chunked",
         "complete",
+        "connect_at",
+        "connected_at",
         "connection_tokens",
         "content_length",
         "cookies",
+        "ended",
         "expect_continue",
         "has_body",
         "headers",
         "host",
         "keep_alive",
         "method",
+        "rule",
+        "server",
+        "started",
+        "status",
         "transfer_encoding",
         "upgrade",
         "upgrade_value",
@@ -278,6 +296,16 @@ class Request:
         # Body bytes (already framed for the backend) not yet written to it.
         self.body: list[bytes] | None = None
         self.buffered = 0
+        # Observability (dataplane.stats, dataplane.accesslog): when the request began, when a
+        # server was chosen and connected, the server, the rule, the status sent, the end.
+        self.started = _clock()
+        self.connect_at = 0.0
+        self.connected_at = 0.0
+        self.answered_at = 0.0
+        self.server: Backend | None = None
+        self.rule: str | None = None
+        self.status = 0
+        self.ended = 0.0
 
 
 class HttpProxy(BackendReadGate):
@@ -306,9 +334,11 @@ class HttpProxy(BackendReadGate):
         "head_mark",
         "head_size",
         "in_head",
+        "in_mark",
         "keep_alive",
         "loop",
         "out",
+        "out_mark",
         "parser",
         "parsing",
         "paused",
@@ -317,6 +347,7 @@ class HttpProxy(BackendReadGate):
         "peer_port",
         "queue",
         "reads",
+        "received",
         "rechunk",
         "registered",
         "reject_status",
@@ -325,8 +356,10 @@ class HttpProxy(BackendReadGate):
         "retried",
         "route",
         "runtime",
+        "sent",
         "settings",
         "stats",
+        "termination",
         "throttled",
         "timer",
         "timer_at",
@@ -407,6 +440,13 @@ class HttpProxy(BackendReadGate):
         # Response bytes gathered during one read from the backend, written with one call.
         self.out: list[bytes] = []
         self.compressor: Compressor | None = None
+        # Bytes from and to this client, and why its request in flight ended when it did not
+        # complete (for the access log).
+        self.received = 0
+        self.sent = 0
+        self.in_mark = 0
+        self.out_mark = 0
+        self.termination = ""
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -418,6 +458,8 @@ class HttpProxy(BackendReadGate):
             self.closed = True
             transport.abort()
             return
+        if settings.tls is not None:
+            self.stats.tls_handshakes += 1
         if settings.http2:
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
@@ -490,6 +532,7 @@ class HttpProxy(BackendReadGate):
 
     def _write(self, data: bytes) -> None:
         """Write response bytes to the client, through the bandwidth limit when there is one."""
+        self.sent += len(data)
         writer = self.writer
         if writer is None:
             self.transport.write(data)
@@ -500,6 +543,7 @@ class HttpProxy(BackendReadGate):
         if self.closed:
             return
         self.reads += 1
+        self.received += len(data)
         self.stats.bytes_in += len(data)
         if self.tunnel:
             upstream = self.upstream
@@ -569,6 +613,9 @@ class HttpProxy(BackendReadGate):
         if self.writer is not None:
             self.writer.close()
         self._teardown()
+        request = self.current
+        if request is not None and not request.ended:
+            self._ended(request, request.status, self.termination or "client_closed")
         if self.registered:
             self.registered = False
             self.runtime.connections.discard(self)
@@ -809,6 +856,7 @@ class HttpProxy(BackendReadGate):
                 self._reject(400)
                 return
             if action is not None:
+                request.rule = action.rule_id
                 if not isinstance(action, ForwardAction):
                     self._answer_rule(request, action)
                     return
@@ -934,6 +982,7 @@ class HttpProxy(BackendReadGate):
         stats.responses[action.status // 100] += 1
         stats.bytes_out += len(data)
         self._write(data)
+        self._ended(request, action.status, "completed")
         self.current = None
         if not keep_alive:
             self._close()
@@ -948,6 +997,10 @@ class HttpProxy(BackendReadGate):
     def _connect(self, backend: Backend) -> None:
         self.backend = backend
         backend.active += 1
+        request: Request = self.current  # type: ignore[assignment]
+        request.server = backend
+        request.connect_at = _clock()
+        self.stats.server(backend.id)[0] += 1
         settings = self.settings
         context = self.route.backend_context
         upstream = settings.pool.acquire((backend.address, backend.port, context))
@@ -1005,6 +1058,7 @@ class HttpProxy(BackendReadGate):
                 extra=extra,
             )
         self._release_backend()
+        self.stats.server(backend.id)[1] += 1
         if not self.retried:
             self.retried = True
             other = self.route.pick(self.client_ip, exclude=backend)
@@ -1017,6 +1071,7 @@ class HttpProxy(BackendReadGate):
         self.upstream = upstream
         upstream.begin(self)
         request: Request = self.current  # type: ignore[assignment]
+        request.connected_at = _clock()
         if request.body:
             upstream.transport.writelines([self.head, *request.body])  # type: ignore[union-attr]
             request.body = None
@@ -1057,7 +1112,9 @@ class HttpProxy(BackendReadGate):
         request: Request = self.current  # type: ignore[assignment]
         self.response_mark = self.drain_mark = -1
         settings = self.settings
-        status = upstream.status
+        status = request.status = upstream.status
+        now = request.answered_at = _clock()
+        self.stats.backend_response_time.observe(now - request.connect_at)
         head = upstream.head
         if not head.startswith(b"HTTP/1.1 "):
             head = b"HTTP/1.1" + head[8:]
@@ -1280,6 +1337,7 @@ class HttpProxy(BackendReadGate):
                 self.upstream_complete(upstream)
             else:
                 self.upstream = None
+                self.termination = "backend_closed"
                 self._abort()
             return
         self.upstream = None
@@ -1302,6 +1360,7 @@ class HttpProxy(BackendReadGate):
         upstream.close()
         self._release_backend()
         if self.response_started:
+            self.termination = "backend_error"
             self._abort()
         else:
             self._reject(502)
@@ -1315,6 +1374,7 @@ class HttpProxy(BackendReadGate):
     def _finish(self, upstream: HttpUpstream, *, reusable: bool) -> None:
         self.flush()
         request: Request = self.current  # type: ignore[assignment]
+        self._ended(request, request.status, "completed")
         self.upstream = None
         upstream.owner = None
         self._release_backend()
@@ -1380,6 +1440,7 @@ class HttpProxy(BackendReadGate):
         elif self.response_started:
             # Streaming a response: the backend cannot be late any more, but it must keep moving.
             if self._response_stalled():
+                self.termination = "stalled"
                 self._abort()
                 return
             self._set_deadline(self.settings.response_timeout)
@@ -1449,16 +1510,30 @@ class HttpProxy(BackendReadGate):
         """Answer with an error of the dataplane's own and close the connection."""
         if self.closed:
             return
+        request = self.current or self.parsing
         self._teardown()
         if self.response_started:
+            self.termination = "aborted"
             self._abort()
             return
         data = error_response(status)
         stats = self.stats
         stats.responses[status // 100] += 1
         stats.bytes_out += len(data)
+        self.sent += len(data)
         self.transport.write(data)
+        if request is not None and not request.ended:
+            self._ended(request, status, _TERMINATIONS.get(status, "rejected"))
         self._close()
+
+    def _ended(self, request: Request, status: int, termination: str) -> None:
+        """One request is over: its duration counted, its access-log line written."""
+        request.status = status
+        request.ended = now = _clock()
+        self.stats.request_duration.observe(now - request.started)
+        access_log = self.runtime.access_log
+        if access_log is not None:
+            access_log.http(self, request, termination)
 
     def _teardown(self) -> None:
         if self.timer is not None:
@@ -1494,4 +1569,5 @@ class HttpProxy(BackendReadGate):
     def abort(self) -> None:
         """Immediate: a stopped or removed listener cuts its connections (seed 003)."""
         if not self.closed or not self.transport.is_closing():
+            self.termination = "listener_stopped"
             self._abort()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from dataplane.balancing import Backend
@@ -36,18 +37,26 @@ class TcpProxy(BackendReadGate):
 
     __slots__ = (
         "backend",
+        "chosen",
         "client_eof",
         "closed",
+        "connect_at",
         "connect_task",
+        "connected_at",
         "idle_handle",
         "last_activity",
         "loop",
         "peer_ip",
+        "peer_port",
         "pending",
+        "received",
         "registered",
         "retried",
         "runtime",
+        "sent",
         "settings",
+        "started",
+        "termination",
         "throttled",
         "transport",
         "upstream",
@@ -77,6 +86,13 @@ class TcpProxy(BackendReadGate):
         self.writing_paused = False
         self.throttled = False
         self.writer: ThrottledWriter | None = None
+        # For the access log (dataplane.accesslog): the connection's times, bytes, server and
+        # why it ended.
+        self.peer_port = 0
+        self.started = self.connect_at = self.connected_at = 0.0
+        self.chosen: Backend | None = None
+        self.received = self.sent = 0
+        self.termination = ""
 
     # -- client side -----------------------------------------------------------------------------
 
@@ -91,12 +107,16 @@ class TcpProxy(BackendReadGate):
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         stats = settings.stats
+        if settings.tls is not None:
+            stats.tls_handshakes += 1
         if settings.acl is not None and not settings.acl.allows(self.peer_ip):
             stats.denied_connections += 1
             self.closed = True
             transport.abort()
             return
         self.registered = True
+        self.started = time.monotonic()
+        self.peer_port = peer[1] if peer else 0
         self.runtime.connections.add(self)
         stats.active_connections += 1
         stats.total_connections += 1
@@ -120,6 +140,7 @@ class TcpProxy(BackendReadGate):
                 "no healthy server for a connection",
                 extra={"listener_id": settings.listener.id},
             )
+            self.termination = "no_server"
             self._abort()
             return
         proxy_header = settings.proxy_header
@@ -133,6 +154,7 @@ class TcpProxy(BackendReadGate):
         self.idle_handle = self.loop.call_later(settings.idle_timeout, self._idle_check)
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         self.settings.stats.bytes_in += len(data)
         self.last_activity = self.loop.time()
         upstream = self.upstream
@@ -143,6 +165,7 @@ class TcpProxy(BackendReadGate):
 
     def eof_received(self) -> bool:
         self.client_eof = True
+        self.termination = self.termination or "client_closed"
         upstream = self.upstream
         if upstream is not None and upstream.transport.can_write_eof():  # type: ignore[union-attr]
             upstream.transport.write_eof()  # type: ignore[union-attr]
@@ -159,12 +182,17 @@ class TcpProxy(BackendReadGate):
             self.registered = False
             self.runtime.connections.discard(self)
             self.settings.stats.active_connections -= 1
+            access_log = self.runtime.access_log
+            if access_log is not None:
+                access_log.tcp(self, self.termination or "closed")
 
     # -- backend side ----------------------------------------------------------------------------
 
     def _connect(self, backend: Backend) -> None:
-        self.backend = backend
+        self.backend = self.chosen = backend
         backend.active += 1
+        self.connect_at = time.monotonic()
+        self.settings.stats.server(backend.id)[0] += 1
         self.connect_task = self.loop.create_task(self._open(backend))
 
     async def _open(self, backend: Backend) -> None:
@@ -180,6 +208,7 @@ class TcpProxy(BackendReadGate):
         if self.closed:
             upstream.close()
             return
+        self.connected_at = time.monotonic()
         self.upstream = upstream
         if self.throttled or self.writing_paused:
             upstream.transport.pause_reading()  # type: ignore[union-attr]
@@ -211,6 +240,7 @@ class TcpProxy(BackendReadGate):
             extra={"listener_id": self.settings.listener.id, "backend_id": backend.id},
         )
         self._release_backend()
+        self.settings.stats.server(backend.id)[1] += 1
         if self.closed:
             return
         if not self.retried:
@@ -219,9 +249,11 @@ class TcpProxy(BackendReadGate):
             if other is not None:
                 self._connect(other)
                 return
+        self.termination = "backend_error"
         self._abort()
 
     def upstream_data(self, data: bytes) -> None:
+        self.sent += len(data)
         self.settings.stats.bytes_out += len(data)
         self.last_activity = self.loop.time()
         if self.writer is not None:
@@ -231,6 +263,7 @@ class TcpProxy(BackendReadGate):
 
     def upstream_eof_received(self) -> bool:
         self.upstream_eof = True
+        self.termination = self.termination or "backend_closed"
         if self.client_eof or not self.transport.can_write_eof():
             # TLS cannot half-close: close once the pending bytes are out.
             self._close()
@@ -240,6 +273,8 @@ class TcpProxy(BackendReadGate):
 
     def upstream_lost(self) -> None:
         self.upstream = None
+        if not self.termination:
+            self.termination = "backend_closed"
         self._close()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -253,6 +288,7 @@ class TcpProxy(BackendReadGate):
         if remaining > 0.001:
             self.idle_handle = self.loop.call_later(remaining, self._idle_check)
             return
+        self.termination = "idle_timeout"
         self._close()
 
     def _release_backend(self) -> None:
@@ -295,6 +331,7 @@ class TcpProxy(BackendReadGate):
 
     def abort(self) -> None:
         """Immediate: a stopped or removed listener cuts its connections (seed 003)."""
+        self.termination = "listener_stopped"
         self._abort()
 
 

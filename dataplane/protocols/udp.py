@@ -29,6 +29,7 @@ from dataplane.balancing import Backend, Scheduler, make_scheduler
 from dataplane.protocols import compile_acl
 
 if TYPE_CHECKING:
+    from dataplane.accesslog import ListenerLog
     from dataplane.bandwidth import TokenBucket
     from dataplane.config import Listener, Snapshot
     from dataplane.slowstart import SlowStart
@@ -81,6 +82,7 @@ class UdpSettings:
     """One UDP listener generation: how new sessions are placed and how long they live."""
 
     __slots__ = (
+        "access_log",
         "acl",
         "bucket",
         "idle_timeout",
@@ -113,6 +115,8 @@ class UdpSettings:
         self.max_sessions = max_sessions
         # Seed 000 bandwidth: replies to clients beyond it are dropped.
         self.bucket = bucket
+        # The listener's access log (dataplane.accesslog), set by the node; None when off.
+        self.access_log: ListenerLog | None = None
 
     @classmethod
     def from_listener(
@@ -156,6 +160,8 @@ class UdpSession:
 
     __slots__ = (
         "backend",
+        "bytes_in",
+        "bytes_out",
         "client",
         "client_ip",
         "closed",
@@ -163,6 +169,7 @@ class UdpSession:
         "pending",
         "resolve_task",
         "sock",
+        "started",
         "stats",
     )
 
@@ -178,6 +185,9 @@ class UdpSession:
         self.pending: list[bytes] | None = None
         self.resolve_task: asyncio.Task[None] | None = None
         self.closed = False
+        # For the access log (dataplane.accesslog).
+        self.started = now
+        self.bytes_in = self.bytes_out = 0
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -235,6 +245,7 @@ class UdpListener(asyncio.DatagramProtocol):
         else:
             session.last_activity = now
             self.sessions.move_to_end(addr)
+        session.bytes_in += len(data)
         stats.requests += 1
         self._send_upstream(session, data, now)
 
@@ -261,12 +272,13 @@ class UdpListener(asyncio.DatagramProtocol):
                 # Full of live sessions: the least recently active one makes room.
                 _, oldest = sessions.popitem(last=False)
                 self.evicted += 1
-                self._release(oldest)
+                self._release(oldest, "evicted")
         session = UdpSession(client, backend, settings.stats, now)
         backend.active += 1
         sessions[client] = session
         settings.stats.total_connections += 1
         settings.stats.active_connections += 1
+        settings.stats.server(backend.id)[0] += 1
         if _is_ip(backend.address):
             if not self._connect(session, backend.address):
                 return None
@@ -345,6 +357,7 @@ class UdpListener(asyncio.DatagramProtocol):
             # An earlier datagram drew ICMP port unreachable: the server is not listening. This
             # datagram gets one other server, like a refused TCP connect gets one retry.
             failed = session.backend
+            self.settings.stats.server(failed.id)[1] += 1
             client = session.client
             self._close_session(session)
             retry = self._open_session(client, now, exclude=failed)
@@ -398,15 +411,19 @@ class UdpListener(asyncio.DatagramProtocol):
                 continue
             transport.sendto(data, session.client)
             self.datagrams_out += 1
+            session.bytes_out += len(data)
             stats.bytes_out += len(data)
         if received and not session.closed:
             session.last_activity = self._clock()
             self.sessions.move_to_end(session.client)
 
-    def _release(self, session: UdpSession) -> None:
+    def _release(self, session: UdpSession, termination: str = "backend_error") -> None:
         """Free a session that is already out of the table."""
         if session.closed:
             return
+        access_log = self.settings.access_log
+        if access_log is not None:
+            access_log.udp(self, session, termination)
         session.closed = True
         session.pending = None
         if session.resolve_task is not None:
@@ -429,7 +446,7 @@ class UdpListener(asyncio.DatagramProtocol):
         sessions = list(self.sessions.values())
         self.sessions.clear()
         for session in sessions:
-            self._release(session)
+            self._release(session, "listener_stopped")
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -461,7 +478,7 @@ class UdpListener(asyncio.DatagramProtocol):
             if session.last_activity > stale_before:
                 break
             sessions.popitem(last=False)
-            self._release(session)
+            self._release(session, "idle_timeout")
             closed += 1
         return closed
 
