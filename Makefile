@@ -18,7 +18,12 @@ TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DJANGO_
 
 .PHONY: run test bench lint setup chromium clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py dataplane/nghttp2.pyx
+	@# nghttp2's header and library, for the HTTP/2 engine's binding (dataplane/nghttp2.pyx).
+	@if [ ! -f /usr/include/nghttp2/nghttp2.h ]; then \
+	  echo "Installing Debian's libnghttp2-dev for the HTTP/2 engine"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnghttp2-dev; \
+	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"

@@ -12,7 +12,7 @@ calls on one long-lived client connection spread over the group, which is the re
 gRPC at layer 7 rather than per TCP connection.
 
 Flow control is end to end: a DATA frame is acknowledged to its sender only once the other side
-has taken it (dataplane.protocols.h2.Outbound), so a slow reader slows its writer down instead
+has taken it (dataplane.nghttp2.Outbound), so a slow reader slows its writer down instead
 of filling the dataplane's memory.
 
 When the dataplane itself must fail a call, it answers as a gRPC server would, with a
@@ -23,8 +23,10 @@ DEADLINE_EXCEEDED (4) when no response headers arrive within the response timeou
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import h2.config
 import h2.connection
@@ -33,12 +35,12 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from dataplane.nghttp2 import INTERNAL_ERROR
 from dataplane.protocols import HOP_BY_HOP
 from dataplane.protocols.h2 import (
     CONNECTION_WINDOW,
     STREAM_WINDOW,
     Http2Connection,
-    Outbound,
     Stream,
 )
 
@@ -77,6 +79,55 @@ def forwarded_headers(
         fields += [(b"x-forwarded-for", value) for value in xff]
     fields += settings.static_fields
     return fields
+
+
+
+class RequestOutbound:
+    """Bytes a call has for its backend stream, waiting for flow-control window, and how it ends.
+
+    Each chunk carries a credit: the size of the frames it came from on the other side, handed
+    to `on_sent` once the chunk is written, so that side's window reopens only then.
+    """
+
+    __slots__ = ("chunks", "end", "ended", "on_sent", "size", "trailers")
+
+    def __init__(self, on_sent: Callable[[int], None] | None = None) -> None:
+        self.chunks: collections.deque[list[Any]] = collections.deque()
+        self.size = 0
+        self.end = False
+        self.ended = False
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.on_sent = on_sent
+
+    def add(self, data: bytes, credit: int = 0) -> None:
+        self.chunks.append([data, credit])
+        self.size += len(data)
+
+    def pump(self, conn: h2.connection.H2Connection, stream_id: int) -> None:
+        """Send what the windows allow; ends the stream once everything is out."""
+        chunks = self.chunks
+        while chunks:
+            window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+            if window <= 0:
+                return
+            chunk = chunks[0]
+            data = chunk[0]
+            if len(data) <= window:
+                conn.send_data(stream_id, data)
+                chunks.popleft()
+                self.size -= len(data)
+                if chunk[1] and self.on_sent is not None:
+                    self.on_sent(chunk[1])
+            else:
+                conn.send_data(stream_id, data[:window])
+                chunk[0] = data[window:]
+                self.size -= window
+        if self.end and not self.ended:
+            self.ended = True
+            if self.trailers:
+                conn.send_headers(stream_id, self.trailers, end_stream=True)
+            else:
+                conn.end_stream(stream_id)
 
 
 class GrpcUpstream(asyncio.Protocol):
@@ -262,7 +313,7 @@ class GrpcStream(Stream):
         self.client_ip = connection.peer_ip
         self.headers = forwarded_headers(headers, settings, connection.peer_ip.encode())
         # The request body, acknowledged to the client once the backend's window took it.
-        self.request_out = Outbound(on_sent=self._request_sent)
+        self.request_out = RequestOutbound(on_sent=self._request_sent)
         self.backend: Backend | None = None
         self.upstream: GrpcUpstream | None = None
         self.upstream_id = 0
@@ -419,7 +470,7 @@ class GrpcStream(Stream):
             return
         if self.responded:
             # Part of the response is out: the client must see the call break, not end.
-            self.connection.reset(self, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.connection.reset(self, INTERNAL_ERROR)
         else:
             self._fail(UNAVAILABLE, reason)
 

@@ -1,7 +1,8 @@
 """HTTP/2 on HTTPS listeners (seeds 000, 001 and 003: "Enable HTTP/2").
 
-A TLS handshake that agreed on ALPN "h2" hands the connection from HttpProxy to Http2Connection,
-which runs the `h2` state machine. What happens to each request stream depends on the listener's
+A TLS handshake that agreed on ALPN "h2" hands the connection from HttpProxy to Http2Connection.
+Framing, HPACK, stream states and flow control are nghttp2's (dataplane.nghttp2); the connection
+only decides what each stream means. What happens to each request stream depends on the listener's
 server group:
 
 - HTTP and HTTPS groups (seed 001's FAQ: "Layer 7 listeners use HTTP/1.1 to distribute network
@@ -21,25 +22,28 @@ fast uploader. Response bytes beyond a client's window wait in the stream's `Out
 passes SEND_HIGH_WATER the backend connection stops being read until it drains.
 
 Graceful shutdown refuses new streams (REFUSED_STREAM, which clients retry elsewhere) and sends
-GOAWAY once the streams in flight are done: the h2 library allows no frames after its GOAWAY.
+GOAWAY once the streams in flight are done. A client's GOAWAY lets its streams in flight finish;
+the connection closes when nghttp2 has nothing left to read or write.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
 import httptools
 
+from dataplane.nghttp2 import (
+    CANCEL,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    Http2Error,
+    Outbound,
+    Session,
+)
 from dataplane.protocols import HOP_BY_HOP, fits_request_line
 from dataplane.protocols.http import MAX_HEADER_BYTES, HttpProxy
 
@@ -58,72 +62,6 @@ MAX_CONCURRENT_STREAMS = 128
 # Response bytes a stream may hold for a client before its backend is paused, and resumed.
 SEND_HIGH_WATER = 256 * 1024
 SEND_LOW_WATER = 64 * 1024
-
-
-def server_config() -> h2.config.H2Configuration:
-    """The h2 settings of the server side; header names and values stay bytes.
-
-    What a client sends is validated (h2 refuses CR, LF and NUL, uppercase names, misplaced
-    pseudo-headers and connection-specific fields). What goes out is not checked again: response
-    fields come from httptools, which accepts only token names and values without CR or LF,
-    lowercased and stripped on the way (ProxiedStream.on_header), with hop-by-hop fields removed,
-    or from a gRPC backend's HTTP/2 frames, which h2 validated on receipt. Checking them again
-    costs a fifth of the time of a small request.
-    """
-    return h2.config.H2Configuration(
-        client_side=False,
-        header_encoding=None,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-    )
-
-
-class Outbound:
-    """Bytes one stream has for its peer, waiting for flow-control window, and how it ends.
-
-    Each chunk carries a credit: the size of the frames it came from on the other side, handed
-    to `on_sent` once the chunk is written, so that side's window reopens only then.
-    """
-
-    __slots__ = ("chunks", "end", "ended", "on_sent", "size", "trailers")
-
-    def __init__(self, on_sent: Callable[[int], None] | None = None) -> None:
-        self.chunks: collections.deque[list[Any]] = collections.deque()
-        self.size = 0
-        self.end = False
-        self.ended = False
-        self.trailers: list[tuple[bytes, bytes]] | None = None
-        self.on_sent = on_sent
-
-    def add(self, data: bytes, credit: int = 0) -> None:
-        self.chunks.append([data, credit])
-        self.size += len(data)
-
-    def pump(self, conn: h2.connection.H2Connection, stream_id: int) -> None:
-        """Send what the windows allow; ends the stream once everything is out."""
-        chunks = self.chunks
-        while chunks:
-            window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
-            if window <= 0:
-                return
-            chunk = chunks[0]
-            data = chunk[0]
-            if len(data) <= window:
-                conn.send_data(stream_id, data)
-                chunks.popleft()
-                self.size -= len(data)
-                if chunk[1] and self.on_sent is not None:
-                    self.on_sent(chunk[1])
-            else:
-                conn.send_data(stream_id, data[:window])
-                chunk[0] = data[window:]
-                self.size -= window
-        if self.end and not self.ended:
-            self.ended = True
-            if self.trailers:
-                conn.send_headers(stream_id, self.trailers, end_stream=True)
-            else:
-                conn.end_stream(stream_id)
 
 
 class Stream:
@@ -271,7 +209,7 @@ class ProxiedStream(Stream):
         except httptools.HttpParserError:
             # Only the proxy writes here; a response it cannot frame is a bug, not traffic.
             log.exception("unreadable response on HTTP/2 stream %d", self.stream_id)
-            self.connection.reset(self, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.connection.reset(self, INTERNAL_ERROR)
             return
         body = self.body
         if body:
@@ -299,12 +237,12 @@ class ProxiedStream(Stream):
         return self.closing
 
     def close(self) -> None:
-        self._end(h2.errors.ErrorCodes.INTERNAL_ERROR)
+        self._end(INTERNAL_ERROR)
 
     def abort(self) -> None:
-        self._end(h2.errors.ErrorCodes.CANCEL)
+        self._end(CANCEL)
 
-    def _end(self, code: h2.errors.ErrorCodes) -> None:
+    def _end(self, code: int) -> None:
         if self.closing:
             return
         self.closing = True
@@ -365,8 +303,10 @@ class Http2Connection(asyncio.Protocol):
         self.stats = runtime.stats
         self.settings: ListenerSettings = runtime.settings  # type: ignore[assignment]
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.conn = h2.connection.H2Connection(server_config())
+        self.session: Session | None = None
         self.streams: dict[int, Stream] = {}
+        # Streams whose backend is paused until nghttp2 has sent enough of their response.
+        self.held: set[Stream] = set()
         self.peer_ip = ""
         self.peer_port = 0
         # StreamProxy's header lines for one listener generation: (settings, lines).
@@ -403,27 +343,24 @@ class Http2Connection(asyncio.Protocol):
         self.runtime.connections.add(self)  # type: ignore[arg-type]
         self.stats.active_connections += 1
         self.stats.total_connections += 1
-        conn = self.conn
-        conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_BYTES,
-            },
+        self.session = Session(
+            self,
+            max_concurrent_streams=MAX_CONCURRENT_STREAMS,
+            stream_window=STREAM_WINDOW,
+            connection_window=CONNECTION_WINDOW,
+            max_header_list=MAX_HEADER_BYTES,
         )
-        conn.initiate_connection()
-        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        session: Session = self.session  # type: ignore[assignment]
         try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            # h2 has queued a GOAWAY naming the error; send it and go.
+            session.receive(data)
+        except Http2Error as exc:
+            # nghttp2 has queued a GOAWAY naming the error; send it and go.
             log.info(
                 "HTTP/2 protocol error from %s: %s",
                 self.peer_ip,
@@ -433,45 +370,8 @@ class Http2Connection(asyncio.Protocol):
             self.flush()
             self._close()
             return
-        for event in events:
-            self._event(event)
         self.flush()
-
-    def _event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is None:
-                self.acknowledge(event.stream_id, event.flow_controlled_length)
-            else:
-                stream.request_data(event.data, event.flow_controlled_length)
-        elif isinstance(event, h2.events.RequestReceived):
-            self._begin(event.stream_id, event.headers, ended=event.stream_ended is not None)
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.request_end()
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id:
-                stream = self.streams.get(event.stream_id)
-                if stream is not None:
-                    self.pump(stream)
-            else:
-                for stream in list(self.streams.values()):
-                    self.pump(stream)
-        elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.pop(event.stream_id, None)
-            if stream is not None:
-                stream.cancel()
-                self._stream_gone()
-        elif isinstance(event, h2.events.TrailersReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.request_trailers(event.headers)
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            # A larger initial window lets waiting streams send.
-            for stream in list(self.streams.values()):
-                self.pump(stream)
-        elif isinstance(event, h2.events.ConnectionTerminated):
+        if not session.alive:
             self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -480,6 +380,8 @@ class Http2Connection(asyncio.Protocol):
             self.idle_timer.cancel()
             self.idle_timer = None
         self._cut_streams()
+        # The session refers back to this connection; free nghttp2's memory now, not at GC.
+        self.session = None
         if self.registered:
             self.registered = False
             self.runtime.connections.discard(self)  # type: ignore[arg-type]
@@ -496,12 +398,12 @@ class Http2Connection(asyncio.Protocol):
             if stream.out.size < SEND_LOW_WATER:
                 stream.resume_backend()
 
-    # -- streams ---------------------------------------------------------------------------------
+    # -- session events (called by nghttp2 through the Session) ----------------------------------
 
-    def _begin(self, stream_id: int, headers: list[tuple[bytes, bytes]], *, ended: bool) -> None:
+    def on_request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         settings = self.runtime.settings
         if self.draining or settings is None:
-            self._refuse(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._refuse(stream_id, REFUSED_STREAM)
             return
         self.settings = settings
         if self.idle_timer is not None:
@@ -516,12 +418,39 @@ class Http2Connection(asyncio.Protocol):
         if stream is None:
             self._stream_gone()
 
+    def on_data(self, stream_id: int, data: bytes, credit: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self.acknowledge(stream_id, credit)
+        else:
+            stream.request_data(data, credit)
+
+    def on_end(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.request_end()
+
+    def on_trailers(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.request_trailers(headers)
+
+    def on_close(self, stream_id: int, code: int) -> None:
+        """nghttp2 closed the stream: both sides ended, or a reset either way."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            if not stream.out.ended:
+                stream.cancel()
+            self._stream_gone()
+
+    # -- streams ---------------------------------------------------------------------------------
+
     def _proxied(
         self, stream_id: int, headers: list[tuple[bytes, bytes]], *, ended: bool
     ) -> Stream | None:
         """Start one HTTP/1.1 exchange for a stream; None when the request is malformed."""
         method = path = authority = b""
-        host = b""
+        host = None
         lines: list[bytes] = []
         has_length = False
         for name, value in headers:
@@ -533,6 +462,11 @@ class Http2Connection(asyncio.Protocol):
                 elif name == b":authority":
                     authority = value
             elif name == b"host":
+                if host is not None or (authority and value != authority):
+                    # RFC 9113 8.3.1: a second Host, or one naming another host than
+                    # :authority, leaves the rules and the backend to believe different hosts.
+                    path = b""
+                    break
                 host = value
             else:
                 if name == b"content-length":
@@ -545,14 +479,14 @@ class Http2Connection(asyncio.Protocol):
             # second authority by the HTTP/1.1 proxy.
             path = b""
         if not path or not fits_request_line(method, path, authority):
-            self._refuse(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self._refuse(stream_id, PROTOCOL_ERROR)
             return None
         chunked = not ended and not has_length
         parts = [method, b" ", path, b" HTTP/1.1\r\n"]
-        # RFC 9113 8.3.1: :authority is the host (h2 refuses a second Host field, or one that
-        # names another host). The HTTP/1.1 proxy then checks it as any client's; with no
-        # authority at all, the request says so with an empty Host, as HTTP/1.1 does.
-        parts.append(b"Host: %s\r\n" % (authority or host))
+        # RFC 9113 8.3.1: :authority is the host. The HTTP/1.1 proxy then checks it as any
+        # client's; with no authority at all, the request says so with an empty Host, as
+        # HTTP/1.1 does.
+        parts.append(b"Host: %s\r\n" % (authority or host or b""))
         parts += lines
         if chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
@@ -567,27 +501,23 @@ class Http2Connection(asyncio.Protocol):
             stream.proxy.pause_writing()
         return stream
 
-    def _refuse(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
-        try:
-            self.conn.reset_stream(stream_id, code)
-        except h2.exceptions.ProtocolError:
-            # The stream or the whole connection is closed already: nothing to say.
-            return
-        self.schedule_flush()
+    def _refuse(self, stream_id: int, code: int) -> None:
+        if self.session is not None and not self.closed:
+            self.session.reset(stream_id, code)
+            self.schedule_flush()
 
     def send_headers(
         self, stream: Stream, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
     ) -> None:
-        if self.streams.get(stream.stream_id) is not stream:
+        if self.streams.get(stream.stream_id) is not stream or self.closed:
             return
-        try:
-            self.conn.send_headers(stream.stream_id, headers, end_stream=end_stream)
-        except h2.exceptions.ProtocolError:
-            # StreamClosedError (the client reset it) or the connection is closing.
+        out = stream.out
+        if not self.session.respond(stream.stream_id, headers, None if end_stream else out):  # type: ignore[union-attr]
+            # The client reset it, or the connection is closing.
             self._drop(stream)
             return
         if end_stream:
-            stream.out.end = stream.out.ended = True
+            out.end = out.ended = True
             self._done(stream)
         self.schedule_flush()
 
@@ -602,26 +532,16 @@ class Http2Connection(asyncio.Protocol):
         self.pump(stream)
 
     def pump(self, stream: Stream) -> None:
+        """The stream's Outbound has more for nghttp2, which sends it as the windows allow."""
         if self.closed or self.streams.get(stream.stream_id) is not stream:
             return
-        out = stream.out
-        try:
-            out.pump(self.conn, stream.stream_id)
-        except h2.exceptions.StreamClosedError:
-            self._drop(stream)
-            return
-        except h2.exceptions.ProtocolError:
-            # The connection itself is closing (a GOAWAY went out); its end cuts the stream.
-            return
+        self.session.resume(stream.stream_id)  # type: ignore[union-attr]
         self.schedule_flush()
-        if out.ended:
-            self._done(stream)
-        elif out.size > SEND_HIGH_WATER:
+        if stream.out.size > SEND_HIGH_WATER:
             stream.pause_backend()
-        elif out.size < SEND_LOW_WATER and not self.writing_paused:
-            stream.resume_backend()
+            self.held.add(stream)
 
-    def reset(self, stream: Stream, code: h2.errors.ErrorCodes) -> None:
+    def reset(self, stream: Stream, code: int) -> None:
         if self.streams.get(stream.stream_id) is not stream:
             return
         del self.streams[stream.stream_id]
@@ -631,10 +551,7 @@ class Http2Connection(asyncio.Protocol):
     def acknowledge(self, stream_id: int, credit: int) -> None:
         """The backend side took `credit` bytes of the client's frames: reopen its windows."""
         if credit and not self.closed:
-            try:
-                self.conn.acknowledge_received_data(credit, stream_id)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                return
+            self.session.acknowledge(stream_id, credit)  # type: ignore[union-attr]
             self.schedule_flush()
 
     def _done(self, stream: Stream) -> None:
@@ -644,7 +561,7 @@ class Http2Connection(asyncio.Protocol):
         del self.streams[stream.stream_id]
         if not stream.request_ended:
             # RFC 9113 8.1: a complete response may end the request early with NO_ERROR.
-            self._refuse(stream.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            self._refuse(stream.stream_id, NO_ERROR)
         self._stream_gone()
 
     def _drop(self, stream: Stream) -> None:
@@ -672,9 +589,36 @@ class Http2Connection(asyncio.Protocol):
         self.flush_scheduled = False
         if self.closed:
             return
-        data = self.conn.data_to_send()
+        session: Session = self.session  # type: ignore[assignment]
+        try:
+            data = session.data_to_send()
+        except Http2Error:
+            log.exception("HTTP/2 session failed while sending to %s", self.peer_ip)
+            self._close()
+            return
         if data:
             self.transport.write(data)
+        if not session.alive:
+            # Both GOAWAYs are out (or one, and no stream is left to finish): nothing more can
+            # happen on this connection.
+            self._close()
+            return
+        finished = session.finished
+        if finished:
+            # Responses whose last frame went out with this write.
+            session.finished = []
+            streams = self.streams
+            for stream_id in finished:
+                stream = streams.get(stream_id)
+                if stream is not None:
+                    self._done(stream)
+            self.flush()
+            return
+        if self.held and not self.writing_paused:
+            for stream in list(self.held):
+                if stream.out.size < SEND_LOW_WATER:
+                    self.held.discard(stream)
+                    stream.resume_backend()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -690,10 +634,8 @@ class Http2Connection(asyncio.Protocol):
     def _goaway(self) -> None:
         if self.closed:
             return
-        try:
-            self.conn.close_connection()
-        except h2.exceptions.ProtocolError:
-            pass
+        if self.session is not None:
+            self.session.terminate(NO_ERROR)
         self.flush()
         self._close()
 
@@ -701,13 +643,14 @@ class Http2Connection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.transport.close()
-            # h2 sends nothing more once the connection is closed (its GOAWAY or the client's),
-            # so the streams in flight end now rather than answer into a closed state machine.
+            # Nothing more is sent once the connection is closing (its GOAWAY or the client's),
+            # so the streams in flight end now rather than answer into a closed session.
             self._cut_streams()
 
     def _cut_streams(self) -> None:
         streams = list(self.streams.values())
         self.streams.clear()
+        self.held.clear()
         for stream in streams:
             stream.cancel()
         for upstream in list(self.upstreams.values()):
