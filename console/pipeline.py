@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from console import nodeclient
+from console import nodeclient, push_counters
 from console.models import DataplaneNode, Instance, PushAttempt
 from console.snapshot import build_snapshot
 from console.status import combine, observe
@@ -138,6 +138,7 @@ def _record_push(node: DataplaneNode, generation: int, answer, duration: int) ->
     PushAttempt.objects.create(
         node=node, generation=generation, result=result, detail=detail[:4000], duration_ms=duration
     )
+    push_counters.record(node.pk, result, duration / 1000)
     stale = PushAttempt.objects.filter(node=node).order_by("-started_at", "-id")[HISTORY_PER_NODE:]
     PushAttempt.objects.filter(pk__in=list(stale.values_list("pk", flat=True))).delete()
     # A node answering a push is a state change (routine reconcile passes push nothing).

@@ -7,7 +7,8 @@ says the same. (console.metrics is another thing: the details page's sums of nod
 A push attempt's history is kept per node for the last pipeline.HISTORY_PER_NODE attempts, so
 what it holds is a window, not a running total: attempts by result are gauges over that window,
 and push latency is a gauge histogram of it (buckets that can go down; use histogram_quantile
-on them without rate()).
+on them without rate()). The running totals (console.push_counters) are real counters:
+ferry_console_pushes_total and the histogram ferry_console_push_latency_seconds, by result.
 
 Prometheus authenticates with a personal API token (any role: the metrics only read), sent as
 `Authorization: Bearer <token>`; a signed-in browser session also works. Nothing is anonymous.
@@ -23,7 +24,13 @@ from django.db.models import Count, Q, Sum
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
-from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from console import tokens
@@ -41,6 +48,7 @@ class ConsoleCollector:
     def collect(self) -> Iterator[Metric]:
         nodes = list(DataplaneNode.objects.select_related("instance").order_by("pk"))
         yield from self._pushes(nodes)
+        yield from self._push_totals(nodes)
         yield from self._reconcile(nodes)
         yield self._listeners(nodes)
 
@@ -83,6 +91,29 @@ class ConsoleCollector:
                     gsum_value=(row["total_ms"] or 0) / 1000,
                 )
         yield attempts
+        yield latency
+
+    def _push_totals(self, nodes: list[DataplaneNode]) -> Iterator[Metric]:
+        from console import push_counters
+
+        pushes = CounterMetricFamily(
+            "ferry_console_pushes",
+            "Pushes to the node by result (ack, nack, unreachable) since it was added.",
+            labels=[*_NODE, "result"],
+        )
+        latency = HistogramMetricFamily(
+            "ferry_console_push_latency_seconds",
+            "How long pushes to the node took, by result, since it was added.",
+            labels=[*_NODE, "result"],
+        )
+        totals = push_counters.totals()
+        for node in nodes:
+            for result in PushAttempt.Result.values:
+                tally = totals.get(node.pk, {}).get(result) or push_counters.Totals()
+                labels = [node.instance_id, node.name, result]
+                pushes.add_metric(labels, tally.count)
+                latency.add_metric(labels, tally.cumulative(), sum_value=tally.seconds)
+        yield pushes
         yield latency
 
     def _reconcile(self, nodes: list[DataplaneNode]) -> Iterator[Metric]:
