@@ -81,7 +81,6 @@ def forwarded_headers(
     return fields
 
 
-
 class RequestOutbound:
     """Bytes a call has for its backend stream, waiting for flow-control window, and how it ends.
 

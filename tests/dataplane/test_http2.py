@@ -8,7 +8,6 @@ import re
 import socket
 import ssl
 import subprocess
-import time
 
 import h2.errors
 import pytest
