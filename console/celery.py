@@ -34,6 +34,8 @@ RECONCILE_SEND = {"max_retries": 2, "interval_start": 0, "interval_step": 0.1, "
 app = Celery("console")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# The graphs' sampling task (console/sampling.py).
+app.autodiscover_tasks(related_name="sampling")
 
 
 @app.on_after_finalize.connect
@@ -47,6 +49,20 @@ def schedule_reconcile(sender: Celery, **kwargs: object) -> None:
         sender.signature("console.tasks.reconcile"),
         name="reconcile",
         options={"expires": interval},
+    )
+
+
+@app.on_after_finalize.connect
+def schedule_sampling(sender: Celery, **kwargs: object) -> None:
+    from console.sampling import interval
+
+    every = interval()
+    # A sample that waited longer than an interval is stale: the next one is already due.
+    sender.add_periodic_task(
+        every,
+        sender.signature("console.sampling.sample_traffic"),
+        name="sample traffic",
+        options={"expires": every},
     )
 
 
