@@ -23,11 +23,18 @@ from pathlib import Path
 
 import uvloop
 
+from dataplane.accesslog import DEFAULT_KEEP
 from dataplane.control import MAX_BODY, ControlApi
 from dataplane.handover import WorkerRegistry, ask_to_drain, retire
 from dataplane.node import Node
 from dataplane.state import SnapshotStore
-from dataplane.workers import SupervisorApi, WorkerError, WorkerGroup, worker_command
+from dataplane.workers import (
+    SupervisorApi,
+    WorkerError,
+    WorkerGroup,
+    access_log_writer,
+    worker_command,
+)
 
 log = logging.getLogger("dataplane")
 
@@ -72,7 +79,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="proxy processes sharing the listening ports (SO_REUSEPORT); default 1",
     )
+    parser.add_argument(
+        "--access-log",
+        choices=("file", "stdout", "both", "off"),
+        default="file",
+        help="where listeners with the access log on write their lines: access.log in the state "
+        "directory (default), stdout, both, or nowhere (the console still shows recent lines)",
+    )
+    parser.add_argument(
+        "--access-log-max-mib",
+        type=_mebibytes,
+        default=100 * 1024 * 1024,
+        dest="access_log_max_bytes",
+        help="size at which access.log is rotated, in MiB (default 100)",
+    )
+    parser.add_argument(
+        "--access-log-keep",
+        type=_file_count,
+        default=DEFAULT_KEEP,
+        help=f"rotated access logs kept: access.log.1 ... (default {DEFAULT_KEEP})",
+    )
     return parser.parse_args(argv)
+
+
+def _file_count(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of files from 0 to 100")
+    return int(text)
 
 
 def _mebibytes(text: str) -> int:
@@ -107,7 +140,14 @@ async def serve(args: argparse.Namespace, token: str) -> int:
         # One process binds without SO_REUSEPORT: the orphans must let go of the ports first.
         await retire(orphans, args.drain_timeout)
         orphans = []
-        node = Node()
+        node = Node(
+            access_log=access_log_writer(
+                args.state_dir if args.access_log in ("file", "both") else None,
+                stdout=args.access_log in ("stdout", "both"),
+                max_bytes=args.access_log_max_bytes,
+                keep=args.access_log_keep,
+            )
+        )
     store = SnapshotStore(args.state_dir)
     snapshot = store.load()
     if snapshot is not None:
@@ -146,6 +186,8 @@ async def serve(args: argparse.Namespace, token: str) -> int:
     log.info("stopping: draining connections for up to %gs", args.drain_timeout)
     api.close()
     await node.shutdown(args.drain_timeout)
+    if isinstance(node, Node):
+        node.access_logs.close()
     if retiring is not None:
         await retiring
     log.info("stopped")

@@ -256,13 +256,15 @@ class RotatingFile:
         self.max_bytes = max_bytes
         self.keep = keep
         self.lock_path = path.with_name(path.name + ".lock")
+        # Opened at the first line, so a node whose listeners log nothing leaves no file.
         self.fd = -1
         self.inode = -1
-        self._open()
 
     def _open(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
+            self.fd = -1
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self.inode = os.fstat(self.fd).st_ino
 
@@ -271,7 +273,7 @@ class RotatingFile:
             current = os.stat(self.path)
         except FileNotFoundError:
             current = None
-        if current is None or current.st_ino != self.inode:
+        if self.fd < 0 or current is None or current.st_ino != self.inode:
             # Another worker rotated it (or someone removed it): write to the new file.
             self._open()
         elif current.st_size and current.st_size + len(data) > self.max_bytes:
@@ -313,6 +315,7 @@ class AccessLogWriter:
         *,
         directory: Path | None = None,
         stdout: bool = False,
+        stdout_fd: int = 1,
         max_bytes: int = DEFAULT_MAX_BYTES,
         keep: int = DEFAULT_KEEP,
         max_pending: int = MAX_PENDING,
@@ -323,6 +326,7 @@ class AccessLogWriter:
             else None
         )
         self.stdout = stdout
+        self.stdout_fd = stdout_fd
         self.max_pending = max_pending
         self.pending: collections.deque[dict[str, Any]] = collections.deque()
         # Entries the thread could not keep up with, and lines a failed write lost.
@@ -356,7 +360,7 @@ class AccessLogWriter:
             if self.file is not None:
                 self.file.write(data)
             if self.stdout:
-                os.write(1, data)
+                os.write(self.stdout_fd, data)
         except OSError:
             # A full disk must not stop the node: the lines are lost, and counted.
             self.failed += len(lines)

@@ -4,6 +4,8 @@
     GET /v1/status   applied generation, listener status and counters, backend health
     GET /v1/healthz  liveness, without a token
     GET /metrics     the same counters in the Prometheus text format (dataplane.metrics)
+    GET /v1/listeners/<id>/access-log?limit=&status=&path=&client=
+                     a listener's recent access-log entries, newest first (dataplane.accesslog)
 
 Every request but healthz carries `Authorization: Bearer <token>`, compared in constant time. The
 server is written on asyncio and httptools like the proxy itself, with no web framework.
@@ -23,8 +25,10 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 import httptools
 
@@ -59,6 +63,10 @@ _ROUTES = {
     b"/v1/config": b"PUT",
     b"/metrics": b"GET",
 }
+# GET only, like /v1/status; the listener id is the snapshot's.
+_ACCESS_LOG_PATH = re.compile(rb"/v1/listeners/([A-Za-z0-9_.:-]{1,200})/access-log")
+ACCESS_LOG_FILTERS = ("status", "path", "client")
+MAX_ACCESS_LOG_LINES = 1000
 _REASONS = {
     200: b"OK",
     400: b"Bad Request",
@@ -129,12 +137,15 @@ class ControlApi:
         self, method: bytes, path: bytes, authorization: bytes | None
     ) -> tuple[int, dict[str, str]] | None:
         """The answer to a request that goes no further than its head, or None to read on."""
-        if path not in _ROUTES:
+        route = _ROUTES.get(path)
+        if route is None and _ACCESS_LOG_PATH.fullmatch(path):
+            route = b"GET"
+        if route is None:
             return 404, {"error": "not found"}
         if path != b"/v1/healthz" and not self.authorized(authorization):
             return 401, {"error": "missing or wrong bearer token"}
-        if method != _ROUTES[path]:
-            return 405, {"error": f"use {_ROUTES[path].decode()}"}
+        if method != route:
+            return 405, {"error": f"use {route.decode()}"}
         return None
 
     def body_limit(self, path: bytes) -> int:
@@ -142,11 +153,25 @@ class ControlApi:
         return self.max_body if path == b"/v1/config" else 0
 
     async def handle(
-        self, method: bytes, path: bytes, authorization: bytes | None, body: bytes
+        self,
+        method: bytes,
+        path: bytes,
+        authorization: bytes | None,
+        body: bytes,
+        query: bytes = b"",
     ) -> tuple[int, object]:
         refusal = self.admit(method, path, authorization)
         if refusal is not None:
             return refusal
+        access_log = _ACCESS_LOG_PATH.fullmatch(path)
+        if access_log is not None:
+            filters = access_log_filters(query)
+            if isinstance(filters, str):
+                return 400, {"error": filters}
+            found = await self.access_log(access_log[1].decode(), filters)
+            if found is None:
+                return 404, {"error": "no such listener on this node"}
+            return 200, found
         if path == b"/v1/healthz":
             return 200, "ok"
         if path == b"/v1/status":
@@ -161,6 +186,12 @@ class ControlApi:
     async def status(self) -> dict[str, object]:
         """The status document; a supervisor gathers it from its workers."""
         return self.node.status()
+
+    async def access_log(
+        self, listener_id: str, filters: dict[str, Any]
+    ) -> dict[str, object] | None:
+        """A listener's recent access-log entries; a supervisor gathers them from its workers."""
+        return self.node.access_log(listener_id, **filters)
 
     async def put_config(self, body: bytes) -> tuple[int, object]:
         try:
@@ -196,6 +227,25 @@ class ControlApi:
             "listeners": results,
             "persisted": persisted,
         }
+
+
+def access_log_filters(query: bytes) -> dict[str, Any] | str:
+    """The access-log query's filters, or why they are refused."""
+    try:
+        fields = parse_qs(query.decode(), max_num_fields=8, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        return "unreadable query"
+    filters: dict[str, Any] = {"limit": 100}
+    limit = fields.get("limit", [""])[-1]
+    if limit:
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_ACCESS_LOG_LINES:
+            return f"limit: a number from 1 to {MAX_ACCESS_LOG_LINES}"
+        filters["limit"] = int(limit)
+    for name in ACCESS_LOG_FILTERS:
+        value = fields.get(name, [""])[-1][:256]
+        if value:
+            filters[name] = value
+    return filters
 
 
 class _Refused(Exception):
@@ -337,7 +387,8 @@ class ControlProtocol(asyncio.Protocol):
         self.head_size = 0
         # Hold further requests on this connection until this one is answered.
         self.transport.pause_reading()  # type: ignore[union-attr]
-        path = httptools.parse_url(self.url).path if self.url else b"/"
+        url = httptools.parse_url(self.url) if self.url else None
+        path = url.path if url is not None else b"/"
         body, self.body = self.body, bytearray()
         self.task = self.loop.create_task(
             self._answer(
@@ -347,6 +398,7 @@ class ControlProtocol(asyncio.Protocol):
                 body,
                 keep_alive=self.parser.should_keep_alive(),
                 previous=self.task,
+                query=(url.query or b"") if url is not None else b"",
             )
         )
 
@@ -361,12 +413,13 @@ class ControlProtocol(asyncio.Protocol):
         *,
         keep_alive: bool,
         previous: asyncio.Task[None] | None,
+        query: bytes = b"",
     ) -> None:
         if previous is not None:
             # A pipelined request: answers go out in the order the requests came in.
             await asyncio.wait([previous])
         try:
-            status, payload = await self.api.handle(method, path, authorization, body)
+            status, payload = await self.api.handle(method, path, authorization, body, query)
         except Exception:
             log.exception("control request %s %s failed", method.decode(), path.decode())
             status, payload = 500, {"error": "internal error"}

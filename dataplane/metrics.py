@@ -13,7 +13,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
@@ -93,6 +98,15 @@ class StatusCollector:
         for reason, count in self.counters.rejections.items():
             rejections.add_metric([reason], count)
         yield rejections
+        access_log = self.status.get("access_log") or {}
+        dropped = CounterMetricFamily(
+            "ferry_node_access_log_dropped_lines",
+            "Access-log lines not written: the writer fell behind (dropped) or a write failed.",
+            labels=["reason"],
+        )
+        dropped.add_metric(["dropped"], access_log.get("dropped", 0))
+        dropped.add_metric(["failed"], access_log.get("failed", 0))
+        yield dropped
 
     def _listeners(self) -> Iterator[Metric]:
         running = GaugeMetricFamily(
@@ -125,9 +139,24 @@ class StatusCollector:
             "Client connections refused by the access control list.",
             labels=_LISTENER,
         )
+        handshakes = CounterMetricFamily(
+            "ferry_listener_tls_handshakes",
+            "TLS handshakes completed (HTTPS and TCP SSL listeners).",
+            labels=_LISTENER,
+        )
+        handshake_failures = CounterMetricFamily(
+            "ferry_listener_tls_handshake_failures",
+            "TLS handshakes refused, by OpenSSL's reason code.",
+            labels=[*_LISTENER, "reason"],
+        )
+        durations = []
         for listener_id, entry in self.status.get("listeners", {}).items():
             labels = _listener_labels(listener_id, entry)
             counters = entry.get("counters", {})
+            handshakes.add_metric(labels, counters.get("tls_handshakes", 0))
+            for reason, count in sorted(counters.get("tls_handshake_failures", {}).items()):
+                handshake_failures.add_metric([*labels, reason], count)
+            durations.append((labels, counters))
             running.add_metric(labels, 1 if entry.get("status") == "running" else 0)
             classes = counters.get("responses", {})
             for name in _CLASSES:
@@ -139,6 +168,19 @@ class StatusCollector:
             total.add_metric(labels, counters.get("total_connections", 0))
             denied.add_metric(labels, counters.get("denied_connections", 0))
         yield from (running, responses, requests, received, sent, active, total, denied)
+        yield from (handshakes, handshake_failures)
+        yield from _histograms(
+            "ferry_listener_request_duration_seconds",
+            "From a request's first byte to the end of its response (HTTP listeners).",
+            "request_duration",
+            durations,
+        )
+        yield from _histograms(
+            "ferry_listener_backend_response_time_seconds",
+            "From choosing a server to the first byte of its response head (HTTP listeners).",
+            "backend_response_time",
+            durations,
+        )
 
     def _servers(self) -> Iterator[Metric]:
         healthy = GaugeMetricFamily(
@@ -156,6 +198,16 @@ class StatusCollector:
             "Connections open to the server now.",
             labels=_SERVER,
         )
+        server_requests = CounterMetricFamily(
+            "ferry_server_requests",
+            "Requests (HTTP), connections (TCP) or sessions (UDP) sent to the server.",
+            labels=_SERVER,
+        )
+        connect_failures = CounterMetricFamily(
+            "ferry_server_connect_failures",
+            "Connections to the server that failed to open.",
+            labels=_SERVER,
+        )
         for listener_id, entry in self.status.get("listeners", {}).items():
             group = entry.get("server_group_id") or ""
             for backend in entry.get("backends", []):
@@ -170,10 +222,38 @@ class StatusCollector:
                 healthy.add_metric(labels, 1 if backend.get("healthy") else 0)
                 check.add_metric([*labels, result, code], 1)
                 active.add_metric(labels, backend.get("active", 0))
-        yield from (healthy, check, active)
+                server_requests.add_metric(labels, backend.get("requests", 0))
+                connect_failures.add_metric(labels, backend.get("connect_failures", 0))
+        yield from (healthy, check, active, server_requests, connect_failures)
 
 
 _NOT_RUN = frozenset({"disabled", "unchecked"})
+
+
+def _histograms(
+    name: str, documentation: str, key: str, listeners: list[tuple[list[str], Mapping[str, Any]]]
+) -> Iterator[Metric]:
+    """One histogram family from the listeners' cumulative buckets (dataplane.stats)."""
+    family = HistogramMetricFamily(name, documentation, labels=_LISTENER)
+    found = False
+    for labels, counters in listeners:
+        histogram = counters.get(key)
+        if not histogram:
+            continue
+        found = True
+        buckets = [
+            (_bound(bound), count)
+            for bound, count in zip(histogram["buckets"], histogram["counts"], strict=True)
+        ]
+        buckets.append(("+Inf", histogram["count"]))
+        family.add_metric(labels, buckets, histogram["sum"])
+    if found:
+        yield family
+
+
+def _bound(seconds: float) -> str:
+    # Prometheus writes bucket bounds as floats ("0.005", "1.0"), as its own client does.
+    return repr(float(seconds))
 
 
 def _listener_labels(listener_id: str, entry: Mapping[str, Any]) -> list[str]:

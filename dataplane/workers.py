@@ -28,17 +28,21 @@ import copy
 import gc
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
+from dataplane.accesslog import DEFAULT_KEEP, DEFAULT_MAX_BYTES, AccessLogWriter
 from dataplane.config import Snapshot
 from dataplane.control import MAX_BODY, ControlApi
 from dataplane.handover import WorkerRegistry
 from dataplane.node import GenerationConflict, Node, StaleGeneration
+from dataplane.stats import add_histograms
 from dataplane.tls import set_ticket_secret
 
 log = logging.getLogger("dataplane.workers")
@@ -60,7 +64,9 @@ _COUNTERS = (
     "requests",
     "bytes_in",
     "bytes_out",
+    "tls_handshakes",
 )
+_HISTOGRAMS = ("request_duration", "backend_response_time")
 
 
 class WorkerError(Exception):
@@ -257,7 +263,31 @@ class WorkerGroup:
                     if entry["status"] == "running":
                         entry["status"], entry["reason"] = "failed", _NOT_EVERYWHERE
             result["listeners"] = listeners
+            result["access_log"] = {
+                name: sum(report.get("access_log", {}).get(name, 0) for report in reports)
+                for name in ("dropped", "failed")
+            }
         return result
+
+    async def gather_access_log(
+        self, listener_id: str, filters: dict[str, Any]
+    ) -> dict[str, object] | None:
+        """A listener's recent access-log entries from every worker, newest first."""
+        path = f"/v1/listeners/{quote(listener_id, safe='')}/access-log?{urlencode(filters)}"
+        answers = await asyncio.gather(
+            *(worker.request("GET", path) for worker in self.workers), return_exceptions=True
+        )
+        found = [a[1] for a in answers if not isinstance(a, BaseException) and a[0] == 200]
+        if not found:
+            return None
+        lines = [line for answer in found for line in answer.get("lines", [])]
+        # RFC 3339 times of one format sort as text.
+        lines.sort(key=lambda line: line.get("time") or "", reverse=True)
+        return {
+            "listener_id": listener_id,
+            "enabled": any(answer.get("enabled") for answer in found),
+            "lines": lines[: filters.get("limit", 100)],
+        }
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -331,7 +361,14 @@ def _merge_listeners(reports: list[dict[str, Any]]) -> dict[str, Any]:
             if mine["status"] == "running" and other["status"] != "running":
                 mine["status"], mine["reason"] = other["status"], other["reason"]
             for name in _COUNTERS:
-                counters[name] += other["counters"][name]
+                if name in counters or name in other["counters"]:
+                    counters[name] = counters.get(name, 0) + other["counters"].get(name, 0)
+            for name in _HISTOGRAMS:
+                if name in counters and name in other["counters"]:
+                    add_histograms(counters[name], other["counters"][name])
+            for reason, count in other["counters"].get("tls_handshake_failures", {}).items():
+                failures = counters.setdefault("tls_handshake_failures", {})
+                failures[reason] = failures.get(reason, 0) + count
             for status_class, count in other["counters"]["responses"].items():
                 counters["responses"][status_class] = (
                     counters["responses"].get(status_class, 0) + count
@@ -340,12 +377,18 @@ def _merge_listeners(reports: list[dict[str, Any]]) -> dict[str, Any]:
             if udp is not None and "udp" in mine:
                 for name, value in udp.items():
                     mine["udp"][name] = mine["udp"].get(name, 0) + value
-            active = {backend["id"]: backend["active"] for backend in other["backends"]}
+            by_id = {backend["id"]: backend for backend in other["backends"]}
             for backend in mine["backends"]:
-                backend["active"] += active.get(backend["id"], 0)
+                theirs = by_id.get(backend["id"], {})
+                for name in ("active", "requests", "connect_failures"):
+                    if name in backend:
+                        backend[name] += theirs.get(name, 0)
         if len(present) < len(entries):
             # A worker started again that has not got the snapshot yet.
             mine["status"], mine["reason"] = "failed", _NOT_EVERYWHERE
+        for name in _HISTOGRAMS:
+            if name in counters:
+                mine[name] = counters[name]
         merged[listener_id] = mine
     return merged
 
@@ -360,6 +403,11 @@ class SupervisorApi(ControlApi):
     async def status(self) -> dict[str, object]:
         # Serves /v1/status and /metrics alike, so both show the workers' counters added up.
         return await self.group.gather_status()
+
+    async def access_log(
+        self, listener_id: str, filters: dict[str, Any]
+    ) -> dict[str, object] | None:
+        return await self.group.gather_access_log(listener_id, filters)
 
 
 def worker_command(args: argparse.Namespace) -> list[str]:
@@ -378,7 +426,41 @@ def worker_command(args: argparse.Namespace) -> list[str]:
         args.log_level,
         "--workers",
         str(args.workers),
+        *access_log_arguments(args),
     ]
+
+
+def access_log_arguments(args: argparse.Namespace) -> list[str]:
+    """The access-log options a worker gets: the supervisor's, with the file under its state
+    directory (every worker appends to the same file, dataplane.accesslog.RotatingFile)."""
+    where = getattr(args, "access_log", "file")
+    arguments = [
+        "--access-log-max-bytes",
+        str(getattr(args, "access_log_max_bytes", DEFAULT_MAX_BYTES)),
+        "--access-log-keep",
+        str(getattr(args, "access_log_keep", DEFAULT_KEEP)),
+    ]
+    if where in ("file", "both") and getattr(args, "state_dir", None) is not None:
+        arguments += ["--access-log-dir", str(args.state_dir)]
+    if where in ("stdout", "both"):
+        arguments.append("--access-log-stdout")
+    return arguments
+
+
+def access_log_writer(
+    directory: Path | None, *, stdout: bool, max_bytes: int, keep: int, worker: bool = False
+) -> AccessLogWriter | None:
+    """The node's access-log writer, or None when lines go nowhere but the rings."""
+    if directory is None and not stdout:
+        return None
+    stdout_fd = 1
+    if stdout and worker:
+        # A worker's own stdout is the pipe its supervisor read the ready line from and reads no
+        # more; its lines go to the supervisor's stdout instead.
+        stdout_fd = os.open(f"/proc/{os.getppid()}/fd/1", os.O_WRONLY | os.O_APPEND)
+    return AccessLogWriter(
+        directory=directory, stdout=stdout, stdout_fd=stdout_fd, max_bytes=max_bytes, keep=keep
+    )
 
 
 # -- the worker process ----------------------------------------------------------------------------
@@ -400,12 +482,16 @@ class _SupervisorPipe(asyncio.Protocol):
 
 
 async def serve_worker(
-    token: str, drain_timeout: float, workers: int = 1, max_body: int = MAX_BODY
+    token: str,
+    drain_timeout: float,
+    workers: int = 1,
+    max_body: int = MAX_BODY,
+    access_log: AccessLogWriter | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     # The kernel spreads connections over the workers and each worker has its own buckets, so each
     # enforces its part of every bandwidth limit.
-    node = Node(reuse_port=True, bandwidth_share=1.0 / workers)
+    node = Node(reuse_port=True, bandwidth_share=1.0 / workers, access_log=access_log)
     # The supervisor passes each snapshot on as it came: the workers take as much as it does.
     api = ControlApi(node, token=token, store=None, max_body=max_body)
     _, port = await api.start("127.0.0.1", 0)
@@ -427,6 +513,7 @@ async def serve_worker(
         runtime.close_socket()
     await asyncio.sleep(min(FIRST_REQUEST_GRACE, drain_timeout))
     await node.shutdown(drain_timeout)
+    node.access_logs.close()
     return 0
 
 
@@ -439,6 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-max-body", type=int, default=MAX_BODY, help="in bytes")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--workers", type=int, default=1, help="how many workers there are")
+    parser.add_argument("--access-log-dir", type=Path, default=None)
+    parser.add_argument("--access-log-stdout", action="store_true")
+    parser.add_argument("--access-log-max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    parser.add_argument("--access-log-keep", type=int, default=DEFAULT_KEEP)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -448,8 +539,15 @@ def main(argv: list[str] | None = None) -> int:
     token = args.token_file.read_text().strip()
     secret = bytes.fromhex(sys.stdin.readline().strip() or "")
     set_ticket_secret(secret or None)
+    writer = access_log_writer(
+        args.access_log_dir,
+        stdout=args.access_log_stdout,
+        max_bytes=args.access_log_max_bytes,
+        keep=args.access_log_keep,
+        worker=True,
+    )
     return uvloop.run(
-        serve_worker(token, args.drain_timeout, max(args.workers, 1), args.control_max_body)
+        serve_worker(token, args.drain_timeout, max(args.workers, 1), args.control_max_body, writer)
     )
 
 
