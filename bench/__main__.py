@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import guard, report
+from bench import guard, instructions, report
 from bench.processes import Supervisor
 from bench.scenarios import FULL, QUICK, Bench
 from bench.tools import ToolError, ensure_tools
@@ -41,7 +41,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also copy this run's latest.json to baseline.json",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under callgrind instead (bench/instructions.py)",
+    )
+    parser.add_argument(
+        "--only",
+        type=instructions.scenario_list,
+        help=f"with --instructions: these scenarios only ({','.join(instructions.SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--requests",
+        type=instructions.request_count,
+        help="with --instructions: requests counted per scenario "
+        f"(default {instructions.REQUESTS})",
+    )
+    args = parser.parse_args(argv)
+    if (args.only or args.requests) and not args.instructions:
+        parser.error("--only and --requests go with --instructions")
+    return args
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -86,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _terminate)
+    if args.instructions:
+        return instructions.main(args)
     try:
         built = run(args)
     except ToolError as exc:
