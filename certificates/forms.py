@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.core.files.uploadedfile import UploadedFile
 
-from certificates import validation
+from certificates import revocation, validation
 from certificates.models import Certificate
 
 MAX_FILE_BYTES = validation.MAX_FIELD_BYTES
@@ -221,3 +221,57 @@ class CaCertificateForm(PemUploadForm):
 
 def form_class_for(kind: str) -> type[PemUploadForm]:
     return ServerCertificateForm if kind == Certificate.Kind.SERVER else CaCertificateForm
+
+
+class CrlUploadForm(forms.Form):
+    """A revocation list for one CA certificate: pasted PEM, or a PEM or DER file."""
+
+    crl = forms.CharField(
+        label="CRL",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 6, "placeholder": "-----BEGIN X509 CRL-----"}),
+        help_text=f"PEM, or choose a PEM or DER file. At most "
+        f"{revocation.MAX_CRL_BYTES // (1024 * 1024)} MiB. A newer CRL of the same issuer "
+        "replaces the stored one.",
+    )
+    crl_file = forms.FileField(label="CRL file", required=False, allow_empty_file=True)
+    issuer_chain = forms.CharField(
+        label="Issuer Certificates",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 4, "placeholder": "-----BEGIN CERTIFICATE-----"}),
+        help_text="Only for the CRL of an intermediate CA below this CA: that intermediate's "
+        "certificate first, then any above it up to this CA. PEM.",
+    )
+
+    def __init__(self, *args, ca_certificate: Certificate, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["crl"].marked_required = True
+        self.ca_certificate = ca_certificate
+        self.validated: revocation.ValidatedCrl | None = None
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        upload = cleaned.get("crl_file")
+        data: str | bytes = cleaned.get("crl") or ""
+        if upload is not None and upload.size:
+            if upload.size > revocation.MAX_CRL_BYTES:
+                self.add_error(
+                    "crl",
+                    f"The CRL file {upload.name} is {upload.size / (1024 * 1024):.1f} MiB; the "
+                    f"limit is {revocation.MAX_CRL_BYTES // (1024 * 1024)} MiB.",
+                )
+                return cleaned
+            upload.seek(0)
+            data = upload.read(revocation.MAX_CRL_BYTES + 1)
+        try:
+            self.validated = revocation.validate_crl(
+                data, self.ca_certificate.certificate_pem, cleaned.get("issuer_chain") or None
+            )
+        except revocation.CrlError as error:
+            message = error.message
+            if upload is not None and upload.size and error.field == revocation.CRL:
+                message = f"In the chosen file {upload.name}: {message}"
+            self.add_error(error.field, message)
+        return cleaned

@@ -11,8 +11,9 @@ from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
-from certificates.forms import form_class_for
-from certificates.models import Certificate
+from certificates import revocation
+from certificates.forms import CrlUploadForm, form_class_for
+from certificates.models import Certificate, CertificateRevocationList
 from console.htmx import redirect_after_change, render_dialog
 from listeners import services
 
@@ -103,6 +104,7 @@ def certificate_detail(request: HttpRequest, certificate_id: str) -> HttpRespons
             "listeners": certificate.listeners_using().select_related("instance"),
             "title": certificate.name,
             "breadcrumbs": CRUMBS,
+            **_revocation_context(certificate),
         },
     )
 
@@ -167,4 +169,77 @@ def certificate_delete(request: HttpRequest, certificate_id: str) -> HttpRespons
             "breadcrumbs": CRUMBS,
         },
         status=409 if request.method == "POST" else 200,
+    )
+
+
+# -- revocation lists of a CA certificate ------------------------------------------------------
+
+
+def _revocation_context(certificate: Certificate) -> dict:
+    if certificate.is_server:
+        return {}
+    crls = list(certificate.revocation_lists.all())
+    return {
+        "revocation_lists": crls,
+        "crl_check": revocation.crl_check(certificate.subject, crls) if crls else "",
+    }
+
+
+@require_http_methods(["GET", "POST"])
+def crl_upload(request: HttpRequest, certificate_id: str) -> HttpResponse:
+    certificate = get_object_or_404(Certificate, pk=certificate_id, kind=Certificate.Kind.CA)
+    form = CrlUploadForm(request.POST or None, request.FILES or None, ca_certificate=certificate)
+    status = 200
+    if request.method == "POST" and form.is_valid():
+        try:
+            crl = revocation.upload_crl(certificate_id=certificate.pk, validated=form.validated)
+        except services.RuleViolation as problem:
+            form.add_error(problem.field if problem.field in form.fields else None, str(problem))
+            status = 409 if isinstance(problem, services.ListenerConfiguring) else 422
+        else:
+            messages.success(
+                request,
+                f"Revocation list of {crl.issuer} saved on {certificate.name}; listeners that "
+                "verify clients with it get it on their next configuration push.",
+            )
+            return redirect_after_change(request, certificate.get_absolute_url())
+    return render_dialog(
+        request,
+        "certificates/_crl_upload.html",
+        {
+            "form": form,
+            "certificate": certificate,
+            "title": "Upload Revocation List",
+            "breadcrumbs": CRUMBS,
+        },
+        status=422 if form.errors and status == 200 else status,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def crl_delete(request: HttpRequest, certificate_id: str, crl_id: int) -> HttpResponse:
+    certificate = get_object_or_404(Certificate, pk=certificate_id, kind=Certificate.Kind.CA)
+    crl = get_object_or_404(CertificateRevocationList, pk=crl_id, ca_certificate=certificate)
+    problem = ""
+    status = 200
+    if request.method == "POST":
+        try:
+            revocation.delete_crl(certificate_id=certificate.pk, crl_id=crl.pk)
+        except services.RuleViolation as refused:
+            problem = str(refused)
+            status = 409
+        else:
+            messages.success(request, f"Revocation list of {crl.issuer} removed.")
+            return redirect_after_change(request, certificate.get_absolute_url())
+    return render_dialog(
+        request,
+        "certificates/_crl_delete.html",
+        {
+            "certificate": certificate,
+            "crl": crl,
+            "problem": problem,
+            "title": "Remove Revocation List",
+            "breadcrumbs": CRUMBS,
+        },
+        status=status,
     )

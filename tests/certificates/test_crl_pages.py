@@ -1,0 +1,351 @@
+"""Revocation lists on a CA certificate's page: upload, refusal, flags, removal and the push.
+
+Given a CA certificate (and, where the push matters, an instance whose mutual-TLS listener uses
+it), when an operator uploads or removes a CRL from the certificate's page, then a good CRL is
+stored, audited and pushed with the CA, a bad one is explained next to its field and changes
+nothing, and the page shows the next update with the same flags as a certificate's expiry. The
+last test runs the whole way: the page, a real Celery worker, a real node, and real handshakes.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import transaction
+from django.test import Client
+from django.urls import reverse
+
+from certificates.models import Certificate, CertificateRevocationList
+from certificates.validation import validate_ca_certificate, validate_server_certificate
+from console.models import AuditRecord, Instance
+from listeners.models import Listener
+from listeners.services import create_listener, upload_certificate
+from tests.factories.certs import CaMaterial, make_ca, make_server_cert
+from tests.factories.crls import crl_der, crl_pem, make_client_cert, make_crl
+from tests.fixtures.listeners import make_listener
+from tests.fixtures.nodes import register_node
+from tests.fixtures.processes import free_port, wait_until
+from tests.fixtures.single_node import Stack
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture(scope="module")
+def root() -> CaMaterial:
+    return make_ca("Pages Client Root CA")
+
+
+@pytest.fixture
+def ca_row(db, root) -> Certificate:
+    return upload_certificate(
+        name="clients", kind="ca", validated=validate_ca_certificate(root.cert_pem)
+    )
+
+
+def upload_url(ca: Certificate) -> str:
+    return reverse("crl-upload", args=[ca.id])
+
+
+def mutual_listener(instance: Instance, server_group, ca: Certificate, **fields) -> Listener:
+    material = make_server_cert("ec-p256")
+    server = upload_certificate(
+        name="www",
+        kind="server",
+        validated=validate_server_certificate(material.cert_pem, material.key_pem),
+    )
+    fields.setdefault("status", Listener.Status.RUNNING)
+    return make_listener(
+        instance,
+        server_group,
+        port=443,
+        protocol=Listener.Protocol.HTTPS,
+        default_certificate=server,
+        mutual_authentication=True,
+        ca_certificate=ca,
+        **fields,
+    )
+
+
+def test_pem_upload_is_stored_summarized_and_audited(admin_client: Client, ca_row, root) -> None:
+    revoked = make_client_cert(root, "mallory").cert
+    crl = make_crl(root, revoked=[revoked], number=7)
+
+    response = admin_client.post(upload_url(ca_row), {"crl": crl_pem(crl)})
+
+    assert response.status_code == 302
+    stored = CertificateRevocationList.objects.get()
+    assert bytes(stored.der) == crl_der(crl)
+    assert (stored.issuer, stored.crl_number, stored.revoked_count) == (root.subject, "7", 1)
+    assert stored.source == CertificateRevocationList.Source.UPLOAD
+    record = AuditRecord.objects.get(action="certificate.upload_crl")
+    assert record.object_id == ca_row.id
+    assert record.changes["crl_summary"]["before"] == []
+    assert record.changes["crl_summary"]["after"][0]["crl_number"] == "7"
+
+
+def test_der_file_upload_is_stored(admin_client: Client, ca_row, root) -> None:
+    crl = make_crl(root)
+    upload = SimpleUploadedFile("clients.crl", crl_der(crl), "application/pkix-crl")
+    response = admin_client.post(upload_url(ca_row), {"crl_file": upload})
+    assert response.status_code == 302
+    assert bytes(CertificateRevocationList.objects.get().der) == crl_der(crl)
+
+
+def test_expired_crl_is_refused_on_its_field_and_nothing_is_stored(
+    admin_client: Client, ca_row, root
+) -> None:
+    crl = make_crl(root, this_update=NOW - timedelta(days=9), next_update=NOW - timedelta(days=2))
+    response = admin_client.post(upload_url(ca_row), {"crl": crl_pem(crl)})
+    assert response.status_code == 422
+    [message] = response.context["form"].errors["crl"]
+    assert message.startswith("CRL expired on ")
+    assert message.encode() in response.content.replace(b"&#x27;", b"'")
+    assert not CertificateRevocationList.objects.exists()
+
+
+def test_foreign_crl_file_is_refused_naming_the_file(admin_client: Client, ca_row) -> None:
+    stranger = make_ca("Pages Stranger CA")
+    upload = SimpleUploadedFile("other.crl", crl_der(make_crl(stranger)))
+    response = admin_client.post(upload_url(ca_row), {"crl_file": upload})
+    assert response.status_code == 422
+    [message] = response.context["form"].errors["crl"]
+    assert message.startswith(f"In the chosen file other.crl: CRL is issued by {stranger.subject}")
+    assert not CertificateRevocationList.objects.exists()
+
+
+def test_oversized_file_is_refused_without_reading_it(admin_client: Client, ca_row) -> None:
+    upload = SimpleUploadedFile("huge.crl", b"\x30" + b"\x00" * (1024 * 1024 + 10))
+    response = admin_client.post(upload_url(ca_row), {"crl_file": upload})
+    assert response.status_code == 422
+    assert response.context["form"].errors["crl"] == [
+        "The CRL file huge.crl is 1.0 MiB; the limit is 1 MiB."
+    ]
+
+
+def test_bad_issuer_certificates_are_explained_on_their_field(admin_client: Client, ca_row) -> None:
+    stray = make_ca("Pages Stray Issuing CA", issuer=make_ca("Pages Stray Root"))
+    response = admin_client.post(
+        upload_url(ca_row), {"crl": crl_pem(make_crl(stray)), "issuer_chain": stray.cert_pem}
+    )
+    assert response.status_code == 422
+    [message] = response.context["form"].errors["issuer_chain"]
+    assert "is not signed by this CA" in message
+
+
+def test_an_intermediate_crl_is_stored_with_its_issuer(admin_client: Client, ca_row, root):
+    issuing = make_ca("Pages Issuing CA", issuer=root)
+    response = admin_client.post(
+        upload_url(ca_row), {"crl": crl_pem(make_crl(issuing)), "issuer_chain": issuing.cert_pem}
+    )
+    assert response.status_code == 302
+    stored = CertificateRevocationList.objects.get()
+    assert stored.issuer == issuing.subject
+    assert stored.issuer_chain_subjects == [issuing.subject]
+
+
+def test_a_newer_crl_replaces_the_stored_one_and_an_older_is_refused(
+    admin_client: Client, ca_row, root
+) -> None:
+    admin_client.post(upload_url(ca_row), {"crl": crl_pem(make_crl(root, number=5))})
+    older = admin_client.post(upload_url(ca_row), {"crl": crl_pem(make_crl(root, number=4))})
+    assert older.status_code == 422
+    assert older.context["form"].errors["crl"] == [
+        f"CRL number 4 is older than the stored CRL of {root.subject} (number 5); upload a "
+        "newer one."
+    ]
+    newer = admin_client.post(upload_url(ca_row), {"crl": crl_pem(make_crl(root, number=6))})
+    assert newer.status_code == 302
+    assert list(CertificateRevocationList.objects.values_list("crl_number", flat=True)) == ["6"]
+
+
+def test_server_certificates_have_no_crl_page(admin_client: Client) -> None:
+    material = make_server_cert("ec-p256")
+    server = upload_certificate(
+        name="www",
+        kind="server",
+        validated=validate_server_certificate(material.cert_pem, material.key_pem),
+    )
+    assert admin_client.get(upload_url(server)).status_code == 404
+    assert (
+        b"Certificate Revocation Lists" not in admin_client.get(server.get_absolute_url()).content
+    )
+
+
+def test_page_shows_next_update_with_expiry_flags(admin_client: Client, ca_row, root) -> None:
+    crl = make_crl(root, next_update=NOW + timedelta(days=3))
+    admin_client.post(upload_url(ca_row), {"crl": crl_pem(crl)})
+
+    page = admin_client.get(ca_row.get_absolute_url()).content.decode()
+    assert crl.next_update_utc.strftime("%Y-%m-%d %H:%M") + " UTC" in page
+    assert "Expires in 2\xa0days" in page or "Expires in 3\xa0days" in page
+
+    # Days later, the list is past its next update (the clock moved, not the row's meaning).
+    CertificateRevocationList.objects.update(next_update=NOW - timedelta(hours=1))
+    page = admin_client.get(ca_row.get_absolute_url()).content.decode()
+    assert '<span class="badge badge-failed">Expired</span>' in page
+
+
+def test_viewer_sees_the_lists_but_cannot_upload(viewer_client: Client, ca_row, root) -> None:
+    page = viewer_client.get(ca_row.get_absolute_url())
+    assert b"Certificate Revocation Lists" in page.content
+    assert b"Upload CRL" not in page.content
+    response = viewer_client.post(upload_url(ca_row), {"crl": crl_pem(make_crl(root))})
+    assert response.status_code == 403
+    assert not CertificateRevocationList.objects.exists()
+
+
+def test_upload_reconfigures_listeners_and_pushes_the_crl_with_the_ca(
+    admin_client: Client,
+    ca_row,
+    root,
+    instance,
+    server_group,
+    fake_node,
+    eager_celery,
+    django_capture_on_commit_callbacks,
+) -> None:
+    register_node(instance, fake_node.url)
+    listener = mutual_listener(instance, server_group, ca_row)
+    generation = Instance.objects.get(pk=instance.pk).generation
+    crl = make_crl(root, revoked=[make_client_cert(root, "mallory").cert])
+
+    # The push is queued on commit, and Celery runs it eagerly to the fake node.
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(upload_url(ca_row), {"crl": crl_pem(crl)})
+
+    assert response.status_code == 302
+    assert Instance.objects.get(pk=instance.pk).generation == generation + 1
+    [pushed] = fake_node.puts
+    [ca] = pushed["ca_certificates"]
+    assert ca["id"] == ca_row.id
+    assert ca["crls"] == [crl_pem(crl)]
+    assert ca["crl_check"] == "chain"  # the CA's own list, and no intermediates
+    listener.refresh_from_db()
+    assert listener.status == Listener.Status.RUNNING  # the fake node acknowledged it
+
+
+def test_upload_is_refused_while_a_listener_is_configuring(
+    admin_client: Client, ca_row, root, instance, server_group
+) -> None:
+    mutual_listener(instance, server_group, ca_row, status=Listener.Status.CONFIGURING)
+    response = admin_client.post(upload_url(ca_row), {"crl": crl_pem(make_crl(root))})
+    assert response.status_code == 409
+    [message] = response.context["form"].non_field_errors()
+    assert message.startswith("Listener listener-443 is Configuring; changing its CA's")
+    assert not CertificateRevocationList.objects.exists()
+
+
+def test_remove_pushes_the_ca_without_the_list(
+    admin_client: Client,
+    ca_row,
+    root,
+    instance,
+    server_group,
+    fake_node,
+    eager_celery,
+    django_capture_on_commit_callbacks,
+) -> None:
+    register_node(instance, fake_node.url)
+    admin_client.post(upload_url(ca_row), {"crl": crl_pem(make_crl(root))})
+    mutual_listener(instance, server_group, ca_row)
+    crl = CertificateRevocationList.objects.get()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(reverse("crl-delete", args=[ca_row.id, crl.pk]))
+
+    assert response.status_code == 302
+    assert not CertificateRevocationList.objects.exists()
+    assert fake_node.puts[-1]["ca_certificates"][0]["crls"] == []
+    assert AuditRecord.objects.filter(action="certificate.delete_crl").count() == 1
+
+
+# -- the whole way: page, worker, node, handshake -------------------------------------------
+
+
+def handshake_answer(port: int, context: ssl.SSLContext) -> bytes | str:
+    """What a client gets: the response bytes, or the TLS alert it was refused with."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="www.example.test") as tls:
+                tls.sendall(
+                    b"GET /crl HTTP/1.1\r\nHost: www.example.test\r\nConnection: close\r\n\r\n"
+                )
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+                return answer
+    except ssl.SSLError as error:
+        return error.reason or str(error)
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_an_uploaded_crl_reaches_the_node_and_refuses_the_revoked_client(
+    stack: Stack, tmp_path: Path
+) -> None:
+    root = make_ca("Pipeline Client Root CA")
+    material = make_server_cert("ec-p256", sans=["www.example.test"])
+    with transaction.atomic():
+        server = upload_certificate(
+            name="www",
+            kind="server",
+            validated=validate_server_certificate(material.cert_pem, material.key_pem),
+        )
+        ca = upload_certificate(
+            name="clients", kind="ca", validated=validate_ca_certificate(root.cert_pem)
+        )
+    stack.start_pipeline()
+    port = free_port()
+    with transaction.atomic():
+        listener = create_listener(
+            stack.instance,
+            protocol=Listener.Protocol.HTTPS,
+            port=port,
+            name="mtls",
+            settings={"mutual_authentication": True},
+            server_group=stack.group,
+            certificates={"default_certificate": server, "ca_certificate": ca},
+        )
+    wait_until(
+        lambda: Listener.objects.get(pk=listener.pk).status == Listener.Status.RUNNING,
+        timeout=30,
+    )
+
+    def client(name: str) -> tuple[ssl.SSLContext, object]:
+        material_ = make_client_cert(root, name)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cadata=material.root.cert_pem)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        bundle = tmp_path / f"{name}.pem"
+        bundle.write_text(material_.bundle_pem())
+        context.load_cert_chain(bundle)
+        return context, material_.cert
+
+    alice, _ = client("alice")
+    mallory, mallory_cert = client("mallory")
+    assert handshake_answer(port, mallory).startswith(b"HTTP/1.1 200")
+
+    # When: the CRL revoking mallory is uploaded on the CA certificate's page.
+    response = stack.client.post(
+        reverse("crl-upload", args=[ca.id]),
+        {"crl": crl_pem(make_crl(root, revoked=[mallory_cert]))},
+    )
+    assert response.status_code == 302
+
+    # Then: the worker pushes it, the node refuses mallory at the handshake, and serves alice.
+    wait_until(
+        lambda: handshake_answer(port, mallory) == "SSLV3_ALERT_CERTIFICATE_REVOKED", timeout=30
+    )
+    served = len(stack.backend.requests)
+    answer = handshake_answer(port, alice)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(stack.backend.name.encode())
+    assert len(stack.backend.requests) == served + 1
+    wait_until(
+        lambda: Listener.objects.get(pk=listener.pk).status == Listener.Status.RUNNING,
+        timeout=30,
+    )
