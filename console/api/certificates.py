@@ -10,8 +10,9 @@ from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Router, Schema, Status
 
-from certificates.forms import form_class_for
-from certificates.models import Certificate
+from certificates import revocation
+from certificates.forms import CrlUploadForm, form_class_for
+from certificates.models import Certificate, CertificateRevocationList
 from console.api.common import ObjectId, Strict, call_service, validated
 from console.api.problems import Problem, invalid
 from listeners import services
@@ -134,4 +135,66 @@ def replace_certificate(request: HttpRequest, certificate_id: ObjectId, payload:
 def delete_certificate(request: HttpRequest, certificate_id: ObjectId):
     certificate = get_object_or_404(Certificate, pk=certificate_id)
     call_service(services.delete_certificate, certificate_id=certificate.pk)
+    return Status(204, None)
+
+
+# -- revocation lists of a CA certificate ------------------------------------------------------
+
+
+class CrlUpload(Strict):
+    crl: str  # PEM (BEGIN X509 CRL); at most revocation.MAX_CRL_BYTES
+    issuer_chain: str | None = None  # for an intermediate's CRL: its certificate(s), PEM
+
+
+class CrlOut(Schema):
+    id: int
+    issuer: str
+    issuer_chain_subjects: list[str]
+    crl_number: str
+    this_update: str
+    next_update: str
+    revoked_count: int
+    source: str
+    fingerprint_sha256: str
+    crl_pem: str
+
+
+def crl_out(crl: CertificateRevocationList) -> dict[str, Any]:
+    return {
+        "id": crl.pk,
+        "issuer": crl.issuer,
+        "issuer_chain_subjects": list(crl.issuer_chain_subjects),
+        "crl_number": crl.crl_number,
+        "this_update": crl.this_update.isoformat(),
+        "next_update": crl.next_update.isoformat(),
+        "revoked_count": crl.revoked_count,
+        "source": crl.source,
+        "fingerprint_sha256": crl.fingerprint_sha256,
+        "crl_pem": revocation.crl_pem(crl.der),
+    }
+
+
+def _ca_or_404(certificate_id: str) -> Certificate:
+    return get_object_or_404(Certificate, pk=certificate_id, kind=Certificate.Kind.CA)
+
+
+@router.get("/certificates/{certificate_id}/crls", response={200: list[CrlOut], 404: Problem})
+def list_crls(request: HttpRequest, certificate_id: ObjectId):
+    return [crl_out(crl) for crl in _ca_or_404(certificate_id).revocation_lists.all()]
+
+
+@router.post("/certificates/{certificate_id}/crls", response={201: CrlOut, **ERRORS})
+def upload_crl(request: HttpRequest, certificate_id: ObjectId, payload: CrlUpload):
+    """Add a CA's CRL, or replace the stored CRL of the same issuer with a newer one."""
+    ca = _ca_or_404(certificate_id)
+    form = validated(CrlUploadForm(payload.model_dump(exclude_none=True), ca_certificate=ca))
+    crl = call_service(revocation.upload_crl, certificate_id=ca.pk, validated=form.validated)
+    return Status(201, crl_out(crl))
+
+
+@router.delete("/certificates/{certificate_id}/crls/{crl_id}", response={204: None, **ERRORS})
+def delete_crl(request: HttpRequest, certificate_id: ObjectId, crl_id: int):
+    ca = _ca_or_404(certificate_id)
+    crl = get_object_or_404(CertificateRevocationList, pk=crl_id, ca_certificate=ca)
+    call_service(revocation.delete_crl, certificate_id=ca.pk, crl_id=crl.pk)
     return Status(204, None)

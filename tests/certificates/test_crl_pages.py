@@ -22,9 +22,11 @@ from django.urls import reverse
 
 from certificates.models import Certificate, CertificateRevocationList
 from certificates.validation import validate_ca_certificate, validate_server_certificate
+from console import tokens
 from console.models import AuditRecord, Instance
 from listeners.models import Listener
 from listeners.services import create_listener, upload_certificate
+from tests.api.conftest import TokenClient
 from tests.factories.certs import CaMaterial, make_ca, make_server_cert
 from tests.factories.crls import crl_der, crl_pem, make_client_cert, make_crl
 from tests.fixtures.listeners import make_listener
@@ -262,6 +264,54 @@ def test_remove_pushes_the_ca_without_the_list(
     assert not CertificateRevocationList.objects.exists()
     assert fake_node.puts[-1]["ca_certificates"][0]["crls"] == []
     assert AuditRecord.objects.filter(action="certificate.delete_crl").count() == 1
+
+
+# -- the API ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def api(admin_user) -> TokenClient:
+    return TokenClient(tokens.issue_token(user=admin_user, name="ci", role="admin", days=1).secret)
+
+
+@pytest.fixture
+def viewer_api(admin_user) -> TokenClient:
+    return TokenClient(tokens.issue_token(user=admin_user, name="ro", role="viewer", days=1).secret)
+
+
+def test_api_uploads_lists_and_deletes_a_crl(api, ca_row, root) -> None:
+    base = f"/api/v1/certificates/{ca_row.id}/crls"
+    crl = make_crl(root, revoked=[make_client_cert(root, "mallory").cert], number=3)
+
+    created = api.send("post", base, {"crl": crl_pem(crl)})
+
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert (body["issuer"], body["crl_number"], body["revoked_count"]) == (root.subject, "3", 1)
+    assert body["crl_pem"] == crl_pem(crl)
+    assert [item["id"] for item in api.get(base).json()] == [body["id"]]
+    assert api.delete(f"{base}/{body['id']}").status_code == 204
+    assert api.get(base).json() == []
+
+
+def test_api_refuses_a_foreign_crl_with_a_problem_naming_the_field(api, ca_row) -> None:
+    stranger = make_ca("Api Stranger CA")
+    response = api.send(
+        "post", f"/api/v1/certificates/{ca_row.id}/crls", {"crl": crl_pem(make_crl(stranger))}
+    )
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["field"] == "crl"
+    assert error["message"].startswith(f"CRL is issued by {stranger.subject}, not by this CA")
+    assert not CertificateRevocationList.objects.exists()
+
+
+def test_api_viewer_cannot_upload(viewer_api, ca_row, root) -> None:
+    response = viewer_api.send(
+        "post", f"/api/v1/certificates/{ca_row.id}/crls", {"crl": crl_pem(make_crl(root))}
+    )
+    assert response.status_code == 403
+    assert not CertificateRevocationList.objects.exists()
 
 
 # -- the whole way: page, worker, node, handshake -------------------------------------------
