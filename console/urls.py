@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from console import audit_views, prometheus, token_views, views
+from console import audit_views, backup_views, prometheus, token_views, views
 from console.api.main import api
 
 urlpatterns = [
@@ -16,9 +16,18 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("instances/", views.instance_list, name="instance-list"),
     path("instances/create/", views.instance_create, name="instance-create"),
+    path("instances/import/", backup_views.instance_import, name="instance-import"),
     path("instances/<str:instance_id>/", views.instance_detail, name="instance-detail"),
     path("instances/<str:instance_id>/delete/", views.instance_delete, name="instance-delete"),
     path("instances/<str:instance_id>/nodes/", views.node_list, name="instance-nodes"),
+    path(
+        "instances/<str:instance_id>/export/", backup_views.instance_export, name="instance-export"
+    ),
+    path(
+        "instances/<str:instance_id>/import/",
+        backup_views.instance_import,
+        name="instance-import-into",
+    ),
     path("instances/<str:instance_id>/nodes/add/", views.node_create, name="node-create"),
     path(
         "instances/<str:instance_id>/nodes/<int:node_id>/delete/",

@@ -10,6 +10,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from console.api import (
     acls,
     audit,
+    backup,
     certificates,
     instances,
     listeners,
@@ -81,6 +82,8 @@ api = FerryApi(
     openapi_url="/openapi.json",
 )
 for module in (
+    # Before instances: POST /instances/import must not reach /instances/{instance_id}.
+    backup,
     instances,
     listeners,
     rules,
