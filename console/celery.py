@@ -66,6 +66,20 @@ def schedule_sampling(sender: Celery, **kwargs: object) -> None:
     )
 
 
+@app.on_after_finalize.connect
+def schedule_certificate_upkeep(sender: Celery, **kwargs: object) -> None:
+    from django.conf import settings
+
+    # Due ACME renewals and retries, and expiry warnings (certificates/tasks.py).
+    interval = settings.CERTIFICATE_UPKEEP_INTERVAL
+    sender.add_periodic_task(
+        interval,
+        sender.signature("certificates.tasks.certificate_upkeep"),
+        name="certificate upkeep",
+        options={"expires": interval},
+    )
+
+
 class BrokerOutage:
     """One log line when the broker goes away and one when it is back, per process."""
 

@@ -112,6 +112,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "console.context_processors.shell",
+                "certificates.alerts.banner",
             ],
         },
     },
@@ -260,6 +261,21 @@ CELERY_BEAT_SCHEDULER = "console.celery:Scheduler"
 RECONCILE_INTERVAL = float(os.environ.get("RECONCILE_INTERVAL", "5"))
 # A listener still Configuring after this many seconds is marked Failed with the reason.
 CONFIGURING_DEADLINE = float(os.environ.get("CONFIGURING_DEADLINE", "20"))
+
+# ACME (certificates/renewal.py): the ports the CA validates HTTP-01 and TLS-ALPN-01 on (80 and
+# 443 in the RFCs; a test CA can use others), a CA bundle for a private ACME CA's directory
+# (empty: the system's), how long an order and the challenge push may take, the retry backoff
+# after a failed attempt, and how often beat looks for due renewals and expiring certificates.
+ACME_HTTP01_PORT = int(os.environ.get("ACME_HTTP01_PORT", "80"))
+ACME_TLS_ALPN01_PORT = int(os.environ.get("ACME_TLS_ALPN01_PORT", "443"))
+ACME_CA_BUNDLE = os.environ.get("ACME_CA_BUNDLE", "")
+ACME_ORDER_TIMEOUT = float(os.environ.get("ACME_ORDER_TIMEOUT", "120"))
+ACME_PUSH_TIMEOUT = float(os.environ.get("ACME_PUSH_TIMEOUT", "30"))
+ACME_RETRY_BASE = float(os.environ.get("ACME_RETRY_BASE", "600"))
+ACME_RETRY_MAX = float(os.environ.get("ACME_RETRY_MAX", "86400"))
+CERTIFICATE_UPKEEP_INTERVAL = float(os.environ.get("CERTIFICATE_UPKEEP_INTERVAL", "3600"))
+# Expiry warnings and failed renewals are POSTed here as JSON (certificates/alerts.py).
+CERTIFICATE_WEBHOOK_URL = os.environ.get("CERTIFICATE_WEBHOOK_URL", "")
 
 # Routine success is DEBUG, state changes and problems INFO and above: Celery logs every task
 # received and succeeded, and beat every task sent, at INFO, which buries the rest under

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from certificates.models import Certificate
 from certificates.revocation import crl_check, crl_pem
 from console.models import Instance
 from dataplane import config as dp
+from dataplane import rules as dp_rules
 from listeners.forwarding import stored_rule
 from listeners.models import Listener
 
@@ -57,6 +60,7 @@ def build_snapshot(instance: Instance) -> dp.Snapshot:
     for group in groups.values():
         if group.backend_ca_certificate is not None:
             cas[group.backend_ca_certificate.id] = group.backend_ca_certificate
+    snapshot_listeners, tls_alpn_challenges = _acme_challenges(instance, snapshot_listeners)
     return dp.Snapshot(
         instance_id=instance.id,
         generation=instance.generation,
@@ -88,7 +92,58 @@ def build_snapshot(instance: Instance) -> dp.Snapshot:
         acls=tuple(
             dp.Acl(id=a.id, entries=tuple(e.cidr for e in a.entries.all())) for a in acls.values()
         ),
+        acme_tls_alpn_challenges=tls_alpn_challenges,
     )
+
+
+def _acme_challenges(
+    instance: Instance, listeners: list[dp.Listener]
+) -> tuple[list[dp.Listener], tuple[dp.TlsAlpnChallenge, ...]]:
+    """ACME challenges being validated (certificates/renewal.py): an HTTP-01 one is a fixed
+    response ahead of every forwarding rule of the HTTP listeners on the validation port; the
+    TLS-ALPN-01 ones travel as they are and every TLS listener answers them."""
+    from django.conf import settings
+
+    from certificates.acme_models import AcmeChallenge
+
+    challenges = list(AcmeChallenge.objects.filter(instance=instance))
+    if not challenges:
+        return listeners, ()
+    answers = tuple(
+        dp_rules.ForwardingRule(
+            id=f"acme-challenge-{challenge.pk}",
+            name="ACME HTTP-01 challenge",
+            conditions=(
+                dp_rules.RuleCondition(type="host", values=(challenge.domain,)),
+                dp_rules.RuleCondition(
+                    type="path",
+                    match="exact",
+                    values=(f"/.well-known/acme-challenge/{challenge.token}",),
+                ),
+            ),
+            action=dp_rules.RuleAction(
+                type="fixed_response",
+                status_code=200,
+                content_type="text/plain",
+                body=challenge.key_authorization,
+            ),
+        )
+        for challenge in challenges
+        if challenge.type == "http-01"
+    )
+    if answers:
+        listeners = [
+            dataclasses.replace(x, forwarding_rules=answers + x.forwarding_rules)
+            if x.protocol == "http" and x.port == settings.ACME_HTTP01_PORT
+            else x
+            for x in listeners
+        ]
+    tls_alpn = tuple(
+        dp.TlsAlpnChallenge(domain=c.domain, key_authorization=c.key_authorization)
+        for c in challenges
+        if c.type == "tls-alpn-01"
+    )
+    return listeners, tls_alpn
 
 
 def _ca_certificate(ca: Certificate) -> dp.CaCertificate:

@@ -1,0 +1,245 @@
+"""ACME against a real CA (pebble) through a real dataplane node process.
+
+The operator's path: the "Issue with ACME" form, the attempt (Celery eager: it runs on commit in
+this thread), the challenge pushed to the node, pebble validating it against the node, the
+certificate stored, then served by a listener and checked with a real TLS handshake against
+pebble's root. A forced renewal swaps the certificate under steady load without a failed request.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+
+import pytest
+import trustme
+from cryptography import x509
+from django.db import transaction
+
+from certificates import validation
+from certificates.acme_models import AcmeAttempt, AcmeChallenge, AcmeIssuance
+from certificates.models import Certificate
+from console.snapshot import build_snapshot
+from listeners import services
+from listeners.models import Listener
+from tests.fixtures.load import SteadyClient
+from tests.fixtures.processes import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def issue(stack, pebble, domains: str, challenge: str, name: str = "site"):
+    return stack.client.post(
+        "/certificates/acme/",
+        {
+            "name": name,
+            "domains": domains,
+            "directory": "custom",
+            "directory_url": pebble.directory_url,
+            "email": "ops@example.org",
+            "challenge": challenge,
+            "instance": stack.instance.pk,
+            "key_algorithm": "ec-p256",
+            "agree": "on",
+        },
+    )
+
+
+def last_attempt(name: str) -> AcmeAttempt:
+    return AcmeIssuance.objects.get(name=name).attempts.order_by("-pk").first()
+
+
+def pebble_client(pebble, server_name: str) -> ssl.SSLContext:
+    """A client that trusts only pebble's root and checks the name: a served chain must lead
+    there."""
+    context = ssl.create_default_context(cadata=pebble.root_pem())
+    context.check_hostname = True
+    return context
+
+
+def served_serial(port: int, context: ssl.SSLContext, name: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            der = tls.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def https_listener(stack, port: int, certificate: Certificate, name: str) -> Listener:
+    with transaction.atomic():
+        return services.create_listener(
+            stack.instance,
+            protocol=Listener.Protocol.HTTPS,
+            port=port,
+            name=name,
+            settings={},
+            server_group=stack.group,
+            certificates={"default_certificate": certificate},
+        )
+
+
+@pytest.fixture
+def acme_stack(stack, pebble, eager_celery):
+    return stack
+
+
+def test_http01_issuance_through_the_node_then_served(acme_stack, pebble):
+    stack = acme_stack
+    stack.add_listener(pebble.http_port, "web-80")
+
+    response = issue(stack, pebble, "www.example.test\nshop.example.test", "http-01")
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    attempt = last_attempt("site")
+    assert attempt.state == AcmeAttempt.State.SUCCEEDED, attempt.message
+    issuance = attempt.issuance
+    certificate = issuance.certificate
+    assert certificate.sans == ["www.example.test", "shop.example.test"]
+    assert "Pebble Intermediate" in certificate.issuer
+    assert issuance.renew_at > certificate.not_before
+    # The challenge rules left the snapshot again.
+    assert not AcmeChallenge.objects.exists()
+    assert all(
+        not rule.id.startswith("acme-")
+        for listener in build_snapshot(stack.instance).listeners
+        for rule in listener.forwarding_rules
+    )
+    # The page shows the outcome.
+    page = stack.client.get(response["Location"]).content.decode()
+    assert "Succeeded" in page and certificate.serial in page.replace(":", "")
+
+    # Served by an HTTPS listener: the handshake verifies the chain up to pebble's root.
+    port = pebble.tls_port
+    https_listener(stack, port, certificate, "web-443")
+    context = pebble_client(pebble, "shop.example.test")
+    wait_until(lambda: served_serial(port, context, "shop.example.test"), timeout=15)
+    assert served_serial(port, context, "shop.example.test") == int(
+        certificate.serial.replace(":", ""), 16
+    )
+
+
+def test_tls_alpn01_issuance_and_renewal_under_load(acme_stack, pebble):
+    stack = acme_stack
+    port = pebble.tls_port
+    # A listener exists before its real certificate does: it starts on a stand-in.
+    stand_in = trustme.CA().issue_cert("secure.example.test")
+    validated = validation.validate_server_certificate(
+        stand_in.cert_chain_pems[0].bytes(), stand_in.private_key_pem.bytes()
+    )
+    with transaction.atomic():
+        placeholder = services.upload_certificate(
+            name="stand-in", kind=Certificate.Kind.SERVER, validated=validated
+        )
+    listener = https_listener(stack, port, placeholder, "secure")
+    wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1), timeout=15)
+
+    response = issue(stack, pebble, "secure.example.test", "tls-alpn-01", name="secure")
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    attempt = last_attempt("secure")
+    assert attempt.state == AcmeAttempt.State.SUCCEEDED, attempt.message
+    certificate = attempt.issuance.certificate
+    with transaction.atomic():
+        services.update_listener_certificates(
+            listener_id=listener.id, default_certificate=certificate
+        )
+    context = pebble_client(pebble, "secure.example.test")
+    first = int(certificate.serial.replace(":", ""), 16)
+    wait_until(lambda: served_serial(port, context, "secure.example.test") == first, timeout=15)
+
+    # Renew now, under steady load: new connections and one kept-alive connection.
+    def fresh_request() -> str | None:
+        connection = http.client.HTTPSConnection(
+            "secure.example.test", port, timeout=5, context=context
+        )
+        connection.sock = context.wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=5),
+            server_hostname="secure.example.test",
+        )
+        try:
+            connection.request("GET", "/")
+            answer = connection.getresponse()
+            body = answer.read()
+        finally:
+            connection.close()
+        return None if answer.status == 200 and body == stack.backend.name.encode() else repr(body)
+
+    kept = http.client.HTTPSConnection("secure.example.test", port, timeout=5, context=context)
+    kept.sock = context.wrap_socket(
+        socket.create_connection(("127.0.0.1", port), timeout=5),
+        server_hostname="secure.example.test",
+    )
+
+    def kept_alive_request() -> str | None:
+        kept.request("GET", "/")
+        answer = kept.getresponse()
+        body = answer.read()
+        return None if answer.status == 200 else f"{answer.status} {body!r}"
+
+    with SteadyClient(fresh_request) as load, SteadyClient(kept_alive_request) as steady:
+        response = stack.client.post(f"/certificates/acme/{attempt.issuance_id}/renew/")
+        assert response.status_code == 302
+        renewed = last_attempt("secure")
+        assert renewed.kind == AcmeAttempt.Kind.RENEW
+        assert renewed.state == AcmeAttempt.State.SUCCEEDED, renewed.message
+        certificate.refresh_from_db()
+        second = int(certificate.serial.replace(":", ""), 16)
+        assert second != first
+        wait_until(
+            lambda: served_serial(port, context, "secure.example.test") == second, timeout=15
+        )
+    kept.close()
+    assert load.failures == [] and steady.failures == []
+    assert load.ok > 0 and steady.ok > 0
+    # Every attempt is on the certificate's page.
+    page = stack.client.get(certificate.get_absolute_url()).content.decode()
+    assert page.count('data-attempt-state="succeeded"') == 2
+
+
+def test_no_http_listener_on_the_port_is_refused_next_to_the_field(acme_stack, pebble):
+    response = issue(acme_stack, pebble, "www.example.test", "http-01")
+
+    assert response.status_code == 422
+    text = response.content.decode()
+    assert f"HTTP-01 needs an HTTP listener on port {pebble.http_port}" in text
+    assert 'id="id_challenge_error"' in text
+    assert not AcmeIssuance.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("dns", "expected"),
+    [
+        # The name points elsewhere: pebble cannot connect to the challenge port there.
+        (("add-a", {"host": "elsewhere.example.test", "addresses": ["127.0.0.9"]}), "refused"),
+        # The name's DNS is broken.
+        (("set-servfail", {"host": "elsewhere.example.test"}), "SERVFAIL"),
+    ],
+)
+def test_failed_validation_names_the_name_and_the_ca_problem(acme_stack, pebble, dns, expected):
+    stack = acme_stack
+    stack.add_listener(pebble.http_port, "web-80")
+    command, body = dns
+    pebble.dns(command, **body)
+
+    response = issue(stack, pebble, "elsewhere.example.test", "http-01", name="elsewhere")
+
+    assert response.status_code == 302
+    attempt = last_attempt("elsewhere")
+    assert attempt.state == AcmeAttempt.State.FAILED
+    assert attempt.message.startswith("validation failed: elsewhere.example.test: ")
+    assert expected in attempt.message
+    assert not AcmeChallenge.objects.exists()
+    page = stack.client.get(response["Location"]).content.decode()
+    assert "elsewhere.example.test: " in page and 'data-attempt-state="failed"' in page
+
+
+def test_unreachable_directory_is_named(acme_stack, pebble):
+    stack = acme_stack
+    stack.add_listener(pebble.http_port, "web-80")
+    pebble.directory_url = pebble.directory_url.replace("/dir", "/no-such-directory")
+
+    issue(stack, pebble, "www.example.test", "http-01")
+
+    attempt = last_attempt("site")
+    assert attempt.state == AcmeAttempt.State.FAILED
+    assert "no-such-directory" in attempt.message
