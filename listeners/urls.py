@@ -1,6 +1,6 @@
 from django.urls import path
 
-from listeners.views import acls, listeners, servergroups, tlspolicies, wizard
+from listeners.views import acls, listeners, monitoring, servergroups, tlspolicies, wizard
 
 LISTENER = "instances/<str:instance_id>/listeners/<str:listener_id>/"
 
@@ -41,6 +41,7 @@ urlpatterns = [
     path(LISTENER + "tls-policy/", listeners.listener_tls_policy, name="listener-tls-policy"),
     path(LISTENER + "health-check/", listeners.listener_health_check, name="listener-health-check"),
     path(LISTENER + "status/", listeners.listener_status, name="listener-status"),
+    path(LISTENER + "monitoring/", monitoring.listener_monitoring, name="listener-monitoring"),
     path(LISTENER + "rules/add/", listeners.rule_create, name="listener-rule-create"),
     path(LISTENER + "rules/<int:rule_id>/", listeners.rule_edit, name="listener-rule-edit"),
     path(

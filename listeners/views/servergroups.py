@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from console.htmx import redirect_after_change, render_dialog
+from console.server_health import group_health
 from listeners import services
 from listeners.forms.servergroups import (
     BackendServerFormSet,
@@ -53,6 +54,7 @@ def group_detail(request: HttpRequest, group_id: str) -> HttpResponse:
             "health_check": getattr(group, "health_check", None),
             "servers": group.servers.all(),
             "listeners": group.listeners.select_related("instance"),
+            "server_health": group_health(group),
             "title": group.name,
             "breadcrumbs": CRUMBS,
         },

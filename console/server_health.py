@@ -1,0 +1,141 @@
+"""Why each backend server is up or down, as the nodes last reported it (their /v1/status, stored
+by reconcile in DataplaneNode.status_report): state, reason code and text, when the health last
+changed, slow start, weight 0, and the timeline of the last checks."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.db.models import Q
+from django.utils import timezone
+
+from console.models import DataplaneNode
+
+if TYPE_CHECKING:
+    from listeners.models import ServerGroup
+
+# The node's reason codes, as the console words them.
+CODE_LABELS = {
+    "ok": "Check passed",
+    "refused": "Connection refused",
+    "timeout": "Timeout",
+    "status_mismatch": "Status code mismatch",
+    "tls_failure": "TLS failure",
+    "reset": "Connection reset",
+    "invalid_response": "Invalid response",
+    "connect_failed": "Connection failed",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    at: datetime.datetime
+    ok: bool
+    code: str
+
+    @property
+    def label(self) -> str:
+        return CODE_LABELS.get(self.code, self.code)
+
+
+@dataclass
+class ServerHealth:
+    """One server as one node sees it."""
+
+    node: str
+    address: str
+    port: int | None
+    weight: int | None
+    healthy: bool
+    checked: bool
+    reason: str
+    code: str | None
+    http_status: int | None
+    last_change: datetime.datetime | None
+    slow_start_percent: int | None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        if not self.checked:
+            return "Not checked"
+        return "Healthy" if self.healthy else "Unhealthy"
+
+    @property
+    def code_label(self) -> str:
+        return CODE_LABELS.get(self.code or "", self.code or "")
+
+    @property
+    def weight_zero(self) -> bool:
+        return self.weight == 0
+
+
+def describe(entry: dict[str, Any], node: str = "") -> ServerHealth:
+    """A server entry of a node's status document, read defensively (an older node reports no
+    code, no last change and no timeline)."""
+    code = entry.get("reason_code")
+    code = code if isinstance(code, str) and code else None
+    reason = str(entry.get("reason") or "")
+    checks = []
+    for item in entry.get("checks") or []:
+        if isinstance(item, list) and len(item) == 3 and _finite(item[0]):
+            checks.append(Check(_moment(item[0]), bool(item[1]), str(item[2])))
+    percent = entry.get("slow_start_percent")
+    status = entry.get("http_status")
+    return ServerHealth(
+        node=str(entry.get("node") or node),
+        address=str(entry.get("address") or ""),
+        port=entry.get("port") if isinstance(entry.get("port"), int) else None,
+        weight=entry.get("weight") if isinstance(entry.get("weight"), int) else None,
+        healthy=entry.get("healthy") is True,
+        # Without a health check every server is taken as healthy, and says so.
+        checked=code is not None or reason == "health check disabled",
+        reason=reason,
+        code=code,
+        http_status=status if isinstance(status, int) else None,
+        last_change=_moment(entry["last_change"]) if _finite(entry.get("last_change")) else None,
+        slow_start_percent=percent if isinstance(percent, int) else None,
+        checks=checks,
+    )
+
+
+def group_health(group: ServerGroup) -> dict[str, list[ServerHealth]]:
+    """Each server of ``group`` (by server id) as every node that runs a listener of the group
+    last reported it."""
+    from listeners.models import Listener
+
+    servers = {server.server_id for server in group.servers.all()}
+    instances = set(
+        Listener.objects.filter(Q(server_group=group)).values_list("instance_id", flat=True)
+    )
+    found: dict[str, list[ServerHealth]] = {server: [] for server in servers}
+    seen: set[tuple[int, str]] = set()
+    nodes = DataplaneNode.objects.filter(instance_id__in=instances).select_related("instance")
+    several = len(instances) > 1
+    for node in nodes.order_by("instance__name", "name"):
+        name = f"{node.name} ({node.instance.name})" if several else node.name
+        listeners = (node.status_report or {}).get("listeners") or {}
+        for entry in listeners.values():
+            if not isinstance(entry, dict) or entry.get("server_group_id") != group.pk:
+                continue
+            for backend in entry.get("backends") or []:
+                if not isinstance(backend, dict):
+                    continue
+                server_id = backend.get("id")
+                if server_id not in found or (node.pk, server_id) in seen:
+                    continue
+                seen.add((node.pk, server_id))
+                found[server_id].append(describe(backend, name))
+    return found
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 2**40
+
+
+def _moment(value: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(value, tz=datetime.UTC).astimezone(
+        timezone.get_current_timezone()
+    )
