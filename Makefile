@@ -44,9 +44,9 @@ run: $(STAMP)
 # Debian's Chromium for the browser tests (Playwright cannot download its own build here), and
 # nghttp2's h2load, the HTTP/2 client the tests drive listeners with.
 chromium:
-	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/h2load ] || [ ! -x /usr/bin/testssl ]; then \
-	  echo "Installing Debian's chromium and nghttp2-client for the tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nghttp2-client testssl.sh; \
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/h2load ] || [ ! -x /usr/bin/testssl ] || [ ! -x /usr/bin/pebble ]; then \
+	  echo "Installing Debian's chromium, nghttp2-client, testssl.sh and pebble (a test ACME CA) for the tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nghttp2-client testssl.sh pebble; \
 	fi
 
 # Browser tests run in their own pytest process: Playwright's sync API keeps an event loop
