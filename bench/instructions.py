@@ -226,14 +226,43 @@ class Counter:
         ]
 
 
-def wait_idle(pid: int, *, timeout: float = IDLE_TIMEOUT) -> None:
-    """Wait until the process has finished its work (closing the client's connections)."""
+# /proc/net/tcp states of a proxy-side socket whose connection the proxy has not closed yet.
+TCP_ESTABLISHED = "01"
+TCP_CLOSE_WAIT = "08"
+
+
+def open_connections(port: int, table: str | None = None) -> int:
+    """Accepted connections on 127.0.0.1:port that the proxy has not closed (IPv4 /proc/net/tcp)."""
+    if table is None:
+        table = Path("/proc/net/tcp").read_text()
+    count = 0
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or ":" not in fields[1]:
+            continue
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] in {TCP_ESTABLISHED, TCP_CLOSE_WAIT}:
+            count += 1
+    return count
+
+
+def wait_idle(pid: int, *, port: int | None = None, timeout: float = IDLE_TIMEOUT) -> None:
+    """Wait until the process has finished its work: every client connection on `port` closed
+    on its side, and no CPU used for two windows in a row."""
     deadline = time.monotonic() + timeout
+    # A busy machine may keep a process that still has work off the CPU: the sockets say
+    # whether it has handled the client's close yet.
+    while port is not None and open_connections(port):
+        if time.monotonic() > deadline:
+            raise ProcessError(f"connections to port {port} stayed open for {timeout:.0f}s")
+        time.sleep(0.05)
+    quiet = 0
     before = cpu_seconds(pid)
     while time.monotonic() < deadline:
         time.sleep(IDLE_WINDOW)
         now = cpu_seconds(pid)
-        if now - before <= IDLE_CPU:
+        quiet = quiet + 1 if now - before <= IDLE_CPU else 0
+        if quiet == 2:
             return
         before = now
     raise ProcessError(f"process {pid} stayed busy for {timeout:.0f}s")
@@ -274,10 +303,11 @@ class Scenario:
     streams: int = 1
     headers: tuple[str, ...] = ()
 
+    def port(self, ports: configs.ProxyPorts) -> int:
+        return ports.https if self.tls else ports.http
+
     def url(self, ports: configs.ProxyPorts) -> str:
-        if self.tls:
-            return f"https://127.0.0.1:{ports.https}/0"
-        return f"http://127.0.0.1:{ports.http}/0"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port(ports)}/0"
 
     def command(self, h2load: str, url: str, requests: int | str) -> list[str]:
         command = [h2load, f"-n{requests}", f"-c{self.connections}", "-t1"]
@@ -380,33 +410,34 @@ def measure_scenario(
     counter: Counter,
     pid: int,
     scenario: Scenario,
-    url: str,
+    ports: configs.ProxyPorts,
     h2load: str,
     *,
     requests: int,
     warm_up: int,
 ) -> Measurement:
     """Warm up, then count a setup run (one request per connection) and a run of `requests` more."""
+    url, port = scenario.url(ports), scenario.port(ports)
     setup_requests = scenario.connections
     run_h2load(
         scenario.command(h2load, url, max(warm_up, setup_requests)),
         requests=max(warm_up, setup_requests),
         protocol=scenario.protocol,
     )
-    wait_idle(pid)
+    wait_idle(pid, port=port)
     counter.zero()
     run_h2load(
         scenario.command(h2load, url, setup_requests),
         requests=setup_requests,
         protocol=scenario.protocol,
     )
-    wait_idle(pid)
+    wait_idle(pid, port=port)
     setup = counter.dump(f"{scenario.key}-setup").instructions
     started = time.monotonic()
     total = setup_requests + requests
     run_h2load(scenario.command(h2load, url, total), requests=total, protocol=scenario.protocol)
     seconds = time.monotonic() - started
-    wait_idle(pid)
+    wait_idle(pid, port=port)
     run = counter.dump(f"{scenario.key}-run").instructions
     if run <= setup:
         raise CallgrindError(f"the run counted {run:,} instructions, its setup alone {setup:,}")
@@ -504,7 +535,7 @@ def _measure_proxy(
                 counter,
                 pid,
                 scenario,
-                scenario.url(proxy.ports),
+                proxy.ports,
                 h2load,
                 requests=results.requests,
                 warm_up=warm_up,

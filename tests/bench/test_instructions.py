@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from bench.instructions import (
     SingleProcessNginx,
     callgrind_command,
     check_h2load,
+    open_connections,
     parse_callgrind,
     read_callgrind,
     wait_idle,
@@ -212,6 +214,41 @@ def test_supervisor_runs_only_the_measured_proxies_under_callgrind(tmp_path: Pat
     assert "Callgrind" not in plain_log
     assert "PYTHONMALLOC=malloc" in plain_log
     assert any(path.name.startswith("measured.") for path in supervisor.dump_dir.iterdir())
+
+
+# Two proxy-side sockets on port 20480 (0x5000) still open, one closed, one listening; a client's.
+TCP_TABLE = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt
+   0: 0100007F:5000 00000000:0000 0A 00000000:00000000 00:00000000 00000000
+   1: 0100007F:5000 0100007F:9C40 01 00000000:00000000 00:00000000 00000000
+   2: 0100007F:5000 0100007F:9C41 08 00000000:00000000 00:00000000 00000000
+   3: 0100007F:5000 0100007F:9C42 06 00000000:00000000 03:00000F9A 00000000
+   4: 0100007F:9C40 0100007F:5000 01 00000000:00000000 00:00000000 00000000
+   5: garbage
+   6: 0100007F 0100007F:5000 01
+"""
+
+
+def test_open_connections_are_the_proxy_side_ones_not_yet_closed() -> None:
+    assert open_connections(0x5000, TCP_TABLE) == 2
+    assert open_connections(0x9C40, TCP_TABLE) == 1
+    assert open_connections(1, TCP_TABLE) == 0
+    assert open_connections(1, "") == 0
+
+
+def test_a_connection_counts_until_the_server_side_closes_it() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        server, _ = listener.accept()
+        assert open_connections(port) == 1
+        client.close()
+        # The client's FIN leaves the server side in CLOSE_WAIT: still the server's to close.
+        assert server.recv(1) == b""
+        assert open_connections(port) == 1
+        server.close()
+        assert open_connections(port) == 0
 
 
 def test_nginx_runs_as_one_process(tmp_path: Path) -> None:
