@@ -47,6 +47,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from django import forms
+from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, models, transaction
 from django.utils import timezone
@@ -132,6 +133,12 @@ REFERENCES: dict[tuple[type[models.Model], str], str] = {
     (ServerGroup, "backend_ca_certificate"): "certificates",
     (ForwardingRule, "server_group"): "server_groups",
 }
+# Rows that hang off a certificate and configure it (its revocation lists, its ACME issuance),
+# carried field by field like the rest; a model this console does not have is skipped. Their
+# history (ACME attempts, expiry alerts) is not configuration and is not carried.
+CERTIFICATE_CHILDREN = ("certificates.CertificateRevocationList", "certificates.AcmeIssuance")
+MAX_CHILDREN = 50
+THIS_INSTANCE = "this instance"
 SECTIONS = ("certificates", "tls_policies", "acls", "server_groups", "listeners")
 SECTION_LIMITS = {
     "certificates": 500,
@@ -244,12 +251,43 @@ def _exported_fields(model: type[models.Model], parent: str | None = None) -> li
             continue
         if model is Certificate and name in DERIVED_CERTIFICATE_FIELDS:
             continue
-        if not model_field.editable and not _is_secret(model_field):
+        binary = isinstance(model_field, models.BinaryField)  # never editable in a form
+        if not model_field.editable and not _is_secret(model_field) and not binary:
             continue  # kept by the console itself (a summary of other rows), not chosen
         if model_field.is_relation and (model, name) not in REFERENCES:
-            if not (model is Listener and name == "quic_listener"):
+            if not (model is Listener and name == "quic_listener") and not _to_instance(
+                model_field
+            ):
                 continue  # a relation this module cannot express by name
         found.append(model_field)
+    return found
+
+
+def _to_instance(model_field: models.Field) -> bool:
+    """A foreign key to the instance (an ACME issuance's): written as "this instance"."""
+    return model_field.many_to_one and model_field.related_model is Instance
+
+
+def certificate_children() -> list[tuple[str, type[models.Model], models.Field]]:
+    """(document key, model, foreign key to the certificate) of each ``CERTIFICATE_CHILDREN``
+    model this console has."""
+    found = []
+    for label in CERTIFICATE_CHILDREN:
+        try:
+            model = apps.get_model(label)
+        except LookupError:
+            continue
+        parent = next(
+            (
+                f
+                for f in model._meta.concrete_fields
+                if f.is_relation and f.related_model is Certificate
+            ),
+            None,
+        )
+        if parent is not None:
+            key = parent.remote_field.related_name or model._meta.model_name
+            found.append((key, model, parent))
     return found
 
 
@@ -262,6 +300,8 @@ def _plain(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, decimal.Decimal | uuid.UUID):
         return str(value)
+    if isinstance(value, bytes | memoryview):
+        return _b64(bytes(value))
     return value
 
 
@@ -280,6 +320,7 @@ class _Exporter:
     sealer: _Sealer
     names: dict[str, dict[Any, str]] = field(default_factory=dict)
     listener_positions: dict[str, int] = field(default_factory=dict)
+    instance_id: str = ""
 
     def fields(self, row: models.Model, parent: str | None = None) -> dict[str, Any]:
         model = type(row)
@@ -307,6 +348,8 @@ class _Exporter:
                 pk = getattr(row, model_field.attname)
                 if model is Listener and model_field.name == "quic_listener":
                     out[key] = self.listener_positions.get(pk)
+                elif _to_instance(model_field):
+                    out[key] = THIS_INSTANCE if pk == self.instance_id else None
                 else:
                     section = REFERENCES[(model, model_field.name)]
                     out[key] = None if pk is None else self.names[section][pk]
@@ -371,7 +414,7 @@ def export_instance(instance: Instance, passphrase: str) -> dict[str, Any]:
     acl_rows = sorted(acls.values(), key=lambda a: (a.name, a.pk))
 
     sealer = _Sealer(passphrase, os.urandom(SALT_BYTES), SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    exporter = _Exporter(sealer)
+    exporter = _Exporter(sealer, instance_id=instance.pk)
     exporter.names = {
         "certificates": _unique_names(certificates),
         "tls_policies": {
@@ -383,7 +426,7 @@ def export_instance(instance: Instance, passphrase: str) -> dict[str, Any]:
     }
     exporter.listener_positions = {listener.pk: i for i, listener in enumerate(listeners)}
     try:
-        exported_certificates = [exporter.fields(c) for c in certificates]
+        exported_certificates = [_export_certificate(exporter, c) for c in certificates]
     except keystore.KeystoreError as error:
         raise services.RuleViolation(str(error)) from error
 
@@ -422,6 +465,14 @@ def export_instance(instance: Instance, passphrase: str) -> dict[str, Any]:
         {"private_keys": sorted(c.name for c in certificates if c.private_key_token)},
     )
     return document
+
+
+def _export_certificate(exporter: _Exporter, certificate: Certificate) -> dict[str, Any]:
+    out = exporter.fields(certificate)
+    for key, model, parent in certificate_children():
+        rows = model.objects.filter(**{parent.name: certificate}).order_by("pk")
+        out[key] = [exporter.fields(row, parent.name) for row in rows]
+    return out
 
 
 def _export_group(exporter: _Exporter, group: ServerGroup) -> dict[str, Any]:
@@ -486,6 +537,7 @@ _JSON_TYPES: list[tuple[tuple[type[models.Field], ...], tuple[type, ...], str]] 
     ((models.IntegerField, models.BigIntegerField), (int,), "a whole number"),
     ((models.FloatField, models.DecimalField), (int, float, str), "a number"),
     ((models.CharField, models.TextField, models.GenericIPAddressField), (str,), "text"),
+    ((models.BinaryField,), (str,), "base64 text"),
 ]
 
 
@@ -535,6 +587,7 @@ class _Import:
         self.validated_certificates: dict[int, Any] = {}
         self.created: list[models.Model] = []
         self.read_values: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self.instance_id = ""
 
     def problem(self, path: str | None, message: str) -> None:
         self.problems.append({"field": path, "message": str(message)})
@@ -739,6 +792,8 @@ class _Import:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         fields = {_document_key(f): f for f in _exported_fields(model, parent)}
         known = set(fields) | NESTED.get(model, set())
+        if model is Certificate:
+            known |= {key for key, _, _ in certificate_children()}
         for key in item:
             if key not in known:
                 self.problem(f"{at}.{key}", f"Unknown field {key}.")
@@ -751,8 +806,14 @@ class _Import:
             if problem:
                 self.problem(f"{at}.{key}", f"{key} {problem}.")
                 continue
+            if isinstance(model_field, models.BinaryField) and value is not None:
+                try:
+                    value = _unb64(value)
+                except ValueError:
+                    self.problem(f"{at}.{key}", f"{key} must be base64 text.")
+                    continue
             values[model_field.name] = value
-            if model_field.name in FORM_FIELDS[model] or model_field.is_relation:
+            if model_field.name in FORM_FIELDS.get(model, ()) or model_field.is_relation:
                 continue
             if _is_secret(model_field):
                 continue
@@ -812,6 +873,7 @@ class _Import:
 
     # -- writing, with the forms' rules ----------------------------------------------------------
     def build(self, instance: Instance, imported: Imported) -> None:
+        self.instance_id = instance.pk
         for index, at, item in self._items("certificates"):
             certificate = self.guarded(at, self._certificate, index, item, at)
             if certificate is not None:
@@ -861,7 +923,48 @@ class _Import:
         for attname, value in extra.items():
             setattr(certificate, attname, value)
         certificate.save()
+        for key, model, parent in certificate_children():
+            if not self._children(certificate, item.get(key, []), f"{at}.{key}", model, parent):
+                return None
         return certificate
+
+    def _children(
+        self, certificate: Certificate, items: Any, at: str, model, parent: models.Field
+    ) -> bool:
+        if not isinstance(items, list) or len(items) > MAX_CHILDREN:
+            self.problem(at, f"Must be a list of at most {MAX_CHILDREN} entries.")
+            return False
+        ok = True
+        for index, item in enumerate(items):
+            c_at = f"{at}[{index}]"
+            if not isinstance(item, dict):
+                self.problem(c_at, "Must be a JSON object.")
+                ok = False
+                continue
+            values, extra = self.values(model, item, c_at, parent.name)
+            row = model(**{parent.attname: certificate.pk})
+            for attname, value in extra.items():
+                setattr(row, attname, value)
+            for model_field in _exported_fields(model, parent.name):
+                if _to_instance(model_field) and values.get(model_field.name) is not None:
+                    if values[model_field.name] != THIS_INSTANCE:
+                        self.problem(
+                            f"{c_at}.{model_field.name}", f'Give "{THIS_INSTANCE}" or null.'
+                        )
+                        ok = False
+                    setattr(row, model_field.attname, self.instance_id)
+            try:
+                # Every field and constraint the model declares, as a form for it would check.
+                row.full_clean()
+            except ValidationError as error:
+                for name, messages in error.message_dict.items():
+                    where = c_at if name == "__all__" else f"{c_at}.{name}"
+                    for message in messages:
+                        self.problem(where, message)
+                ok = False
+                continue
+            row.save()
+        return ok
 
     def check_all_built(self) -> None:
         """Every object of the document was built, or a problem says why not."""

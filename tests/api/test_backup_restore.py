@@ -84,6 +84,7 @@ class Source:
         www = self.ca.issue_cert("www.example.com")
         api = self.ca.issue_cert("api.example.com")
         clients = trustme.CA(organization_name="Clients CA")
+        self.clients_key = clients.private_key_pem.bytes()
         self.client_certificate = clients.issue_cert("client.example.com")
         with transaction.atomic():
             self.www = upload(
@@ -328,6 +329,74 @@ def test_an_instance_with_listeners_is_refused_and_unchanged(
             document=document, passphrase=PASSPHRASE, instance_id=source.http.instance_id
         )
     assert counts() == before
+
+
+@pytest.mark.django_db
+def test_rows_that_configure_a_certificate_travel_with_it(source: Source, no_push) -> None:
+    """Revocation lists and ACME issuances are carried field by field (console/backup.py's
+    CERTIFICATE_CHILDREN), whichever of those models this console has."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from django.apps import apps
+
+    children = {model._meta.label: key for key, model, _ in backup.certificate_children()}
+    if not children:
+        pytest.skip("this console has neither revocation lists nor ACME issuances")
+    now = datetime.datetime.now(datetime.UTC)
+    if "certificates.CertificateRevocationList" in children:
+        ca = x509.load_pem_x509_certificate(source.clients.certificate_pem.encode())
+        crl = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca.subject)
+            .last_update(now - datetime.timedelta(hours=1))
+            .next_update(now + datetime.timedelta(days=7))
+            .sign(serialization.load_pem_private_key(source.clients_key, None), hashes.SHA256())
+        )
+        apps.get_model("certificates.CertificateRevocationList").objects.create(
+            ca_certificate=source.clients,
+            issuer=ca.subject.rfc4514_string(),
+            der=crl.public_bytes(serialization.Encoding.DER),
+            fingerprint_sha256=crl.fingerprint(hashes.SHA256()).hex(":").upper(),
+            this_update=now - datetime.timedelta(hours=1),
+            next_update=now + datetime.timedelta(days=7),
+            revoked_count=0,
+        )
+    if "certificates.AcmeIssuance" in children:
+        apps.get_model("certificates.AcmeIssuance").objects.create(
+            name="www by ACME",
+            certificate=source.www,
+            domains=["www.example.com"],
+            directory_url="https://acme.example.com/directory",
+            email="ops@example.com",
+            challenge="http-01",
+            instance=source.http.instance,
+        )
+    document = backup.export_instance(source.http.instance, PASSPHRASE)
+
+    imported = backup.import_instance(
+        document=copy.deepcopy(document), passphrase=PASSPHRASE, name="copy"
+    )
+
+    again = backup.export_instance(imported.instance, PASSPHRASE)
+    assert comparable(again) == comparable(document)
+    carried = [c for c in again["certificates"] for key in children.values() if c.get(key)]
+    assert len(carried) == len(children)
+    acme = [c.get("acme") for c in again["certificates"] if c.get("acme")]
+    if acme:
+        assert acme[0][0]["instance"] == "this instance"
+        issuance = apps.get_model("certificates.AcmeIssuance").objects.get(
+            certificate__in=imported.certificates
+        )
+        assert issuance.instance_id == imported.instance.pk
+
+    broken = copy.deepcopy(document)
+    for certificate in broken["certificates"]:
+        for key in children.values():
+            for row in certificate.get(key, []):
+                row["colour"] = "blue"
+    problems = refused(broken)
+    assert len([p for p in problems if p.endswith("Unknown field colour.")]) == len(children)
 
 
 # -- import: hostile documents -----------------------------------------------------------------
