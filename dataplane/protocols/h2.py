@@ -45,7 +45,7 @@ from dataplane.nghttp2 import (
     Session,
 )
 from dataplane.protocols import HOP_BY_HOP, fits_request_line
-from dataplane.protocols.http import MAX_HEADER_BYTES, HttpProxy
+from dataplane.protocols.http import MAX_HEADER_BYTES, HttpProxy, Request, _Reject
 
 if TYPE_CHECKING:
     from dataplane.node import ListenerRuntime
@@ -102,6 +102,8 @@ class StreamProxy(HttpProxy):
 
     The HTTP/2 connection was accepted (access control, counters) once; a stream only takes its
     peer address and its per-connection header lines, computed once per listener generation.
+    The request head arrives as nghttp2's field list and goes through the same field checks and
+    forwarding code as an HTTP/1.1 client's, without being written out and parsed again.
     """
 
     __slots__ = ()
@@ -110,7 +112,43 @@ class StreamProxy(HttpProxy):
         self.transport = transport  # type: ignore[assignment]
         connection: Http2Connection = transport.connection  # type: ignore[attr-defined]
         self.peer_ip, self.peer_port = connection.peer_ip, connection.peer_port
-        self._serve(self.settings)
+        self.peer_ip_bytes = connection.peer_ip_bytes
+        self.xff_line = connection.xff_line
+        self.conn_headers = self._connection_headers(self.settings)
+        self._use_bucket(self.settings)
+
+    def begin(
+        self,
+        method: bytes,
+        path: bytes,
+        host: bytes,
+        fields: list[tuple[bytes, bytes]],
+        *,
+        chunked: bool,
+    ) -> None:
+        """One request head from the stream: checked and started as HttpProxy does its own."""
+        self.on_message_begin()
+        request: Request = self.parsing  # type: ignore[assignment]
+        request.url = path
+        request.method = method
+        try:
+            # nghttp2 has refused connection-specific fields, uppercase names and a
+            # Content-Length that the DATA frames contradict (RFC 9113 8.2.2, 8.1.1).
+            self.on_header(b"host", host)
+            on_header = self.on_header
+            for name, value in fields:
+                on_header(name, value)
+            self.in_head = False
+            if method == b"CONNECT":
+                self.reject_status = 405
+                raise _Reject
+            if chunked:
+                # A body of unknown length reaches an HTTP/1.1 backend chunked.
+                request.chunked = request.has_body = True
+            # Connection: close, as the stream ends with its one response.
+            self._admit(request, keep_alive=False)
+        except _Reject:
+            self._reject(self.reject_status or 400)
 
     def _connection_headers(self, settings: ListenerSettings) -> bytes:
         connection: Http2Connection = self.transport.connection  # type: ignore[attr-defined]
@@ -123,18 +161,21 @@ class StreamProxy(HttpProxy):
         """Not passed on: the stream's response parser takes only final responses."""
 
 
+# Marks the end of a request body among a stream's pending pieces.
+_END = b""
+
+
 class ProxiedStream(Stream):
     """One stream served by a StreamProxy; it is also the proxy's transport.
 
-    The request goes into the proxy as HTTP/1.1 bytes (`Connection: close`, so the proxy ends
-    the exchange after one response), and the proxy's response bytes are parsed back into
-    HEADERS and DATA frames.
+    The request head and body go to the proxy as calls (the body re-chunked by the proxy when
+    its length is unknown); the proxy's response bytes are parsed back into HEADERS and DATA
+    frames.
     """
 
     __slots__ = (
         "backend_paused",
         "body",
-        "chunked",
         "closing",
         "complete",
         "head_request",
@@ -146,17 +187,15 @@ class ProxiedStream(Stream):
         "responded",
     )
 
-    def __init__(
-        self, connection: Http2Connection, stream_id: int, *, chunked: bool, head_request: bool
-    ) -> None:
+    def __init__(self, connection: Http2Connection, stream_id: int, *, head_request: bool) -> None:
         super().__init__(connection, stream_id)
-        self.chunked = chunked
         self.head_request = head_request
         self.reading = True
         self.closing = False
         self.responded = False
         self.backend_paused = False
-        # Request bytes the proxy is not reading yet, with the frame credit each carries.
+        # Request body pieces the proxy is not reading yet, with the frame credit each carries;
+        # _END marks the end of the body.
         self.pending: list[tuple[bytes, int]] = []
         self.headers: list[tuple[bytes, bytes]] = []
         # Body pieces parsed from one write, sent as one DATA frame (a backend that sends many
@@ -166,31 +205,50 @@ class ProxiedStream(Stream):
         self.parser = httptools.HttpResponseParser(self)
         self.proxy = StreamProxy(connection.runtime)
 
-    def start(self, head: bytes) -> None:
-        self.proxy.connection_made(self)  # type: ignore[arg-type]
+    def start(
+        self,
+        method: bytes,
+        path: bytes,
+        host: bytes,
+        fields: list[tuple[bytes, bytes]],
+        *,
+        chunked: bool,
+    ) -> None:
+        proxy = self.proxy
+        proxy.connection_made(self)  # type: ignore[arg-type]
         if not self.closing:
-            self.proxy.data_received(head)
+            proxy.begin(method, path, host, fields, chunked=chunked)
+            if self.request_ended and not proxy.closed:
+                proxy.on_message_complete()
 
     # -- request ---------------------------------------------------------------------------------
 
     def request_data(self, data: bytes, credit: int) -> None:
-        if self.chunked:
-            data = b"%x\r\n%s\r\n" % (len(data), data)
-        self._feed(data, credit)
+        if data:
+            self._feed(data, credit)
 
     def request_end(self) -> None:
         self.request_ended = True
-        if self.chunked:
-            self._feed(b"0\r\n\r\n", 0)
+        self._feed(_END, 0)
 
     def _feed(self, data: bytes, credit: int) -> None:
         if self.closing:
             self.connection.acknowledge(self.stream_id, credit)
         elif self.reading and not self.pending:
-            self.proxy.data_received(data)
+            self._deliver(data)
             self.connection.acknowledge(self.stream_id, credit)
         else:
             self.pending.append((data, credit))
+
+    def _deliver(self, data: bytes) -> None:
+        proxy = self.proxy
+        if proxy.closed:
+            return
+        if data is _END:
+            proxy.on_message_complete()
+        else:
+            proxy.reads += 1
+            proxy.on_body(data)
 
     def cancel(self) -> None:
         if not self.closing:
@@ -230,7 +288,7 @@ class ProxiedStream(Stream):
         self.reading = True
         while self.pending and self.reading and not self.closing:
             data, credit = self.pending.pop(0)
-            self.proxy.data_received(data)
+            self._deliver(data)
             self.connection.acknowledge(self.stream_id, credit)
 
     def is_closing(self) -> bool:
@@ -309,6 +367,8 @@ class Http2Connection(asyncio.Protocol):
         self.held: set[Stream] = set()
         self.peer_ip = ""
         self.peer_port = 0
+        self.peer_ip_bytes = b""
+        self.xff_line = b""
         # StreamProxy's header lines for one listener generation: (settings, lines).
         self.header_lines: tuple[ListenerSettings, bytes] | None = None
         self.registered = False
@@ -339,6 +399,8 @@ class Http2Connection(asyncio.Protocol):
             self.closed = True
             transport.abort()
             return
+        self.peer_ip_bytes = self.peer_ip.encode()
+        self.xff_line = b"X-Forwarded-For: %s\r\n" % self.peer_ip_bytes
         self.registered = True
         self.runtime.connections.add(self)  # type: ignore[arg-type]
         self.stats.active_connections += 1
@@ -356,6 +418,7 @@ class Http2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.stats.bytes_in += len(data)
         session: Session = self.session  # type: ignore[assignment]
         try:
             session.receive(data)
@@ -451,27 +514,28 @@ class Http2Connection(asyncio.Protocol):
         """Start one HTTP/1.1 exchange for a stream; None when the request is malformed."""
         method = path = authority = b""
         host = None
-        lines: list[bytes] = []
+        fields: list[tuple[bytes, bytes]] = []
         has_length = False
-        for name, value in headers:
+        for field in headers:
+            name = field[0]
             if name[0] == 58:  # b":"
                 if name == b":method":
-                    method = value
+                    method = field[1]
                 elif name == b":path":
-                    path = value
+                    path = field[1]
                 elif name == b":authority":
-                    authority = value
+                    authority = field[1]
             elif name == b"host":
-                if host is not None or (authority and value != authority):
+                if host is not None or (authority and field[1] != authority):
                     # RFC 9113 8.3.1: a second Host, or one naming another host than
                     # :authority, leaves the rules and the backend to believe different hosts.
                     path = b""
                     break
-                host = value
+                host = field[1]
             else:
                 if name == b"content-length":
                     has_length = True
-                lines.append(b"%s: %s\r\n" % (name, value))
+                fields.append(field)
         if method == b"CONNECT":
             path = authority
         elif path[:1] != b"/" and (path != b"*" or method != b"OPTIONS"):
@@ -481,22 +545,16 @@ class Http2Connection(asyncio.Protocol):
         if not path or not fits_request_line(method, path, authority):
             self._refuse(stream_id, PROTOCOL_ERROR)
             return None
-        chunked = not ended and not has_length
-        parts = [method, b" ", path, b" HTTP/1.1\r\n"]
-        # RFC 9113 8.3.1: :authority is the host. The HTTP/1.1 proxy then checks it as any
-        # client's; with no authority at all, the request says so with an empty Host, as
-        # HTTP/1.1 does.
-        parts.append(b"Host: %s\r\n" % (authority or host or b""))
-        parts += lines
-        if chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        parts.append(b"Connection: close\r\n\r\n")
-        stream = ProxiedStream(self, stream_id, chunked=chunked, head_request=method == b"HEAD")
+        stream = ProxiedStream(self, stream_id, head_request=method == b"HEAD")
         stream.request_ended = ended
         self.streams[stream_id] = stream
         if self.writing_paused:
             stream.backend_paused = True
-        stream.start(b"".join(parts))
+        # RFC 9113 8.3.1: :authority is the host. The proxy checks it as any client's; with no
+        # authority at all, the request says so with an empty Host, as HTTP/1.1 does.
+        stream.start(
+            method, path, authority or host or b"", fields, chunked=not ended and not has_length
+        )
         if self.writing_paused and not stream.closing:
             stream.proxy.pause_writing()
         return stream

@@ -58,6 +58,7 @@ import logging
 import re
 import ssl
 import time
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -81,6 +82,7 @@ from dataplane.rules import (
     normalize_path,
     split_target,
 )
+from dataplane.stats import BUCKETS
 from dataplane.tls import client_certificate_headers
 
 # Request timings for the latency histograms and the access log (dataplane.accesslog).
@@ -296,14 +298,11 @@ class Request:
         # Body bytes (already framed for the backend) not yet written to it.
         self.body: list[bytes] | None = None
         self.buffered = 0
-        # Observability (dataplane.stats, dataplane.accesslog): when the request began, when a
-        # server was chosen and connected, the server, the rule, the status sent, the end.
+        # Observability (dataplane.stats, dataplane.accesslog): when the request began, the
+        # status sent and when it ended. Set only once they happen, as the access log reads
+        # them: `server` and `connect_at` (a server was chosen), `connected_at` (a new backend
+        # connection opened), `answered_at` (its response head came), `rule` (a rule matched).
         self.started = _clock()
-        self.connect_at = 0.0
-        self.connected_at = 0.0
-        self.answered_at = 0.0
-        self.server: Backend | None = None
-        self.rule: str | None = None
         self.status = 0
         self.ended = 0.0
 
@@ -723,6 +722,12 @@ class HttpProxy(BackendReadGate):
                 # httptools also reads "HTTP/2.0" and "HTTP/0.9" request lines.
                 self.reject_status = 505
                 raise _Reject
+        self._admit(request, keep_alive=keep_alive)
+
+    def _admit(self, request: Request, *, keep_alive: bool) -> None:
+        """Check a request whose head is complete, then start it or queue it behind the one in
+        flight. Raises _Reject (the status on the protocol) for a request that must not go on."""
+        tokens = request.connection_tokens
         if request.transfer_encoding:
             self._check_transfer_encoding(request)
             request.chunked = True
@@ -1000,7 +1005,10 @@ class HttpProxy(BackendReadGate):
         request: Request = self.current  # type: ignore[assignment]
         request.server = backend
         request.connect_at = _clock()
-        self.stats.server(backend.id)[0] += 1
+        counters = self.stats.servers.get(backend.id)
+        if counters is None:
+            counters = self.stats.server(backend.id)
+        counters[0] += 1
         settings = self.settings
         context = self.route.backend_context
         upstream = settings.pool.acquire((backend.address, backend.port, context))
@@ -1023,6 +1031,7 @@ class HttpProxy(BackendReadGate):
         if self.closed or self.backend is not backend or self.upstream is not None:
             settings.pool.release(upstream)
             return
+        self.current.connected_at = _clock()  # type: ignore[union-attr]
         self._attach(upstream)
 
     def _connect_failed(self, backend: Backend, exc: OSError) -> None:
@@ -1071,7 +1080,6 @@ class HttpProxy(BackendReadGate):
         self.upstream = upstream
         upstream.begin(self)
         request: Request = self.current  # type: ignore[assignment]
-        request.connected_at = _clock()
         if request.body:
             upstream.transport.writelines([self.head, *request.body])  # type: ignore[union-attr]
             request.body = None
@@ -1114,7 +1122,11 @@ class HttpProxy(BackendReadGate):
         settings = self.settings
         status = request.status = upstream.status
         now = request.answered_at = _clock()
-        self.stats.backend_response_time.observe(now - request.connect_at)
+        # Histogram.observe, inline: this runs once per request.
+        waited = now - request.connect_at
+        histogram = self.stats.backend_response_time
+        histogram.counts[bisect_left(BUCKETS, waited)] += 1
+        histogram.sum += waited
         head = upstream.head
         if not head.startswith(b"HTTP/1.1 "):
             head = b"HTTP/1.1" + head[8:]
@@ -1374,7 +1386,15 @@ class HttpProxy(BackendReadGate):
     def _finish(self, upstream: HttpUpstream, *, reusable: bool) -> None:
         self.flush()
         request: Request = self.current  # type: ignore[assignment]
-        self._ended(request, request.status, "completed")
+        # _ended, inline: this runs once per request.
+        request.ended = now = _clock()
+        took = now - request.started
+        histogram = self.stats.request_duration
+        histogram.counts[bisect_left(BUCKETS, took)] += 1
+        histogram.sum += took
+        access_log = self.runtime.access_log
+        if access_log is not None:
+            access_log.http(self, request, "completed")
         self.upstream = None
         upstream.owner = None
         self._release_backend()
