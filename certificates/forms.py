@@ -231,7 +231,8 @@ class CrlUploadForm(forms.Form):
         required=False,
         strip=False,
         widget=forms.Textarea(attrs={"rows": 6, "placeholder": "-----BEGIN X509 CRL-----"}),
-        help_text=f"PEM, or choose a PEM or DER file. At most "
+        help_text=f"PEM, or choose a PEM or DER file, or give only a Distribution Point URL "
+        f"below. At most "
         f"{revocation.MAX_CRL_BYTES // (1024 * 1024)} MiB. A newer CRL of the same issuer "
         "replaces the stored one.",
     )
@@ -243,6 +244,15 @@ class CrlUploadForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 4, "placeholder": "-----BEGIN CERTIFICATE-----"}),
         help_text="Only for the CRL of an intermediate CA below this CA: that intermediate's "
         "certificate first, then any above it up to this CA. PEM.",
+    )
+
+    url = forms.URLField(
+        label="Distribution Point URL",
+        required=False,
+        max_length=2048,
+        assume_scheme="https",
+        help_text="Optional. The console fetches the CRL from this http or https URL (now, "
+        "if no CRL is given above, and then on a schedule) and pushes it when it changes.",
     )
 
     def __init__(self, *args, ca_certificate: Certificate, **kwargs) -> None:
@@ -265,13 +275,24 @@ class CrlUploadForm(forms.Form):
                 return cleaned
             upload.seek(0)
             data = upload.read(revocation.MAX_CRL_BYTES + 1)
+        url = cleaned.get("url") or ""
+        if self.has_error("url"):
+            return cleaned
+        fetched = False
         try:
+            if url:
+                revocation.check_fetch_url(url)
+                if not data.strip():
+                    # Only a URL: the CRL is fetched now, so a bad one is refused at once.
+                    data, fetched = revocation.fetch_crl(url), True
             self.validated = revocation.validate_crl(
                 data, self.ca_certificate.certificate_pem, cleaned.get("issuer_chain") or None
             )
         except revocation.CrlError as error:
-            message = error.message
-            if upload is not None and upload.size and error.field == revocation.CRL:
+            field, message = error.field, error.message
+            if fetched and field == revocation.CRL:
+                field, message = revocation.URL, f"The CRL this URL serves is refused: {message}"
+            elif upload is not None and upload.size and field == revocation.CRL:
                 message = f"In the chosen file {upload.name}: {message}"
-            self.add_error(error.field, message)
+            self.add_error(field, message)
         return cleaned

@@ -22,9 +22,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http.client import HTTPException
+from urllib.parse import urlsplit
 
+from celery import shared_task
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -43,8 +50,16 @@ from listeners.services import NotFound, RuleViolation, _locked, _reconfigure
 MAX_CRL_BYTES = 1024 * 1024
 MAX_ISSUER_CERTIFICATES = 10
 
+# Fetching from a distribution point URL: the whole download must finish within this many
+# seconds (each read waits at most FETCH_TIMEOUT), and follows at most a few http(s) redirects.
+FETCH_TIMEOUT = 10.0
+FETCH_REDIRECTS = 3
+
 CRL = "crl"
 ISSUER_CHAIN = "issuer_chain"
+URL = "url"
+
+log = logging.getLogger(__name__)
 _CRL_LABEL = "X509 CRL"
 _BLOCK_NAMES = {
     "CERTIFICATE": "a certificate",
@@ -91,6 +106,10 @@ class UnsupportedCrl(CrlError):
 
 class IssuerChainError(CrlError):
     default_field = ISSUER_CHAIN
+
+
+class CrlFetchError(CrlError):
+    default_field = URL
 
 
 @dataclass(frozen=True)
@@ -367,6 +386,98 @@ def crl_pem(der: bytes | memoryview) -> str:
     return PemBlock(_CRL_LABEL, (), bytes(der), 0).to_pem()
 
 
+def signature_problem(crl: CertificateRevocationList, ca_certificate_pem: str) -> str | None:
+    """Why a stored CRL no longer verifies against its CA (the CA certificate was replaced by
+    one with another key or name), or None when it still does. Expiry is not checked here."""
+    try:
+        parsed = read_crl(bytes(crl.der))
+        ca = x509.load_pem_x509_certificate(ca_certificate_pem.encode())
+        signer = _signer(parsed, crl.issuer, ca, _read_issuer_chain(crl.issuer_chain_pem))
+        _check_signature(parsed, signer, crl.issuer)
+    except CrlError as error:
+        return error.message
+    return None
+
+
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follow a few redirects, and only to http or https URLs (urllib also allows ftp)."""
+
+    max_redirections = FETCH_REDIRECTS
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: PLR0917
+        if urlsplit(newurl).scheme not in ("http", "https"):
+            raise CrlFetchError(
+                f"Distribution Point URL redirects to {newurl[:200]}, which is not an http or "
+                "https URL."
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def check_fetch_url(url: str) -> None:
+    """Only plain http(s) URLs without credentials are fetched (see docs: SSRF)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CrlFetchError("Distribution Point URL must be an http:// or https:// URL.")
+    if parts.username or parts.password:
+        raise CrlFetchError("Distribution Point URL must not carry a user name or password.")
+
+
+def fetch_crl(url: str, *, timeout: float = FETCH_TIMEOUT) -> bytes:
+    """Download a CRL: http(s) only, at most MAX_CRL_BYTES, within `timeout` seconds overall.
+
+    Raises CrlFetchError with a sentence for the Distribution Point URL field."""
+    check_fetch_url(url)
+    opener = urllib.request.build_opener(_HttpRedirectsOnly)
+    request = urllib.request.Request(
+        url,
+        headers={
+            "User-Agent": "Ferry CRL fetch",
+            "Accept": "application/pkix-crl, application/x-pem-file, */*",
+        },
+    )
+    deadline = time.monotonic() + timeout
+    limit = MAX_CRL_BYTES // (1024 * 1024)
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > MAX_CRL_BYTES:
+                raise CrlFetchError(
+                    f"Distribution Point URL serves {_size(int(declared))}; the limit is "
+                    f"{limit} MiB."
+                )
+            chunks: list[bytes] = []
+            received = 0
+            while chunk := response.read(64 * 1024):
+                received += len(chunk)
+                if received > MAX_CRL_BYTES:
+                    raise CrlFetchError(
+                        f"Distribution Point URL serves more than {limit} MiB; the limit is "
+                        f"{limit} MiB."
+                    )
+                if time.monotonic() > deadline:
+                    raise CrlFetchError(
+                        f"Distribution Point URL took longer than {timeout:g} s to send the CRL."
+                    )
+                chunks.append(chunk)
+    except CrlFetchError:
+        raise
+    except urllib.error.HTTPError as error:
+        if 300 <= error.code < 400:
+            location = (error.headers.get("Location") or "")[:200]
+            raise CrlFetchError(
+                f"Distribution Point URL redirects to {location}, which is refused: only "
+                f"{FETCH_REDIRECTS} redirects to http or https URLs are followed."
+            ) from None
+        raise CrlFetchError(f"Distribution Point URL answered HTTP {error.code}.") from None
+    except urllib.error.URLError as error:
+        raise CrlFetchError(
+            f"Distribution Point URL could not be fetched: {error.reason}."
+        ) from None
+    except (OSError, ValueError, HTTPException) as error:
+        raise CrlFetchError(f"Distribution Point URL could not be fetched: {error}.") from None
+    return b"".join(chunks)
+
+
 def crl_check(ca_subject: str, crls: list[CertificateRevocationList]) -> str:
     """How much of a client's chain the node checks: "chain" when the CA itself and every
     intermediate named in an issuer chain have a CRL here, else "leaf" (the client's own
@@ -425,7 +536,12 @@ def upload_crl(
     stored = ca.revocation_lists.filter(issuer=validated.issuer).first()
     if stored is not None:
         if stored.fingerprint_sha256 == validated.fingerprint_sha256 and stored.url == url:
-            return stored  # the same CRL again: nothing to push
+            # The same CRL again: nothing to push; a fetch still shows when it last succeeded.
+            if url:
+                stored.fetched_at = datetime.now(UTC)
+                stored.last_fetch_error = ""
+                stored.save(update_fields=["fetched_at", "last_fetch_error", "updated_at"])
+            return stored
         _refuse_older(stored, validated)
     _reconfigure(listeners_checking_clients_with(ca), doing="changing its CA's revocation lists")
     crl = stored or CertificateRevocationList(ca_certificate=ca, issuer=validated.issuer)
@@ -479,3 +595,41 @@ def _refuse_older(stored: CertificateRevocationList, new: ValidatedCrl) -> None:
 def _summarize(ca: Certificate) -> None:
     ca.crl_summary = [crl.summary() for crl in ca.revocation_lists.order_by("issuer")]
     ca.save(update_fields=["crl_summary", "updated_at"])
+
+
+def refresh_crl(*, crl_id: int) -> str:
+    """Fetch a CRL again from its distribution point URL and store it if it is newer.
+
+    The download runs outside any transaction; storing goes through `upload_crl`, so a changed
+    CRL is audited (as the system) and pushed like an upload. A failure is kept on the row and
+    shown on the CA certificate's page; the stored CRL stays in force until its next update."""
+    crl = (
+        CertificateRevocationList.objects.select_related("ca_certificate")
+        .filter(pk=crl_id)
+        .exclude(url="")
+        .first()
+    )
+    if crl is None:
+        return "gone"
+    try:
+        validated = validate_crl(
+            fetch_crl(crl.url), crl.ca_certificate.certificate_pem, crl.issuer_chain_pem or None
+        )
+        if validated.issuer != crl.issuer:
+            raise CrlFetchError(
+                f"Distribution Point URL serves the CRL of {validated.issuer}, not of {crl.issuer}."
+            )
+        upload_crl(certificate_id=crl.ca_certificate_id, validated=validated, url=crl.url)
+    except (CrlError, RuleViolation) as error:
+        message = error.message if isinstance(error, CrlError) else str(error)
+        CertificateRevocationList.objects.filter(pk=crl_id).update(last_fetch_error=message)
+        log.warning("CRL fetch failed: %s", message, extra={"crl_id": crl_id, "url": crl.url})
+        return "failed"
+    return "fetched"
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def refresh_crls() -> dict[int, str]:
+    """Celery beat: fetch every CRL that has a distribution point URL (console/celery.py)."""
+    urls = CertificateRevocationList.objects.exclude(url="").values_list("pk", flat=True)
+    return {crl_id: refresh_crl(crl_id=crl_id) for crl_id in urls}

@@ -179,6 +179,9 @@ def _revocation_context(certificate: Certificate) -> dict:
     if certificate.is_server:
         return {}
     crls = list(certificate.revocation_lists.all())
+    for crl in crls:
+        # The CA certificate may have been replaced by one with another key or name since.
+        crl.signature_problem = revocation.signature_problem(crl, certificate.certificate_pem)
     return {
         "revocation_lists": crls,
         "crl_check": revocation.crl_check(certificate.subject, crls) if crls else "",
@@ -192,7 +195,11 @@ def crl_upload(request: HttpRequest, certificate_id: str) -> HttpResponse:
     status = 200
     if request.method == "POST" and form.is_valid():
         try:
-            crl = revocation.upload_crl(certificate_id=certificate.pk, validated=form.validated)
+            crl = revocation.upload_crl(
+                certificate_id=certificate.pk,
+                validated=form.validated,
+                url=form.cleaned_data["url"],
+            )
         except services.RuleViolation as problem:
             form.add_error(problem.field if problem.field in form.fields else None, str(problem))
             status = 409 if isinstance(problem, services.ListenerConfiguring) else 422

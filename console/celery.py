@@ -36,6 +36,8 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 # The graphs' sampling task (console/sampling.py).
 app.autodiscover_tasks(related_name="sampling")
+# Fetching revocation lists from their distribution points (certificates/revocation.py).
+app.autodiscover_tasks(related_name="revocation")
 
 
 @app.on_after_finalize.connect
@@ -76,6 +78,20 @@ def schedule_certificate_upkeep(sender: Celery, **kwargs: object) -> None:
         interval,
         sender.signature("certificates.tasks.certificate_upkeep"),
         name="certificate upkeep",
+        options={"expires": interval},
+    )
+
+
+@app.on_after_finalize.connect
+def schedule_crl_refresh(sender: Celery, **kwargs: object) -> None:
+    from django.conf import settings
+
+    # Revocation lists fetched from their distribution point URLs (certificates/revocation.py).
+    interval = settings.CRL_REFRESH_INTERVAL
+    sender.add_periodic_task(
+        interval,
+        sender.signature("certificates.revocation.refresh_crls"),
+        name="refresh revocation lists",
         options={"expires": interval},
     )
 

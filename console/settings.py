@@ -276,6 +276,9 @@ ACME_RETRY_MAX = float(os.environ.get("ACME_RETRY_MAX", "86400"))
 CERTIFICATE_UPKEEP_INTERVAL = float(os.environ.get("CERTIFICATE_UPKEEP_INTERVAL", "3600"))
 # Expiry warnings and failed renewals are POSTed here as JSON (certificates/alerts.py).
 CERTIFICATE_WEBHOOK_URL = os.environ.get("CERTIFICATE_WEBHOOK_URL", "")
+# How often beat fetches the revocation lists that have a distribution point URL again
+# (certificates/revocation.py); an unchanged CRL is not pushed.
+CRL_REFRESH_INTERVAL = float(os.environ.get("CRL_REFRESH_INTERVAL", "3600"))
 
 # Routine success is DEBUG, state changes and problems INFO and above: Celery logs every task
 # received and succeeded, and beat every task sent, at INFO, which buries the rest under

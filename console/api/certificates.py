@@ -142,8 +142,9 @@ def delete_certificate(request: HttpRequest, certificate_id: ObjectId):
 
 
 class CrlUpload(Strict):
-    crl: str  # PEM (BEGIN X509 CRL); at most revocation.MAX_CRL_BYTES
+    crl: str = ""  # PEM (BEGIN X509 CRL), at most revocation.MAX_CRL_BYTES; or only a url
     issuer_chain: str | None = None  # for an intermediate's CRL: its certificate(s), PEM
+    url: str | None = None  # a distribution point URL the console fetches it from on a schedule
 
 
 class CrlOut(Schema):
@@ -155,6 +156,9 @@ class CrlOut(Schema):
     next_update: str
     revoked_count: int
     source: str
+    url: str
+    fetched_at: str | None
+    last_fetch_error: str
     fingerprint_sha256: str
     crl_pem: str
 
@@ -169,6 +173,9 @@ def crl_out(crl: CertificateRevocationList) -> dict[str, Any]:
         "next_update": crl.next_update.isoformat(),
         "revoked_count": crl.revoked_count,
         "source": crl.source,
+        "url": crl.url,
+        "fetched_at": crl.fetched_at.isoformat() if crl.fetched_at else None,
+        "last_fetch_error": crl.last_fetch_error,
         "fingerprint_sha256": crl.fingerprint_sha256,
         "crl_pem": revocation.crl_pem(crl.der),
     }
@@ -188,7 +195,12 @@ def upload_crl(request: HttpRequest, certificate_id: ObjectId, payload: CrlUploa
     """Add a CA's CRL, or replace the stored CRL of the same issuer with a newer one."""
     ca = _ca_or_404(certificate_id)
     form = validated(CrlUploadForm(payload.model_dump(exclude_none=True), ca_certificate=ca))
-    crl = call_service(revocation.upload_crl, certificate_id=ca.pk, validated=form.validated)
+    crl = call_service(
+        revocation.upload_crl,
+        certificate_id=ca.pk,
+        validated=form.validated,
+        url=form.cleaned_data["url"],
+    )
     return Status(201, crl_out(crl))
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from django.test import Client
 from django.urls import reverse
 
 from certificates.models import Certificate, CertificateRevocationList
+from certificates.revocation import refresh_crls
 from certificates.validation import validate_ca_certificate, validate_server_certificate
 from console import tokens
 from console.models import AuditRecord, Instance
@@ -264,6 +268,200 @@ def test_remove_pushes_the_ca_without_the_list(
     assert not CertificateRevocationList.objects.exists()
     assert fake_node.puts[-1]["ca_certificates"][0]["crls"] == []
     assert AuditRecord.objects.filter(action="certificate.delete_crl").count() == 1
+
+
+# -- fetching from a distribution point URL --------------------------------------------------
+
+
+class CrlServer:
+    """A real HTTP server on 127.0.0.1 answering each path as `routes` says."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                status, headers, body = server.routes.get(self.path, (404, {}, b"not here"))
+                self.send_response(status)
+                # "omit": no Content-Length, the body ends when the connection closes (HTTP/1.0).
+                for name, value in headers.items():
+                    if value != "omit":
+                        self.send_header(name, value)
+                if "Content-Length" not in headers:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address) -> None:
+                pass  # the console hangs up on an oversized answer, as it should
+
+        self.http = Server(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture
+def crl_server() -> Iterator[CrlServer]:
+    server = CrlServer()
+    yield server
+    server.close()
+
+
+def test_a_url_alone_is_fetched_and_stored(admin_client: Client, ca_row, root, crl_server):
+    crl = make_crl(root, number=11)
+    crl_server.routes["/root.crl"] = (200, {"Content-Type": "application/pkix-crl"}, crl_der(crl))
+
+    response = admin_client.post(upload_url(ca_row), {"url": crl_server.url("/root.crl")})
+
+    assert response.status_code == 302
+    stored = CertificateRevocationList.objects.get()
+    assert bytes(stored.der) == crl_der(crl)
+    assert stored.source == CertificateRevocationList.Source.URL
+    assert stored.url == crl_server.url("/root.crl")
+    assert stored.fetched_at is not None
+    page = admin_client.get(ca_row.get_absolute_url()).content.decode()
+    assert crl_server.url("/root.crl") in page
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        pytest.param((404, {}, b"gone"), "Distribution Point URL answered HTTP 404.", id="404"),
+        pytest.param(
+            (200, {"Content-Length": "omit"}, b"\x30" * (1024 * 1024 + 1)),
+            "Distribution Point URL serves more than 1 MiB; the limit is 1 MiB.",
+            id="oversized-undeclared",
+        ),
+        pytest.param(
+            (302, {"Location": "/x.crl"}, b""),
+            "Distribution Point URL redirects to /x.crl, which is refused",
+            id="redirect-loop",
+        ),
+        pytest.param(
+            (200, {}, b"\x30" * (1024 * 1024 + 1)),
+            "Distribution Point URL serves 1.0 MiB; the limit is 1 MiB.",
+            id="oversized-declared",
+        ),
+        pytest.param(
+            (302, {"Location": "file:///etc/passwd"}, b""),
+            "Distribution Point URL redirects to file:///etc/passwd, which is refused: only 3 "
+            "redirects to http or https URLs are followed.",
+            id="redirect-to-file",
+        ),
+        pytest.param(
+            (200, {}, b"<html>login</html>"),
+            "The CRL this URL serves is refused: CRL must be PEM text",
+            id="html",
+        ),
+    ],
+)
+def test_a_bad_url_answer_is_explained_on_the_url_field(
+    admin_client: Client, ca_row, crl_server, route, message
+) -> None:
+    crl_server.routes["/x.crl"] = route
+    response = admin_client.post(upload_url(ca_row), {"url": crl_server.url("/x.crl")})
+    assert response.status_code == 422
+    [error] = response.context["form"].errors["url"]
+    assert error.startswith(message)
+    assert not CertificateRevocationList.objects.exists()
+
+
+def test_a_foreign_crl_at_the_url_is_refused(admin_client: Client, ca_row, crl_server) -> None:
+    crl_server.routes["/other.crl"] = (200, {}, crl_der(make_crl(make_ca("Url Stranger CA"))))
+    response = admin_client.post(upload_url(ca_row), {"url": crl_server.url("/other.crl")})
+    assert response.status_code == 422
+    [error] = response.context["form"].errors["url"]
+    assert error.startswith("The CRL this URL serves is refused: CRL is issued by ")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://127.0.0.1/root.crl", "must be an http:// or https:// URL"),
+        ("http://user:secret@127.0.0.1/root.crl", "must not carry a user name or password"),
+    ],
+)
+def test_only_plain_http_urls_are_accepted(admin_client: Client, ca_row, url, message) -> None:
+    response = admin_client.post(upload_url(ca_row), {"url": url})
+    assert response.status_code == 422
+    [error] = response.context["form"].errors["url"]
+    assert message in error
+
+
+def test_refresh_stores_a_newer_crl_audits_and_pushes_it(
+    admin_client: Client,
+    ca_row,
+    root,
+    crl_server,
+    instance,
+    server_group,
+    fake_node,
+    eager_celery,
+    django_capture_on_commit_callbacks,
+) -> None:
+    register_node(instance, fake_node.url)
+    crl_server.routes["/root.crl"] = (200, {}, crl_der(make_crl(root, number=1)))
+    admin_client.post(upload_url(ca_row), {"url": crl_server.url("/root.crl")})
+    mutual_listener(instance, server_group, ca_row)
+    mallory = make_client_cert(root, "mallory").cert
+    newer = make_crl(root, revoked=[mallory], number=2)
+    crl_server.routes["/root.crl"] = (200, {}, crl_pem(newer).encode())
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert refresh_crls() == {CertificateRevocationList.objects.get().pk: "fetched"}
+
+    stored = CertificateRevocationList.objects.get()
+    assert (stored.crl_number, stored.revoked_count, stored.last_fetch_error) == ("2", 1, "")
+    assert fake_node.puts[-1]["ca_certificates"][0]["crls"] == [crl_pem(newer)]
+    record = AuditRecord.objects.filter(action="certificate.upload_crl").latest("pk")
+    assert record.actor == "system"
+
+
+def test_refresh_keeps_the_stored_crl_and_shows_why_a_fetch_failed(
+    admin_client: Client, ca_row, root, crl_server
+) -> None:
+    crl_server.routes["/root.crl"] = (200, {}, crl_der(make_crl(root, number=5)))
+    admin_client.post(upload_url(ca_row), {"url": crl_server.url("/root.crl")})
+    crl_server.routes["/root.crl"] = (200, {}, crl_der(make_crl(root, number=4)))
+
+    assert list(refresh_crls().values()) == ["failed"]
+
+    stored = CertificateRevocationList.objects.get()
+    assert stored.crl_number == "5"
+    assert stored.last_fetch_error.startswith("CRL number 4 is older than the stored CRL")
+    page = admin_client.get(ca_row.get_absolute_url()).content.decode()
+    assert "Last fetch failed: CRL number 4 is older" in page
+
+    crl_server.routes["/root.crl"] = (500, {}, b"")
+    assert list(refresh_crls().values()) == ["failed"]
+    assert CertificateRevocationList.objects.get().last_fetch_error == (
+        "Distribution Point URL answered HTTP 500."
+    )
+
+
+def test_page_flags_a_crl_that_no_longer_matches_a_replaced_ca(
+    admin_client: Client, ca_row, root
+) -> None:
+    admin_client.post(upload_url(ca_row), {"crl": crl_pem(make_crl(root))})
+    other = make_ca("Pages Client Root CA", slot="rekeyed")  # same name, another key
+    response = admin_client.post(
+        reverse("certificate-replace", args=[ca_row.id]), {"certificate": other.cert_pem}
+    )
+    assert response.status_code == 302
+    page = admin_client.get(ca_row.get_absolute_url()).content.decode()
+    assert "No longer matches this CA certificate: CRL names" in page
 
 
 # -- the API ------------------------------------------------------------------------------------
