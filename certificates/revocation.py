@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.client import HTTPException
 from urllib.parse import urlsplit
 
@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from django.db import transaction
 from django.db.models import QuerySet
 
-from certificates.models import Certificate, CertificateRevocationList
+from certificates.models import CRL_WARNING, Certificate, CertificateRevocationList
 from certificates.pem import PemBlock, PemSyntaxError, decode_text, describe_binary, split_blocks
 from certificates.validation import CertificateError
 from console.audit import audited
@@ -487,6 +487,36 @@ def crl_check(ca_subject: str, crls: list[CertificateRevocationList]) -> str:
     for crl in crls:
         needed.update(crl.issuer_chain_subjects)
     return "chain" if needed <= issuers else "leaf"
+
+
+def expiring_crls(within: timedelta = CRL_WARNING) -> QuerySet[CertificateRevocationList]:
+    """CRLs whose next update is due within `within` (or past): once it passes, the node refuses
+    every client certificate they cover, so they are flagged like an expiring certificate."""
+    return (
+        CertificateRevocationList.objects.filter(next_update__lte=datetime.now(UTC) + within)
+        .select_related("ca_certificate")
+        .order_by("next_update")
+    )
+
+
+def crl_alert_payload(crl: CertificateRevocationList) -> dict[str, object]:
+    """What an expiry event says about a CRL (certificates/alerts.py can send it as JSON)."""
+    ca = crl.ca_certificate
+    return {
+        "crl": {
+            "id": crl.pk,
+            "issuer": crl.issuer,
+            "crl_number": crl.crl_number,
+            "next_update": crl.next_update.isoformat(),
+            "expired": crl.is_expired,
+            "url": crl.url,
+        },
+        "ca_certificate": {"id": ca.id, "name": ca.name},
+        "listeners": [
+            {"id": listener.id, "name": listener.name, "instance": listener.instance_id}
+            for listener in listeners_checking_clients_with(ca)
+        ],
+    }
 
 
 def _when(moment: datetime) -> str:

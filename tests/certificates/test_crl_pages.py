@@ -24,7 +24,7 @@ from django.test import Client
 from django.urls import reverse
 
 from certificates.models import Certificate, CertificateRevocationList
-from certificates.revocation import refresh_crls
+from certificates.revocation import crl_alert_payload, expiring_crls, refresh_crls
 from certificates.validation import validate_ca_certificate, validate_server_certificate
 from console import tokens
 from console.models import AuditRecord, Instance
@@ -194,6 +194,33 @@ def test_page_shows_next_update_with_expiry_flags(admin_client: Client, ca_row, 
     CertificateRevocationList.objects.update(next_update=NOW - timedelta(hours=1))
     page = admin_client.get(ca_row.get_absolute_url()).content.decode()
     assert '<span class="badge badge-failed">Expired</span>' in page
+
+
+def test_crls_due_within_a_week_are_listed_for_alerts(
+    admin_client: Client, ca_row, root, instance, server_group
+) -> None:
+    issuing = make_ca("Pages Issuing CA", issuer=root)
+    admin_client.post(
+        upload_url(ca_row), {"crl": crl_pem(make_crl(root, next_update=NOW + timedelta(days=3)))}
+    )
+    admin_client.post(
+        upload_url(ca_row),
+        {
+            "crl": crl_pem(make_crl(issuing, next_update=NOW + timedelta(days=30))),
+            "issuer_chain": issuing.cert_pem,
+        },
+    )
+    listener = mutual_listener(instance, server_group, ca_row)
+
+    [due] = expiring_crls()
+
+    assert due.issuer == root.subject
+    payload = crl_alert_payload(due)
+    assert payload["crl"]["expired"] is False
+    assert payload["ca_certificate"] == {"id": ca_row.id, "name": "clients"}
+    assert payload["listeners"] == [
+        {"id": listener.id, "name": listener.name, "instance": instance.id}
+    ]
 
 
 def test_viewer_sees_the_lists_but_cannot_upload(viewer_client: Client, ca_row, root) -> None:
