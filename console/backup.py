@@ -588,6 +588,8 @@ class _Import:
         self.created: list[models.Model] = []
         self.read_values: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self.instance_id = ""
+        # The sections that are lists within their limits; the others are listed as problems.
+        self.sections: dict[str, list] = {section: [] for section in SECTIONS}
 
     def problem(self, path: str | None, message: str) -> None:
         self.problems.append({"field": path, "message": str(message)})
@@ -633,12 +635,11 @@ class _Import:
             items = document.get(section, [])
             if not isinstance(items, list):
                 self.problem(section, "Must be a list.")
-                document[section] = []
                 continue
             if len(items) > SECTION_LIMITS[section]:
                 self.problem(section, f"At most {SECTION_LIMITS[section]} entries.")
-                document[section] = []
                 continue
+            self.sections[section] = items
             self._read_names(section, items)
         self._read_encryption()
         self._read_references()
@@ -668,7 +669,7 @@ class _Import:
     def _items(self, section: str) -> list[tuple[int, str, dict]]:
         return [
             (index, f"{section}[{index}]", item)
-            for index, item in enumerate(self.document.get(section) or [])
+            for index, item in enumerate(self.sections[section])
             if isinstance(item, dict)
         ]
 
@@ -688,11 +689,15 @@ class _Import:
         try:
             if parameters.get("kdf") != "scrypt" or parameters.get("cipher") != "AES-256-GCM":
                 raise ValueError("encryption: only scrypt with AES-256-GCM is read")
-            salt = _unb64(parameters.get("salt"))
+            try:
+                salt = _unb64(parameters.get("salt"))
+            except ValueError:
+                raise ValueError("encryption.salt: must be base64 text") from None
             n, r, p = parameters.get("n"), parameters.get("r"), parameters.get("p")
             if not 16 <= len(salt) <= 64:
                 raise ValueError("encryption.salt: 16 to 64 bytes")
-            if n not in SCRYPT_N_ALLOWED or r != SCRYPT_R or p != SCRYPT_P:
+            whole = all(type(value) is int for value in (n, r, p))
+            if not whole or n not in SCRYPT_N_ALLOWED or r != SCRYPT_R or p != SCRYPT_P:
                 raise ValueError(
                     f"encryption: scrypt n must be one of {SCRYPT_N_ALLOWED}, r {SCRYPT_R}, "
                     f"p {SCRYPT_P}"
@@ -731,7 +736,7 @@ class _Import:
                                     ForwardingRule, rule, f"{at}.forwarding_rules[{r_index}]", set()
                                 )
                     quic = item.get("quic_listener")
-                    listeners = self.document.get("listeners") or []
+                    listeners = self.sections["listeners"]
                     if quic is not None and (
                         not isinstance(quic, int)
                         or isinstance(quic, bool)

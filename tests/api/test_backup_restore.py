@@ -571,9 +571,10 @@ def test_malformed_documents_are_refused_by_name(raw, expected, no_push) -> None
 @pytest.mark.django_db
 def test_expensive_scrypt_parameters_are_refused_before_deriving(document: dict, no_push) -> None:
     costly = copy.deepcopy(document)
-    costly["encryption"]["n"] = 2**24
-    problems = refused(costly)
-    assert problems[0].startswith("encryption: scrypt n must be one of")
+    for n in (2**24, 32768.0, "32768"):
+        costly["encryption"]["n"] = n
+        problems = refused(costly)
+        assert problems[0].startswith("encryption: scrypt n must be one of"), n
 
 
 # -- the API -----------------------------------------------------------------------------------
