@@ -10,6 +10,7 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
@@ -120,7 +121,12 @@ class AcmeIssueForm(forms.Form):
 
 @require_http_methods(["GET", "POST"])
 def acme_issue(request: HttpRequest) -> HttpResponse:
-    form = AcmeIssueForm(request.POST or None)
+    # The listener wizard opens this dialog for its instance and wants its draft back after.
+    next_url = request.GET.get("next", "")
+    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
+        next_url = ""
+    initial = {"instance": request.GET.get("instance")} if request.GET.get("instance") else {}
+    form = AcmeIssueForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -136,15 +142,25 @@ def acme_issue(request: HttpRequest) -> HttpResponse:
         except services.RuleViolation as refused:
             form.add_error(getattr(refused, "field", None), str(refused))
         else:
+            if next_url:
+                messages.success(
+                    request,
+                    f"Certificate {issuance.name} is being issued: once the CA has validated "
+                    "(usually within seconds) it is listed under Server Certificate.",
+                )
+                return redirect_after_change(request, next_url)
             messages.success(request, f"Certificate {issuance.name} requested from the CA.")
             return redirect_after_change(request, reverse("acme-issuance", args=[issuance.id]))
+    action = reverse("acme-issue")
+    if next_url:
+        action += "?" + urlencode({"next": next_url})
     return render_dialog(
         request,
         "certificates/_acme_form.html",
         {
             "form": form,
             "title": "Issue with ACME",
-            "action": reverse("acme-issue"),
+            "action": action,
             "breadcrumbs": CRUMBS,
         },
         status=422 if form.errors else 200,

@@ -368,3 +368,34 @@ def test_status_poll_stops_when_done(admin_client, issuance):
     AcmeAttempt.objects.filter(pk=attempt.pk).update(state="failed", message="unauthorized: no")
     done = admin_client.get(url, headers={"HX-Request": "true"})
     assert done.status_code == 286 and "unauthorized: no" in done.content.decode()
+
+
+def test_the_wizard_gets_its_draft_back(admin_client, instance, server_group, settings):
+    settings.ACME_HTTP01_PORT = 80
+    make_listener(instance, server_group, port=80)
+    register_node(instance, "http://127.0.0.1:1")
+    wizard = f"/instances/{instance.pk}/listeners/new/certificate/"
+    url = f"/certificates/acme/?instance={instance.pk}&next={wizard}"
+
+    dialog = admin_client.get(url).content.decode()
+    assert f'<option value="{instance.pk}" selected>' in dialog
+
+    response = admin_client.post(
+        url,
+        {
+            "name": "site",
+            "domains": "www.example.test",
+            "directory": "letsencrypt-staging",
+            "email": "ops@example.org",
+            "challenge": "http-01",
+            "instance": instance.pk,
+            "key_algorithm": "rsa-2048",
+            "agree": "on",
+        },
+    )
+    assert response.status_code == 302 and response["Location"] == wizard
+    issuance = AcmeIssuance.objects.get()
+    assert issuance.directory_url == "https://acme-staging-v02.api.letsencrypt.org/directory"
+    # An off-site next is ignored.
+    off_site = admin_client.get("/certificates/acme/?next=https://evil.example/").content.decode()
+    assert "evil.example" not in off_site
