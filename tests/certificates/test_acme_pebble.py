@@ -243,3 +243,33 @@ def test_unreachable_directory_is_named(acme_stack, pebble):
     attempt = last_attempt("site")
     assert attempt.state == AcmeAttempt.State.FAILED
     assert "no-such-directory" in attempt.message
+
+
+def test_issuance_by_the_worker_polls_progress_until_done(stack, pebble, monkeypatch):
+    """No eager mode: the real worker runs the attempt (and beat its schedule); the page's poll
+    shows the attempt in progress, then its outcome, then stops (286)."""
+    monkeypatch.setenv("ACME_CA_BUNDLE", str(pebble.ca_bundle))
+    monkeypatch.setenv("ACME_HTTP01_PORT", str(pebble.http_port))
+    monkeypatch.setenv("ACME_TLS_ALPN01_PORT", str(pebble.tls_port))
+    stack.start_pipeline()
+    stack.add_listener(pebble.http_port, "web-80")
+
+    response = issue(stack, pebble, "www.example.test", "http-01")
+
+    assert response.status_code == 302
+    issuance = AcmeIssuance.objects.get(name="site")
+    status = f"/certificates/acme/{issuance.pk}/status/"
+    seen = []
+
+    def finished() -> bool:
+        answer = stack.client.get(status, headers={"HX-Request": "true"})
+        seen.append(answer.status_code)
+        return answer.status_code == 286
+
+    wait_until(finished, timeout=90, interval=0.2)
+    attempt = last_attempt("site")
+    assert attempt.state == AcmeAttempt.State.SUCCEEDED, attempt.message
+    assert seen[-1] == 286 and set(seen) <= {200, 286}
+    issuance.refresh_from_db()
+    assert issuance.certificate is not None
+    assert not AcmeChallenge.objects.exists()
