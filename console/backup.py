@@ -1210,6 +1210,15 @@ class _Import:
         data["auto_enable"] = state == Listener.DesiredState.RUNNING
         form = ProtocolListenerForm(data, instance=instance)
         ok = self.form_problems(form, at, rename={"auto_enable": "desired_state"}, skip=failed)
+        if not instance.supports_mutual_authentication:
+            # The forms show these disabled on a Basic instance (and so ignore them): say so,
+            # rather than drop what the document asks for.
+            for name in ("mutual_authentication", "retrieve_client_ip"):
+                if values.get(name):
+                    self.problem(
+                        f"{at}.{name}", "Basic edition instances do not support this option."
+                    )
+                    ok = False
         ok = ok and tags_ok and not failed
         if protocol not in Listener.Protocol.values:
             return None

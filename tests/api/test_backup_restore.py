@@ -468,6 +468,17 @@ def test_rules_that_need_the_rows_being_built_are_checked_across_the_document(
 
 
 @pytest.mark.django_db
+def test_a_basic_instance_refuses_what_only_standard_ones_have(document: dict, no_push) -> None:
+    basic = copy.deepcopy(document)
+    basic["instance"]["edition"] = "basic"
+    secure = next(i for i, item in enumerate(basic["listeners"]) if item["name"] == "secure")
+    assert (
+        f"listeners[{secure}].mutual_authentication: Basic edition instances do not support "
+        "this option." in refused(basic)
+    )
+
+
+@pytest.mark.django_db
 def test_a_wrong_passphrase_is_said_on_the_passphrase_and_changes_nothing(
     document: dict, no_push
 ) -> None:
