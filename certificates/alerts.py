@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -58,7 +59,8 @@ def banner(request: HttpRequest) -> dict[str, object]:
         .select_related("certificate")
         .order_by("certificate__not_after")[:6]
     )
-    if not soon and not failing:
+    listener = _listener_certificates(request)
+    if not soon and not failing and not listener:
         return {}
     now = timezone.now()
     return {
@@ -67,8 +69,33 @@ def banner(request: HttpRequest) -> dict[str, object]:
             "week": [c for c in soon if now < c.not_after <= now + timedelta(days=7)],
             "month": [c for c in soon if c.not_after > now + timedelta(days=7)],
             "failing": failing,
+            "listener": listener,
         }
     }
+
+
+def _listener_certificates(request: HttpRequest) -> list[tuple[Certificate, int]]:
+    """On a listener's pages: its own certificates that expire within 30 days, with the level,
+    so the flag is on the listener that will fail, not only in the inventory."""
+    match = getattr(request, "resolver_match", None)
+    listener_id = match.kwargs.get("listener_id") if match is not None else None
+    if not listener_id:
+        return []
+    from listeners.models import Listener
+
+    certificates = (
+        expiring(30)
+        .filter(
+            Q(default_for_listeners__pk=listener_id)
+            | Q(additional_for_listeners__pk=listener_id)
+            | Q(ca_for_listeners__pk=listener_id)
+        )
+        .distinct()
+        .order_by("not_after")
+    )
+    if not Listener.objects.filter(pk=listener_id).exists():
+        return []
+    return [(c, expiry_level(c)) for c in certificates]
 
 
 # -- events --------------------------------------------------------------------------------------

@@ -399,3 +399,20 @@ def test_the_wizard_gets_its_draft_back(admin_client, instance, server_group, se
     # An off-site next is ignored.
     off_site = admin_client.get("/certificates/acme/?next=https://evil.example/").content.decode()
     assert "evil.example" not in off_site
+
+
+def test_a_listener_page_flags_its_expiring_certificate(admin_client, instance, server_group):
+    urgent = stored_certificate(4, name="urgent")
+    fine = stored_certificate(200, name="fine")
+    https = make_listener(
+        instance, server_group, port=443, protocol="https", default_certificate=urgent
+    )
+    other = make_listener(
+        instance, server_group, port=8443, protocol="https", default_certificate=fine
+    )
+
+    page = admin_client.get(https.get_absolute_url()).content.decode()
+    calm = admin_client.get(other.get_absolute_url()).content.decode()
+
+    assert "This listener's certificate" in page and "expires within 7 days" in page
+    assert "This listener's certificate" not in calm
