@@ -223,6 +223,38 @@ def test_crls_due_within_a_week_are_listed_for_alerts(
     ]
 
 
+def test_dialogs_open_and_answer_htmx(admin_client: Client, ca_row, root) -> None:
+    htmx = {"HTTP_HX_REQUEST": "true"}
+    dialog = admin_client.get(upload_url(ca_row), **htmx).content.decode()
+    assert '<dialog class="modal"' in dialog
+    assert 'hx-post="' + upload_url(ca_row) + '"' in dialog
+    for label in ("CRL", "Issuer Certificates", "Distribution Point URL"):
+        assert f">{label}</label>" in dialog
+
+    saved = admin_client.post(upload_url(ca_row), {"crl": crl_pem(make_crl(root))}, **htmx)
+    assert saved.status_code == 200
+    assert saved["HX-Redirect"] == ca_row.get_absolute_url()
+
+    crl = CertificateRevocationList.objects.get()
+    delete_url = reverse("crl-delete", args=[ca_row.id, crl.pk])
+    assert delete_url in admin_client.get(ca_row.get_absolute_url()).content.decode()
+    confirm = admin_client.get(delete_url, **htmx).content.decode()
+    assert f"Remove the revocation list of <strong>{root.subject}</strong>" in confirm
+    removed = admin_client.post(delete_url, **htmx)
+    assert removed["HX-Redirect"] == ca_row.get_absolute_url()
+    assert not CertificateRevocationList.objects.exists()
+
+
+def test_pages_need_a_sign_in(client: Client, ca_row, root) -> None:
+    for response in (
+        client.get(upload_url(ca_row)),
+        client.post(upload_url(ca_row), {"crl": crl_pem(make_crl(root))}),
+    ):
+        assert response.status_code == 302
+        assert response["Location"].startswith(reverse("login"))
+    assert not CertificateRevocationList.objects.exists()
+
+
 def test_viewer_sees_the_lists_but_cannot_upload(viewer_client: Client, ca_row, root) -> None:
     page = viewer_client.get(ca_row.get_absolute_url())
     assert b"Certificate Revocation Lists" in page.content
