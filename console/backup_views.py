@@ -177,10 +177,15 @@ def instance_import(request: HttpRequest, instance_id: str | None = None) -> Htt
             form.add_error(None, str(refusal))
         else:
             instance = imported.instance
+            next_step = (
+                "their configuration is being pushed."
+                if instance.nodes.exists()
+                else "add a dataplane node to serve them."
+            )
             messages.success(
                 request,
                 f"Imported {len(imported.listeners)} listener(s) into {instance.name} "
-                f"({instance.id}); their configuration is being pushed.",
+                f"({instance.id}); {next_step}",
             )
             return redirect_after_change(request, reverse("instance-listeners", args=[instance.pk]))
     title = f"Import into {into.name}" if into else "Import Instance"
