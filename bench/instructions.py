@@ -98,7 +98,7 @@ class CallgrindCounts:
 
 def _costs(key: str, value: str) -> tuple[int, ...]:
     fields = value.split()
-    if not fields or not all(item.isdigit() for item in fields):
+    if not fields or not all(item.isascii() and item.isdigit() for item in fields):
         raise CallgrindError(f"{key}: holds {value.strip()[:80]!r}, not counts")
     return tuple(int(item) for item in fields)
 
@@ -222,7 +222,9 @@ class Counter:
         return [
             path
             for path in self.out_base.parent.iterdir()
-            if path.name.startswith(base) and path.name[len(base) :].isdigit()
+            if path.name.startswith(base)
+            and path.name[len(base) :].isascii()
+            and path.name[len(base) :].isdigit()
         ]
 
 
@@ -240,7 +242,10 @@ def open_connections(port: int, table: str | None = None) -> int:
         fields = line.split()
         if len(fields) < 4 or ":" not in fields[1]:
             continue
-        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        try:
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        except ValueError:
+            continue
         if local_port == port and fields[3] in {TCP_ESTABLISHED, TCP_CLOSE_WAIT}:
             count += 1
     return count
@@ -355,7 +360,7 @@ def scenario_list(text: str) -> list[str]:
 
 def request_count(text: str) -> int:
     """`--requests N`: at least 10 requests, so the per-request figure means something."""
-    if not text.isdigit() or not 10 <= int(text) <= 1_000_000:
+    if not (text.isascii() and text.isdigit()) or not 10 <= int(text) <= 1_000_000:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of requests from 10 to 1000000")
     return int(text)
 

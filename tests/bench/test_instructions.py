@@ -117,6 +117,7 @@ def test_counts_left_off_the_end_of_a_line_are_zero() -> None:
         ("events: Ir\nevents: Dr\nsummary: 12\n", "more than one events: line"),
         ("events: Ir\nsummary: twelve\n", "not counts"),
         ("events: Ir\nsummary: -12\n", "not counts"),
+        ("events: Ir\nsummary: \u00b2\u0661\n", "not counts"),
         ("events: Ir\nsummary: \n", "not counts"),
         ("events: Ir\nsummary: 12 13\n", "2 counts for 1 events"),
         ("events: Ir\nsummary: " + "1" * 5000 + "x\n", "not counts"),
@@ -225,6 +226,7 @@ TCP_TABLE = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->whe
    4: 0100007F:9C40 0100007F:5000 01 00000000:00000000 00:00000000 00000000
    5: garbage
    6: 0100007F 0100007F:5000 01
+   7: 0100007F:ZZZZ 0100007F:5000 01 00000000:00000000 00:00000000 00000000
 """
 
 
@@ -342,6 +344,7 @@ def test_only_and_requests_options() -> None:
         ["--instructions", "--requests", "9"],
         ["--instructions", "--requests", "-5"],
         ["--instructions", "--requests", "1e9"],
+        ["--instructions", "--requests", "\u0661\u0660\u0660"],
         ["--only", "http1"],
         ["--requests", "100"],
     ],
