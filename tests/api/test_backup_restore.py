@@ -399,6 +399,38 @@ def test_rows_that_configure_a_certificate_travel_with_it(source: Source, no_pus
     assert len([p for p in problems if p.endswith("Unknown field colour.")]) == len(children)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_two_imports_racing_for_one_empty_instance_leave_one_copy(document: dict, no_push) -> None:
+    import threading
+
+    from django.db import connection
+
+    target = Instance.objects.create(name="contested")
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def attempt() -> None:
+        try:
+            barrier.wait()
+            backup.import_instance(
+                document=copy.deepcopy(document), passphrase=PASSPHRASE, instance_id=target.pk
+            )
+            outcomes.append("imported")
+        except backup.TargetNotEmpty:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(outcomes) == ["imported", "refused"]
+    assert target.listeners.count() == 3
+
+
 # -- import: hostile documents -----------------------------------------------------------------
 def refused(document, passphrase: str = PASSPHRASE) -> list[str]:
     """Import ``document``; it must fail and change nothing. Returns "path: message" lines."""
