@@ -81,8 +81,13 @@ class AcmeIssueForm(forms.Form):
         max_length=500,
         assume_scheme="https",
         help_text="Only for Other ACME CA.",
+        widget=forms.URLInput(attrs={"class": "inline-input"}),
     )
-    email = forms.EmailField(label="Contact Email", help_text="The CA's expiry notices go here.")
+    email = forms.EmailField(
+        label="Contact Email",
+        help_text="The CA's expiry notices go here.",
+        widget=forms.EmailInput(attrs={"class": "inline-input"}),
+    )
     challenge = forms.ChoiceField(label="Challenge", choices=AcmeIssuance.Challenge.choices)
     instance = forms.ModelChoiceField(
         label="Answered by Instance",
