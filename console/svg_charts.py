@@ -27,13 +27,13 @@ STYLES = (
     ("#b35f00", "9 3 2 3", "diamond"),
     ("#6b3fa0", "1 4", "cross"),
 )
-WIDTH, HEIGHT = 640, 210
-LEFT, RIGHT, TOP, BOTTOM = 64, 112, 12, 28
+WIDTH, HEIGHT = 480, 200
+LEFT, RIGHT, TOP, BOTTOM = 58, 124, 12, 28
 TEXT = "#4a5561"
 GRID = "#dde2e8"
 # Roughly how many markers one series gets along its line.
 MARKERS = 8
-LABEL_GAP = 13
+LABEL_GAP = 14
 
 
 def format_value(value: float | None, unit: str) -> str:
@@ -63,8 +63,6 @@ def _number(value: float) -> str:
         return f"{value:,.0f}"
     if abs(value) >= 10:
         return f"{value:.1f}"
-    if abs(value) >= 0.01:
-        return f"{value:.2f}"
     return f"{value:.3g}"
 
 
@@ -124,6 +122,9 @@ def line_chart(chart: Chart, times: Sequence[datetime], *, chart_id: str) -> Saf
     points = len(times)
     values = [value for series in chart.series for value in series.values if value is not None]
     top = nice_ceiling(max(values, default=0.0))
+    if chart.unit == "count":
+        # Whole things: the value axis counts in steps of at least one.
+        top = max(top, 4.0)
 
     def x_of(index: int) -> float:
         return LEFT + (plot_width * index / (points - 1) if points > 1 else plot_width / 2)
@@ -137,7 +138,7 @@ def line_chart(chart: Chart, times: Sequence[datetime], *, chart_id: str) -> Saf
     parts = [
         format_html(
             '<svg class="chart" viewBox="0 0 {} {}" role="img" aria-labelledby="{}-title {}-desc"'
-            ' font-family="system-ui, sans-serif" font-size="11">'
+            ' font-family="system-ui, sans-serif" font-size="12">'
             '<title id="{}-title">{}</title><desc id="{}-desc">{} to {}. Latest: {}.</desc>',
             WIDTH,
             HEIGHT,
@@ -169,8 +170,9 @@ def line_chart(chart: Chart, times: Sequence[datetime], *, chart_id: str) -> Saf
             )
         )
     if points:
+        # About six time labels, the last one at the newest point.
         every = max(1, (points - 1) // 6)
-        for index in range(0, points, every):
+        for index in range(points - 1, -1, -every):
             parts.append(
                 format_html(
                     '<text x="{}" y="{}" text-anchor="middle" fill="{}">{}</text>',
