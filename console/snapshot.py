@@ -12,6 +12,10 @@ from dataplane import rules as dp_rules
 from listeners.forwarding import stored_rule
 from listeners.models import Listener
 
+# Seed 003's Layer-7 listeners: forwarding rules and compression travel for each of them (QUIC
+# requests go through the same HTTP exchange on the node as HTTP and HTTPS ones).
+LAYER7 = frozenset({Listener.Protocol.HTTP, Listener.Protocol.HTTPS, Listener.Protocol.QUIC})
+
 
 def build_snapshot(instance: Instance) -> dp.Snapshot:
     """The instance's desired configuration at its current generation.
@@ -40,7 +44,7 @@ def build_snapshot(instance: Instance) -> dp.Snapshot:
     for listener in listeners:
         group = listener.server_group
         groups[group.id] = group
-        for rule in listener.rules.all() if listener.is_http else ():
+        for rule in listener.rules.all() if listener.protocol in LAYER7 else ():
             if rule.server_group is not None:
                 groups[rule.server_group.id] = rule.server_group
         sni_ids: tuple[str, ...] = ()
@@ -192,7 +196,8 @@ def _listener(listener: Listener, sni_ids: tuple[str, ...]) -> dp.Listener:
         clientcert_fingerprint=mutual and listener.header_clientcert_fingerprint,
         clientcert_clientverify=mutual and listener.header_clientcert_clientverify,
         retrieve_client_ip=dp.RetrieveClientIp(
-            enabled=listener.retrieve_client_ip,
+            # Seed 003: not supported for QUIC listeners (nor outside HTTP and HTTPS).
+            enabled=listener.retrieve_client_ip and listener.is_http,
             trusted=tuple(p for p in listener.trusted_proxies.split(";") if p),
         ),
         default_certificate_id=(
@@ -201,13 +206,15 @@ def _listener(listener: Listener, sni_ids: tuple[str, ...]) -> dp.Listener:
         sni_certificate_ids=sni_ids,
         tls_policy=(listener.tls_policy_id or "tls_cipher_policy_1_0"),
         ca_certificate_id=listener.ca_certificate_id if mutual else None,
-        compression=listener.compression if listener.is_http else "off",
+        compression=listener.compression if listener.protocol in LAYER7 else "off",
         bandwidth_mbit=listener.bandwidth_mbit,
         quic_listener_id=(
             listener.quic_listener_id if listener.protocol == Listener.Protocol.HTTPS else None
         ),
         forwarding_rules=(
-            tuple(stored_rule(rule) for rule in listener.rules.all()) if listener.is_http else ()
+            tuple(stored_rule(rule) for rule in listener.rules.all())
+            if listener.protocol in LAYER7
+            else ()
         ),
         proxy_protocol=listener.proxy_protocol,
         x_forwarded_elb_ip=listener.header_x_forwarded_elb_ip,

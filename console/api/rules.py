@@ -1,4 +1,4 @@
-"""Forwarding rules of an HTTP or HTTPS listener: ordered, the first match wins."""
+"""Forwarding rules of an HTTP, HTTPS or QUIC listener: ordered, the first match wins."""
 
 from __future__ import annotations
 

@@ -31,7 +31,8 @@ from listeners.rules import compatible_backend_protocols
 
 P = Listener.Protocol
 HTTP_LIKE = {P.HTTP, P.HTTPS}
-# Protocols whose requests are HTTP (QUIC carries HTTP/3): headers and request timeouts apply.
+# Seed 003's Layer-7 listeners (QUIC carries HTTP/3): forwarding rules, cookie persistence,
+# compression and the managed headers apply to each of them.
 LAYER7 = {P.HTTP, P.HTTPS, P.QUIC}
 TLS = {P.HTTPS, P.TCP_SSL}
 # Protocols with the SSL Certificate step.
@@ -52,7 +53,7 @@ PERSISTENCE = {
     P.TCP: ["none", "source_ip"],
     P.TCP_SSL: ["none", "source_ip"],
     P.UDP: ["none"],
-    P.QUIC: ["none"],
+    P.QUIC: ["none", "insert_cookie", "rewrite_cookie"],
 }
 SUGGESTED_PORT = {P.HTTP: 80, P.HTTPS: 443, P.TCP: 8080, P.TCP_SSL: 8443, P.UDP: 5353, P.QUIC: 443}
 HTTP_HEADER_FIELDS = (
@@ -295,12 +296,12 @@ class ListenerSettingsForm(forms.Form):
         return raw if raw in P.values else P.HTTP
 
     def _shape_for(self, protocol: str) -> None:
-        if protocol not in HTTP_LIKE:
-            # Not on the page for TCP and TCP SSL; clean() stores the default.
+        if protocol not in LAYER7:
+            # Not on the page for TCP, TCP SSL and UDP; clean() stores the default.
             self.fields["x_forwarded_for"].required = False
         self.fields["scheduler"].choices = SCHEDULERS[protocol]
         if not self.applies(protocol)["persistence"]:
-            # Not on the page for UDP and QUIC; clean() stores "none".
+            # Not on the page for UDP; clean() stores "none".
             self.fields["persistence"].required = False
         self.fields["persistence"].choices = [
             (value, label)
@@ -315,18 +316,20 @@ class ListenerSettingsForm(forms.Form):
 
     def applies(self, protocol: str) -> dict[str, bool]:
         http = protocol in HTTP_LIKE
+        layer7 = protocol in LAYER7
         return {
             "http": http,
             "https": protocol == P.HTTPS,
-            "cookie": http,
+            "cookie": layer7,
             "source_ip": protocol in (P.TCP, P.TCP_SSL),
-            "persistence": protocol not in (P.UDP, P.QUIC),
+            "persistence": protocol != P.UDP,
             "request_timeout": http,
-            "response_timeout": protocol in LAYER7,
+            "response_timeout": layer7,
             "http2": protocol == P.HTTPS,
-            "headers": protocol in LAYER7,
+            "headers": layer7,
+            # Seed 003: "This setting is not supported for QUIC listeners."
             "retrieve_client_ip": http,
-            "compression": http,
+            "compression": layer7,
             "quic_upgrade": protocol == P.HTTPS,
             "bandwidth": True,
             "proxy_protocol": protocol in (P.TCP, P.TCP_SSL),
@@ -401,7 +404,11 @@ class ListenerSettingsForm(forms.Form):
         if applies["response_timeout"] and not cleaned.get("response_timeout"):
             self.add_error("response_timeout", "Enter a response timeout between 1 and 300.")
         if cleaned.get("retrieve_client_ip"):
-            if not applies["retrieve_client_ip"]:
+            if protocol == P.QUIC:
+                self.add_error(
+                    "retrieve_client_ip", "This setting is not supported for QUIC listeners."
+                )
+            elif not applies["retrieve_client_ip"]:
                 self.add_error("retrieve_client_ip", "Only HTTP and HTTPS listeners have this.")
             else:
                 try:

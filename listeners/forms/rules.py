@@ -7,6 +7,7 @@ import re
 from django import forms
 
 from dataplane import rules as dp_rules
+from listeners.forms.listener import LAYER7
 from listeners.forms.ranges import state_ranges
 from listeners.forwarding import to_dataplane_rule
 from listeners.models import ForwardingRule, Listener, ServerGroup
@@ -128,6 +129,12 @@ class ForwardingRuleForm(forms.Form):
 
     def clean(self) -> dict:
         cleaned = super().clean()
+        if self.listener.protocol not in LAYER7:
+            # Seed 003: forwarding rules belong to the Layer-7 listeners (HTTP, HTTPS, QUIC).
+            raise forms.ValidationError(
+                f"A {self.listener.get_protocol_display()} listener has no forwarding rules: "
+                "they are for HTTP, HTTPS and QUIC listeners."
+            )
         if self.errors:
             return cleaned
         if self.listener.server_group.is_grpc:

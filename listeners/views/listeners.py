@@ -17,7 +17,7 @@ from console.metrics import listener_metrics
 from console.models import Instance
 from listeners import rules, services
 from listeners.forms.lifecycle import ChangeServerGroupForm, ManageCertificatesForm, TlsPolicyForm
-from listeners.forms.listener import HealthCheckForm, ListenerSettingsForm
+from listeners.forms.listener import LAYER7, HealthCheckForm, ListenerSettingsForm
 from listeners.forms.rules import ForwardingRuleForm
 from listeners.models import ForwardingRule, Listener
 
@@ -478,6 +478,6 @@ def rule_move(
 
 def _http_listener(instance_id: str, listener_id: str) -> Listener:
     listener = _listener(instance_id, listener_id)
-    if not listener.is_http:
-        raise Http404("Forwarding rules exist only on HTTP and HTTPS listeners")
+    if listener.protocol not in LAYER7:
+        raise Http404("Forwarding rules exist only on HTTP, HTTPS and QUIC listeners")
     return listener
