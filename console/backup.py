@@ -10,8 +10,12 @@ listener's ``quic_listener`` by its position in ``listeners``. Names are unique 
 document: two exported objects of one kind with the same name get their console ID appended.
 
 Model fields are written generically from ``_meta`` (so a field another change adds to one of
-these models travels without a change here), except ``EXCLUDED`` below, each for its reason.
-Foreign keys become names (``REFERENCES``); a foreign key this module does not know is left out.
+these models travels without a change here), except ``EXCLUDED`` below, each for its reason, the
+certificate columns the upload's validation derives from the PEM (recomputed on import), and
+fields the console keeps itself (``editable=False``, such as a summary of other rows). Foreign
+keys become names (``REFERENCES``), a foreign key to the instance becomes "this instance", and a
+foreign key this module does not know is left out. A certificate's revocation lists and ACME
+issuance (``CERTIFICATE_CHILDREN``) travel inside its entry, field by field in the same way.
 Fields named ``*_token`` or ``*_encrypted`` hold secrets encrypted at rest by the keystore: they
 are written decrypted and then encrypted again with the operator's passphrase (scrypt, then
 AES-256-GCM; the salt and scrypt parameters are in ``encryption``) under the name without the
@@ -29,6 +33,11 @@ rows are written; every problem of every object is collected with its JSON path,
 any the whole transaction is rolled back: an import that fails changes nothing and lists every
 problem. On success the generation is bumped once, an audit record is written for the instance
 (``@audited``) and for every object created, and the push is queued on commit.
+
+Server groups, certificates and ACLs are always created anew (the copy shares nothing with the
+original). A custom TLS policy is a value whose name is unique in a console: one of the same name
+and settings is used as it is, one of the same name and other settings is a problem.
+An export writes an ``instance.export`` audit record: the document carries the private keys.
 """
 
 from __future__ import annotations
