@@ -201,3 +201,15 @@ def acme_renew(request: HttpRequest, issuance_id: str) -> HttpResponse:
     else:
         messages.success(request, f"Renewal of {issuance.name} started.")
     return redirect_after_change(request, issuance.get_absolute_url())
+
+
+@require_POST
+def acme_delete(request: HttpRequest, issuance_id: str) -> HttpResponse:
+    issuance = get_object_or_404(AcmeIssuance, pk=issuance_id)
+    try:
+        renewal.delete_issuance(issuance_id=issuance.pk)
+    except services.RuleViolation as refused:
+        messages.error(request, str(refused))
+        return redirect_after_change(request, issuance.get_absolute_url())
+    messages.success(request, f"ACME certificate {issuance.name} deleted.")
+    return redirect_after_change(request, reverse("certificate-list"))

@@ -145,6 +145,26 @@ def request_renewal(*, issuance_id: str) -> AcmeAttempt:
 
 
 @transaction.atomic
+@audited("certificate.acme_delete", AcmeIssuance, key="issuance_id")
+def delete_issuance(*, issuance_id: str) -> AcmeIssuance:
+    """Drop an ACME order that never produced a certificate (an issued one goes with its
+    certificate, through Delete on the certificate's page)."""
+    issuance = AcmeIssuance.objects.select_for_update().filter(pk=issuance_id).first()
+    if issuance is None:
+        raise services.NotFound(f"ACME certificate {issuance_id} no longer exists.")
+    if issuance.certificate_id:
+        raise services.RuleViolation(
+            "This ACME certificate has been issued: delete the certificate instead."
+        )
+    if issuance.attempts.filter(
+        state__in=(AcmeAttempt.State.QUEUED, AcmeAttempt.State.RUNNING)
+    ).exists():
+        raise services.RuleViolation("Wait for the attempt in progress to finish.")
+    issuance.delete()
+    return issuance
+
+
+@transaction.atomic
 def publish_challenges(
     *, attempt_id: int, instance_id: str, challenges: list[acme.Challenge]
 ) -> int:

@@ -416,3 +416,24 @@ def test_a_listener_page_flags_its_expiring_certificate(admin_client, instance, 
 
     assert "This listener's certificate" in page and "expires within 7 days" in page
     assert "This listener's certificate" not in calm
+
+
+def test_an_order_that_never_issued_can_be_deleted(admin_client, instance):
+    pending = AcmeIssuance.objects.create(
+        name="typo", domains=["ww.example.test"], directory_url="https://a/dir",
+        email="a@b.test", challenge="http-01", instance=instance,
+    )  # fmt: skip
+    pending.attempts.create(kind="issue", state="failed", message="unauthorized: 404")
+
+    response = admin_client.post(f"/certificates/acme/{pending.pk}/delete/")
+
+    assert response.status_code == 302 and response["Location"] == "/certificates/"
+    assert not AcmeIssuance.objects.exists() and not AcmeAttempt.objects.exists()
+    assert AuditRecord.objects.filter(action="certificate.acme_delete").exists()
+
+
+def test_an_issued_or_running_one_is_not_deleted_here(admin_client, issuance):
+    admin_client.post(f"/certificates/acme/{issuance.pk}/delete/")
+    assert AcmeIssuance.objects.filter(pk=issuance.pk).exists()
+    with pytest.raises(renewal.services.RuleViolation, match="delete the certificate instead"):
+        renewal.delete_issuance(issuance_id=issuance.pk)
