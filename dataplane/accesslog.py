@@ -42,10 +42,13 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
+from dataplane.protocols.http import HttpProxy
+
 if TYPE_CHECKING:
     import ssl
 
-    from dataplane.protocols.http import HttpProxy, Request
+    from dataplane.node import ListenerRuntime
+    from dataplane.protocols.http import Request
     from dataplane.protocols.tcp import TcpProxy
     from dataplane.protocols.udp import UdpListener, UdpSession
 
@@ -105,6 +108,31 @@ def tls_fields(ssl_object: ssl.SSLObject | None) -> dict[str, Any]:
     return fields
 
 
+class CountingHttpProxy(HttpProxy):
+    """The HTTP proxy of a listener whose access log is on: it also counts each connection's
+    bytes, for the per-request byte counts of its lines. A listener without the log takes plain
+    HttpProxy connections and pays nothing for it."""
+
+    __slots__ = ()
+
+    counts_bytes = True
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        HttpProxy.data_received(self, data)
+
+    def _write(self, data: bytes) -> None:
+        self.sent += len(data)
+        HttpProxy._write(self, data)
+
+
+def http_protocol(runtime: ListenerRuntime) -> HttpProxy:
+    """The protocol for one accepted HTTP or HTTPS connection."""
+    if runtime.access_log is not None:
+        return CountingHttpProxy(runtime)
+    return HttpProxy(runtime)
+
+
 class ListenerLog:
     """One listener's access log: its ring of recent entries and the node's writer."""
 
@@ -125,13 +153,19 @@ class ListenerLog:
 
     def http(self, proxy: HttpProxy, request: Request, termination: str) -> None:
         """An HTTP request (HTTP/1.x or an HTTP/2 stream) is over."""
-        received, sent = proxy.received, proxy.sent
-        bytes_in, bytes_out = received - proxy.in_mark, sent - proxy.out_mark
-        proxy.in_mark, proxy.out_mark = received, sent
+        bytes_in = bytes_out = None
+        if proxy.counts_bytes:
+            # What the connection carried since its previous line: this request and response.
+            received, sent = proxy.received, proxy.sent
+            bytes_in, bytes_out = received - proxy.in_mark, sent - proxy.out_mark
+            proxy.in_mark, proxy.out_mark = received, sent
         transport = proxy.transport
         # An HTTP/2 stream's transport is the stream (dataplane.protocols.h2.ProxiedStream).
         h2 = getattr(transport, "stream_id", None) is not None
-        server = request.server
+        # Request fields set only once what they record happened (dataplane.protocols.http).
+        server = getattr(request, "server", None)
+        connect_at = getattr(request, "connect_at", 0.0)
+        connected_at = getattr(request, "connected_at", 0.0)
         entry = {
             "time": time.time(),
             "listener": self.listener_id,
@@ -142,15 +176,20 @@ class ListenerLog:
             "authority": _text(request.host),
             "path": _text(request.url) or None,
             "http_version": "HTTP/2" if h2 else f"HTTP/{request.version}",
-            "status": request.status or None,
+            "status": getattr(request, "status", 0) or None,
             "bytes_in": bytes_in,
             "bytes_out": bytes_out,
-            "request_time_ms": _ms(request.started, request.ended),
-            "backend_connect_time_ms": _ms(request.connect_at, request.connected_at),
-            "backend_response_time_ms": _ms(request.connect_at, request.answered_at),
+            "request_time_ms": _ms(request.started, getattr(request, "ended", 0.0)),
+            # A pooled connection was open already: no connect time of this request's own.
+            "backend_connect_time_ms": _ms(connect_at, connected_at)
+            if connected_at
+            else (0.0 if server is not None else None),
+            "backend_response_time_ms": _ms(
+                getattr(request, "forwarded_at", 0.0), getattr(request, "answered_at", 0.0)
+            ),
             "server": server.id if server is not None else None,
             "server_address": f"{server.address}:{server.port}" if server is not None else None,
-            "rule": request.rule,
+            "rule": getattr(request, "rule", None),
             "user_agent": _text(_header(request.headers, b"user-agent:")),
             "termination": termination,
         }
@@ -333,15 +372,19 @@ class AccessLogWriter:
         self.dropped = 0
         self.failed = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
-        self._thread.start()
+        # Started with the first entry: a node whose listeners log nothing runs no thread.
+        self._thread: threading.Thread | None = None
 
     def put(self, entry: dict[str, Any]) -> None:
         """On the event loop: hand an entry over, or drop it when the thread is behind."""
-        if len(self.pending) >= self.max_pending:
+        pending = self.pending
+        if len(pending) >= self.max_pending:
             self.dropped += 1
             return
-        self.pending.append(entry)
+        pending.append(entry)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_INTERVAL):
@@ -367,7 +410,10 @@ class AccessLogWriter:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        else:
+            self.flush()
         if self.file is not None:
             with contextlib.suppress(OSError):
                 self.file.close()

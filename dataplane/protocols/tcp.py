@@ -192,7 +192,7 @@ class TcpProxy(BackendReadGate):
         self.backend = self.chosen = backend
         backend.active += 1
         self.connect_at = time.monotonic()
-        self.settings.stats.server(backend.id)[0] += 1
+        backend.requests += 1
         self.connect_task = self.loop.create_task(self._open(backend))
 
     async def _open(self, backend: Backend) -> None:
@@ -240,7 +240,7 @@ class TcpProxy(BackendReadGate):
             extra={"listener_id": self.settings.listener.id, "backend_id": backend.id},
         )
         self._release_backend()
-        self.settings.stats.server(backend.id)[1] += 1
+        backend.connect_failures += 1
         if self.closed:
             return
         if not self.retried:

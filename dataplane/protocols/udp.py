@@ -278,7 +278,7 @@ class UdpListener(asyncio.DatagramProtocol):
         sessions[client] = session
         settings.stats.total_connections += 1
         settings.stats.active_connections += 1
-        settings.stats.server(backend.id)[0] += 1
+        backend.requests += 1
         if _is_ip(backend.address):
             if not self._connect(session, backend.address):
                 return None
@@ -357,7 +357,7 @@ class UdpListener(asyncio.DatagramProtocol):
             # An earlier datagram drew ICMP port unreachable: the server is not listening. This
             # datagram gets one other server, like a refused TCP connect gets one retry.
             failed = session.backend
-            self.settings.stats.server(failed.id)[1] += 1
+            failed.connect_failures += 1
             client = session.client
             self._close_session(session)
             retry = self._open_session(client, now, exclude=failed)
