@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
@@ -67,3 +68,10 @@ def put_config(base_url: str, token: str, snapshot_json: str) -> NodeAnswer:
 
 def get_status(base_url: str, token: str) -> NodeAnswer:
     return call("GET", base_url, "/v1/status", token)
+
+
+def get_access_log(base_url: str, token: str, listener_id: str, **filters: str | int) -> NodeAnswer:
+    """A listener's recent access-log lines on one node, newest first (dataplane.control)."""
+    query = urllib.parse.urlencode({name: value for name, value in filters.items() if value})
+    listener = urllib.parse.quote(listener_id, safe="")
+    return call("GET", base_url, f"/v1/listeners/{listener}/access-log?{query}", token)

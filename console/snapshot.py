@@ -218,6 +218,7 @@ def _listener(listener: Listener, sni_ids: tuple[str, ...]) -> dp.Listener:
         ),
         proxy_protocol=listener.proxy_protocol,
         x_forwarded_elb_ip=listener.header_x_forwarded_elb_ip,
+        access_log=listener.access_log,
     )
 
 

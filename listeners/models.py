@@ -333,6 +333,9 @@ class Listener(models.Model):
     proxy_protocol = models.CharField(
         max_length=4, choices=ProxyProtocol.choices, default=ProxyProtocol.OFF
     )
+    # One JSON line per request (HTTP, HTTPS, QUIC) or connection (TCP, TCP SSL, UDP session)
+    # on the nodes; the Logs tab shows the latest (dataplane.accesslog).
+    access_log = models.BooleanField(default=False)
     quic_listener = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="upgraded_from"
     )

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from listeners.views import acls, listeners, monitoring, servergroups, tlspolicies, wizard
+from listeners.views import acls, listeners, logs, monitoring, servergroups, tlspolicies, wizard
 
 LISTENER = "instances/<str:instance_id>/listeners/<str:listener_id>/"
 
@@ -42,6 +42,8 @@ urlpatterns = [
     path(LISTENER + "health-check/", listeners.listener_health_check, name="listener-health-check"),
     path(LISTENER + "status/", listeners.listener_status, name="listener-status"),
     path(LISTENER + "monitoring/", monitoring.listener_monitoring, name="listener-monitoring"),
+    path(LISTENER + "logs/", logs.listener_logs, name="listener-logs"),
+    path(LISTENER + "logs/download/", logs.listener_logs_download, name="listener-logs-download"),
     path(LISTENER + "rules/add/", listeners.rule_create, name="listener-rule-create"),
     path(LISTENER + "rules/<int:rule_id>/", listeners.rule_edit, name="listener-rule-edit"),
     path(

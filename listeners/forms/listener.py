@@ -90,6 +90,7 @@ SETTINGS_FIELDS = (
     "bandwidth_mbit",
     "quic_listener",
     "proxy_protocol",
+    "access_log",
     *(name for name, _ in HTTP_HEADER_FIELDS + CLIENTCERT_HEADER_FIELDS),
 )
 TAG_LINE = re.compile(r"^\s*([^=\s][^=]{0,127}?)\s*=\s*(.{0,255}?)\s*$")
@@ -260,6 +261,13 @@ class ListenerSettingsForm(forms.Form):
         required=False,
         help_text="Send the client's address to the backend servers in a PROXY protocol "
         "header; the backends must expect it.",
+    )
+    access_log = forms.BooleanField(
+        label="Access Log",
+        required=False,
+        help_text="The nodes write one JSON line per request (per connection for TCP and TCP "
+        "SSL, per session for UDP): client, status, timings, server, rule, TLS and why it "
+        "ended. The Logs tab shows the latest.",
     )
     quic_listener = forms.ModelChoiceField(
         label="QUIC Upgrade: Associated QUIC Listener",
