@@ -879,7 +879,14 @@ def test_export_then_import_into_a_fresh_instance_serves_the_same_traffic(
         states = {item["name"]: item["status"] for item in listeners_of(instance_id)}
         return states == {"plain": "running", "secure": "running", "raw": "stopped"}
 
-    wait_until(lambda: settled(stack.instance.id), timeout=CONVERGENCE)
+    def wait_settled(instance_id: str) -> None:
+        try:
+            wait_until(lambda: settled(instance_id), timeout=CONVERGENCE)
+        except AssertionError as gave_up:
+            states = [(i["name"], i["status"], i["last_error"]) for i in listeners_of(instance_id)]
+            raise AssertionError(f"{gave_up}; listeners: {states}") from None
+
+    wait_settled(stack.instance.id)
 
     def traffic(host: str) -> dict:
         answers = {
@@ -911,7 +918,7 @@ def test_export_then_import_into_a_fresh_instance_serves_the_same_traffic(
         json={"passphrase": PASSPHRASE, "document": exported.json()},
     )
     assert imported.status_code == 200, imported.text
-    wait_until(lambda: settled(fresh.pk), timeout=CONVERGENCE)
+    wait_settled(fresh.pk)
 
     # Then: the same requests get the same answers there, with the same certificates, and the
     # backend got the requests the copy forwarded.
