@@ -273,3 +273,23 @@ def test_issuance_by_the_worker_polls_progress_until_done(stack, pebble, monkeyp
     issuance.refresh_from_db()
     assert issuance.certificate is not None
     assert not AcmeChallenge.objects.exists()
+
+
+def test_ca_refusal_quotes_the_problem_document(pebble):
+    """The CA refuses the order itself: its problem type and detail are the message."""
+    from certificates import acme
+
+    session = acme.Session(
+        pebble.directory_url, acme.new_account_key(), verify=str(pebble.ca_bundle)
+    )
+    session.register("ops@example.org")
+    key = acme.new_certificate_key("rsa-2048")
+
+    with pytest.raises(acme.AcmeProblem) as refused:
+        session.new_order(key, ["192.0.2.7"], "http-01")
+
+    assert str(refused.value).startswith("the CA refused the order: malformed: ")
+    assert "IP address" in str(refused.value)
+    # And a directory whose TLS certificate is not trusted is named as such.
+    with pytest.raises(acme.AcmeProblem, match="the CA's TLS certificate is not trusted"):
+        acme.Session(pebble.directory_url, acme.new_account_key(), verify=True)
