@@ -163,7 +163,7 @@ class ListenerLog:
         # An HTTP/2 stream's transport is the stream (dataplane.protocols.h2.ProxiedStream).
         h2 = getattr(transport, "stream_id", None) is not None
         # Request fields set only once what they record happened (dataplane.protocols.http).
-        server = getattr(request, "server", None)
+        server = getattr(request, "server", None) or proxy.backend
         connect_at = getattr(request, "connect_at", 0.0)
         connected_at = getattr(request, "connected_at", 0.0)
         entry = {

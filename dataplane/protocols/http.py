@@ -1534,6 +1534,9 @@ class HttpProxy(BackendReadGate):
         if self.closed:
             return
         request = self.current or self.parsing
+        if request is not None and self.backend is not None:
+            # For the access log: the server that failed to answer in time.
+            request.server = self.backend
         self._teardown()
         if self.response_started:
             self.termination = "aborted"
