@@ -165,15 +165,54 @@ def _latency_increase(
     )
 
 
-def _load(listener_id: str, since: datetime, until: datetime) -> dict[int, list[_Sample]]:
-    fields = ("node_id", "at", "uptime", *COUNTERS, *GAUGES, "latency")
-    rows = (
+# Rows fetched at once by primary key (SQLite caps the parameters of one query).
+BATCH = 500
+
+
+def _load(
+    listener_id: str, since: datetime, until: datetime, *, start: float, step: float, gap: float
+) -> dict[int, list[_Sample]]:
+    """The samples the graph needs, by node, oldest first.
+
+    Counters are cumulative, so the last sample of each step is enough for every rate in it. A
+    first pass over the light columns keeps those, plus the sample before a reset and the samples
+    on both sides of a silence (so neither is read across); only they are read in full. A day of
+    10 s samples is read as 288 per node instead of 8640.
+    """
+    light = (
         TrafficSample.objects.filter(listener_id=listener_id, at__gte=since, at__lte=until)
         .order_by("node_id", "at")
-        .values_list(*fields)
+        .values_list("pk", "at", "uptime", "requests", "total_connections", "node_id")
     )
+    wanted: list[int] = []
+    for _, group in groupby(light, key=lambda row: row[-1]):
+        rows = [(pk, at.timestamp(), uptime, a, b) for pk, at, uptime, a, b, _ in group]
+        for index, (pk, at, uptime, requests, connections) in enumerate(rows):
+            last = index + 1 == len(rows)
+            after = rows[index + 1] if not last else None
+            before = rows[index - 1] if index else None
+            if (
+                after is None
+                or (after[1] - start) // step != (at - start) // step
+                or after[2] < uptime
+                or after[3] < requests
+                or after[4] < connections
+                or after[1] - at > gap
+                or before is None
+                or at - before[1] > gap
+            ):
+                wanted.append(pk)
+    fields = ("node_id", "at", "uptime", *COUNTERS, *GAUGES, "latency")
+    full = []
+    for offset in range(0, len(wanted), BATCH):
+        full.extend(
+            TrafficSample.objects.filter(pk__in=wanted[offset : offset + BATCH]).values_list(
+                *fields
+            )
+        )
+    full.sort(key=lambda row: (row[0], row[1]))
     nodes: dict[int, list[_Sample]] = {}
-    for node_id, group in groupby(rows, key=lambda row: row[0]):
+    for node_id, group in groupby(full, key=lambda row: row[0]):
         nodes[node_id] = [
             _Sample(
                 row[1].timestamp(),
@@ -202,6 +241,9 @@ def traffic(
         listener_id,
         datetime.fromtimestamp(start - max_gap, tz=now.tzinfo),
         now,
+        start=start,
+        step=step,
+        gap=max_gap,
     )
 
     # Per step: increases and the seconds they cover, per node, then rates added up.

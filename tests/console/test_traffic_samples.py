@@ -181,6 +181,26 @@ def test_the_24_hour_range_reads_the_same_rates(listener, nodes):
     assert values[-2:] == [pytest.approx(2), pytest.approx(2)]
 
 
+def test_the_24_hour_range_counts_a_restart_inside_a_step(listener, nodes):
+    # 2 requests per second for 10 minutes, sampled every 10 s; the node restarts once, in the
+    # middle of a 300 s step. The day view reads only some samples, and still every request.
+    node = nodes[0]
+    now = timezone.now()
+    restart = 35
+    for tick in range(61):
+        moment = now - datetime.timedelta(seconds=600 - tick * 10)
+        if tick < restart:
+            uptime, requests = 5000 + tick * 10, 100_000 + tick * 20
+        else:
+            since = tick - restart + 1
+            uptime, requests = since * 10, since * 20
+        sample(listener, node, moment, uptime=uptime, requests=requests)
+
+    values = requests_of(listener, now, "24h")
+
+    assert values[-2:] == [pytest.approx(2), pytest.approx(2)]
+
+
 def test_gauges_add_up_and_healthy_servers_are_the_fewest(listener, nodes):
     node_a, node_b = nodes
     now = timezone.now()
