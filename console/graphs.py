@@ -307,8 +307,10 @@ def traffic(
         [datetime.fromtimestamp(moment, tz=now.tzinfo) for moment in ends],
         samples=sum(len(samples) for samples in nodes.values()),
     )
+    # A TCP or UDP listener counts the connections (sessions) it proxied as its requests.
+    what = "Requests" if http else "Connections"
     result.charts.append(
-        Chart("requests", "Requests per second", "rate", [Series("Requests", rate_of("requests"))])
+        Chart("requests", f"{what} per second", "rate", [Series(what, rate_of("requests"))])
     )
     if http:
         result.charts.append(

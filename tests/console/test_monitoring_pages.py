@@ -305,3 +305,15 @@ def test_hostile_reports_do_not_break_the_pages(admin_client, listener, node, se
         assert response.status_code == 200
         assert "<script>alert(1)</script>" not in response.content.decode()
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in response.content.decode()
+
+
+def test_a_tcp_listener_counts_connections_and_has_no_http_graphs(admin_client, instance, node):
+    group = ServerGroup.objects.create(name="tcp-pool", backend_protocol="tcp")
+    tcp = make_listener(instance, group, port=5432, name="db", protocol=Listener.Protocol.TCP)
+    add_samples(tcp, node, latency=False)
+
+    drawn = charts(admin_client.get(url(tcp)).content.decode())
+
+    assert set(drawn) == {"chart-requests", "chart-connections", "chart-bandwidth", "chart-servers"}
+    assert drawn["chart-requests"].find(f"{SVG}title").text == "Connections per second"
+    assert "Latest: Connections 10/s" in drawn["chart-requests"].find(f"{SVG}desc").text
