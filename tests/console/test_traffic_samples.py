@@ -75,6 +75,15 @@ def test_samples_come_from_a_real_node_serving_real_requests(stack, eager_celery
     assert all(value is None for value in requests[:-1])
     responses = {series.name: series.values[-1] for series in traffic.charts[1].series}
     assert responses == {"2xx": pytest.approx(0.5), "3xx": 0, "4xx": 0, "5xx": 0, "1xx": 0}
+    latency = next(chart for chart in traffic.charts if chart.key == "latency")
+    if later.latency is None:
+        assert latency.empty.startswith("No latency data")
+    else:
+        # The node times its requests: the 5 requests of the step give the percentiles, each
+        # inside the buckets the requests fell in.
+        assert later.latency["count"] - earlier.latency["count"] == 5
+        p50, p95, p99 = (series.values[-1] for series in latency.series)
+        assert 0 < p50 <= p95 <= p99 <= later.latency["buckets"][-1]
 
 
 def test_the_beat_schedule_samples_every_interval():
