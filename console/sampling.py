@@ -23,6 +23,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from console import nodeclient
@@ -68,9 +69,34 @@ def take_samples(now: datetime | None = None) -> int:
         if not answer.ok:
             continue
         rows.extend(samples_from_status(node, answer.payload, now, known))
-    TrafficSample.objects.bulk_create(rows)
+    stored = store(rows)
     prune(now)
-    return len(rows)
+    return stored
+
+
+def store(rows: list[TrafficSample]) -> int:
+    """Save a tick's samples; those of a listener or node removed since the status was read are
+    dropped. Returns how many were saved."""
+    from listeners.models import Listener
+
+    try:
+        with transaction.atomic():
+            TrafficSample.objects.bulk_create(rows)
+        return len(rows)
+    except IntegrityError:
+        listeners = set(
+            Listener.objects.filter(pk__in={row.listener_id for row in rows}).values_list(
+                "pk", flat=True
+            )
+        )
+        nodes = set(
+            DataplaneNode.objects.filter(pk__in={row.node_id for row in rows}).values_list(
+                "pk", flat=True
+            )
+        )
+        rows = [row for row in rows if row.listener_id in listeners and row.node_id in nodes]
+        TrafficSample.objects.bulk_create(rows)
+        return len(rows)
 
 
 def prune(now: datetime) -> int:

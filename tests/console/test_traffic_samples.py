@@ -379,6 +379,24 @@ def test_hostile_status_documents_store_nothing_wrong(listener, nodes, instance,
     ] == [(3, 3, 3, 1)]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_samples_of_a_listener_deleted_meanwhile_are_dropped(
+    listener, nodes, instance, server_group
+):
+    # The status was read while the listener existed; it is deleted before the rows are saved.
+    other = make_listener(instance, server_group, port=8081, name="kept")
+    entry = {"counters": {"requests": 1}, "backends": []}
+    document = {"uptime_seconds": 5, "listeners": {listener.id: entry, other.id: entry}}
+    known = {(instance.id, listener.id), (instance.id, other.id)}
+    rows = sampling.samples_from_status(nodes[0], document, timezone.now(), known)
+    assert len(rows) == 2
+    listener.delete()
+
+    assert sampling.store(rows) == 1
+
+    assert list(TrafficSample.objects.values_list("listener_id", flat=True)) == [other.id]
+
+
 # Retention.
 
 
