@@ -76,7 +76,8 @@ def _ms(start: float, end: float) -> float | None:
     """Milliseconds between two clock readings, None when the first never happened."""
     if not start or not end:
         return None
-    return round((end - start) * 1000, 3)
+    # To the microsecond; round() with digits costs more than the rest of the field.
+    return int((end - start) * 1_000_000) / 1000
 
 
 def _header(lines: Iterable[bytes], prefix: bytes) -> bytes | None:
