@@ -105,7 +105,7 @@ class ListenerStats:
         self.responses = [0, 0, 0, 0, 0, 0]
         # HTTP: from a request's first byte to the end of its response (or the node's answer).
         self.request_duration = Histogram()
-        # From choosing a server to the first byte of its response head (HTTP only).
+        # From sending the request on to a server to the first byte of its response head.
         self.backend_response_time = Histogram()
         # TLS listeners: handshakes completed, and failures by OpenSSL's reason code.
         self.tls_handshakes = 0

@@ -1415,6 +1415,8 @@ class HttpProxy(BackendReadGate):
             following = self.queue.popleft()
             if not self.queue:
                 self._resume(_PAUSE_PIPELINE)
+            # Out of the client's read: _start must read the clock, not take the head's time.
+            self.head_began = False
             self._start(following)
             return
         self._go_idle(now)
