@@ -43,7 +43,7 @@ from dataplane.descriptors import EXHAUSTED, DescriptorReserve
 from dataplane.health import HealthChecker, HealthCheckSpec, server_report
 from dataplane.protocols import ListenerSettings, ServerGroupRuntime
 from dataplane.protocols.http import HttpProxy
-from dataplane.protocols.quic import QuicListener, QuicSettings, alt_svc_value, quic_configuration
+from dataplane.protocols.quic import QuicListener, alt_svc_value, quic_configuration
 from dataplane.protocols.tcp import TcpProxy
 from dataplane.protocols.udp import UdpListener, UdpSettings, bind_udp, start_udp_listener
 from dataplane.slowstart import SlowStart
@@ -795,11 +795,29 @@ class Node:
         bucket = runtime.bucket = self._bucket(runtime, listener)
         configuration = None
         try:
-            kind = UdpSettings if listener.protocol == "udp" else QuicSettings
-            settings: UdpSettings | QuicSettings = kind.from_listener(
-                listener, snapshot, backends, runtime.stats, slow_start=slow_start, bucket=bucket
-            )
-            if isinstance(settings, QuicSettings):
+            settings: UdpSettings | ListenerSettings
+            if listener.protocol == "udp":
+                settings = UdpSettings.from_listener(
+                    listener,
+                    snapshot,
+                    backends,
+                    runtime.stats,
+                    slow_start=slow_start,
+                    bucket=bucket,
+                )
+            else:
+                # Seed 003: QUIC is a Layer-7 listener like HTTP and HTTPS, compiled the same way;
+                # its request streams go through the same proxy (dataplane.protocols.streams).
+                settings = ListenerSettings(
+                    listener,
+                    snapshot,
+                    group=group,
+                    tls=None,
+                    pool=self.pool,
+                    stats=runtime.stats,
+                    bucket=bucket,
+                    rule_groups=groups,
+                )
                 certificate = snapshot.certificate(listener.default_certificate_id)
                 if certificate is None:  # validation refuses this; a guard, not a path
                     raise TlsError("no server certificate")
@@ -815,11 +833,13 @@ class Node:
 
         if isinstance(settings, UdpSettings):
             settings.access_log = runtime.access_log
+        else:
+            runtime.settings = settings
         datagram = runtime.datagram
         if isinstance(datagram, UdpListener) and isinstance(settings, UdpSettings):
             datagram.update(settings)
-        elif isinstance(datagram, QuicListener) and isinstance(settings, QuicSettings):
-            datagram.update(settings, configuration)
+        elif isinstance(datagram, QuicListener) and isinstance(settings, ListenerSettings):
+            datagram.update(configuration)
         else:
             try:
                 sock = bind_udp(snapshot.bind_address, listener.port, reuse_port=self.reuse_port)
@@ -830,7 +850,7 @@ class Node:
                 if isinstance(settings, UdpSettings):
                     runtime.datagram = await start_udp_listener(sock, settings)
                 else:
-                    quic = QuicListener(settings, configuration)  # type: ignore[arg-type]
+                    quic = QuicListener(runtime, configuration)  # type: ignore[arg-type]
                     await quic.start(sock)
                     runtime.datagram = quic
             except OSError as exc:

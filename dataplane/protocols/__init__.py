@@ -279,7 +279,8 @@ class ListenerSettings:
         # they are, while HTTP and HTTPS groups get each stream as an HTTP/1.1 request.
         self.http2 = listener.http2
         self.grpc = group is not None and group.config.backend_protocol == "grpc"
-        self.scheme = b"https" if listener.protocol == "https" else b"http"
+        # HTTP/3 requests are https too: their URL scheme is what backends build links from.
+        self.scheme = b"http" if listener.protocol == "http" else b"https"
         # Seed 001 compression: "gzip" is seed 000's GZIP only, "brotli_gzip" prefers Brotli.
         self.compress = listener.compression != "off"
         self.allow_brotli = listener.compression == "brotli_gzip"

@@ -37,12 +37,8 @@ import h2.settings
 
 from dataplane.nghttp2 import INTERNAL_ERROR
 from dataplane.protocols import HOP_BY_HOP
-from dataplane.protocols.h2 import (
-    CONNECTION_WINDOW,
-    STREAM_WINDOW,
-    Http2Connection,
-    Stream,
-)
+from dataplane.protocols.h2 import CONNECTION_WINDOW, STREAM_WINDOW, Http2Connection
+from dataplane.protocols.streams import Stream
 
 if TYPE_CHECKING:
     from dataplane.balancing import Backend

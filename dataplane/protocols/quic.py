@@ -4,12 +4,12 @@ A QUIC listener terminates TLS 1.3 inside QUIC with a server certificate and nev
 client certificate (seed 003: "A QUIC listener requires only a server certificate and does not
 support mutual authentication"). Its server group speaks HTTP (seed 003's table).
 
-Each HTTP/3 request stream is forwarded on its own HTTP/1.1 connection to a backend picked by the
-listener's scheduler (one retry on another server when connecting fails), with X-Forwarded-For and
-the listener's other X-Forwarded-*/SLB-* headers added. The request body streams to the backend as
-it arrives; the response streams back as HTTP/3 HEADERS and DATA frames. The dataplane answers by
-itself with 503 (no eligible server), 502 (no server reachable, or not valid HTTP) and 504 (no
-response head within the request timeout).
+Seed 003 lists QUIC with HTTP and HTTPS as a Layer-7 listener, so each HTTP/3 request stream is
+served exactly as an HTTP/2 stream is (dataplane.protocols.streams): the HTTP/1.1 proxy applies
+the listener's forwarding rules, persistence, managed headers, compression, bandwidth, pooled
+backend connections, timeouts, counters and access log, from the same compiled settings as an
+HTTP or HTTPS listener's (dataplane.protocols.ListenerSettings). aioquic does QUIC and HTTP/3
+framing; this module moves requests and responses between it and the streams.
 
 `alt_svc_value` is the other half of seed 001's "QUIC upgrade": an HTTPS listener linked to a QUIC
 listener adds `Alt-Svc: h3=":<port>"; ma=86400` to its responses, so HTTP/3 clients move over.
@@ -23,7 +23,6 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-import httptools
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection, ProtocolError
@@ -35,55 +34,30 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from dataplane.acl import AccessControl
-from dataplane.balancing import Backend, Scheduler, make_scheduler
-from dataplane.bandwidth import pay
-from dataplane.hostnames import is_host_field
-from dataplane.protocols import HOP_BY_HOP, compile_acl, fits_request_line, managed_headers
+from dataplane.nghttp2 import CANCEL, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM
+from dataplane.protocols.streams import Stream, start_proxied
 from dataplane.tls import TlsError
 
 if TYPE_CHECKING:
-    from dataplane.bandwidth import TokenBucket
-    from dataplane.config import Listener, Snapshot
-    from dataplane.slowstart import SlowStart
-    from dataplane.stats import ListenerStats
+    from dataplane.node import ListenerRuntime
+    from dataplane.protocols import ListenerSettings
 
 log = logging.getLogger(__name__)
 
 # How long clients may remember an Alt-Svc advertisement: one day, as the big CDNs send it.
 ALT_SVC_MAX_AGE = 86400
-# Response bytes read from a backend per read, and a ceiling on a response head.
-READ_SIZE = 65536
-MAX_RESPONSE_HEAD = 64 * 1024
 # A response's bytes held by aioquic for one stream (not yet sent, or sent and not yet
 # acknowledged) above which the backend is not read, and below which reading resumes: a client
 # that reads slowly must not make the node hold its whole download in memory.
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 
-# Request headers that are not copied to the backend: hop-by-hop ones (HTTP/3 forbids most, but a
-# client may still send them), and those the dataplane writes itself.
-_NOT_FORWARDED = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"expect",
-        b"cookie",
-        b"x-forwarded-for",
-    }
-)
-_REASONS = {
-    400: b"Bad Request",
-    405: b"Method Not Allowed",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
+# The streams speak HTTP/2's error codes (RFC 9113 7); HTTP/3's (RFC 9114 8.1) for each.
+_H3_CODES = {
+    NO_ERROR: ErrorCode.H3_NO_ERROR,
+    PROTOCOL_ERROR: ErrorCode.H3_MESSAGE_ERROR,
+    REFUSED_STREAM: ErrorCode.H3_REQUEST_REJECTED,
+    CANCEL: ErrorCode.H3_REQUEST_CANCELLED,
 }
 
 
@@ -148,128 +122,27 @@ def set_certificate(
     configuration.private_key = key
 
 
-# -- settings --------------------------------------------------------------------------------------
-
-
-class QuicSettings:
-    """One QUIC listener generation, compiled for the request path."""
-
-    __slots__ = (
-        "acl",
-        "bucket",
-        "drop_headers",
-        "forwarded_host",
-        "forwarded_srcport",
-        "idle_timeout",
-        "listener_id",
-        "response_timeout",
-        "scheduler",
-        "static_headers",
-        "stats",
-        "xff_mode",
-    )
-
-    def __init__(
-        self,
-        *,
-        listener_id: str,
-        scheduler: Scheduler | None,
-        stats: ListenerStats,
-        acl: AccessControl | None = None,
-        response_timeout: float = 60.0,
-        idle_timeout: float = 15.0,
-        xff_mode: str = "add",
-        x_forwarded_proto: bool = True,
-        x_forwarded_host: bool = False,
-        x_forwarded_client_srcport: bool = False,
-        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
-        bucket: TokenBucket | None = None,
-    ) -> None:
-        if xff_mode not in ("add", "remove", "off"):
-            raise ValueError(f"unknown X-Forwarded-For mode {xff_mode!r}")
-        self.listener_id = listener_id
-        self.scheduler = scheduler
-        self.stats = stats
-        self.acl = acl
-        self.response_timeout = response_timeout
-        self.idle_timeout = idle_timeout
-        self.xff_mode = xff_mode
-        # Seed 000 bandwidth: response bodies are read from the backend no faster than this.
-        self.bucket = bucket
-        headers = list(extra_headers)
-        if x_forwarded_proto:
-            # The URL scheme of an HTTP/3 request is https; backends build links from it.
-            headers.append((b"X-Forwarded-Proto", b"https"))
-        self.static_headers = b"".join(b"%s: %s\r\n" % header for header in headers)
-        # Per request: the :authority and the client's source port.
-        self.forwarded_host = x_forwarded_host
-        self.forwarded_srcport = x_forwarded_client_srcport
-        # A client's own copy of a header the dataplane sets is dropped, so it cannot forge it.
-        drop = {name.lower() for name, _ in headers}
-        if x_forwarded_host:
-            drop.add(b"x-forwarded-host")
-        if x_forwarded_client_srcport:
-            drop.add(b"x-forwarded-client-srcport")
-        self.drop_headers = frozenset(drop)
-
-    @classmethod
-    def from_listener(
-        cls,
-        listener: Listener,
-        snapshot: Snapshot,
-        backends: list[Backend],
-        stats: ListenerStats,
-        *,
-        slow_start: SlowStart | None = None,
-        bucket: TokenBucket | None = None,
-    ) -> QuicSettings:
-        """Compile a snapshot listener; the header switches are those of HTTP listeners."""
-        acl = compile_acl(listener, snapshot)
-        # X-Forwarded-Proto has its own switch here (HTTP/3 is always https).
-        extra = [
-            header
-            for name, header in managed_headers(listener, snapshot, b"https").items()
-            if name != b"x-forwarded-proto"
-        ]
-        return cls(
-            listener_id=listener.id,
-            scheduler=(
-                make_scheduler(listener.scheduler, backends, slow_start=slow_start)
-                if backends
-                else None
-            ),
-            stats=stats,
-            acl=acl,
-            response_timeout=float(listener.response_timeout),
-            idle_timeout=float(listener.idle_timeout),
-            xff_mode=listener.x_forwarded_for,
-            x_forwarded_proto=listener.x_forwarded_proto,
-            x_forwarded_host=listener.x_forwarded_host,
-            x_forwarded_client_srcport=listener.x_forwarded_client_srcport,
-            extra_headers=tuple(extra),
-            bucket=bucket,
-        )
-
-    def pick(self, client_ip: str, exclude: Backend | None = None) -> Backend | None:
-        scheduler = self.scheduler
-        if scheduler is None:
-            return None
-        return scheduler.pick(client_ip, exclude)
-
-
 # -- the listener ----------------------------------------------------------------------------------
 
 
 class QuicListener:
-    """A QUIC listener on one UDP socket: the aioquic server, its connections and settings."""
+    """A QUIC listener on one UDP socket: the aioquic server and its connections.
 
-    def __init__(self, settings: QuicSettings, configuration: QuicConfiguration) -> None:
-        self.settings = settings
+    Its settings are the listener runtime's (`runtime.settings`), compiled as any HTTP
+    listener's; a new generation replaces them there and new requests use it.
+    """
+
+    def __init__(self, runtime: ListenerRuntime, configuration: QuicConfiguration) -> None:
+        self.runtime = runtime
         # Shared with every connection's handshake: replacing its certificate fields changes the
         # certificate for new connections only.
         self.configuration = configuration
         self.connections: set[Http3Connection] = set()
         self.server: _ListenerServer | None = None
+
+    @property
+    def settings(self) -> ListenerSettings:
+        return self.runtime.settings  # type: ignore[return-value]
 
     async def start(self, sock: socket.socket) -> None:
         """Serve a bound UDP socket (dataplane.protocols.udp.bind_udp); the listener owns it."""
@@ -278,15 +151,11 @@ class QuicListener:
             lambda: _ListenerServer(self), sock=sock
         )
 
-    def update(
-        self, settings: QuicSettings, configuration: QuicConfiguration | None = None
-    ) -> None:
-        """Adopt a new generation: new requests use it, requests in flight finish on the old one.
-
-        A new certificate applies to new connections. Connections from clients the new ACL
-        refuses are closed.
-        """
-        self.settings = settings
+    def update(self, configuration: QuicConfiguration | None = None) -> None:
+        """Adopt a new generation (already in `runtime.settings`): requests in flight finish on
+        the old one. A new certificate applies to new connections. Connections from clients the
+        new ACL refuses are closed."""
+        settings = self.settings
         self.configuration.idle_timeout = settings.idle_timeout
         if configuration is not None:
             self.configuration.certificate = configuration.certificate
@@ -317,7 +186,7 @@ class _CountingTransport:
         self._listener = listener
 
     def sendto(self, data: bytes, addr: Any = None) -> None:
-        self._listener.settings.stats.bytes_out += len(data)
+        self._listener.runtime.stats.bytes_out += len(data)
         self._transport.sendto(data, addr)
 
     def __getattr__(self, name: str) -> Any:
@@ -338,94 +207,55 @@ class _ListenerServer(QuicServer):
         super().connection_made(_CountingTransport(transport, self.listener))  # type: ignore[arg-type]
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        settings = self.listener.settings
+        runtime = self.listener.runtime
+        settings = runtime.settings
+        if settings is None:
+            return
         acl = settings.acl
         if acl is not None and not acl.allows(addr[0]):
             # Dropped before aioquic parses it: a refused client cannot even start a handshake.
-            settings.stats.denied_connections += 1
+            runtime.stats.denied_connections += 1
             return
-        settings.stats.bytes_in += len(data)
+        runtime.stats.bytes_in += len(data)
         super().datagram_received(data, addr)
 
 
-# -- connections and requests ----------------------------------------------------------------------
+# -- connections -----------------------------------------------------------------------------------
 
 
-class _Exchange:
-    """One request stream: its body on the way to the backend and the task forwarding it."""
+class _NoTls:
+    """What a stream's proxy asks of the transport: QUIC has no TLS object to show it."""
 
-    __slots__ = ("body", "ended", "response_started", "stream_id", "task")
+    __slots__ = ()
 
-    def __init__(self, stream_id: int, ended: bool) -> None:
-        self.stream_id = stream_id
-        self.ended = ended
-        self.body: asyncio.Queue[bytes | None] = asyncio.Queue()
-        if ended:
-            self.body.put_nowait(None)
-        self.response_started = False
-        self.task: asyncio.Task[None] | None = None
-
-
-class _BackendError(Exception):
-    """The backend failed before the response head; `status` is what the client gets."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class _ResponseHead:
-    """httptools callbacks for one backend response; 1xx interim responses are skipped."""
-
-    __slots__ = ("body", "complete", "headers", "parser", "ready", "status")
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.ready = False
-        self.complete = False
-        self.body: list[bytes] = []
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if 100 <= status < 200:
-            self.headers = []
-            return
-        self.status = status
-        self.ready = True
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.ready:
-            self.complete = True
-
-    def take_body(self) -> bytes:
-        body = b"".join(self.body)
-        self.body = []
-        return body
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
 
 
 class Http3Connection(QuicConnectionProtocol):
-    """One client's QUIC connection: HTTP/3 framing in, a forwarding task per request stream."""
+    """One client's QUIC connection: HTTP/3 framing in, one proxied stream per request."""
 
     def __init__(self, quic: QuicConnection, listener: QuicListener) -> None:
         super().__init__(quic)
         self.listener = listener
+        self.runtime = listener.runtime
+        self.loop = self._loop
         self.h3: H3Connection | None = None
         # The client's latest address: QUIC connections survive a client's address change.
         self.peer: tuple | None = None
-        self.exchanges: dict[int, _Exchange] = {}
+        self.peer_ip = ""
+        self.peer_port = 0
+        self.peer_ip_bytes = b""
+        self.xff_line = b""
+        self.header_lines = None
+        self.streams: dict[int, Stream] = {}
+        # Streams whose backend is paused until aioquic has sent enough of their response.
+        self.held: set[Stream] = set()
+        self.writing_paused = False
+        self.transport = _NoTls()
         self.registered = False
         # The counters this connection is counted in as active.
-        self.stats = listener.settings.stats
-        # Relays waiting for their stream's buffer to drain, by stream id.
-        self._draining: dict[int, asyncio.Future[None]] = {}
+        self.stats = self.runtime.stats
 
     # -- QUIC ------------------------------------------------------------------------------------
 
@@ -437,13 +267,19 @@ class Http3Connection(QuicConnectionProtocol):
         self.stats.active_connections += 1
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        self.peer = addr
+        if addr != self.peer:
+            self.peer = addr
+            self.peer_ip, self.peer_port = addr[0], addr[1]
+            self.peer_ip_bytes = self.peer_ip.encode()
+            self.xff_line = b"X-Forwarded-For: %s\r\n" % self.peer_ip_bytes
+            self.header_lines = None
         super().datagram_received(data, addr)
         # Acknowledgements arrive in datagrams: they are what drains a stream's buffer.
-        if self._draining:
-            for stream_id, waiter in list(self._draining.items()):
-                if self._buffered(stream_id) <= LOW_WATER and not waiter.done():
-                    waiter.set_result(None)
+        if self.held:
+            for stream in list(self.held):
+                if self._buffered(stream.stream_id) <= LOW_WATER:
+                    self.held.discard(stream)
+                    stream.resume_backend()
 
     def _buffered(self, stream_id: int) -> int:
         """Response bytes aioquic holds for a stream: queued, in flight or lost and to resend.
@@ -456,24 +292,16 @@ class Http3Connection(QuicConnectionProtocol):
         buffer = getattr(getattr(stream, "sender", None), "_buffer", None)
         return len(buffer) if buffer is not None else 0
 
-    async def _drained(self, stream_id: int) -> None:
-        """Wait until the client has taken enough of this stream's response to read more."""
-        if self._buffered(stream_id) <= HIGH_WATER:
-            return
-        waiter = self._loop.create_future()
-        self._draining[stream_id] = waiter
-        try:
-            await waiter
-        finally:
-            del self._draining[stream_id]
-
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.ProtocolNegotiated):
             if event.alpn_protocol in H3_ALPN:
                 self.h3 = H3Connection(self._quic)
         elif isinstance(event, events.StreamReset | events.StopSendingReceived):
             # The client gave up on this request.
-            self._cancel(event.stream_id)
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                self.held.discard(stream)
+                stream.cancel()
         elif isinstance(event, events.ConnectionTerminated):
             self._unregister()
         if self.h3 is not None:
@@ -482,41 +310,37 @@ class Http3Connection(QuicConnectionProtocol):
 
     def _h3_event_received(self, event: H3Event) -> None:
         if isinstance(event, HeadersReceived):
-            exchange = self.exchanges.get(event.stream_id)
-            if exchange is None:
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
                 # Trailers after the response was already complete carry no :method; they
                 # must not start a request of their own.
                 if any(name == b":method" for name, _ in event.headers):
                     self._begin(event)
             elif event.stream_ended:
                 # Request trailers: not forwarded, but they end the body.
-                exchange.ended = True
-                exchange.body.put_nowait(None)
+                stream.request_end()
         elif isinstance(event, DataReceived):
-            exchange = self.exchanges.get(event.stream_id)
-            if exchange is None or exchange.ended:
+            stream = self.streams.get(event.stream_id)
+            if stream is None or stream.request_ended:
                 return
             if event.data:
-                exchange.body.put_nowait(event.data)
+                stream.request_data(event.data, len(event.data))
             if event.stream_ended:
-                exchange.ended = True
-                exchange.body.put_nowait(None)
+                stream.request_end()
 
     def _begin(self, event: HeadersReceived) -> None:
-        exchange = _Exchange(event.stream_id, event.stream_ended)
-        self.exchanges[event.stream_id] = exchange
-        settings = self.listener.settings
-        settings.stats.requests += 1
-        exchange.task = self._loop.create_task(self._forward(exchange, event.headers, settings))
-
-    def _cancel(self, stream_id: int) -> None:
-        exchange = self.exchanges.pop(stream_id, None)
-        if exchange is not None and exchange.task is not None:
-            exchange.task.cancel()
+        settings = self.runtime.settings
+        if settings is None:
+            self.refuse(event.stream_id, REFUSED_STREAM)
+            return
+        start_proxied(self, event.stream_id, event.headers, ended=event.stream_ended)
 
     def _unregister(self) -> None:
-        for stream_id in list(self.exchanges):
-            self._cancel(stream_id)
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self.held.clear()
+        for stream in streams:
+            stream.cancel()
         if self.registered:
             self.registered = False
             self.listener.connections.discard(self)
@@ -527,293 +351,88 @@ class Http3Connection(QuicConnectionProtocol):
         self._unregister()
         self.close()
 
-    # -- forwarding ------------------------------------------------------------------------------
+    # -- what the streams send (dataplane.protocols.streams.StreamConnection) ---------------------
 
-    async def _forward(
-        self, exchange: _Exchange, headers: list[tuple[bytes, bytes]], settings: QuicSettings
-    ) -> None:
-        writer: asyncio.StreamWriter | None = None
-        backend: Backend | None = None
-        sender: asyncio.Task[None] | None = None
-        try:
-            head, body_framing = self._request_head(exchange, headers, settings)
-            client_ip = self.peer[0] if self.peer else ""
-            chosen = settings.pick(client_ip)
-            if chosen is None:
-                raise _BackendError(503)
-            loop = self._loop
-            deadline = loop.time() + settings.response_timeout
-            backend, reader, writer = await self._connect(chosen, client_ip, settings, deadline)
-            writer.write(head)
-            sender = loop.create_task(self._send_body(exchange, writer, body_framing))
-            response = await self._read_head(reader, deadline)
-            await self._relay(exchange, response, reader, settings, headers)
-        except _BackendError as exc:
-            self._respond_error(exchange, exc.status, settings)
-        except (OSError, httptools.HttpParserError, ProtocolError, ValueError) as exc:
-            # The backend broke off in the middle of a response, or the client's stream ended
-            # (reset, or the connection closed) while it was being answered.
-            log.info(
-                "backend response failed: %s",
-                exc,
-                extra={"listener_id": settings.listener_id},
-            )
-            self._reset(exchange)
-        finally:
-            if sender is not None:
-                sender.cancel()
-            if writer is not None:
-                writer.transport.abort()
-            if backend is not None:
-                backend.active -= 1
-            if self.exchanges.get(exchange.stream_id) is exchange:
-                del self.exchanges[exchange.stream_id]
-
-    def _request_head(
-        self, exchange: _Exchange, headers: list[tuple[bytes, bytes]], settings: QuicSettings
-    ) -> tuple[bytes, str]:
-        """The HTTP/1.1 request head, and how the body is framed: none, length or chunked."""
-        method = path = authority = b""
-        lines: list[bytes] = []
-        cookies: list[bytes] = []
-        xff: list[bytes] = []
-        content_length: bytes | None = None
-        drop = settings.drop_headers
-        # The same host and framing rules as HTTP/1.1 clients meet (dataplane.protocols.http):
-        # one host, well formed, origin-form path, at most one Content-Length of digits.
-        malformed = False
-        for name, value in headers:
-            if name.startswith(b":"):
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                continue
-            if name == b"content-length":
-                malformed = malformed or content_length is not None or not value.isdigit()
-                content_length = value
-            elif name == b"host":
-                # RFC 9114 4.3.1: a Host field must say what :authority says.
-                malformed = malformed or value.lower() != authority.lower()
-                continue
-            elif name == b"cookie":
-                # HTTP/3 may split cookies into several fields; HTTP/1.1 wants one line.
-                cookies.append(value)
-                continue
-            elif name == b"x-forwarded-for":
-                xff.append(value)
-                continue
-            if name in _NOT_FORWARDED or name in drop:
-                continue
-            if name.find(b"_") >= 0:  # not `in`: on bytes it raises and clears a TypeError
-                # CGI-style backends read `_` as `-`: X_Forwarded_For would pass as the real one.
-                dashed = name.replace(b"_", b"-")
-                if dashed in _NOT_FORWARDED or dashed in drop or dashed == b"content-length":
-                    continue
-            lines.append(b"%s: %s\r\n" % (name, value))
-        if not fits_request_line(method, path, authority):
-            raise _BackendError(400)
-        if method == b"CONNECT":
-            raise _BackendError(405)
-        if not path:
-            path = b"/" if method != b"OPTIONS" else b"*"
-        if (
-            malformed
-            or not is_host_field(authority)
-            or (path[:1] != b"/" and (path != b"*" or method != b"OPTIONS"))
-        ):
-            raise _BackendError(400)
-        parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, path, authority), *lines]
-        if cookies:
-            parts.append(b"Cookie: %s\r\n" % b"; ".join(cookies))
-        client_ip = (self.peer[0] if self.peer else "").encode()
-        if settings.xff_mode == "add":
-            forwarded = b", ".join([*xff, client_ip])
-            parts.append(b"X-Forwarded-For: %s\r\n" % forwarded)
-        elif settings.xff_mode == "off":
-            parts.extend(b"X-Forwarded-For: %s\r\n" % value for value in xff)
-        if settings.forwarded_host and authority:
-            parts.append(b"X-Forwarded-Host: %s\r\n" % authority)
-        if settings.forwarded_srcport and self.peer:
-            parts.append(b"X-Forwarded-Client-srcport: %d\r\n" % self.peer[1])
-        parts.append(settings.static_headers)
-        if content_length is not None:
-            framing = "length"
-        elif exchange.ended:
-            framing = "none"
-        else:
-            framing = "chunked"
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        # One request per backend connection: the response then ends at the latest when the
-        # backend closes, and nothing is left on the connection to reuse wrongly.
-        parts.append(b"Connection: close\r\n\r\n")
-        return b"".join(parts), framing
-
-    async def _connect(
-        self, backend: Backend, client_ip: str, settings: QuicSettings, deadline: float
-    ) -> tuple[Backend, asyncio.StreamReader, asyncio.StreamWriter]:
-        """Connect to the chosen server, or to one other when that fails (like HTTP listeners).
-
-        The server returned counts the request in `active`; the caller gives it back.
-        """
-        retried = False
-        while True:
-            backend.active += 1
-            connected = False
-            try:
-                async with asyncio.timeout_at(deadline):
-                    reader, writer = await asyncio.open_connection(
-                        backend.address, backend.port, limit=MAX_RESPONSE_HEAD
-                    )
-                connected = True
-                return backend, reader, writer
-            except TimeoutError:
-                raise _BackendError(504) from None
-            except OSError as exc:
-                log.info(
-                    "cannot connect to backend %s (%s:%d): %s",
-                    backend.id,
-                    backend.address,
-                    backend.port,
-                    exc,
-                    extra={"listener_id": settings.listener_id, "backend_id": backend.id},
-                )
-                other = None if retried else settings.pick(client_ip, exclude=backend)
-                if other is None:
-                    raise _BackendError(502) from None
-            finally:
-                if not connected:
-                    backend.active -= 1
-            retried = True
-            backend = other
-
-    async def _send_body(
-        self, exchange: _Exchange, writer: asyncio.StreamWriter, framing: str
-    ) -> None:
-        if framing == "none":
-            return
-        with contextlib.suppress(OSError):
-            while (chunk := await exchange.body.get()) is not None:
-                if framing == "chunked":
-                    writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                else:
-                    writer.write(chunk)
-                await writer.drain()
-            if framing == "chunked":
-                writer.write(b"0\r\n\r\n")
-                await writer.drain()
-
-    async def _read_head(self, reader: asyncio.StreamReader, deadline: float) -> _ResponseHead:
-        response = _ResponseHead()
-        size = 0
-        try:
-            async with asyncio.timeout_at(deadline):
-                while not response.ready:
-                    data = await reader.read(READ_SIZE)
-                    if not data:
-                        raise _BackendError(502)
-                    size += len(data)
-                    response.parser.feed_data(data)
-                    if not response.ready and size > MAX_RESPONSE_HEAD:
-                        raise _BackendError(502)
-        except TimeoutError:
-            raise _BackendError(504) from None
-        except (httptools.HttpParserError, OSError):
-            raise _BackendError(502) from None
-        if response.status > 599:
-            raise _BackendError(502)
-        return response
-
-    async def _relay(
-        self,
-        exchange: _Exchange,
-        response: _ResponseHead,
-        reader: asyncio.StreamReader,
-        settings: QuicSettings,
-        request_headers: list[tuple[bytes, bytes]],
+    def send_headers(
+        self, stream: Stream, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
     ) -> None:
         h3 = self.h3
-        if h3 is None:
+        if h3 is None or self.streams.get(stream.stream_id) is not stream:
             return
-        status = response.status
-        settings.stats.responses[status // 100] += 1
-        no_body = status in (204, 304) or (b":method", b"HEAD") in request_headers
-        fields = [(b":status", b"%d" % status)]
-        framed = False
-        for name, value in response.headers:
-            lower = name.lower()
-            if lower in (b"content-length", b"transfer-encoding"):
-                framed = True
-                if no_body:
-                    # RFC 9114 allows a length here, but aioquic-based clients close the whole
-                    # connection when DATA does not add up to it.
-                    continue
-            if lower in HOP_BY_HOP:
-                continue
-            fields.append((lower, value.strip()))
-        exchange.response_started = True
-        h3.send_headers(exchange.stream_id, fields, end_stream=no_body)
-        bucket = settings.bucket
-        sent = sum(len(name) + len(value) for name, value in fields)
-        if no_body:
+        if end_stream:
+            # A HEAD, 204 or 304 answer: RFC 9114 allows a length here, but aioquic-based
+            # clients close the whole connection when DATA does not add up to it.
+            headers = [field for field in headers if field[0] != b"content-length"]
+        try:
+            h3.send_headers(stream.stream_id, headers, end_stream=end_stream)
+        except (ProtocolError, ValueError, AssertionError):
+            # The client reset the stream or the connection is closing.
+            self._drop(stream)
+            return
+        self.transmit()
+        if end_stream:
+            stream.out.end = stream.out.ended = True
+            self._done(stream)
+
+    def send_data(self, stream: Stream, data: bytes, credit: int = 0) -> None:
+        h3 = self.h3
+        if h3 is None or self.streams.get(stream.stream_id) is not stream:
+            return
+        try:
+            h3.send_data(stream.stream_id, data, end_stream=False)
+        except (ProtocolError, ValueError, AssertionError):
+            self._drop(stream)
+            return
+        self.transmit()
+        if self._buffered(stream.stream_id) > HIGH_WATER and stream not in self.held:
+            self.held.add(stream)
+            stream.pause_backend()
+
+    def finish(self, stream: Stream, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        h3 = self.h3
+        if h3 is None or self.streams.get(stream.stream_id) is not stream:
+            return
+        stream.out.end = stream.out.ended = True
+        try:
+            h3.send_data(stream.stream_id, b"", end_stream=True)
+        except (ProtocolError, ValueError, AssertionError):
+            self._drop(stream)
+            return
+        self.transmit()
+        self._done(stream)
+
+    def reset(self, stream: Stream, code: int) -> None:
+        if self.streams.get(stream.stream_id) is not stream:
+            return
+        del self.streams[stream.stream_id]
+        self.held.discard(stream)
+        self.refuse(stream.stream_id, code)
+
+    def refuse(self, stream_id: int, code: int) -> None:
+        """End a stream both ways: nothing more is sent on it, nor wanted from the client."""
+        h3_code = _H3_CODES.get(code, ErrorCode.H3_INTERNAL_ERROR)
+        for end in (self._quic.reset_stream, self._quic.stop_stream):
+            with contextlib.suppress(ValueError, AssertionError):
+                # Already ended by the client or finished: nothing more to say on this stream.
+                end(stream_id, h3_code)
+        self.transmit()
+
+    def acknowledge(self, stream_id: int, credit: int) -> None:
+        """aioquic opens the client's flow-control windows itself as it delivers the data."""
+
+    def _done(self, stream: Stream) -> None:
+        """The response has ended; a request body still coming is not needed any more."""
+        if self.streams.get(stream.stream_id) is not stream:
+            return
+        del self.streams[stream.stream_id]
+        self.held.discard(stream)
+        if not stream.request_ended:
+            # RFC 9114 4.1.1: a complete response may end the request early with NO_ERROR.
+            with contextlib.suppress(ValueError, AssertionError):
+                self._quic.stop_stream(stream.stream_id, ErrorCode.H3_NO_ERROR)
             self.transmit()
-            if bucket is not None:
-                bucket.take(sent)
-            return
-        body = response.take_body()
-        if body:
-            h3.send_data(exchange.stream_id, body, end_stream=False)
-        self.transmit()
-        sent += len(body)
-        while not response.complete:
-            await self._drained(exchange.stream_id)
-            if bucket is not None:
-                # Shaped at the source: the backend is not read again until the bytes sent so
-                # far fit the listener's bandwidth.
-                await pay(bucket, sent)
-                sent = 0
-            data = await reader.read(READ_SIZE)
-            if not data:
-                if framed:
-                    # The backend closed before the announced end of the body.
-                    self._reset(exchange)
-                    return
-                # No length and no chunks: the body ends when the backend closes.
-                break
-            response.parser.feed_data(data)
-            body = response.take_body()
-            if body:
-                h3.send_data(exchange.stream_id, body, end_stream=False)
-                self.transmit()
-                sent += len(body)
-        h3.send_data(exchange.stream_id, b"", end_stream=True)
-        self.transmit()
-        if bucket is not None:
-            bucket.take(sent)
 
-    def _respond_error(self, exchange: _Exchange, status: int, settings: QuicSettings) -> None:
-        h3 = self.h3
-        if h3 is None or exchange.response_started:
-            self._reset(exchange)
-            return
-        settings.stats.responses[status // 100] += 1
-        body = b"%d %s\n" % (status, _REASONS[status])
-        exchange.response_started = True
-        h3.send_headers(
-            exchange.stream_id,
-            [
-                (b":status", b"%d" % status),
-                (b"content-type", b"text/plain"),
-                (b"content-length", b"%d" % len(body)),
-            ],
-        )
-        h3.send_data(exchange.stream_id, body, end_stream=True)
-        self.transmit()
-
-    def _reset(self, exchange: _Exchange) -> None:
-        with contextlib.suppress(ValueError):
-            # Already reset or finished by the client: nothing more to say on this stream.
-            self._quic.reset_stream(exchange.stream_id, ErrorCode.H3_INTERNAL_ERROR)
-        self.transmit()
+    def _drop(self, stream: Stream) -> None:
+        if self.streams.pop(stream.stream_id, None) is stream:
+            self.held.discard(stream)
+            stream.cancel()

@@ -9,10 +9,10 @@ import ssl
 import pytest
 import trustme
 
-from dataplane.balancing import Backend
 from dataplane.config import ConfigError, Listener, Snapshot
-from dataplane.protocols.quic import QuicSettings
+from dataplane.protocols import ListenerSettings
 from dataplane.stats import ListenerStats
+from dataplane.upstream import UpstreamPool
 from tests.dataplane.conftest import free_port, get, listener, server_group, snapshot
 
 # -- X-Forwarded-ELB-IP ----------------------------------------------------------------------------
@@ -39,8 +39,8 @@ def test_without_the_flag_a_clients_header_passes_unchanged(dataplane, backends)
 def test_quic_listeners_add_it_too():
     config = Listener(id="lsn-quic", protocol="quic", port=443, x_forwarded_elb_ip=True)
     snap = Snapshot(instance_id="lb-test0001", generation=1, bind_address="192.0.2.5")
-    settings = QuicSettings.from_listener(
-        config, snap, [Backend("srv", "127.0.0.1", 80)], ListenerStats()
+    settings = ListenerSettings(
+        config, snap, group=None, tls=None, pool=UpstreamPool(), stats=ListenerStats()
     )
     assert b"X-Forwarded-ELB-IP: 192.0.2.5\r\n" in settings.static_headers
     assert b"x-forwarded-elb-ip" in settings.drop_headers

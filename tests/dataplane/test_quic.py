@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -14,25 +16,21 @@ import trustme
 import uvloop
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
-from dataplane.acl import AccessControl
-from dataplane.balancing import Backend, make_scheduler
 from dataplane.config import AccessControl as AclSetting
 from dataplane.config import Acl, Listener, Snapshot
-from dataplane.protocols.quic import (
-    QuicListener,
-    QuicSettings,
-    alt_svc_value,
-    quic_configuration,
-)
+from dataplane.node import Node
+from dataplane.protocols import ListenerSettings
+from dataplane.protocols.quic import QuicListener, alt_svc_value, quic_configuration
 from dataplane.protocols.udp import bind_udp
 from dataplane.stats import ListenerStats
 from dataplane.tls import TlsError
-from tests.dataplane.conftest import Recorded, RecordingBackend, Reply
+from dataplane.upstream import UpstreamPool
+from tests.dataplane.conftest import LoopThread, Recorded, RecordingBackend, Reply
 
 # Every wait in this file is bounded by this, so a broken listener fails instead of hanging.
 WAIT = 10.0
@@ -54,6 +52,14 @@ def pem_of(leaf: trustme.LeafCert) -> tuple[str, str, str]:
     return chain[0], leaf.private_key_pem.bytes().decode(), "".join(chain[1:])
 
 
+class StreamReset(ConnectionResetError):
+    """The listener reset a request stream; `code` is the HTTP/3 error code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"stream reset by the listener with code {code:#x}")
+        self.code = code
+
+
 class H3Client(QuicConnectionProtocol):
     """A small HTTP/3 client on aioquic: one future per request stream."""
 
@@ -70,6 +76,7 @@ class H3Client(QuicConnectionProtocol):
         path: bytes,
         headers: list[tuple[bytes, bytes]] | None = None,
         body: bytes | list[bytes] = b"",
+        timeout: float = WAIT,
     ) -> tuple[int, dict[bytes, bytes], bytes]:
         stream_id = self._quic.get_next_available_stream_id()
         pieces = [body] if isinstance(body, bytes) else body
@@ -87,7 +94,7 @@ class H3Client(QuicConnectionProtocol):
         for index, piece in enumerate(pieces):
             self.h3.send_data(stream_id, piece, end_stream=index == len(pieces) - 1)
         self.transmit()
-        fields = await asyncio.wait_for(future, WAIT)
+        fields = await asyncio.wait_for(future, timeout)
         head = dict(fields)
         return int(head[b":status"]), head, bytes(self.bodies.pop(stream_id, b""))
 
@@ -95,7 +102,7 @@ class H3Client(QuicConnectionProtocol):
         if isinstance(event, events.StreamReset):
             future = self.pending.pop(event.stream_id, None)
             if future is not None and not future.done():
-                future.set_exception(ConnectionResetError("stream reset by the listener"))
+                future.set_exception(StreamReset(event.error_code))
         for h3_event in self.h3.handle_event(event):
             if isinstance(h3_event, HeadersReceived):
                 self.heads[h3_event.stream_id] = h3_event.headers
@@ -107,13 +114,45 @@ class H3Client(QuicConnectionProtocol):
                     future.set_result(self.heads.pop(h3_event.stream_id, []))
 
 
+@dataclasses.dataclass
+class Server:
+    """A backend server the snapshot names that is not a RecordingBackend."""
+
+    name: str
+    port: int
+    weight: int = 100
+
+
+class ListenerHandle:
+    """The QUIC listener a snapshot started on the node, changed or removed by new snapshots."""
+
+    def __init__(self, harness: Harness, datagram: QuicListener) -> None:
+        self.harness = harness
+        self.datagram = datagram
+
+    @property
+    def connections(self) -> set:
+        return self.datagram.connections
+
+    def update(self, spec: dict[str, Any], leaf: trustme.LeafCert) -> None:
+        self.harness.apply(spec, leaf)
+
+    def close(self) -> None:
+        self.harness.apply(None)
+
+
 class Harness:
+    """A node in its own uvloop thread, serving one QUIC listener from snapshots."""
+
     def __init__(self, ca: trustme.CA, leaf: trustme.LeafCert) -> None:
         self.ca = ca
         self.leaf = leaf
+        self.thread = LoopThread()
+        self.node: Node = self.thread.call(Node)
+        self.generation = 0
+        self.port = 0
         self.stats = ListenerStats()
         self.backends: list[RecordingBackend] = []
-        self.listeners: list[QuicListener] = []
 
     async def backend(self, name: str, handler=None) -> RecordingBackend:
         backend = RecordingBackend(name, handler)
@@ -121,34 +160,91 @@ class Harness:
         self.backends.append(backend)
         return backend
 
-    def settings(self, *servers: RecordingBackend | Backend, **options) -> QuicSettings:
-        backends = [
-            server
-            if isinstance(server, Backend)
-            else Backend(server.name, "127.0.0.1", server.port)
-            for server in servers
-        ]
-        return QuicSettings(
-            listener_id="lsn-quic",
-            scheduler=make_scheduler("round_robin", backends) if backends else None,
-            stats=self.stats,
-            **options,
+    def settings(self, *servers: RecordingBackend | Server, **options: Any) -> dict[str, Any]:
+        return {"servers": servers, "options": {"x_forwarded_proto": True, **options}}
+
+    def apply(self, spec: dict[str, Any] | None, leaf: trustme.LeafCert | None = None) -> None:
+        self.generation += 1
+        listeners, groups, acls, certificates = [], [], [], []
+        if spec is not None:
+            certificate, key, chain = pem_of(leaf or self.leaf)
+            certificates.append(
+                {
+                    "id": "cert-quic0001",
+                    "certificate_pem": certificate,
+                    "private_key_pem": key,
+                    "chain_pem": chain,
+                }
+            )
+            options = dict(spec["options"])
+            acl = options.pop("acl", None)
+            if acl is not None:
+                mode, entries = acl
+                acls.append({"id": "acl-test0001", "entries": list(entries)})
+                options["acl"] = {"mode": mode, "acl_id": "acl-test0001"}
+            listeners.append(
+                {
+                    "id": "lsn-quic",
+                    "name": "quic",
+                    "protocol": "quic",
+                    "port": self.port,
+                    "server_group_id": "sgp-web",
+                    "default_certificate_id": "cert-quic0001",
+                    **options,
+                }
+            )
+            groups.append(
+                {
+                    "id": "sgp-web",
+                    "name": "web",
+                    "backend_protocol": "http",
+                    "servers": [
+                        {
+                            "id": f"srv-{server.name}",
+                            "address": "127.0.0.1",
+                            "port": server.port,
+                            "weight": getattr(server, "weight", 100),
+                        }
+                        for server in spec["servers"]
+                    ],
+                    "health_check": {"enabled": False},
+                }
+            )
+        snapshot = Snapshot.from_dict(
+            {
+                "instance_id": "lb-test0001",
+                "generation": self.generation,
+                "listeners": listeners,
+                "server_groups": groups,
+                "acls": acls,
+                "certificates": certificates,
+            }
         )
+        self.thread.run(self.node.apply(snapshot))
 
     async def listener(
-        self, settings: QuicSettings, leaf: trustme.LeafCert | None = None
-    ) -> tuple[QuicListener, int]:
-        configuration = quic_configuration(*pem_of(leaf or self.leaf))
-        listener = QuicListener(settings, configuration)
-        sock = bind_udp("127.0.0.1", 0)
-        port = sock.getsockname()[1]
-        await listener.start(sock)
-        self.listeners.append(listener)
-        return listener, port
+        self, spec: dict[str, Any], leaf: trustme.LeafCert | None = None
+    ) -> tuple[ListenerHandle, int]:
+        with contextlib.closing(bind_udp("127.0.0.1", 0)) as sock:
+            self.port = sock.getsockname()[1]
+        self.apply(spec, leaf)
+        runtime = self.node.listeners["lsn-quic"]
+        assert runtime.status == "running", runtime.reason
+        self.stats = runtime.stats
+        return ListenerHandle(self, runtime.datagram), self.port  # type: ignore[arg-type]
+
+    def active(self, name: str) -> int:
+        """Requests the node counts as in flight on one of its servers."""
+        group = self.node.listeners["lsn-quic"].group
+        return next(b.active for b in group.backends if b.id == f"srv-{name}")  # type: ignore[union-attr]
 
     @contextlib.asynccontextmanager
     async def client(
-        self, port: int, server_name: str = SERVER_NAME, idle_timeout: float = WAIT
+        self,
+        port: int,
+        server_name: str = SERVER_NAME,
+        idle_timeout: float = WAIT,
+        timeout: float = WAIT,
     ) -> AsyncIterator[H3Client]:
         configuration = QuicConfiguration(
             is_client=True,
@@ -157,15 +253,15 @@ class Harness:
             idle_timeout=idle_timeout,
         )
         configuration.load_verify_locations(cadata=self.ca.cert_pem.bytes())
-        async with asyncio.timeout(WAIT):
+        async with asyncio.timeout(timeout):
             async with connect(
                 "127.0.0.1", port, configuration=configuration, create_protocol=H3Client
             ) as client:
                 yield client  # type: ignore[misc]
 
     async def close(self) -> None:
-        for listener in self.listeners:
-            listener.close()
+        self.thread.run(self.node.shutdown(0))
+        self.thread.close()
         for backend in self.backends:
             await backend.stop()
 
@@ -228,7 +324,7 @@ async def test_header_switches_remove_xff_and_add_host_and_source_port(quic):
     _, port = await quic.listener(
         quic.settings(
             backend,
-            xff_mode="remove",
+            x_forwarded_for="remove",
             x_forwarded_proto=False,
             x_forwarded_host=True,
             x_forwarded_client_srcport=True,
@@ -311,7 +407,7 @@ async def test_concurrent_streams_share_one_connection_and_are_balanced(quic):
 @pytest.mark.asyncio
 async def test_503_without_an_eligible_server(quic):
     backend = await quic.backend("web")
-    _, port = await quic.listener(quic.settings(Backend("web", "127.0.0.1", backend.port, 0)))
+    _, port = await quic.listener(quic.settings(Server("web", backend.port, weight=0)))
 
     async with quic.client(port) as client:
         status, _, body = await client.request(b"GET", b"/")
@@ -327,49 +423,51 @@ async def test_a_target_that_would_split_the_request_line_is_refused(quic):
     _, port = await quic.listener(quic.settings(backend))
 
     async with quic.client(port) as client:
-        spaced = await client.request(b"GET", b"/a b HTTP/1.1\tX")
+        # RFC 9114 4.1.2: a malformed request is a stream error of type H3_MESSAGE_ERROR.
+        with pytest.raises(StreamReset) as spaced:
+            await client.request(b"GET", b"/a b HTTP/1.1\tX")
         connect = await client.request(b"CONNECT", b"/")
+        after = await client.request(b"GET", b"/after")
 
-    assert (spaced[0], connect[0]) == (400, 405)
-    assert backend.requests == []
+    assert spaced.value.code == ErrorCode.H3_MESSAGE_ERROR
+    assert (connect[0], after[0]) == (405, 200)
+    assert [request.target for request in backend.requests] == ["/after"]
 
 
 @pytest.mark.asyncio
 async def test_a_refused_connection_is_retried_once_on_another_server(quic):
     live = await quic.backend("live")
-    dead = Backend("dead", "127.0.0.1", closed_tcp_port())
-    _, port = await quic.listener(quic.settings(dead, Backend("live", "127.0.0.1", live.port)))
+    _, port = await quic.listener(quic.settings(Server("dead", closed_tcp_port()), live))
 
     async with quic.client(port) as client:
-        status, _, body = await client.request(b"GET", b"/")
+        answers = [await client.request(b"GET", b"/") for _ in range(2)]
 
-    assert (status, body) == (200, b"live")
-    assert dead.active == 0
+    assert [(status, body) for status, _, body in answers] == [(200, b"live")] * 2
+    assert quic.active("dead") == 0
 
 
 @pytest.mark.asyncio
 async def test_502_when_no_server_can_be_reached(quic):
-    dead = [Backend(f"dead{n}", "127.0.0.1", closed_tcp_port()) for n in range(2)]
+    dead = [Server(f"dead{n}", closed_tcp_port()) for n in range(2)]
     _, port = await quic.listener(quic.settings(*dead))
 
     async with quic.client(port) as client:
         status, _, _ = await client.request(b"GET", b"/")
 
     assert status == 502
-    assert [backend.active for backend in dead] == [0, 0]
+    assert [quic.active(server.name) for server in dead] == [0, 0]
 
 
 @pytest.mark.asyncio
 async def test_504_when_the_backend_does_not_answer_in_time(quic):
     slow = await quic.backend("slow", lambda request: Reply(body=b"late", delay=WAIT))
-    backend = Backend("slow", "127.0.0.1", slow.port)
-    _, port = await quic.listener(quic.settings(backend, response_timeout=0.3))
+    _, port = await quic.listener(quic.settings(slow, response_timeout=1))
 
     async with quic.client(port) as client:
         status, _, _ = await client.request(b"GET", b"/")
 
     assert status == 504
-    assert backend.active == 0
+    assert quic.active("slow") == 0
 
 
 @pytest.mark.asyncio
@@ -383,7 +481,7 @@ async def test_502_for_a_response_that_is_not_http(quic):
     server = await asyncio.start_server(garbage, "127.0.0.1", 0)
     try:
         port_of_garbage = server.sockets[0].getsockname()[1]
-        _, port = await quic.listener(quic.settings(Backend("odd", "127.0.0.1", port_of_garbage)))
+        _, port = await quic.listener(quic.settings(Server("odd", port_of_garbage)))
         async with quic.client(port) as client:
             status, _, _ = await client.request(b"GET", b"/")
     finally:
@@ -398,8 +496,7 @@ async def test_502_for_a_response_that_is_not_http(quic):
 @pytest.mark.asyncio
 async def test_a_client_the_acl_refuses_cannot_even_handshake(quic):
     backend = await quic.backend("web")
-    acl = AccessControl("whitelist", ["10.0.0.0/8"])
-    _, port = await quic.listener(quic.settings(backend, acl=acl))
+    _, port = await quic.listener(quic.settings(backend, acl=("whitelist", ["10.0.0.0/8"])))
 
     # The client gives up when its idle timeout passes without a single answer.
     with pytest.raises(ConnectionError):
@@ -417,7 +514,7 @@ async def test_a_new_certificate_serves_new_connections(quic, ca):
     listener, port = await quic.listener(quic.settings(backend))
     renewed = ca.issue_cert("renewed.example")
 
-    listener.update(quic.settings(backend), quic_configuration(*pem_of(renewed)))
+    listener.update(quic.settings(backend), renewed)
     async with quic.client(port, server_name="renewed.example") as client:
         status, _, _ = await client.request(b"GET", b"/")
 
@@ -503,16 +600,18 @@ def test_settings_from_a_snapshot_listener():
         instance_id="lb-test0001", generation=1, acls=(Acl("acl-office", ("192.0.2.0/24",)),)
     )
 
-    settings = QuicSettings.from_listener(
-        listener, snapshot, [Backend("srv", "127.0.0.1", 80)], ListenerStats()
+    settings = ListenerSettings(
+        listener, snapshot, group=None, tls=None, pool=UpstreamPool(), stats=ListenerStats()
     )
 
+    # Seed 003: QUIC is a Layer-7 listener, compiled as HTTP and HTTPS listeners are.
+    assert settings.scheme == b"https"
     assert settings.response_timeout == 30.0
     assert settings.xff_mode == "off"
     assert settings.static_headers == (
-        b"X-Forwarded-Port: 443\r\nSLB-ID: lb-test0001\r\nX-Forwarded-Proto: https\r\n"
+        b"X-Forwarded-Proto: https\r\nX-Forwarded-Port: 443\r\nSLB-ID: lb-test0001\r\n"
     )
-    assert settings.drop_headers == {b"x-forwarded-port", b"slb-id", b"x-forwarded-proto"}
+    assert {b"x-forwarded-port", b"slb-id", b"x-forwarded-proto"} <= settings.drop_headers
     assert settings.acl is not None and settings.acl.allows("192.0.2.7")
     assert not settings.acl.allows("198.51.100.1")
 
@@ -564,8 +663,8 @@ async def test_a_stalled_client_stops_the_backend_read_and_the_download_resumes(
     await source.start()
     try:
         _, port = await quic.listener(quic.settings(source))  # type: ignore[arg-type]
-        async with quic.client(port, idle_timeout=60) as client:
-            request = asyncio.ensure_future(client.request(b"GET", b"/big"))
+        async with quic.client(port, idle_timeout=60, timeout=90) as client:
+            request = asyncio.ensure_future(client.request(b"GET", b"/big", timeout=80))
             while not client.bodies:
                 await asyncio.sleep(0.01)
             # Stall: datagrams from the listener are dropped unread, so nothing is acknowledged.

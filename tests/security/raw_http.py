@@ -108,7 +108,7 @@ def fds_return() -> Iterator[None]:
 
 @pytest_asyncio.fixture
 async def quic(ca: trustme.CA) -> Any:
-    """test_quic's harness: QUIC listeners and recording backends on the test's own loop."""
+    """test_quic's harness: a node serving QUIC listeners, and recording backends."""
     harness = Harness(ca, ca.issue_cert(SERVER_NAME))
     yield harness
     await harness.close()

@@ -10,13 +10,14 @@ what the recording backend received. The same rules are checked over HTTP/2.
 from __future__ import annotations
 
 import pytest
+from aioquic.h3.connection import ErrorCode
 
 from dataplane.rules import matching_path, normalize_path
 from tests.dataplane import conftest as dataplane_fixtures
 from tests.dataplane.conftest import certificate_entry, free_port, server_group, snapshot
 from tests.dataplane.h2client import H2Client
 from tests.dataplane.test_https import https_listener, trusting
-from tests.dataplane.test_quic import SERVER_NAME
+from tests.dataplane.test_quic import SERVER_NAME, StreamReset
 from tests.security import raw_http
 from tests.security.raw_http import (
     ADMIN_DENIED,
@@ -365,7 +366,7 @@ def test_h2_forwarded_path_is_normalized_like_http1(guarded_h2):
     assert [r.target for r in web.requests] == ["/public/b?q=/../admin"]
 
 
-# -- the same over HTTP/3 (QUIC listeners have no rules; the host and target rules still hold) -----
+# -- the same over HTTP/3 -------------------------------------------------------------------------
 
 
 @pytest.mark.asyncio
@@ -382,8 +383,10 @@ async def test_http3_a_second_host_or_a_non_origin_target_is_refused(quic, path,
     backend = await quic.backend("web")
     _, port = await quic.listener(quic.settings(backend))
     async with quic.client(port) as client:
-        status, _, _ = await client.request(b"GET", path, headers)
-    assert status == 400
+        # RFC 9114 4.1.2: malformed, a stream error of type H3_MESSAGE_ERROR.
+        with pytest.raises(StreamReset) as reset:
+            await client.request(b"GET", path, headers)
+    assert reset.value.code == ErrorCode.H3_MESSAGE_ERROR
     assert backend.requests == []
 
 

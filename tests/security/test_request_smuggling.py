@@ -11,9 +11,11 @@ backend connection.
 from __future__ import annotations
 
 import pytest
+from aioquic.h3.connection import ErrorCode
 
 from tests.dataplane import conftest as dataplane_fixtures
 from tests.dataplane.conftest import get
+from tests.dataplane.test_quic import StreamReset
 from tests.security import raw_http
 from tests.security.raw_http import exchange, fds_return, serve, statuses
 
@@ -278,8 +280,10 @@ async def test_http3_content_length_other_than_one_number_is_refused(quic, field
     backend = await quic.backend("web")
     _, port = await quic.listener(quic.settings(backend))
     async with quic.client(port) as client:
-        status, _, _ = await client.request(b"POST", b"/", fields, body=b"hello")
-        assert status == 400
+        # RFC 9114 4.1.2: malformed, a stream error of type H3_MESSAGE_ERROR.
+        with pytest.raises(StreamReset) as reset:
+            await client.request(b"POST", b"/", fields, body=b"hello")
+        assert reset.value.code == ErrorCode.H3_MESSAGE_ERROR
         assert backend.requests == []
         # The connection still serves a well-framed request.
         status, _, _ = await client.request(

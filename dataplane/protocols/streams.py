@@ -1,0 +1,403 @@
+"""HTTP/2 and HTTP/3 request streams served by the HTTP/1.1 proxy.
+
+Seed 001's FAQ: "Layer 7 listeners use HTTP/1.1 to distribute network traffic to backend
+servers". Each request stream of an HTTP/2 (dataplane.protocols.h2) or HTTP/3
+(dataplane.protocols.quic) connection with an HTTP or HTTPS server group becomes one exchange of
+a `StreamProxy`, the HTTP/1.1 proxy itself: the request head arrives as the codec's field list
+and goes through the same field checks, forwarding rules, persistence, managed headers,
+compression, bandwidth, pooled backend connections, timeouts, counters and access log as an
+HTTP/1.1 client's request, and the dataplane's own 502/503/504 answers are the same. The
+`ProxiedStream` is the proxy's transport: it turns the response bytes the proxy writes back into
+the codec's HEADERS and DATA. That response parse is the one step the codecs do not share yet.
+
+A codec's connection offers what `StreamConnection` lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httptools
+
+from dataplane.nghttp2 import CANCEL, INTERNAL_ERROR, PROTOCOL_ERROR, Outbound
+from dataplane.protocols import HOP_BY_HOP, fits_request_line
+from dataplane.protocols.http import HttpProxy, Request, _Reject
+
+if TYPE_CHECKING:
+    from dataplane.node import ListenerRuntime
+    from dataplane.protocols import ListenerSettings
+    from dataplane.upstream import HttpUpstream
+
+log = logging.getLogger(__name__)
+
+
+class StreamConnection(Protocol):
+    """What streams need of the HTTP/2 or HTTP/3 connection they belong to. Error codes are
+    HTTP/2's (RFC 9113 section 7); an HTTP/3 connection maps them to its own."""
+
+    runtime: ListenerRuntime
+    loop: asyncio.AbstractEventLoop
+    transport: Any
+    streams: dict[int, Stream]
+    peer_ip: str
+    peer_port: int
+    peer_ip_bytes: bytes
+    xff_line: bytes
+    # StreamProxy's header lines for one listener generation: (settings, lines).
+    header_lines: tuple[ListenerSettings, bytes] | None
+    writing_paused: bool
+
+    def send_headers(
+        self, stream: Stream, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
+    ) -> None: ...
+
+    def send_data(self, stream: Stream, data: bytes, credit: int = 0) -> None: ...
+
+    def finish(self, stream: Stream, trailers: list[tuple[bytes, bytes]] | None = None) -> None: ...
+
+    def reset(self, stream: Stream, code: int) -> None: ...
+
+    def refuse(self, stream_id: int, code: int) -> None: ...
+
+    def acknowledge(self, stream_id: int, credit: int) -> None: ...
+
+
+class Stream:
+    """What a connection needs of a stream, whichever way it is forwarded."""
+
+    __slots__ = ("connection", "out", "request_ended", "stream_id")
+
+    def __init__(self, connection: StreamConnection, stream_id: int) -> None:
+        self.connection = connection
+        self.stream_id = stream_id
+        self.out = Outbound()
+        self.request_ended = False
+
+    def request_data(self, data: bytes, credit: int) -> None:
+        raise NotImplementedError
+
+    def request_end(self) -> None:
+        self.request_ended = True
+
+    def request_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """HTTP/1.1 backends get no request trailers (httptools could not frame them)."""
+
+    def cancel(self) -> None:
+        """The client reset the stream, or the connection is gone."""
+
+    def pause_backend(self) -> None:
+        """The client is not taking response bytes as fast as they come."""
+
+    def resume_backend(self) -> None:
+        """The client caught up."""
+
+
+class StreamProxy(HttpProxy):
+    """The HTTP/1.1 proxy serving one HTTP/2 stream.
+
+    The HTTP/2 connection was accepted (access control, counters) once; a stream only takes its
+    peer address and its per-connection header lines, computed once per listener generation.
+    The request head arrives as nghttp2's field list and goes through the same field checks and
+    forwarding code as an HTTP/1.1 client's, without being written out and parsed again.
+    """
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        connection: StreamConnection = transport.connection  # type: ignore[attr-defined]
+        self.peer_ip, self.peer_port = connection.peer_ip, connection.peer_port
+        self.peer_ip_bytes = connection.peer_ip_bytes
+        self.xff_line = connection.xff_line
+        self.conn_headers = self._connection_headers(self.settings)
+        self._use_bucket(self.settings)
+
+    def begin(
+        self,
+        method: bytes,
+        path: bytes,
+        host: bytes,
+        fields: list[tuple[bytes, bytes]],
+        *,
+        chunked: bool,
+    ) -> None:
+        """One request head from the stream: checked and started as HttpProxy does its own."""
+        self.on_message_begin()
+        request: Request = self.parsing  # type: ignore[assignment]
+        request.url = path
+        request.method = method
+        try:
+            # nghttp2 has refused connection-specific fields, uppercase names and a
+            # Content-Length that the DATA frames contradict (RFC 9113 8.2.2, 8.1.1).
+            self.on_header(b"host", host)
+            on_header = self.on_header
+            for name, value in fields:
+                on_header(name, value)
+            self.in_head = False
+            if method == b"CONNECT":
+                self.reject_status = 405
+                raise _Reject
+            if chunked:
+                # A body of unknown length reaches an HTTP/1.1 backend chunked.
+                request.chunked = request.has_body = True
+            # Connection: close, as the stream ends with its one response.
+            self._admit(request, keep_alive=False)
+        except _Reject:
+            self._reject(self.reject_status or 400)
+
+    def _connection_headers(self, settings: ListenerSettings) -> bytes:
+        connection: StreamConnection = self.transport.connection  # type: ignore[attr-defined]
+        cached = connection.header_lines
+        if cached is None or cached[0] is not settings:
+            cached = connection.header_lines = (settings, super()._connection_headers(settings))
+        return cached[1]
+
+    def upstream_interim(self, upstream: HttpUpstream, head: bytes) -> None:
+        """Not passed on: the stream's response parser takes only final responses."""
+
+
+# Marks the end of a request body among a stream's pending pieces.
+_END = b""
+
+
+class ProxiedStream(Stream):
+    """One stream served by a StreamProxy; it is also the proxy's transport.
+
+    The request head and body go to the proxy as calls (the body re-chunked by the proxy when
+    its length is unknown); the proxy's response bytes are parsed back into HEADERS and DATA
+    frames.
+    """
+
+    __slots__ = (
+        "backend_paused",
+        "body",
+        "closing",
+        "complete",
+        "head_request",
+        "headers",
+        "parser",
+        "pending",
+        "proxy",
+        "reading",
+        "responded",
+    )
+
+    def __init__(self, connection: StreamConnection, stream_id: int, *, head_request: bool) -> None:
+        super().__init__(connection, stream_id)
+        self.head_request = head_request
+        self.reading = True
+        self.closing = False
+        self.responded = False
+        self.backend_paused = False
+        # Request body pieces the proxy is not reading yet, with the frame credit each carries;
+        # _END marks the end of the body.
+        self.pending: list[tuple[bytes, int]] = []
+        self.headers: list[tuple[bytes, bytes]] = []
+        # Body pieces parsed from one write, sent as one DATA frame (a backend that sends many
+        # small chunks must not become as many frames).
+        self.body: list[bytes] = []
+        self.complete = False
+        self.parser = httptools.HttpResponseParser(self)
+        self.proxy = StreamProxy(connection.runtime)
+
+    def start(
+        self,
+        method: bytes,
+        path: bytes,
+        host: bytes,
+        fields: list[tuple[bytes, bytes]],
+        *,
+        chunked: bool,
+    ) -> None:
+        proxy = self.proxy
+        proxy.connection_made(self)  # type: ignore[arg-type]
+        if not self.closing:
+            proxy.begin(method, path, host, fields, chunked=chunked)
+            if self.request_ended and not proxy.closed:
+                proxy.on_message_complete()
+
+    # -- request ---------------------------------------------------------------------------------
+
+    def request_data(self, data: bytes, credit: int) -> None:
+        if data:
+            self._feed(data, credit)
+
+    def request_end(self) -> None:
+        self.request_ended = True
+        self._feed(_END, 0)
+
+    def _feed(self, data: bytes, credit: int) -> None:
+        if self.closing:
+            self.connection.acknowledge(self.stream_id, credit)
+        elif self.reading and not self.pending:
+            self._deliver(data)
+            self.connection.acknowledge(self.stream_id, credit)
+        else:
+            self.pending.append((data, credit))
+
+    def _deliver(self, data: bytes) -> None:
+        proxy = self.proxy
+        if proxy.closed:
+            return
+        if data is _END:
+            proxy.on_message_complete()
+        else:
+            proxy.reads += 1
+            proxy.on_body(data)
+
+    def cancel(self) -> None:
+        if not self.closing:
+            self.proxy.abort()
+
+    # -- the transport the proxy writes to -------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.connection.transport.get_extra_info(name, default)
+
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            # Only the proxy writes here; a response it cannot frame is a bug, not traffic.
+            log.exception("unreadable response on HTTP/2 stream %d", self.stream_id)
+            self.connection.reset(self, INTERNAL_ERROR)
+            return
+        body = self.body
+        if body:
+            data = body[0] if len(body) == 1 else b"".join(body)
+            body.clear()
+            if not self.out.end:
+                self.connection.send_data(self, data)
+        if self.complete and self.responded and not self.out.end:
+            self.connection.finish(self)
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+        while self.pending and self.reading and not self.closing:
+            data, credit = self.pending.pop(0)
+            self._deliver(data)
+            self.connection.acknowledge(self.stream_id, credit)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self._end(INTERNAL_ERROR)
+
+    def abort(self) -> None:
+        self._end(CANCEL)
+
+    def _end(self, code: int) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        for _, credit in self.pending:
+            self.connection.acknowledge(self.stream_id, credit)
+        self.pending.clear()
+        if not self.out.end:
+            # The proxy gave up before a complete response: the client must not take what it
+            # got for all of it.
+            self.connection.reset(self, code)
+        self.connection.loop.call_soon(self.proxy.connection_lost, None)
+
+    # -- response parser callbacks ---------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value.strip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers = self.headers
+        self.headers = []
+        if status < 200:
+            return
+        fields = [(b":status", b"%d" % status)]
+        fields += [header for header in headers if header[0] not in HOP_BY_HOP]
+        self.responded = True
+        end = self.head_request or status in (204, 304)
+        self.connection.send_headers(self, fields, end_stream=end)
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    # -- flow control from the client side -------------------------------------------------------
+
+    def pause_backend(self) -> None:
+        if not self.backend_paused:
+            self.backend_paused = True
+            self.proxy.pause_writing()
+
+    def resume_backend(self) -> None:
+        if self.backend_paused:
+            self.backend_paused = False
+            self.proxy.resume_writing()
+
+
+def start_proxied(
+    connection: StreamConnection, stream_id: int, headers: list[tuple[bytes, bytes]], *, ended: bool
+) -> Stream | None:
+    """Start one HTTP/1.1 exchange for a stream; None when the request is malformed."""
+    method = path = authority = b""
+    host = None
+    fields: list[tuple[bytes, bytes]] = []
+    has_length = False
+    for field in headers:
+        name = field[0]
+        if name[0] == 58:  # b":"
+            if name == b":method":
+                method = field[1]
+            elif name == b":path":
+                path = field[1]
+            elif name == b":authority":
+                authority = field[1]
+        elif name == b"host":
+            if host is not None or (authority and field[1] != authority):
+                # RFC 9113 8.3.1: a second Host, or one naming another host than
+                # :authority, leaves the rules and the backend to believe different hosts.
+                path = b""
+                break
+            host = field[1]
+        else:
+            if name == b"content-length":
+                if has_length or not field[1].isdigit():
+                    # One length of digits only (RFC 9110 8.6): "+5", "0_5" or a second field
+                    # could be read as another length by the backend.
+                    path = b""
+                    break
+                has_length = True
+            fields.append(field)
+    if method == b"CONNECT":
+        path = authority
+    elif path[:1] != b"/" and (path != b"*" or method != b"OPTIONS"):
+        # RFC 9113 8.3.1: origin form (or "*"); an absolute-form :path would be read as a
+        # second authority by the HTTP/1.1 proxy.
+        path = b""
+    if not path or not fits_request_line(method, path, authority):
+        connection.refuse(stream_id, PROTOCOL_ERROR)
+        return None
+    stream = ProxiedStream(connection, stream_id, head_request=method == b"HEAD")
+    stream.request_ended = ended
+    connection.streams[stream_id] = stream
+    if connection.writing_paused:
+        stream.backend_paused = True
+    # RFC 9113 8.3.1: :authority is the host. The proxy checks it as any client's; with no
+    # authority at all, the request says so with an empty Host, as HTTP/1.1 does.
+    stream.start(
+        method, path, authority or host or b"", fields, chunked=not ended and not has_length
+    )
+    if connection.writing_paused and not stream.closing:
+        stream.proxy.pause_writing()
+    return stream
