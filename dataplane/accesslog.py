@@ -171,8 +171,12 @@ class ListenerLog:
             bytes_in, bytes_out = received - proxy.in_mark, sent - proxy.out_mark
             proxy.in_mark, proxy.out_mark = received, sent
         transport = proxy.transport
-        # An HTTP/2 stream's transport is the stream (dataplane.protocols.h2.ProxiedStream).
-        h2 = getattr(transport, "stream_id", None) is not None
+        # An HTTP/2 or HTTP/3 request's transport is its stream (dataplane.protocols.streams),
+        # which belongs to an Http2Connection or an Http3Connection.
+        version = f"HTTP/{request.version}"
+        connection = getattr(transport, "connection", None)
+        if connection is not None:
+            version = "HTTP/3" if type(connection).__name__ == "Http3Connection" else "HTTP/2"
         # Request fields set only once what they record happened (dataplane.protocols.http).
         server = getattr(request, "server", None) or proxy.backend
         connect_at = getattr(request, "connect_at", 0.0)
@@ -186,7 +190,7 @@ class ListenerLog:
             "method": _text(request.method) or None,
             "authority": _text(request.host),
             "path": _text(request.url) or None,
-            "http_version": "HTTP/2" if h2 else f"HTTP/{request.version}",
+            "http_version": version,
             "status": getattr(request, "status", 0) or None,
             "bytes_in": bytes_in,
             "bytes_out": bytes_out,
@@ -204,7 +208,10 @@ class ListenerLog:
             "user_agent": _text(_header(request.headers, b"user-agent:")),
             "termination": termination,
         }
-        if transport is not None:
+        if version == "HTTP/3":
+            # QUIC is TLS 1.3 always (RFC 9001); aioquic shows no SSLObject.
+            entry["tls_version"] = "TLSv1.3"
+        elif transport is not None:
             entry.update(tls_fields(transport.get_extra_info("ssl_object")))
         self.add(entry)
 

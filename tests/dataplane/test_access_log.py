@@ -29,6 +29,7 @@ from tests.dataplane.conftest import (
 from tests.dataplane.test_control import TOKEN, ControlClient
 from tests.dataplane.test_datagram_node import free_udp_port, udp_echoes, udp_group  # noqa: F401
 from tests.dataplane.test_https import https_listener, trusting
+from tests.dataplane.test_quic import leaf, quic  # noqa: F401
 
 
 class LoggedNode:
@@ -438,3 +439,31 @@ def test_control_api_serves_filtered_lines(logged, control, backends):
     assert _get(control.port, "/v1/listeners/../access-log")[0] == 404
     assert _get(control.port, base, token=None)[0] == 401
     assert _get(control.port, base, token="wrong")[0] == 401
+
+
+@pytest.mark.asyncio
+async def test_http3_request_line(quic):  # noqa: F811
+    backend = await quic.backend("web", lambda request: Reply(body=b"over h3"))
+    _, port = await quic.listener(quic.settings(backend, access_log=True))
+
+    async with quic.client(port) as client:
+        status, _, body = await client.request(b"GET", b"/h3/path?q=1", [(b"user-agent", b"h3c")])
+    assert (status, body) == (200, b"over h3")
+
+    def lines() -> list[dict]:
+        found = quic.thread.call(lambda: quic.node.access_log("lsn-quic"))
+        return found["lines"] if found else []
+
+    assert wait_until(lambda: len(lines()) == 1)
+    [line] = lines()
+    assert (line["protocol"], line["http_version"], line["tls_version"]) == (
+        "quic",
+        "HTTP/3",
+        "TLSv1.3",
+    )
+    assert (line["method"], line["path"], line["status"]) == ("GET", "/h3/path?q=1", 200)
+    assert (line["server"], line["user_agent"], line["termination"]) == (
+        "srv-web",
+        "h3c",
+        "completed",
+    )
