@@ -26,6 +26,7 @@ from tests.dataplane.conftest import (
     snapshot,
     wait_until,
 )
+from tests.dataplane.h2client import H2Client
 from tests.dataplane.test_control import TOKEN, ControlClient
 from tests.dataplane.test_datagram_node import free_udp_port, udp_echoes, udp_group  # noqa: F401
 from tests.dataplane.test_https import https_listener, trusting
@@ -467,3 +468,30 @@ async def test_http3_request_line(quic):  # noqa: F811
         "h3c",
         "completed",
     )
+
+
+def test_http2_streams_get_a_line_each(logged, backends, ca):
+    web = backends("web")
+    port = free_port()
+    logged.apply(
+        snapshot(
+            [https_listener(port, access_log=True, http2=True)],
+            [server_group(web)],
+            certificates=[certificate_entry("cert-default", ca.issue_cert("www.example.com"))],
+        )
+    )
+    with H2Client(port, trusting(ca)) as client:
+        assert client.alpn == "h2"
+        tls_version, cipher = client.sock.version(), client.sock.cipher()[0]
+        assert [client.get(f"/s{n}").status for n in range(2)] == [200, 200]
+
+    lines = logged.wait_lines("lsn-tls", 2)
+    assert [line["path"] for line in lines] == ["/s1", "/s0"]
+    for line in lines:
+        assert (line["http_version"], line["status"], line["termination"]) == (
+            "HTTP/2",
+            200,
+            "completed",
+        )
+        assert (line["tls_version"], line["tls_cipher"]) == (tls_version, cipher)
+        assert line["server"] == "srv-web-0"
