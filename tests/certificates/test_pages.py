@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
@@ -12,6 +13,8 @@ from django.test import Client, override_settings
 from django.urls import reverse
 
 from certificates import keystore
+from certificates.acme import new_account_key
+from certificates.acme_models import AcmeAccount
 from certificates.models import Certificate
 from tests.certificates.test_validation import BAD_CA_UPLOADS, BAD_SERVER_UPLOADS, BadUpload
 from tests.factories.certs import (
@@ -190,12 +193,25 @@ def test_rotating_encryption_keys_keeps_every_key_readable(admin_client: Client)
                     "private_key": material.key_pem,
                 },
             )
+        account_key = new_account_key()
+        account = AcmeAccount.objects.create(
+            directory_url="https://acme.test/directory",
+            email="ops@example.com",
+            private_key_token=keystore.encrypt_private_key(account_key),
+        )
     assert Certificate.objects.count() == 2
+    output = io.StringIO()
     with override_settings(CERT_ENCRYPTION_KEYS=[new, old]):
-        call_command("rotate_certificate_keys", verbosity=0)
+        call_command("rotate_certificate_keys", stdout=output)
+    assert "Rotated 2 private keys and 1 ACME account keys" in output.getvalue()
     with override_settings(CERT_ENCRYPTION_KEYS=[new]):
         readable = {c.name: c.private_key_pem() for c in Certificate.objects.all()}
+        account.refresh_from_db()
+        assert account.private_key_pem() == account_key
     assert readable == {"c0": materials[0].key_pem, "c1": materials[1].key_pem}
+    # Under the old key alone the account key no longer opens: it really was re-encrypted.
+    with override_settings(CERT_ENCRYPTION_KEYS=[old]), pytest.raises(keystore.KeystoreError):
+        account.private_key_pem()
 
 
 def test_ca_certificate_upload(admin_client: Client) -> None:
