@@ -47,7 +47,7 @@ from dataplane.protocols.http import HttpProxy
 if TYPE_CHECKING:
     import ssl
 
-    from dataplane.node import ListenerRuntime
+    from dataplane.protocols import ListenerHandle
     from dataplane.protocols.http import Request
     from dataplane.protocols.tcp import TcpProxy
     from dataplane.protocols.udp import UdpListener, UdpSession
@@ -137,7 +137,7 @@ class CountingHttpProxy(HttpProxy):
         request.forwarded_at = request.answered_at = 0.0
 
 
-def http_protocol(runtime: ListenerRuntime) -> HttpProxy:
+def http_protocol(runtime: ListenerHandle) -> HttpProxy:
     """The protocol for one accepted HTTP or HTTPS connection."""
     if runtime.access_log is not None:
         return CountingHttpProxy(runtime)

@@ -16,7 +16,7 @@ import asyncio
 import re
 import ssl
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dataplane.acl import AccessControl
 from dataplane.balancing import Backend, Scheduler, make_scheduler
@@ -27,7 +27,9 @@ from dataplane.proxy_protocol import ProxyHeader
 from dataplane.rules import RuleTable
 
 if TYPE_CHECKING:
+    from dataplane.accesslog import ListenerLog
     from dataplane.bandwidth import TokenBucket
+    from dataplane.descriptors import DescriptorReserve
     from dataplane.health import HealthChecker
     from dataplane.slowstart import SlowStart
     from dataplane.stats import ListenerStats
@@ -213,6 +215,24 @@ class Route:
         if scheduler is None:
             return None
         return scheduler.pick(client_ip, exclude)
+
+
+class ListenerHandle(Protocol):
+    """What a protocol needs of its listener on this node, and all it gets: the node's
+    `ListenerRuntime` is one, but no protocol module imports the node.
+
+    `settings` is the compiled current generation (None once the listener stopped): new
+    connections and requests read it, those in flight keep the generation they started on.
+    """
+
+    settings: ListenerSettings | None
+    loop: asyncio.AbstractEventLoop
+    stats: ListenerStats
+    # Open client connections, cut when the listener stops (seed 003).
+    connections: set[Any]
+    access_log: ListenerLog | None
+    # The node's descriptor guard: told when an accept or connect ran out of descriptors.
+    descriptors: DescriptorReserve | None
 
 
 class ListenerSettings:

@@ -42,8 +42,7 @@ from dataplane.protocols.http import MAX_HEADER_BYTES
 from dataplane.protocols.streams import Stream, start_proxied
 
 if TYPE_CHECKING:
-    from dataplane.node import ListenerRuntime
-    from dataplane.protocols import ListenerSettings
+    from dataplane.protocols import ListenerHandle, ListenerSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ SEND_LOW_WATER = 64 * 1024
 class Http2Connection(asyncio.Protocol):
     """The client side of one HTTP/2 connection: frames in, streams out."""
 
-    def __init__(self, runtime: ListenerRuntime) -> None:
+    def __init__(self, runtime: ListenerHandle) -> None:
         self.runtime = runtime
         self.loop: asyncio.AbstractEventLoop = runtime.loop
         self.stats = runtime.stats

@@ -87,8 +87,7 @@ from dataplane.tls import client_certificate_headers
 _clock = time.monotonic
 
 if TYPE_CHECKING:
-    from dataplane.node import ListenerRuntime
-    from dataplane.protocols import ListenerSettings, Route
+    from dataplane.protocols import ListenerHandle, ListenerSettings, Route
     from dataplane.upstream import HttpUpstream
 
 log = logging.getLogger(__name__)
@@ -371,7 +370,7 @@ class HttpProxy(BackendReadGate):
         "xff_line",
     )
 
-    def __init__(self, runtime: ListenerRuntime) -> None:
+    def __init__(self, runtime: ListenerHandle) -> None:
         # shared state
         self.runtime = runtime
         self.settings: ListenerSettings = runtime.settings  # type: ignore[assignment]

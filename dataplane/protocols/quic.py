@@ -39,8 +39,7 @@ from dataplane.protocols.streams import Stream, start_proxied
 from dataplane.tls import TlsError
 
 if TYPE_CHECKING:
-    from dataplane.node import ListenerRuntime
-    from dataplane.protocols import ListenerSettings
+    from dataplane.protocols import ListenerHandle, ListenerSettings
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ class QuicListener:
     listener's; a new generation replaces them there and new requests use it.
     """
 
-    def __init__(self, runtime: ListenerRuntime, configuration: QuicConfiguration) -> None:
+    def __init__(self, runtime: ListenerHandle, configuration: QuicConfiguration) -> None:
         self.runtime = runtime
         # Shared with every connection's handshake: replacing its certificate fields changes the
         # certificate for new connections only.

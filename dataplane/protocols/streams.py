@@ -26,8 +26,7 @@ from dataplane.protocols import HOP_BY_HOP, fits_request_line
 from dataplane.protocols.http import HttpProxy, Request, _Reject
 
 if TYPE_CHECKING:
-    from dataplane.node import ListenerRuntime
-    from dataplane.protocols import ListenerSettings
+    from dataplane.protocols import ListenerHandle, ListenerSettings
     from dataplane.upstream import HttpUpstream
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ class StreamConnection(Protocol):
     """What streams need of the HTTP/2 or HTTP/3 connection they belong to. Error codes are
     HTTP/2's (RFC 9113 section 7); an HTTP/3 connection maps them to its own."""
 
-    runtime: ListenerRuntime
+    runtime: ListenerHandle
     loop: asyncio.AbstractEventLoop
     transport: Any
     streams: dict[int, Stream]

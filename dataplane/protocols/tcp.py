@@ -26,8 +26,7 @@ from dataplane.descriptors import EXHAUSTED
 from dataplane.protocols import BackendReadGate
 
 if TYPE_CHECKING:
-    from dataplane.node import ListenerRuntime
-    from dataplane.protocols import ListenerSettings
+    from dataplane.protocols import ListenerHandle, ListenerSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class TcpProxy(BackendReadGate):
         "writing_paused",
     )
 
-    def __init__(self, runtime: ListenerRuntime) -> None:
+    def __init__(self, runtime: ListenerHandle) -> None:
         self.runtime = runtime
         self.settings: ListenerSettings = runtime.settings  # type: ignore[assignment]
         self.loop = runtime.loop
