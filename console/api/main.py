@@ -9,6 +9,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from console.api import (
     acls,
+    acme,
     audit,
     backup,
     certificates,
@@ -89,6 +90,7 @@ for module in (
     rules,
     servergroups,
     certificates,
+    acme,
     tlspolicies,
     acls,
     audit,
