@@ -79,7 +79,8 @@ def describe(entry: dict[str, Any], node: str = "") -> ServerHealth:
     code = code if isinstance(code, str) and code else None
     reason = str(entry.get("reason") or "")
     checks = []
-    for item in entry.get("checks") or []:
+    timeline = entry.get("checks")
+    for item in timeline if isinstance(timeline, list) else []:
         if isinstance(item, list) and len(item) == 3 and _finite(item[0]):
             checks.append(Check(_moment(item[0]), bool(item[1]), str(item[2])))
     percent = entry.get("slow_start_percent")
@@ -116,15 +117,21 @@ def group_health(group: ServerGroup) -> dict[str, list[ServerHealth]]:
     several = len(instances) > 1
     for node in nodes.order_by("instance__name", "name"):
         name = f"{node.name} ({node.instance.name})" if several else node.name
-        listeners = (node.status_report or {}).get("listeners") or {}
-        for entry in listeners.values():
+        report = node.status_report if isinstance(node.status_report, dict) else {}
+        listeners = report.get("listeners")
+        for entry in listeners.values() if isinstance(listeners, dict) else []:
             if not isinstance(entry, dict) or entry.get("server_group_id") != group.pk:
                 continue
-            for backend in entry.get("backends") or []:
+            backends = entry.get("backends")
+            for backend in backends if isinstance(backends, list) else []:
                 if not isinstance(backend, dict):
                     continue
                 server_id = backend.get("id")
-                if server_id not in found or (node.pk, server_id) in seen:
+                if (
+                    not isinstance(server_id, str)
+                    or server_id not in found
+                    or (node.pk, server_id) in seen
+                ):
                     continue
                 seen.add((node.pk, server_id))
                 found[server_id].append(describe(backend, name))
@@ -132,7 +139,8 @@ def group_health(group: ServerGroup) -> dict[str, list[ServerHealth]]:
 
 
 def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 2**40
+    # Below 2**37 s (the year 6325): datetime cannot hold much later moments.
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 2**37
 
 
 def _moment(value: float) -> datetime.datetime:

@@ -88,14 +88,15 @@ def combine(listener: Listener, nodes: list[DataplaneNode], *, now=None) -> Obse
             if problem not in problems:
                 problems.append(problem)
             continue
-        result = node.listener_results.get(listener.id) or node.listener_results.get("*")
+        result = _result(node, listener.id)
         if result is None:
             generation = node.applied_generation or 0
             problems.append(f"node {node.name}: not in the configuration it runs ({generation})")
             continue
-        statuses.add(result.get("status"))
-        if result.get("status") == "failed":
-            problems.append(f"node {node.name}: {result.get('reason') or 'failed'}")
+        status, reason = result
+        statuses.add(status)
+        if status == "failed":
+            problems.append(f"node {node.name}: {reason or 'failed'}")
     if listener.desired_state == Listener.DesiredState.STOPPED and statuses <= {"stopped"}:
         # Stopped as asked: a silent node does not make it serve.
         return Observed(Listener.Status.STOPPED)
@@ -106,6 +107,20 @@ def combine(listener: Listener, nodes: list[DataplaneNode], *, now=None) -> Obse
     if statuses == {"stopped"}:
         return Observed(Listener.Status.STOPPED)
     return Observed(Listener.Status.FAILED, f"nodes disagree: {sorted(statuses)}")
+
+
+def _result(node: DataplaneNode, listener_id: str) -> tuple[str, str] | None:
+    """The node's last word on one listener (status, reason), from what it answered to a push or
+    to /v1/status; the node is not trusted to have sent strings."""
+    results = node.listener_results if isinstance(node.listener_results, dict) else {}
+    result = results.get(listener_id) or results.get("*")
+    if not isinstance(result, dict):
+        return None
+    status, reason = result.get("status"), result.get("reason")
+    return (
+        status if isinstance(status, str) else repr(status),
+        reason if isinstance(reason, str) else "",
+    )
 
 
 def node_problem(node: DataplaneNode, now: datetime.datetime) -> str:

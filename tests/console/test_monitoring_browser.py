@@ -129,5 +129,5 @@ def test_the_group_page_explains_a_server_a_real_node_finds_down(
 
     # And the listener's details page says the same next to each server.
     page.goto(live_server.url + listener.get_absolute_url())
-    health = page.get_by_role("region", name="Monitoring")
+    health = page.get_by_role("region", name="Current Counters")
     expect(health.get_by_role("row").filter(has_text=f":{dead.port}")).to_contain_text("Unhealthy")
