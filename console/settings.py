@@ -279,6 +279,10 @@ CERTIFICATE_WEBHOOK_URL = os.environ.get("CERTIFICATE_WEBHOOK_URL", "")
 # How often beat fetches the revocation lists that have a distribution point URL again
 # (certificates/revocation.py); an unchanged CRL is not pushed.
 CRL_REFRESH_INTERVAL = float(os.environ.get("CRL_REFRESH_INTERVAL", "3600"))
+# Seconds between two traffic samples of every listener on every node (console/sampling.py, the
+# Monitoring tab's graphs), and how long samples are kept.
+TRAFFIC_SAMPLE_INTERVAL = float(os.environ.get("TRAFFIC_SAMPLE_INTERVAL", "10"))
+TRAFFIC_RETENTION = float(os.environ.get("TRAFFIC_RETENTION", "86400"))
 
 # Routine success is DEBUG, state changes and problems INFO and above: Celery logs every task
 # received and succeeded, and beat every task sent, at INFO, which buries the rest under
