@@ -59,8 +59,10 @@ test: $(STAMP) chromium
 
 # Benchmarks against HAProxy and nginx (bench/README.md); QUICK=1 for a two-minute run. The
 # regression guard at its end fails when a ratio falls >15% below bench/results/baseline.json.
+# INSTRUCTIONS=1 counts instructions per request under callgrind instead (python -m bench
+# --instructions).
 bench: $(STAMP)
-	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench $(if $(INSTRUCTIONS),--instructions,$(if $(QUICK),--quick,))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -100,8 +100,13 @@ def write_certificate_files(certificate: ServerCertificate, directory: Path) -> 
 
 
 def write_bodies(docroot: Path) -> None:
-    """The backend's fixed bodies; the 100 MiB one is sparse, so it costs no disk."""
+    """The backend's fixed bodies; the 100 MiB one is sparse, so it costs no disk.
+
+    Readable by all whatever the umask: nginx's workers run as nobody when started as root, and
+    a docroot made under umask 077 would answer every request with "permission denied".
+    """
     docroot.mkdir(parents=True, exist_ok=True)
+    docroot.chmod(0o755)
     for name, size in BODIES.items():
         path = docroot / name
         if size <= 64 * 1024:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,6 +53,32 @@ def test_bodies_have_their_sizes(tmp_path: Path) -> None:
     configs.write_bodies(tmp_path)
 
     assert {path.name: path.stat().st_size for path in tmp_path.iterdir()} == configs.BODIES
+
+
+def test_bodies_are_readable_by_nginx_workers_under_umask_077() -> None:
+    # The bench's directory is made 0755 (bench/__main__.py); the docroot in it must be too.
+    previous = os.umask(0o077)
+    try:
+        directory = Path(tempfile.mkdtemp(prefix="bench-test-"))
+        directory.chmod(0o755)
+        docroot = directory / "docroot"
+        configs.write_bodies(docroot)
+    finally:
+        os.umask(previous)
+    try:
+        assert stat.S_IMODE(docroot.stat().st_mode) == 0o755
+        assert {stat.S_IMODE(path.stat().st_mode) for path in docroot.iterdir()} == {0o644}
+        if os.geteuid() == 0:
+            # As nginx's workers run when the bench starts it as root.
+            read = subprocess.run(
+                ["head", "-c", "1024", str(docroot / "1k")],
+                user="nobody",
+                capture_output=True,
+                check=False,
+            )
+            assert (read.returncode, read.stdout) == (0, b"x" * 1024)
+    finally:
+        shutil.rmtree(directory)
 
 
 def test_dataplane_snapshot_is_valid_with_the_same_features(
