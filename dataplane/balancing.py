@@ -7,6 +7,10 @@ live on each pick, so a health flip takes effect on the next request without reb
 Weighted round robin and weighted least connections can take a `SlowStart` (seed 002): a server
 that joins or recovers then counts with a weight that grows linearly over the ramp (see
 dataplane.slowstart). Without one they run exactly as before, on the configured weights.
+
+A server that is draining or in maintenance is not given to any scheduler at all
+(`make_scheduler` leaves it out): a server's state only changes with a new snapshot, which builds
+new schedulers, so the pick itself never has to look at it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class Backend:
         "active",
         "address",
         "connect_failures",
+        "drain_deadline",
         "health_reason",
         "healthy",
         "id",
@@ -41,14 +46,28 @@ class Backend:
         "ramp_started",
         "requests",
         "seen_healthy",
+        "state",
         "weight",
     )
 
-    def __init__(self, id: str, address: str, port: int, weight: int = 100) -> None:
+    def __init__(
+        self,
+        id: str,
+        address: str,
+        port: int,
+        weight: int = 100,
+        *,
+        state: str = "enabled",
+        drain_deadline: float | None = None,
+    ) -> None:
         self.id = id
         self.address = address
         self.port = port
         self.weight = weight
+        # enabled, draining or maintenance (dataplane.config.SERVER_STATES); a draining server's
+        # remaining connections are closed at drain_deadline (wall-clock seconds).
+        self.state = state
+        self.drain_deadline = drain_deadline
         # A new listener serves at once; health checks take it out of rotation if it is down.
         self.healthy = True
         self.health_reason = ""
@@ -65,8 +84,13 @@ class Backend:
         self.seen_healthy = True
 
     @property
+    def in_service(self) -> bool:
+        """Takes new requests and connections by its state (health and weight aside)."""
+        return self.state == "enabled"
+
+    @property
     def eligible(self) -> bool:
-        return self.healthy and self.weight > 0
+        return self.healthy and self.weight > 0 and self.state == "enabled"
 
     def adopt_state(self, before: Backend) -> None:
         """Carry health and slow-start state over from the same server in the last snapshot."""
@@ -330,7 +354,8 @@ def make_scheduler(
 ) -> Scheduler:
     """Build the scheduler for a server group; raises ValueError for an unknown algorithm.
 
-    `slow_start` applies to weighted round robin and weighted least connections only.
+    `slow_start` applies to weighted round robin and weighted least connections only. Servers
+    draining or in maintenance are left out: they get nothing new.
     """
     try:
         scheduler_class = _SCHEDULERS[algorithm]
@@ -339,4 +364,4 @@ def make_scheduler(
         raise ValueError(
             f"unknown scheduling algorithm {algorithm!r}; allowed: {allowed}"
         ) from None
-    return scheduler_class(backends, slow_start)
+    return scheduler_class([b for b in backends if b.state == "enabled"], slow_start)

@@ -50,6 +50,12 @@ LISTENER_BANDWIDTH_MBIT = (1, 5120)
 INSTANCE_BANDWIDTH_MBIT = (1, 100_000)
 # Seed 002: slow start duration in seconds.
 SLOW_START_DURATION = (30, 1200)
+# A backend server's state: enabled takes traffic; draining takes nothing new and what it still
+# serves is cut at its drain_deadline; maintenance takes nothing and keeps nothing.
+SERVER_STATES = ("enabled", "draining", "maintenance")
+# drain_deadline is wall-clock Unix seconds, so a node restarted mid-drain knows the time left.
+# The upper bound (year 2100) only refuses nonsense; the console sets at most an hour ahead.
+DRAIN_DEADLINE_MAX = 4_102_444_800
 # Schedulers that take weights and so can ramp a server's weight (see dataplane.slowstart).
 SLOW_START_SCHEDULERS = ("weighted_round_robin", "weighted_least_connections")
 UDP_PAYLOAD_MAX = 64
@@ -130,6 +136,13 @@ class BackendServer:
     address: str
     port: int
     weight: int = 100
+    state: str = "enabled"
+    # draining only (required then, refused otherwise): when what remains on it is closed.
+    drain_deadline: int | None = None
+
+    @property
+    def in_service(self) -> bool:
+        return self.state == "enabled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,6 +613,20 @@ class _Validator:
                 errors.append(f"{spath}.address: {server.address!r} is not an IP address or host")
             _in_range(errors, f"{spath}.port", server.port, 1, 65535)
             _in_range(errors, f"{spath}.weight", server.weight, 0, 100)
+            _one_of(errors, f"{spath}.state", server.state, SERVER_STATES)
+            if server.state == "draining":
+                if server.drain_deadline is None:
+                    errors.append(f"{spath}.drain_deadline: is required while draining")
+                else:
+                    _in_range(
+                        errors,
+                        f"{spath}.drain_deadline",
+                        server.drain_deadline,
+                        0,
+                        DRAIN_DEADLINE_MAX,
+                    )
+            elif server.drain_deadline is not None:
+                errors.append(f"{spath}.drain_deadline: only a draining server has one")
             if (server.address, server.port) in endpoints:
                 errors.append(f"{spath}: {server.address}:{server.port} is listed twice")
             endpoints.add((server.address, server.port))

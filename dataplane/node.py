@@ -20,6 +20,12 @@ keeps its backends and health checker; a changed group starts fresh but keeps th
 that are still there when its health check did not change, and their slow-start ramps. With slow
 start on, a server that joins a running group (or recovers) ramps up over the group's duration.
 
+A server that is draining or in maintenance gets no new request or connection (its group's
+schedulers and cookie index leave it out) while its health checks go on. What remains on a
+draining server is closed at its drain deadline, on a server in maintenance when the snapshot is
+applied: its HTTP connections in the node's pool, lent or idle, and the TCP connections proxied to
+it. The deadline is wall-clock time, so a node restarted mid-drain keeps it.
+
 UDP and QUIC listeners live on a UDP socket (`datagram`): a changed one adopts its new settings in
 place, keeping its sessions and connections. A listener's bandwidth bucket outlives generations
 while its limit stays the same, so a reload cannot hand out a fresh burst.
@@ -319,6 +325,8 @@ class Node:
         self.access_logs = AccessLogs(access_log)
         # Counts the latencies gathered by the hot path every second (dataplane.stats).
         self._folding: asyncio.TimerHandle | None = None
+        # Draining servers: when what remains on each is closed, by server id.
+        self._drain_cuts: dict[str, asyncio.TimerHandle] = {}
 
     # -- applying --------------------------------------------------------------------------------
 
@@ -421,6 +429,7 @@ class Node:
         self.groups = groups
         self.snapshot = snapshot
         self.generation = snapshot.generation
+        self._plan_server_states()
 
     async def _retry_failed(self, due: set[str] | None = None) -> None:
         """Start failed listeners again: all of them, or only those in ``due``."""
@@ -550,7 +559,14 @@ class Node:
             except TlsError as exc:
                 tls_error = str(exc)
         backends = [
-            Backend(server.id, server.address, server.port, server.weight)
+            Backend(
+                server.id,
+                server.address,
+                server.port,
+                server.weight,
+                state=server.state,
+                drain_deadline=server.drain_deadline,
+            )
             for server in config.servers
         ]
         slow_start = (
@@ -594,6 +610,53 @@ class Node:
                 # Same check: the reasons, last changes and timelines go on too.
                 group.checker.adopt(old.checker)
         return group
+
+    # -- server states ---------------------------------------------------------------------------
+
+    def _plan_server_states(self) -> None:
+        """After a snapshot: close at once what remains on servers in maintenance and on draining
+        servers past their deadline; time the cut of the other draining servers."""
+        for handle in self._drain_cuts.values():
+            handle.cancel()
+        self._drain_cuts = {}
+        backends = [backend for group in self.groups.values() for backend in group.backends]
+        # One address may be a server of two groups; while one of them serves, its connections
+        # may be that group's, so they are not cut.
+        serving = {(b.address, b.port) for b in backends if b.state == "enabled"}
+        loop = asyncio.get_running_loop()
+        now = time.time()
+        for backend in backends:
+            if backend.state == "enabled" or (backend.address, backend.port) in serving:
+                continue
+            # Nothing new goes to it: its idle keep-alive connections serve no one any more.
+            self.pool.close_idle(backend.address, backend.port)
+            left = 0.0
+            if backend.state == "draining" and backend.drain_deadline is not None:
+                left = backend.drain_deadline - now
+            if left > 0:
+                self._drain_cuts[backend.id] = loop.call_later(left, self._cut_server, backend)
+            else:
+                self._cut_server(backend)
+
+    def _cut_server(self, backend: Backend) -> None:
+        """Close every connection still open to a server out of service."""
+        self._drain_cuts.pop(backend.id, None)
+        cut = self.pool.cut(backend.address, backend.port)
+        for runtime in self.listeners.values():
+            for connection in list(runtime.connections):
+                chosen = getattr(connection, "backend", None)
+                if isinstance(connection, TcpProxy) and chosen is not None:
+                    if chosen.id == backend.id:
+                        connection.abort()
+                        cut += 1
+        if cut:
+            log.info(
+                "closed %d connections to server %s (%s)",
+                cut,
+                backend.id,
+                backend.state,
+                extra={"server_id": backend.id},
+            )
 
     def _share_remainder(self, snapshot: Snapshot) -> None:
         """Size the bucket of the listeners without a limit to what the others leave."""
@@ -872,6 +935,7 @@ class Node:
 
     def status(self) -> dict[str, object]:
         now = time.monotonic()
+        wall = time.time()
         listeners: dict[str, object] = {}
         for listener_id, runtime in self.listeners.items():
             retry = self._retries.get(listener_id)
@@ -886,6 +950,14 @@ class Node:
                             "address": backend.address,
                             "port": backend.port,
                             "weight": backend.weight,
+                            "state": backend.state,
+                            # Draining: seconds until what remains on it is closed.
+                            "drain_seconds_left": (
+                                round(max(0.0, backend.drain_deadline - wall), 1)
+                                if backend.state == "draining"
+                                and backend.drain_deadline is not None
+                                else None
+                            ),
                             "healthy": backend.healthy,
                             "reason": backend.health_reason
                             or (
@@ -953,6 +1025,9 @@ class Node:
             self._healer.cancel()
             self._healer = None
         self._retries = {}
+        for handle in self._drain_cuts.values():
+            handle.cancel()
+        self._drain_cuts = {}
         self.descriptors.close()
         if self._resuming is not None:
             self._resuming.cancel()

@@ -11,7 +11,8 @@ A token is a short keyed hash of the backend id: it is stable across restarts an
 that share the secret, and it does not reveal the server's address.
 
 A sticky server that is unhealthy or has weight 0 is not used: the caller falls back to its
-scheduler, and the response then points the client at the new server.
+scheduler, and the response then points the client at the new server. Nor is one that is draining
+or in maintenance: `index` leaves it out, so its token names no server any more.
 """
 
 from __future__ import annotations
@@ -95,8 +96,9 @@ class CookiePersistence:
         return token
 
     def index(self, backends: Iterable[Backend]) -> dict[str, Backend]:
-        """The `backends_by_token` mapping that backend_for_request() expects."""
-        return {self.token(backend): backend for backend in backends}
+        """The `backends_by_token` mapping that backend_for_request() expects: servers that take
+        new requests only (a cookie naming a draining server gets another one)."""
+        return {self.token(backend): backend for backend in backends if backend.in_service}
 
     def backend_for_request(
         self, cookie_header: bytes | None, backends_by_token: dict[str, Backend]

@@ -11,6 +11,10 @@ that currently owns the connection (`owner`), which implements the `Exchange` me
 A response's heads (its interim 1xx heads and the final one together) may take at most
 MAX_RESPONSE_HEAD bytes; a backend sending more gets its connection closed and the client a 502,
 so a 16 MiB header block costs the node 64 KiB, not 16 MiB held and copied per read.
+
+The pool also knows every open connection, idle or lent, per server address, so that a server
+whose drain deadline has passed (or that went into maintenance) can have what remains on it
+closed: `cut` (dataplane.node applies server states).
 """
 
 from __future__ import annotations
@@ -131,6 +135,7 @@ class HttpUpstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.pool.opened(self)
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
@@ -197,6 +202,7 @@ class HttpUpstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.pool.lost(self)
         owner = self.owner
         if owner is not None:
             self.owner = None
@@ -309,6 +315,9 @@ class UpstreamPool:
         self.max_idle_per_server = max_idle_per_server
         self.idle_timeout = idle_timeout
         self._idle: dict[PoolKey, list[HttpUpstream]] = {}
+        # Every open connection per (address, port), lent or idle: what `cut` closes. Kept per
+        # connection, not per request, so the hot path does not pay for it.
+        self._open: dict[tuple[str, int], set[HttpUpstream]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Sweeps run every idle_timeout / 2 and count up; a connection remembers the count when it
@@ -357,6 +366,56 @@ class UpstreamPool:
             if loop is None:
                 loop = self._loop = asyncio.get_running_loop()
             self._sweeper = loop.call_later(self.idle_timeout / 2, self._sweep)
+
+    def opened(self, upstream: HttpUpstream) -> None:
+        server = (upstream.key[0], upstream.key[1])
+        connections = self._open.get(server)
+        if connections is None:
+            connections = self._open[server] = set()
+        connections.add(upstream)
+
+    def lost(self, upstream: HttpUpstream) -> None:
+        server = (upstream.key[0], upstream.key[1])
+        connections = self._open.get(server)
+        if connections is not None:
+            connections.discard(upstream)
+            if not connections:
+                del self._open[server]
+
+    def open_count(self, address: str, port: int) -> int:
+        """Connections open to one server, lent or idle."""
+        return len(self._open.get((address, port), ()))
+
+    def close_idle(self, address: str, port: int) -> int:
+        """Close the idle connections to one server (it takes no new requests); returns how
+        many. Those lent to a request in flight are left to finish."""
+        closed = 0
+        for key in [key for key in self._idle if key[0] == address and key[1] == port]:
+            for upstream in self._idle.pop(key):
+                upstream.close()
+                closed += 1
+        return closed
+
+    def cut(self, address: str, port: int) -> int:
+        """Close every connection to one server, idle or lent; returns how many.
+
+        A request whose connection is cut sees it lost: one waiting for its response head gets
+        a 502, one streaming a response has its client connection closed, as a backend that
+        went away would have it.
+        """
+        self.close_idle(address, port)
+        connections = list(self._open.pop((address, port), ()))
+        for upstream in connections:
+            upstream.closed = True
+            # Not "reused": a request waiting on it must not go again to the same server.
+            upstream.reused = False
+            owner = upstream.owner
+            upstream.owner = None
+            if upstream.transport is not None:
+                upstream.transport.abort()
+            if owner is not None:
+                owner.upstream_lost(upstream)
+        return len(connections)
 
     def discard(self, upstream: HttpUpstream) -> None:
         idle = self._idle.get(upstream.key)
