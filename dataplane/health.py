@@ -71,15 +71,14 @@ class CheckResult(NamedTuple):
     status: int | None = None
 
 
-# Probes that report only (passed, text), like the UDP check: their texts mapped to a code.
+# Probes that report only (passed, text) (the checks here and the UDP check answer a
+# CheckResult with its code): this check's own texts mapped to a code.
 _TEXT_CODES = (
-    ("port unreachable", REFUSED),
     ("connection refused", REFUSED),
-    ("no reply within", TIMEOUT),
     ("timeout after", TIMEOUT),
-    ("reply does not contain", INVALID_RESPONSE),
     ("connection reset", RESET),
     ("TLS handshake failed", TLS_FAILURE),
+    ("invalid HTTP response", INVALID_RESPONSE),
 )
 
 

@@ -8,7 +8,6 @@ families and writer keep the text format exact (escaping, `_total` suffixes, HEL
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,35 +20,28 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from dataplane.health import OK, REASON_CODES
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
 _LISTENER = ["listener", "protocol", "port"]
 _SERVER = ["listener", "server_group", "server", "address"]
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
-# A health check's reason is free text with numbers and OS messages in it; as a label it would
-# grow a new series per message. Each reason the checkers write maps to one of these codes.
-_REASON_CODES = (
-    (re.compile(r"ok\b"), "ok"),
-    (re.compile(r"health check disabled"), "disabled"),
-    (re.compile(r"not checked yet"), "unchecked"),
-    (re.compile(r"timeout after|no reply within"), "timeout"),
-    (re.compile(r"connection refused|port unreachable"), "refused"),
-    (re.compile(r"connection reset"), "reset"),
-    (re.compile(r"connection closed before response"), "closed"),
-    (re.compile(r"TLS handshake failed"), "tls"),
-    (re.compile(r"invalid HTTP response|reply does not contain"), "bad_response"),
-    (re.compile(r"HTTP \d+ not in"), "status_mismatch"),
-    (re.compile(r"connection failed|UDP check failed"), "connect_failed"),
-)
+# The last check's code as the label: the node's own reason codes (dataplane.health), which are
+# few, and two for a server no check ran on. Free text would grow a series per OS message.
+DISABLED = "disabled"
+UNCHECKED = "unchecked"
+# The text dataplane.node writes for a group without a health check.
+_DISABLED_REASON = "health check disabled"
 
 
-def reason_code(reason: str) -> str:
-    """The bounded code for a health check's reason text ("other" for one not known here)."""
-    for pattern, code in _REASON_CODES:
-        if pattern.match(reason):
-            return code
-    return "other"
+def reason_code(backend: Mapping[str, Any]) -> str:
+    """The bounded code of a server entry's last check ("other" for a code not known here)."""
+    code = backend.get("reason_code")
+    if code is None:
+        return DISABLED if backend.get("reason") == _DISABLED_REASON else UNCHECKED
+    return code if code in REASON_CODES else "other"
 
 
 @dataclass
@@ -217,8 +209,8 @@ class StatusCollector:
                     backend["id"],
                     f"{backend['address']}:{backend['port']}",
                 ]
-                code = reason_code(backend.get("reason") or "")
-                result = "pass" if code == "ok" else "none" if code in _NOT_RUN else "fail"
+                code = reason_code(backend)
+                result = "pass" if code == OK else "none" if code in _NOT_RUN else "fail"
                 healthy.add_metric(labels, 1 if backend.get("healthy") else 0)
                 check.add_metric([*labels, result, code], 1)
                 active.add_metric(labels, backend.get("active", 0))
@@ -227,7 +219,7 @@ class StatusCollector:
         yield from (healthy, check, active, server_requests, connect_failures)
 
 
-_NOT_RUN = frozenset({"disabled", "unchecked"})
+_NOT_RUN = frozenset({DISABLED, UNCHECKED})
 
 
 def _histograms(

@@ -17,6 +17,15 @@ import contextlib
 import socket
 from dataclasses import dataclass
 
+from dataplane.health import (
+    CONNECT_FAILED,
+    INVALID_RESPONSE,
+    OK,
+    REFUSED,
+    TIMEOUT,
+    CheckResult,
+)
+
 # Seed-style limits for the request and expected response (printable text in the console).
 MAX_PAYLOAD = 512
 
@@ -92,17 +101,17 @@ async def _exchange(spec: UdpHealthCheckSpec, address: str, port: int) -> bytes:
             reply.exception()
 
 
-async def udp_probe(spec: UdpHealthCheckSpec, address: str, port: int) -> tuple[bool, str]:
-    """Run one UDP check against a server; returns (passed, reason for the status page)."""
+async def udp_probe(spec: UdpHealthCheckSpec, address: str, port: int) -> CheckResult:
+    """Run one UDP check against a server: passed or not, why in words and as a reason code."""
     target_port = spec.port or port
     try:
         data = await asyncio.wait_for(_exchange(spec, address, target_port), spec.timeout)
     except TimeoutError:
-        return False, f"no reply within {float(spec.timeout)}s"
+        return CheckResult(False, f"no reply within {float(spec.timeout)}s", TIMEOUT)
     except ConnectionRefusedError:
-        return False, "port unreachable"
+        return CheckResult(False, "port unreachable", REFUSED)
     except OSError as exc:
-        return False, f"UDP check failed: {exc.strerror or exc}"
+        return CheckResult(False, f"UDP check failed: {exc.strerror or exc}", CONNECT_FAILED)
     if spec.expected and spec.expected not in data:
-        return False, "reply does not contain the expected response"
-    return True, f"ok (UDP reply, {len(data)} bytes)"
+        return CheckResult(False, "reply does not contain the expected response", INVALID_RESPONSE)
+    return CheckResult(True, f"ok (UDP reply, {len(data)} bytes)", OK)

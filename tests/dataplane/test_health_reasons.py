@@ -19,8 +19,9 @@ import pytest
 import trustme
 
 from dataplane.balancing import Backend
-from dataplane.health import HISTORY, REASON_CODES, HealthChecker, HealthCheckSpec, HealthState
+from dataplane.health import HISTORY, REASON_CODES, HealthChecker, HealthState
 from dataplane.node import Node
+from dataplane.udp_health import UdpHealthCheckSpec, udp_probe
 from tests.dataplane.conftest import (
     NodeHandle,
     Recorded,
@@ -407,28 +408,44 @@ def test_last_change_moves_only_when_health_flips():
     assert (state.changed_at, state.code) == (102.0, "reset")
 
 
+class _Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.transport.sendto(b"pong:" + data, addr)
+
+
 @pytest.mark.asyncio
-async def test_a_probe_without_codes_gets_one_from_its_text():
-    # The UDP check answers (passed, text) only.
-    answers = iter(
-        [
-            (False, "port unreachable"),
-            (False, "no reply within 2.0s"),
-            (False, "reply does not contain the expected response"),
-            (False, "UDP check failed: Network is unreachable"),
-            (True, "ok (UDP reply, 4 bytes)"),
+async def test_a_udp_check_brings_its_own_reason_code():
+    """The UDP probe answers its code with its text; the checker records it as it came."""
+    loop = asyncio.get_running_loop()
+    echo, _ = await loop.create_datagram_endpoint(_Echo, local_addr=("127.0.0.1", 0))
+    echo_port = echo.get_extra_info("sockname")[1]
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        closed_port = closed.getsockname()[1]
+    try:
+        cases = [
+            (UdpHealthCheckSpec(timeout=1.0), closed_port, "refused", "port unreachable"),
+            (UdpHealthCheckSpec(timeout=0.2), silent.getsockname()[1], "timeout", "no reply"),
+            (UdpHealthCheckSpec(expected=b"nope"), echo_port, "invalid_response", "reply does"),
+            (UdpHealthCheckSpec(request=b"hi"), echo_port, "ok", "ok (UDP reply, 7 bytes)"),
         ]
-    )
+        seen = []
+        for spec, port, _, _ in cases:
+            backend = Backend("srv-u", "127.0.0.1", port)
+            checker = HealthChecker(spec, [backend], probe=udp_probe, wall_clock=lambda: 5.0)
+            await checker.check_once(backend)
+            state = checker.state(backend)
+            seen.append((state.code, state.reason))
+            assert list(state.history) == [(5.0, state.code == "ok", state.code)]
+    finally:
+        echo.close()
+        silent.close()
 
-    async def udp_like(spec, address, port):
-        return next(answers)
-
-    backend = Backend("srv-u", "127.0.0.1", 9)
-    checker = HealthChecker(HealthCheckSpec(), [backend], probe=udp_like, wall_clock=lambda: 5.0)
-    codes = []
-    for _ in range(5):
-        await checker.check_once(backend)
-        codes.append(checker.state(backend).code)
-
-    assert codes == ["refused", "timeout", "invalid_response", "connect_failed", "ok"]
-    assert list(checker.state(backend).history)[-1] == (5.0, True, "ok")
+    assert [code for code, _ in seen] == [code for _, _, code, _ in cases]
+    for (_, reason), (_, _, _, text) in zip(seen, cases, strict=True):
+        assert reason.startswith(text)

@@ -389,12 +389,18 @@ async def test_udp_probe_results(udp):
     quiet = await udp_probe(UdpHealthCheckSpec(timeout=0.2), "127.0.0.1", silent.port)
     other_port = await udp_probe(UdpHealthCheckSpec(port=echo.port), "127.0.0.1", 9)
 
-    assert ok == (True, "ok (UDP reply, 8 bytes)")
-    assert matching[0] is True
-    assert wrong == (False, "reply does not contain the expected response")
-    assert unreachable == (False, "port unreachable")
-    assert quiet == (False, "no reply within 0.2s")
-    assert other_port[0] is True
+    # Each result carries its reason code, so nothing reads it back from the text.
+    assert ok == (True, "ok (UDP reply, 8 bytes)", "ok", None)
+    assert matching[:3] == (True, "ok (UDP reply, 8 bytes)", "ok")
+    assert wrong == (
+        False,
+        "reply does not contain the expected response",
+        "invalid_response",
+        None,
+    )
+    assert unreachable == (False, "port unreachable", "refused", None)
+    assert quiet == (False, "no reply within 0.2s", "timeout", None)
+    assert other_port[0] is True and other_port.code == "ok"
     assert [data for _, data in echo.received].count(b"ping") == 3
 
 
@@ -435,6 +441,7 @@ async def test_health_check_takes_a_dead_udp_backend_out_and_moves_its_clients(u
 
     assert flipped is True
     assert (backend_a.healthy, backend_a.health_reason) == (False, "port unreachable")
+    assert checker.state(backend_a).code == "refused"
     assert backend_b.healthy is True
     assert await client.ask(b"after") == b"b:after"
     assert listener.session_backends() == {client.address: "b"}
@@ -465,7 +472,10 @@ def test_the_proxy_and_probe_behave_the_same_on_uvloop():
         answer, probes = runner.run(asyncio.wait_for(scenario(), WAIT * 2))
 
     assert answer == b"e:hello"
-    assert probes == [(True, "ok (UDP reply, 2 bytes)"), (False, "port unreachable")]
+    assert [probe[:3] for probe in probes] == [
+        (True, "ok (UDP reply, 2 bytes)", "ok"),
+        (False, "port unreachable", "refused"),
+    ]
 
 
 # -- lifecycle and snapshot ------------------------------------------------------------------------
