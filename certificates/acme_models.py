@@ -8,7 +8,8 @@
   the certificate's page.
 - `AcmeChallenge`: a challenge the instance's nodes answer while its order is being validated;
   the snapshot builder (console/snapshot.py) reads these rows, and they are deleted afterwards.
-- `CertificateAlert`: one webhook event (expiry warning or failed renewal) and its deliveries.
+- `CertificateAlert`: one webhook event (a certificate's or CRL's expiry warning, a failed
+  renewal) and its deliveries.
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ class CertificateAlert(models.Model):
     class Event(models.TextChoices):
         EXPIRES_SOON = "certificate.expires_soon", "Expires soon"
         RENEWAL_FAILED = "certificate.renewal_failed", "Renewal failed"
+        CRL_EXPIRES_SOON = "crl.expires_soon", "CRL expires soon"
 
     class Delivery(models.TextChoices):
         PENDING = "pending", "Pending"

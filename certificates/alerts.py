@@ -1,4 +1,5 @@
-"""Expiry alerts: certificates expiring within 30 and 7 days, the banner, and the webhook.
+"""Expiry alerts: certificates expiring within 30 and 7 days, CRLs whose next update is within 7
+days or past, the banner, and the webhook.
 
 The webhook is one URL for the whole console (CERTIFICATE_WEBHOOK_URL), not one per instance:
 certificates are shared by every instance, so an expiry belongs to no single instance, and the
@@ -7,7 +8,9 @@ configuration, like the broker's URL, so it is set in the environment rather tha
 
 Each event is a `CertificateAlert` row before it is sent, so a delivery that fails is retried a
 bounded number of times with backoff (certificates/tasks.py) and the outcome stays visible.
-Expiry warnings are sent once per certificate, threshold and expiry date.
+Expiry warnings are sent once per certificate, threshold and expiry date, and once per CRL and
+next update: a CRL past its next update makes the node refuse every client certificate it covers,
+so it is as urgent as an expiring certificate.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from certificates.acme_models import AcmeAttempt, AcmeIssuance, CertificateAlert
-from certificates.models import Certificate
+from certificates.models import Certificate, CertificateRevocationList
+from certificates.revocation import crl_alert_payload, expiring_crls
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,8 @@ def banner(request: HttpRequest) -> dict[str, object]:
         .order_by("certificate__not_after")[:6]
     )
     listener = _listener_certificates(request)
-    if not soon and not failing and not listener:
+    crls = list(expiring_crls()[:6])
+    if not soon and not failing and not listener and not crls:
         return {}
     now = timezone.now()
     return {
@@ -70,6 +75,8 @@ def banner(request: HttpRequest) -> dict[str, object]:
             "month": [c for c in soon if c.not_after > now + timedelta(days=7)],
             "failing": failing,
             "listener": listener,
+            "crl_expired": [crl for crl in crls if crl.next_update <= now],
+            "crl_soon": [crl for crl in crls if crl.next_update > now],
         }
     }
 
@@ -152,7 +159,8 @@ def renewal_failed(issuance: AcmeIssuance, attempt: AcmeAttempt) -> CertificateA
 
 
 def queue_expiry_warnings() -> list[int]:
-    """One event per certificate entering the 30-day and the 7-day window (beat)."""
+    """One event per certificate entering the 30-day and the 7-day window, and one per CRL
+    whose next update is within 7 days or past (beat)."""
     created = []
     for certificate in expiring(30):
         level = expiry_level(certificate)
@@ -177,7 +185,32 @@ def queue_expiry_warnings() -> list[int]:
             if new:
                 _queue(alert)
                 created.append(alert.pk)
+    for crl in expiring_crls():
+        alert = _crl_warning(crl)
+        if alert is not None:
+            created.append(alert.pk)
     return created
+
+
+def _crl_warning(crl: CertificateRevocationList) -> CertificateAlert | None:
+    """The CRL's event for its current next update, unless already made."""
+    with transaction.atomic():
+        alert, new = CertificateAlert.objects.get_or_create(
+            dedupe_key=f"crl:{crl.pk}:{crl.next_update.isoformat()}",
+            defaults={
+                "event": CertificateAlert.Event.CRL_EXPIRES_SOON,
+                "certificate": crl.ca_certificate,
+                "payload": {
+                    "event": CertificateAlert.Event.CRL_EXPIRES_SOON.value,
+                    **crl_alert_payload(crl),
+                    "at": timezone.now().isoformat(),
+                },
+            },
+        )
+        if not new:
+            return None
+        _queue(alert)
+        return alert
 
 
 class DeliveryFailed(Exception):
