@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
+from dataplane.accesslog import CountingHttpProxy
 from dataplane.nghttp2 import CANCEL, INTERNAL_ERROR, PROTOCOL_ERROR, Outbound
 from dataplane.protocols import HOP_BY_HOP, fits_request_line
 from dataplane.protocols.http import HttpProxy, Request, _Reject
@@ -124,6 +125,14 @@ class StreamProxy(HttpProxy):
     ) -> None:
         """One request head from the stream: checked and started as HttpProxy does its own."""
         self.on_message_begin()
+        if self.counts_bytes:
+            # What the head carried, as its fields: the codec's framing and compression aside.
+            self.received += (
+                len(method)
+                + len(path)
+                + len(host)
+                + sum(len(name) + len(value) for name, value in fields)
+            )
         request: Request = self.parsing  # type: ignore[assignment]
         request.url = path
         request.method = method
@@ -155,6 +164,13 @@ class StreamProxy(HttpProxy):
 
     def upstream_interim(self, upstream: HttpUpstream, head: bytes) -> None:
         """Not passed on: the stream's response parser takes only final responses."""
+
+
+class CountingStreamProxy(StreamProxy, CountingHttpProxy):
+    """A stream's proxy on a listener whose access log is on: the response bytes it writes are
+    counted (dataplane.accesslog.CountingHttpProxy), the request's by the stream."""
+
+    __slots__ = ()
 
 
 # Marks the end of a request body among a stream's pending pieces.
@@ -199,7 +215,10 @@ class ProxiedStream(Stream):
         self.body: list[bytes] = []
         self.complete = False
         self.parser = httptools.HttpResponseParser(self)
-        self.proxy = StreamProxy(connection.runtime)
+        runtime = connection.runtime
+        # A listener whose access log is on counts each stream's bytes for its lines.
+        kind = StreamProxy if runtime.access_log is None else CountingStreamProxy
+        self.proxy = kind(runtime)
 
     def start(
         self,
@@ -244,6 +263,7 @@ class ProxiedStream(Stream):
             proxy.on_message_complete()
         else:
             proxy.reads += 1
+            proxy.received += len(data)
             proxy.on_body(data)
 
     def cancel(self) -> None:

@@ -468,6 +468,8 @@ async def test_http3_request_line(quic):  # noqa: F811
         "h3c",
         "completed",
     )
+    assert line["bytes_in"] >= len(b"GET/h3/path?q=1h3c")
+    assert line["bytes_out"] > len(b"over h3")
 
 
 def test_http2_streams_get_a_line_each(logged, backends, ca):
@@ -495,3 +497,6 @@ def test_http2_streams_get_a_line_each(logged, backends, ca):
         )
         assert (line["tls_version"], line["tls_cipher"]) == (tls_version, cipher)
         assert line["server"] == "srv-web-0"
+        # A stream's bytes: its head's fields, and the response it was written.
+        assert line["bytes_in"] >= len(b"GET") + len(line["path"]) + len(b"www.example.com")
+        assert line["bytes_out"] > len(b"web")
