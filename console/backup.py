@@ -61,7 +61,7 @@ from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, models, transaction
 from django.utils import timezone
 
-from certificates import keystore, validation
+from certificates import keystore, revocation, validation
 from certificates.models import Certificate
 from console.api.problems import form_errors
 from console.audit import audited, record, snapshot
@@ -146,6 +146,9 @@ REFERENCES: dict[tuple[type[models.Model], str], str] = {
 # carried field by field like the rest; a model this console does not have is skipped. Their
 # history (ACME attempts, expiry alerts) is not configuration and is not carried.
 CERTIFICATE_CHILDREN = ("certificates.CertificateRevocationList", "certificates.AcmeIssuance")
+CRL_MODEL = "certificates.CertificateRevocationList"
+# Where a CRL's validation problem is in the document: the CRL itself, or its issuer chain.
+CRL_FIELDS = {revocation.CRL: "der", revocation.ISSUER_CHAIN: "issuer_chain_pem"}
 MAX_CHILDREN = 50
 THIS_INSTANCE = "this instance"
 SECTIONS = ("certificates", "tls_policies", "acls", "server_groups", "listeners")
@@ -977,8 +980,44 @@ class _Import:
                         self.problem(where, message)
                 ok = False
                 continue
+            if model._meta.label == CRL_MODEL and not self._check_crl(certificate, row, c_at):
+                ok = False
+                continue
             row.save()
+        if model._meta.label == CRL_MODEL and items:
+            # As the CRL upload leaves it (certificates/revocation.py): the CA's summary line
+            # per CRL, which the console keeps itself and the document does not carry.
+            certificate.crl_summary = [
+                crl.summary() for crl in certificate.revocation_lists.order_by("issuer")
+            ]
+            certificate.save(update_fields=["crl_summary", "updated_at"])
         return ok
+
+    def _check_crl(self, certificate: Certificate, row: models.Model, at: str) -> bool:
+        """An imported CRL passes the upload's validation (certificates/revocation.py): signed by
+        the imported CA or its intermediates, complete, and current. What the document says of
+        it (issuer, dates, count, fingerprint) is replaced by what the CRL itself says."""
+        if certificate.kind != Certificate.Kind.CA:
+            self.problem(at, "Only CA certificates carry revocation lists.")
+            return False
+        try:
+            checked = revocation.validate_crl(
+                bytes(row.der), certificate.certificate_pem, row.issuer_chain_pem or None
+            )
+        except revocation.CrlError as error:
+            field = CRL_FIELDS.get(error.field, "der")
+            self.problem(f"{at}.{field}", error.message)
+            return False
+        row.issuer = checked.issuer
+        row.issuer_chain_pem = checked.issuer_chain_pem
+        row.issuer_chain_subjects = list(checked.issuer_chain_subjects)
+        row.der = checked.der
+        row.fingerprint_sha256 = checked.fingerprint_sha256
+        row.crl_number = "" if checked.crl_number is None else str(checked.crl_number)
+        row.this_update = checked.this_update
+        row.next_update = checked.next_update
+        row.revoked_count = checked.revoked_count
+        return True
 
     def check_all_built(self) -> None:
         """Every object of the document was built, or a problem says why not."""

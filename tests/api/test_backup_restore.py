@@ -344,7 +344,8 @@ def test_rows_that_configure_a_certificate_travel_with_it(source: Source, no_pus
     children = {model._meta.label: key for key, model, _ in backup.certificate_children()}
     if not children:
         pytest.skip("this console has neither revocation lists nor ACME issuances")
-    now = datetime.datetime.now(datetime.UTC)
+    # Whole seconds, as a CRL's dates are: the import stores the dates the CRL itself carries.
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     if "certificates.CertificateRevocationList" in children:
         ca = x509.load_pem_x509_certificate(source.clients.certificate_pem.encode())
         crl = (
@@ -398,6 +399,98 @@ def test_rows_that_configure_a_certificate_travel_with_it(source: Source, no_pus
                 row["colour"] = "blue"
     problems = refused(broken)
     assert len([p for p in problems if p.endswith("Unknown field colour.")]) == len(children)
+
+
+@pytest.mark.django_db
+def test_imported_revocation_lists_are_validated_against_the_imported_ca(
+    source: Source, no_push
+) -> None:
+    """A CRL in a document passes the upload's validation (signature against the imported CA
+    and its intermediates, currency); each failure is a problem at its JSON path."""
+    import base64
+    import datetime
+
+    from cryptography.hazmat.primitives import serialization
+
+    from certificates import revocation
+    from certificates.models import CertificateRevocationList
+    from tests.factories.certs import CaMaterial, make_ca
+    from tests.factories.crls import crl_der, make_crl
+
+    now = datetime.datetime.now(datetime.UTC)
+    clients = CaMaterial(
+        cert=x509.load_pem_x509_certificate(source.clients.certificate_pem.encode()),
+        key=serialization.load_pem_private_key(source.clients_key, None),
+    )
+    issuing = make_ca("Backup Issuing CA", issuer=clients)
+    for crl, chain in ((make_crl(clients), None), (make_crl(issuing), issuing.cert_pem)):
+        # Applied, so the CA's revocation lists may change (a Configuring listener refuses it).
+        Listener.objects.update(status=Listener.Status.RUNNING)
+        with transaction.atomic():
+            checked = revocation.validate_crl(crl_der(crl), source.clients.certificate_pem, chain)
+            revocation.upload_crl(certificate_id=source.clients.pk, validated=checked)
+    document = backup.export_instance(source.http.instance, PASSPHRASE)
+    [key] = [
+        k for k, model, _ in backup.certificate_children() if model is CertificateRevocationList
+    ]
+    names = [c["name"] for c in document["certificates"]]
+    ca_at, www_at = names.index("clients"), names.index("www")
+    rows = document["certificates"][ca_at][key]
+    own = next(i for i, row in enumerate(rows) if row["issuer"] == clients.subject)
+    below = 1 - own
+    at = f"certificates[{ca_at}].{key}"
+
+    # What the document says of a CRL is not trusted: the CRL's own fields are stored.
+    lying = copy.deepcopy(document)
+    lying["certificates"][ca_at][key][own].update(
+        next_update="2099-01-01T00:00:00+00:00", revoked_count=999, issuer_chain_subjects=["x"]
+    )
+    imported = backup.import_instance(document=lying, passphrase=PASSPHRASE, name="copy")
+    [ca] = [c for c in imported.certificates if c.name == "clients"]
+    stored = {crl.issuer: crl for crl in ca.revocation_lists.all()}
+    assert set(stored) == {clients.subject, issuing.subject}
+    assert stored[clients.subject].next_update < now + datetime.timedelta(days=8)
+    assert stored[clients.subject].revoked_count == 0
+    assert stored[clients.subject].issuer_chain_subjects == []
+    assert [line["issuer"] for line in ca.crl_summary] == sorted(stored)
+
+    def with_crl(document: dict, index: int, crl) -> dict:
+        changed = copy.deepcopy(document)
+        changed["certificates"][ca_at][key][index]["der"] = base64.b64encode(crl_der(crl)).decode()
+        return changed
+
+    forged = with_crl(document, own, make_crl(clients, signing_key=make_ca("Backup Forger").key))
+    forged["certificates"][ca_at][key][below]["issuer_chain_pem"] = ""
+    forged["certificates"][www_at][key] = [copy.deepcopy(rows[own])]
+    problems = refused(forged)
+    assert any(p.startswith(f"{at}[{own}].der: ") and "signature" in p for p in problems)
+    assert any(p.startswith(f"{at}[{below}].der: ") for p in problems), problems
+    assert f"certificates[{www_at}].{key}[0]: Only CA certificates carry revocation lists." in (
+        problems
+    )
+
+    expired = with_crl(
+        document,
+        own,
+        make_crl(
+            clients,
+            this_update=now - datetime.timedelta(days=8),
+            next_update=now - datetime.timedelta(hours=1),
+        ),
+    )
+    problems = refused(expired)
+    assert (
+        [p for p in problems if p.startswith(f"{at}[{own}].der: ")]
+        == [p for p in problems if "expired" in p.lower() or "next update" in p.lower()]
+        != []
+    )
+
+    foreign_chain = copy.deepcopy(document)
+    foreign_chain["certificates"][ca_at][key][below]["issuer_chain_pem"] = make_ca(
+        "Backup Unrelated CA"
+    ).cert_pem
+    problems = refused(foreign_chain)
+    assert any(p.startswith(f"{at}[{below}].") for p in problems), problems
 
 
 @pytest.mark.django_db(transaction=True)
