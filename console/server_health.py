@@ -112,7 +112,9 @@ def group_health(group: ServerGroup) -> dict[str, list[ServerHealth]]:
         Listener.objects.filter(Q(server_group=group)).values_list("instance_id", flat=True)
     )
     found: dict[str, list[ServerHealth]] = {server: [] for server in servers}
-    seen: set[tuple[int, str]] = set()
+    # Where each (node, server) is in ``found``, and whether that entry carried the timeline (a
+    # node gives it in one listener entry of the group only, dataplane.node.Node.status).
+    seen: dict[tuple[int, str], tuple[int, bool]] = {}
     nodes = DataplaneNode.objects.filter(instance_id__in=instances).select_related("instance")
     several = len(instances) > 1
     for node in nodes.order_by("instance__name", "name"):
@@ -127,14 +129,16 @@ def group_health(group: ServerGroup) -> dict[str, list[ServerHealth]]:
                 if not isinstance(backend, dict):
                     continue
                 server_id = backend.get("id")
-                if (
-                    not isinstance(server_id, str)
-                    or server_id not in found
-                    or (node.pk, server_id) in seen
-                ):
+                if not isinstance(server_id, str) or server_id not in found:
                     continue
-                seen.add((node.pk, server_id))
-                found[server_id].append(describe(backend, name))
+                key, timeline = (node.pk, server_id), "checks" in backend
+                if key not in seen:
+                    seen[key] = (len(found[server_id]), timeline)
+                    found[server_id].append(describe(backend, name))
+                elif timeline and not seen[key][1]:
+                    position = seen[key][0]
+                    seen[key] = (position, True)
+                    found[server_id][position] = describe(backend, name)
     return found
 
 

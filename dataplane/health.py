@@ -437,29 +437,35 @@ def server_report(
     checker: HealthChecker | None,
     slow_start: SlowStart | None,
     now: float,
+    *,
+    timeline: bool = True,
 ) -> dict[str, object]:
     """What a status document says of one server's health beyond healthy and reason: the reason
     code, the HTTP status a check saw, when its health last changed (wall clock), its recent
-    checks as [time, passed, code] oldest first, and its slow-start ramp in percent (None when
-    it is not ramping)."""
+    checks as [time, passed, code] oldest first (left out without ``timeline``), and its
+    slow-start ramp in percent (None when it is not ramping)."""
     percent = None
     if slow_start is not None and backend.ramp_started is not None and backend.weight > 0:
         fraction = slow_start.fraction(backend, now)
         if fraction < 1.0:
             percent = int(fraction * 100)
     if checker is None:
-        return {
+        report: dict[str, object] = {
             "reason_code": None,
             "http_status": None,
             "last_change": None,
-            "checks": [],
             "slow_start_percent": percent,
         }
+        if timeline:
+            report["checks"] = []
+        return report
     state = checker.state(backend)
-    return {
+    report = {
         "reason_code": state.code or None,
         "http_status": state.status,
         "last_change": round(state.changed_at, 3),
-        "checks": [[round(at, 3), ok, code] for at, ok, code in state.history],
         "slow_start_percent": percent,
     }
+    if timeline:
+        report["checks"] = [[round(at, 3), ok, code] for at, ok, code in state.history]
+    return report

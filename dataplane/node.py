@@ -937,13 +937,21 @@ class Node:
         now = time.monotonic()
         wall = time.time()
         listeners: dict[str, object] = {}
+        # A server's timeline of checks (20 of them, 700 bytes) is its group's: it is given in
+        # the first listener entry of each group only, not repeated in every listener's.
+        timelines: set[int] = set()
         for listener_id, runtime in self.listeners.items():
             retry = self._retries.get(listener_id)
             config = runtime.config
             backends = []
             group = runtime.group if runtime.status == "running" else None
             if group is not None:
+                timeline = id(group) not in timelines
+                timelines.add(id(group))
                 for backend in group.backends:
+                    report = server_report(
+                        backend, group.checker, group.slow_start, self.clock(), timeline=timeline
+                    )
                     backends.append(
                         {
                             "id": backend.id,
@@ -973,7 +981,7 @@ class Node:
                             "active": backend.active,
                             "requests": backend.requests,
                             "connect_failures": backend.connect_failures,
-                            **server_report(backend, group.checker, group.slow_start, self.clock()),
+                            **report,
                         }
                     )
             counters = runtime.stats.as_dict()

@@ -276,6 +276,37 @@ def test_the_group_page_shows_reasons_and_the_timeline(admin_client, listener, n
     assert "failed: timeout" in ramping
 
 
+@pytest.mark.parametrize("carrier", [0, 1])
+def test_the_timeline_given_in_one_listener_entry_only_is_shown(
+    admin_client, instance, listener, node, server_group, carrier
+):
+    # A node gives a server's last checks in one listener entry of its group (dataplane.node);
+    # the stored document's key order is the database's, so either entry may be read first.
+    second = make_listener(instance, server_group, port=8081, name="shop-2")
+    document = report(server_group, listener)
+    entry = document["listeners"][listener.id]
+    without = {**entry, "backends": [{**b} for b in entry["backends"]]}
+    for backend in without["backends"]:
+        del backend["checks"]
+    ids = [listener.id, second.id]
+    document["listeners"] = {
+        ids[0]: entry if carrier == 0 else without,
+        ids[1]: entry if carrier == 1 else without,
+    }
+    node.status_report = document
+    node.status_report_at = timezone.now()
+    node.save()
+
+    html = admin_client.get(server_group.get_absolute_url()).content.decode()
+
+    section = html[html.index('id="server-health"') :]
+    rows = re.findall(r"<tr><td class=\"mono\">(.*?)</tr>", section, re.S)
+    assert len(rows) == 2
+    assert re.findall(r'class="(check-ok|check-failed)"', rows[0]) == ["check-ok", "check-failed"]
+    assert "failed: timeout" in rows[1]
+    assert "No checks reported" not in section
+
+
 def test_a_server_no_node_reported_says_so(admin_client, server_group):
     BackendServer.objects.create(group=server_group, address="10.0.0.9", port=80)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import ssl
 import struct
@@ -449,3 +450,68 @@ async def test_a_udp_check_brings_its_own_reason_code():
     assert [code for code, _ in seen] == [code for _, _, code, _ in cases]
     for (_, reason), (_, _, _, text) in zip(seen, cases, strict=True):
         assert reason.startswith(text)
+
+
+def test_a_servers_timeline_is_given_once_per_group_not_per_listener(dataplane, backends):
+    """Many listeners on one group: each server's last checks appear in one listener entry, so
+    the status document grows with listeners by the small server entries only."""
+    web = [backends(f"web{index}") for index in range(20)]
+    other = backends("other")
+    ports = [free_port() for _ in range(11)]
+    listeners = [listener(port, listener_id=f"lsn-web{index}") for index, port in enumerate(ports)]
+    listeners[-1] = listener(ports[-1], listener_id="lsn-other", group_id="sgp-other")
+    groups = [
+        server_group(*web, health_check=FAST_HTTP),
+        server_group(other, group_id="sgp-other", health_check=FAST_HTTP),
+    ]
+    dataplane.apply(snapshot(listeners, groups))
+
+    def timelines() -> list[tuple[str, str]]:
+        found = []
+        for listener_id, entry in dataplane.status()["listeners"].items():
+            found += [
+                (listener_id, server["id"]) for server in entry["backends"] if server.get("checks")
+            ]
+        return found
+
+    # Every server checked at least twice, and seen in one listener's entry each.
+    def checked_twice() -> bool:
+        entries = dataplane.status()["listeners"]
+        return (
+            all(
+                len(server.get("checks") or []) >= 2 or "checks" not in server
+                for entry in entries.values()
+                for server in entry["backends"]
+            )
+            and len(timelines()) == 21
+        )
+
+    assert wait_until(checked_twice, timeout=15)
+    status = dataplane.status()["listeners"]
+    owners = {listener_id for listener_id, _ in timelines()}
+    assert len(owners) == 2 and "lsn-other" in owners
+    web_owner = (owners - {"lsn-other"}).pop()
+    for listener_id, entry in status.items():
+        for server in entry["backends"]:
+            # The rest of a server's health is in every entry.
+            assert server["reason_code"] == "ok" and server["last_change"] is not None
+            assert ("checks" in server) is (listener_id in (web_owner, "lsn-other"))
+
+    # The size bound: a server entry without its timeline stays small; with a full one (HISTORY
+    # checks of about 40 bytes each) it is given once per group.
+    def size(value: Any) -> int:
+        return len(json.dumps(value))
+
+    servers = [server for entry in status.values() for server in entry["backends"]]
+    plain = max(size(server) for server in servers if "checks" not in server)
+    per_check = max(size(check) for server in servers for check in server.get("checks", []))
+    assert plain <= 450
+    assert per_check <= 45
+    full_timeline = HISTORY * (per_check + 2)
+    listener_servers = sum(len(entry["backends"]) for entry in status.values())
+    assert listener_servers == 10 * 20 + 1
+    bound = listener_servers * plain + 21 * full_timeline
+    assert size(status) <= bound + 11 * 2000
+    # At 100 listeners of 20 servers, a status read stays near 100 x 20 x 450 bytes, instead of
+    # 100 x 20 x (450 + HISTORY x 45) with the timeline repeated.
+    assert 100 * 20 * plain + 20 * full_timeline < 1_000_000
