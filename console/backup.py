@@ -15,7 +15,9 @@ certificate columns the upload's validation derives from the PEM (recomputed on 
 fields the console keeps itself (``editable=False``, such as a summary of other rows). Foreign
 keys become names (``REFERENCES``), a foreign key to the instance becomes "this instance", and a
 foreign key this module does not know is left out. A certificate's revocation lists and ACME
-issuance (``CERTIFICATE_CHILDREN``) travel inside its entry, field by field in the same way.
+issuance (``CERTIFICATE_CHILDREN``) travel inside its entry, field by field in the same way; an
+imported CRL must also pass the CRL upload's validation against the imported CA (signature, through
+its intermediates, and currency), and its stored details are read from the CRL itself.
 Fields named ``*_token`` or ``*_encrypted`` hold secrets encrypted at rest by the keystore: they
 are written decrypted and then encrypted again with the operator's passphrase (scrypt, then
 AES-256-GCM; the salt and scrypt parameters are in ``encryption``) under the name without the
