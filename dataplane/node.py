@@ -937,7 +937,7 @@ class Node:
         now = time.monotonic()
         wall = time.time()
         listeners: dict[str, object] = {}
-        # A server's timeline of checks (20 of them, 700 bytes) is its group's: it is given in
+        # A server's timeline of checks (20 of them, about 600 bytes) is its group's: given in
         # the first listener entry of each group only, not repeated in every listener's.
         timelines: set[int] = set()
         for listener_id, runtime in self.listeners.items():
