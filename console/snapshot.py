@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from certificates.models import Certificate
 from certificates.revocation import crl_check, crl_pem
@@ -222,6 +223,14 @@ def _listener(listener: Listener, sni_ids: tuple[str, ...]) -> dp.Listener:
     )
 
 
+def _drain_deadline(server) -> int | None:
+    """A draining server's deadline in Unix seconds, rounded up: the nodes never cut early."""
+    deadline = server.drain_deadline
+    if deadline is None:
+        return None
+    return math.ceil(deadline.timestamp())
+
+
 def _group(group) -> dp.ServerGroup:
     check = getattr(group, "health_check", None)
     health = dp.HealthCheck(enabled=False)
@@ -245,7 +254,14 @@ def _group(group) -> dp.ServerGroup:
         name=group.name,
         backend_protocol=group.backend_protocol,
         servers=tuple(
-            dp.BackendServer(id=s.server_id, address=s.address, port=s.port, weight=s.weight)
+            dp.BackendServer(
+                id=s.server_id,
+                address=s.address,
+                port=s.port,
+                weight=s.weight,
+                state=s.state,
+                drain_deadline=_drain_deadline(s),
+            )
             for s in group.servers.all()
         ),
         health_check=health,

@@ -174,13 +174,34 @@ class ServerGroup(models.Model):
         return self.backend_protocol == self.BackendProtocol.GRPC
 
 
+# A draining server's deregistration delay, in seconds (AWS's target group attribute's range).
+DEREGISTRATION_DELAY = (0, 3600)
+
+
 class BackendServer(models.Model):
+    class State(models.TextChoices):
+        # Takes traffic.
+        ENABLED = "enabled", "Enabled"
+        # No new requests or connections; those in flight finish until the deregistration delay
+        # has passed, then what remains is closed.
+        DRAINING = "draining", "Draining"
+        # Out at once.
+        MAINTENANCE = "maintenance", "Maintenance"
+
     group = models.ForeignKey(ServerGroup, on_delete=models.CASCADE, related_name="servers")
     address = models.GenericIPAddressField()
     port = models.PositiveIntegerField(validators=bounded(1, 65535))
     # Seed 000: default 100; 0 means the server receives no new requests.
     weight = models.PositiveSmallIntegerField(default=100, validators=bounded(0, 100))
     description = models.CharField(max_length=255, blank=True, default="")
+    state = models.CharField(max_length=12, choices=State.choices, default=State.ENABLED)
+    # Per server, chosen when it is drained (default 300 s, as AWS's): a server holding long
+    # downloads needs a longer one than its neighbours. Kept for its next drain.
+    deregistration_delay = models.PositiveSmallIntegerField(
+        default=300, validators=bounded(*DEREGISTRATION_DELAY)
+    )
+    # Set by the service when the drain starts; with the delay it gives the nodes' deadline.
+    draining_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
@@ -194,6 +215,40 @@ class BackendServer(models.Model):
     @property
     def server_id(self) -> str:
         return f"srv-{self.pk}"
+
+    @property
+    def name(self) -> str:
+        """How the audit log and messages name it."""
+        return f"{self.address}:{self.port}"
+
+    @property
+    def drain_deadline(self) -> datetime.datetime | None:
+        """When what remains on a draining server is closed (None: not draining)."""
+        if self.state != self.State.DRAINING or self.draining_since is None:
+            return None
+        return self.draining_since + datetime.timedelta(seconds=self.deregistration_delay)
+
+    def drain_seconds_left(self, now: datetime.datetime | None = None) -> int | None:
+        deadline = self.drain_deadline
+        if deadline is None:
+            return None
+        left = (deadline - (now or timezone.now())).total_seconds()
+        return max(0, int(left + 0.999))
+
+    @property
+    def state_text(self) -> str:
+        """ "Draining, 4 min 10 s left", "Draining, closing what remains", "Maintenance"."""
+        left = self.drain_seconds_left()
+        if left is None:
+            return self.get_state_display()
+        if left == 0:
+            return "Draining, delay over"
+        minutes, seconds = divmod(left, 60)
+        if minutes and seconds:
+            return f"Draining, {minutes} min {seconds} s left"
+        if minutes:
+            return f"Draining, {minutes} min left"
+        return f"Draining, {seconds} s left"
 
 
 class HealthCheck(models.Model):

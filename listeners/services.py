@@ -34,6 +34,7 @@ from console.audit import audited
 from console.models import Instance
 from listeners import rules
 from listeners.models import (
+    DEREGISTRATION_DELAY,
     AccessControlList,
     AclEntry,
     BackendServer,
@@ -508,6 +509,64 @@ def replace_servers(group: ServerGroup, rows: list[dict]) -> None:
             server.weight = weight
             server.description = description
             server.save(update_fields=["weight", "description"])
+
+
+def _server_state_action(arguments: dict[str, Any]) -> str:
+    """The audit log's action for ``set_server_state``: backend_server.drain and so on."""
+    return {
+        BackendServer.State.ENABLED: "backend_server.enable",
+        BackendServer.State.DRAINING: "backend_server.drain",
+        BackendServer.State.MAINTENANCE: "backend_server.maintenance",
+    }.get(arguments.get("state"), "backend_server.set_state")
+
+
+@transaction.atomic
+@audited(_server_state_action, BackendServer, key="server_pk")
+def set_server_state(
+    *, server_pk: int, state: str, deregistration_delay: int | None = None
+) -> BackendServer:
+    """Enable a backend server, drain it or put it in maintenance.
+
+    Draining starts the server's deregistration delay now (``deregistration_delay`` replaces the
+    server's own when given): the nodes send it nothing new and close what remains once the delay
+    has passed. Draining a server that already drains only changes its delay, counted from when
+    the drain began. The group's listeners are reconfigured, so none of them may be Configuring.
+    """
+    if state not in BackendServer.State.values:
+        raise RuleViolation(
+            f"The state must be one of {', '.join(BackendServer.State.values)}.", field="state"
+        )
+    low, high = DEREGISTRATION_DELAY
+    if deregistration_delay is not None and not low <= deregistration_delay <= high:
+        raise RuleViolation(
+            f"The deregistration delay must be {low}-{high} seconds.",
+            field="deregistration_delay",
+        )
+    group_id = BackendServer.objects.filter(pk=server_pk).values_list("group_id", flat=True).first()
+    if group_id is None:
+        raise NotFound(f"Backend server srv-{server_pk} no longer exists.")
+    # The group first, as editing the group locks it before its servers: no deadlock between them.
+    group = _locked(ServerGroup, group_id, "Server group")
+    server = _locked(BackendServer, server_pk, "Backend server")
+    if server.group_id != group.pk:
+        raise NotFound(f"Backend server {server.server_id} no longer exists.")
+    delay = server.deregistration_delay if deregistration_delay is None else deregistration_delay
+    draining_since = None
+    if state == BackendServer.State.DRAINING:
+        already = server.state == BackendServer.State.DRAINING and server.draining_since
+        draining_since = server.draining_since if already else timezone.now()
+    if (server.state, server.deregistration_delay, server.draining_since) == (
+        state,
+        delay,
+        draining_since,
+    ):
+        return server
+    _reconfigure(listeners_of_group(group), doing=f"changing the state of server {server.name}")
+    server.state = state
+    server.deregistration_delay = delay
+    server.draining_since = draining_since
+    server.save(update_fields=["state", "deregistration_delay", "draining_since"])
+    return server
 
 
 @transaction.atomic

@@ -1,6 +1,15 @@
 from django.urls import path
 
-from listeners.views import acls, listeners, logs, monitoring, servergroups, tlspolicies, wizard
+from listeners.views import (
+    acls,
+    listeners,
+    logs,
+    monitoring,
+    servergroups,
+    serverstates,
+    tlspolicies,
+    wizard,
+)
 
 LISTENER = "instances/<str:instance_id>/listeners/<str:listener_id>/"
 
@@ -61,6 +70,11 @@ urlpatterns = [
     path("server-groups/<str:group_id>/edit/", servergroups.group_edit, name="servergroup-edit"),
     path(
         "server-groups/<str:group_id>/delete/", servergroups.group_delete, name="servergroup-delete"
+    ),
+    path(
+        "server-groups/<str:group_id>/servers/<int:server_pk>/state/",
+        serverstates.server_state,
+        name="servergroup-server-state",
     ),
     path("tls-policies/", tlspolicies.policy_list, name="tlspolicy-list"),
     path("tls-policies/create/", tlspolicies.policy_create, name="tlspolicy-create"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from django.http import HttpRequest
@@ -15,11 +16,12 @@ from console.api.listeners import (
     _health_check_data,
     _servers_formset,
 )
-from console.api.problems import Problem, form_errors, invalid
+from console.api.problems import ApiError, Problem, form_errors, invalid
 from listeners import services
 from listeners.forms.listener import HealthCheckForm
 from listeners.forms.servergroups import ServerGroupForm
-from listeners.models import HealthCheck, ServerGroup
+from listeners.forms.serverstates import ServerStateForm
+from listeners.models import BackendServer, HealthCheck, ServerGroup
 
 router = Router(tags=["Server groups"])
 ERRORS = {400: Problem, 403: Problem, 404: Problem, 409: Problem, 422: Problem}
@@ -55,6 +57,18 @@ class ServerOut(Schema):
     port: int
     weight: int
     description: str
+    state: str
+    deregistration_delay: int
+    draining_since: datetime.datetime | None
+    drain_seconds_left: int | None
+
+
+class ServerStateChange(Strict):
+    """Enable, drain or put in maintenance; ``deregistration_delay`` (0-3600 s) replaces the
+    server's own, which is kept for its next drain."""
+
+    state: str
+    deregistration_delay: int | None = None
 
 
 class ServerGroupOut(Schema):
@@ -76,20 +90,25 @@ def group_out(group: ServerGroup) -> dict[str, Any]:
     return {
         **{name: pk_of(getattr(group, name)) for name in GROUP_FIELDS},
         "id": group.id,
-        "servers": [
-            {
-                "server_id": server.server_id,
-                "address": server.address,
-                "port": server.port,
-                "weight": server.weight,
-                "description": server.description,
-            }
-            for server in group.servers.all()
-        ],
+        "servers": [server_out(server) for server in group.servers.all()],
         "health_check": (
             {name: getattr(check, name) for name in HealthCheckForm.Meta.fields} if check else None
         ),
         "listeners": sorted(set(services.listeners_of_group(group).values_list("pk", flat=True))),
+    }
+
+
+def server_out(server: BackendServer) -> dict[str, Any]:
+    return {
+        "server_id": server.server_id,
+        "address": server.address,
+        "port": server.port,
+        "weight": server.weight,
+        "description": server.description,
+        "state": server.state,
+        "deregistration_delay": server.deregistration_delay,
+        "draining_since": server.draining_since,
+        "drain_seconds_left": server.drain_seconds_left(),
     }
 
 
@@ -168,6 +187,39 @@ def modify_health_check(request: HttpRequest, group_id: ObjectId, payload: Healt
     )
     call_service(services.update_health_check, group=group, values=form.cleaned_data)
     return group_out(group)
+
+
+@router.put(
+    "/server-groups/{group_id}/servers/{server_id}/state", response={200: ServerOut, **ERRORS}
+)
+def change_server_state(
+    request: HttpRequest, group_id: ObjectId, server_id: ObjectId, payload: ServerStateChange
+):
+    """Enable a backend server, drain it (no new requests or connections; what remains is closed
+    after its deregistration delay) or put it in maintenance (out at once). Every listener that
+    forwards to the group is reconfigured."""
+    pk = server_id.removeprefix("srv-")
+    if not pk.isdigit():
+        raise ApiError(404, f"No backend server {server_id} in server group {group_id}.")
+    server = BackendServer.objects.filter(pk=int(pk), group_id=group_id).first()
+    if server is None:
+        raise ApiError(404, f"No backend server {server_id} in server group {group_id}.")
+    data = {
+        "state": payload.state,
+        "deregistration_delay": (
+            server.deregistration_delay
+            if payload.deregistration_delay is None
+            else payload.deregistration_delay
+        ),
+    }
+    form = validated(ServerStateForm(data, instance=server))
+    server = call_service(
+        services.set_server_state,
+        server_pk=server.pk,
+        state=form.cleaned_data["state"],
+        deregistration_delay=form.cleaned_data["deregistration_delay"],
+    )
+    return server_out(BackendServer.objects.get(pk=server.pk))
 
 
 @router.delete("/server-groups/{group_id}", response={204: None, **ERRORS})
