@@ -127,7 +127,9 @@ def request_issuance(
 
 
 @transaction.atomic
-@audited("certificate.acme_renew", AcmeIssuance, key="issuance_id")
+# Audited as the attempt it creates: the issuance row itself does not change, so a record
+# keyed on it would be skipped as "nothing changed".
+@audited("certificate.acme_renew", AcmeAttempt, created=lambda attempt: attempt)
 def request_renewal(*, issuance_id: str) -> AcmeAttempt:
     """Queue an attempt now (at most one at a time per certificate)."""
     issuance = AcmeIssuance.objects.select_for_update().filter(pk=issuance_id).first()

@@ -180,6 +180,9 @@ def test_renew_now_queues_one_attempt_at_a_time(api, issued, django_capture_on_c
     assert again.status_code == 422
     assert "already in progress" in again.json()["detail"]
     assert issued.attempts.count() == 1
+    [record] = AuditRecord.objects.filter(action="certificate.acme_renew")
+    assert record.object_id == str(response.json()["id"])
+    assert record.changes["issuance"]["after"] == issued.pk
     assert api.post(f"{ORDERS}/acme-missing/renew").status_code == 404
 
 
