@@ -94,7 +94,10 @@ def recent_lines(
         if not answer.ok:
             missing.append((node, answer.error or "; ".join(answer.reasons) or "no answer"))
             continue
-        for line in answer.payload.get("lines", []):
+        # The node's answer is input from the network: lines that are not a list of objects
+        # are read as none.
+        found = answer.payload.get("lines")
+        for line in found if isinstance(found, list) else []:
             if isinstance(line, dict):
                 lines.append({**line, "node": node.name})
     # RFC 3339 times of one format sort as text.
@@ -145,7 +148,9 @@ def listener_logs_download(
 def _row(line: dict[str, Any]) -> dict[str, Any]:
     """One line as the table shows it; every value stays text the template escapes."""
     status = line.get("status")
-    protocol = line.get("http_version") or (line.get("protocol") or "").upper()
+    version, name = line.get("http_version"), line.get("protocol")
+    protocol = version if isinstance(version, str) and version else ""
+    protocol = protocol or (name.upper() if isinstance(name, str) else "")
     return {
         **line,
         "status_class": f"{status // 100}xx" if isinstance(status, int) else "",

@@ -217,3 +217,39 @@ def test_pages_render_whatever_the_stored_report_holds(name, listener, admin_cli
         # No word from the node on this listener: not vouched for.
         listener.refresh_from_db()
         assert listener.observed.status == Listener.Status.FAILED
+
+
+# A node's answer to the Logs tab's question (its recent access-log lines) is network input too.
+LOG_ANSWERS = {
+    "lines a number": {"lines": 5},
+    "lines a dict": {"lines": {"time": "x"}},
+    "lines of other types": {
+        "lines": [
+            1,
+            None,
+            ["a"],
+            {"protocol": ["http"], "http_version": {"v": 2}, "status": "500", "time": [1]},
+            {"protocol": 7, "status": True, "method": {"<script>": 1}, "bytes_in": 1.5},
+        ]
+    },
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("name", list(LOG_ANSWERS))
+def test_the_logs_tab_renders_whatever_a_node_answers(
+    name, listener, fake_node: FakeNode, admin_client: Client
+):
+    register_node(listener.instance, fake_node.url)
+    fake_node.report = lambda: LOG_ANSWERS[name]
+    args = [listener.instance_id, listener.id]
+
+    for page in (reverse("listener-logs", args=args), reverse("listener-logs-download", args=args)):
+        response = admin_client.get(page)
+        assert response.status_code == 200, page
+    page = admin_client.get(reverse("listener-logs", args=args)).content
+    assert b"<script>" not in page
+    if name == "lines of other types":
+        # The two objects are shown, their odd fields as text.
+        download = admin_client.get(reverse("listener-logs-download", args=args)).content
+        assert len(download.splitlines()) == 2
