@@ -103,6 +103,8 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_ERR_DEFERRED
         NGHTTP2_ERR_CALLBACK_FAILURE
         NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+        NGHTTP2_ERR_FLOODED
+        NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
         NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
         NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
         NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
@@ -311,6 +313,11 @@ cdef class Session:
             self.error = None
             raise error
         if rv < 0:
+            if rv == NGHTTP2_ERR_FLOODED or rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS:
+                # nghttp2 only returns these two (frames piling up unanswered, a header block
+                # continued past MAX_CONTINUATIONS); the peer is told why with a GOAWAY of
+                # ENHANCE_YOUR_CALM, "excessive load" (RFC 9113 section 7), not a bare close.
+                nghttp2_session_terminate_session(self.session, ENHANCE_YOUR_CALM)
             raise Http2Error(nghttp2_strerror(<int>rv).decode())
 
     @property

@@ -12,6 +12,7 @@ letter of the RFC on purpose, the test asserts nghttp2's behaviour and says so.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import struct
@@ -43,8 +44,10 @@ from tests.dataplane.conftest import (
     free_port,
     server_group,
     snapshot,
+    wait_until,
 )
 from tests.dataplane.test_https import https_listener, trusting
+from tests.security.raw_backend import RawBackend, RawConnection, hold
 from tests.security.raw_http import fds_return
 
 loop_thread = dataplane_fixtures.loop_thread
@@ -127,7 +130,15 @@ class Answer:
 class RawH2:
     """A client that writes frames as given and decodes every frame the node sends back."""
 
-    def __init__(self, port: int, context: ssl.SSLContext, *, preface: bool = True) -> None:
+    def __init__(
+        self,
+        port: int,
+        context: ssl.SSLContext,
+        *,
+        preface: bool = True,
+        settings: dict[int, int] | None = None,
+        auto_window: bool = True,
+    ) -> None:
         context.set_alpn_protocols(["h2"])
         raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         self.sock = context.wrap_socket(raw, server_hostname="www.example.com")
@@ -141,8 +152,10 @@ class RawH2:
         self.closed = False
         self.sent = 0
         self.server_settings: dict[int, int] = {}
+        # Whether every DATA frame is acknowledged with WINDOW_UPDATEs as it arrives.
+        self.auto_window = auto_window
         if preface:
-            self.send(PREFACE + SettingsFrame(0).serialize())
+            self.send(PREFACE + SettingsFrame(0, settings=settings or {}).serialize())
 
     def close(self) -> None:
         self.sock.close()
@@ -217,7 +230,7 @@ class RawH2:
             answer = self.answers.setdefault(frame.stream_id, Answer())
             answer.body += frame.data
             answer.ended = "END_STREAM" in frame.flags
-            if frame.flow_controlled_length:
+            if frame.flow_controlled_length and self.auto_window:
                 self.send(
                     WindowUpdateFrame(0, window_increment=frame.flow_controlled_length),
                     WindowUpdateFrame(
@@ -268,9 +281,32 @@ class Node:
     port: int
     web: Any
     context: ssl.SSLContext
+    dataplane: Any
+    certificates: list[dict[str, str]]
 
-    def connect(self, **kwargs: Any) -> RawH2:
-        return RawH2(self.port, self.context, **kwargs)
+    def bytes_in(self) -> int:
+        """Bytes the listener took from its HTTP/2 clients, after TLS."""
+        return self.dataplane.stats("lsn-tls")["bytes_in"]
+
+    def side_listener(self, backend: Any) -> int:
+        """A second HTTP/2 listener, in front of `backend` alone; returns its port."""
+        port = free_port()
+        result = self.dataplane.apply(
+            snapshot(
+                [
+                    https_listener(self.port, http2=True),
+                    https_listener(port, http2=True, listener_id="lsn-side", group_id="sgp-side"),
+                ],
+                [server_group(self.web), server_group(backend, group_id="sgp-side")],
+                certificates=self.certificates,
+                generation=2,
+            )
+        )
+        assert result["lsn-side"]["status"] == "running", result
+        return port
+
+    def connect(self, port: int | None = None, **kwargs: Any) -> RawH2:
+        return RawH2(port or self.port, self.context, **kwargs)
 
     def assert_healthy(self) -> None:
         """A new connection gets a normal answer."""
@@ -286,6 +322,8 @@ class Node:
 def _handler(request: Any) -> Reply:
     if request.target.startswith("/big"):
         return Reply(body=b"b" * 200_000)
+    if request.target.startswith("/warm"):
+        return Reply(body=b"warm", delay=0.1)
     if request.target.startswith("/slow"):
         return Reply(body=b"late", delay=0.5)
     return Reply(body=b"fine")
@@ -301,7 +339,13 @@ def h2node(dataplane: Any, backends: Any, ca: Any) -> Node:
         snapshot([https_listener(port, http2=True)], [server_group(web)], certificates=certificates)
     )
     assert result["lsn-tls"]["status"] == "running", result
-    running = Node(port, web, trusting(ca))
+    running = Node(port, web, trusting(ca), dataplane, certificates)
+    # Four exchanges at once fill the backend pool as far as the cases below need it, so a
+    # pooled connection is not mistaken for a leaked descriptor.
+    with running.connect() as client:
+        for stream_id in (1, 3, 5, 7):
+            client.get(stream_id, "/warm")
+        assert [client.answer(n).status for n in (1, 3, 5, 7)] == [200] * 4
     running.assert_healthy()
     web.requests.clear()
     return running
@@ -548,3 +592,158 @@ def test_misframed_control_frames(h2node, frame, code):
     with misbehaving(h2node), h2node.connect() as client:
         client.send(frame)
         assert connection_error(client) == code
+
+
+async def stall(connection: RawConnection) -> None:
+    """Take the request head, then read nothing more and never answer."""
+    await asyncio.Event().wait()
+
+
+def test_data_beyond_the_stream_window_is_a_flow_control_error(h2node, loop_thread):
+    """The node advertises a 1 MiB stream window and reopens it only as the body goes on to the
+    backend; a backend that stops reading closes it, and DATA past it is a FLOW_CONTROL_ERROR
+    (RFC 9113 6.9.1), here a stream error: that stream is reset, the connection goes on.
+
+    Before the window shuts, the kernel's send buffer towards the backend takes a few MiB
+    (net.ipv4.tcp_wmem allows 4 MiB), so the client offers 12 MiB, within the 16 MiB
+    connection window."""
+    stalled = RawBackend(loop_thread, stall, name="stalled").start()
+    port = h2node.side_listener(stalled)
+    with misbehaving(h2node):
+        with h2node.connect(port) as client:
+            client.read_frame()
+            assert client.server_settings[SettingsFrame.INITIAL_WINDOW_SIZE] == 1 << 20
+            client.send(client.headers(1, request_fields("/upload", "POST"), end_stream=False))
+            piece = DataFrame(1, data=b"u" * 16384).serialize()
+            for _ in range(12 * 64):
+                assert client.send(piece)
+            answer = client.answer(1)
+            assert answer.reset == FLOW_CONTROL_ERROR, answer
+            assert client.goaway is None
+            assert client.alive()
+        # The backend's end of the connection is a descriptor of this process too.
+        stalled.stop()
+
+
+def test_a_download_to_a_tiny_window_completes_once_the_client_opens_it(h2node):
+    with (
+        misbehaving(h2node),
+        h2node.connect(
+            settings={SettingsFrame.INITIAL_WINDOW_SIZE: 10}, auto_window=False
+        ) as client,
+    ):
+        client.get(1, "/big")
+        while client.read_frame(timeout=0.5) is not None:
+            pass
+        answer = client.answers[1]
+        # RFC 9113 6.9.1: no more than the window, and the stream stays open.
+        assert (answer.status, answer.body, answer.ended) == (200, b"b" * 10, False)
+        assert not client.closed
+        client.send(
+            WindowUpdateFrame(0, window_increment=1 << 20),
+            WindowUpdateFrame(1, window_increment=1 << 20),
+        )
+        answer = client.answer(1)
+    assert (answer.ended, answer.body) == (True, b"b" * 200_000)
+
+
+# -- SETTINGS and PING floods (CVE-2019-9512, -9515) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(SettingsFrame(0).serialize(), id="settings"),
+        pytest.param(PingFrame(0, opaque_data=b"floodnow").serialize(), id="ping"),
+    ],
+)
+def test_a_flood_of_frames_that_need_an_ack_is_cut_short(h2node, frame):
+    """Each SETTINGS and PING makes the node queue an ACK; a client that sends them by the
+    thousand and never reads must not make the node buffer without bound."""
+    before = h2node.bytes_in()
+    with misbehaving(h2node), h2node.connect() as client:
+        batch = frame * 1000
+        for _ in range(200):
+            if not client.send(batch):
+                break
+        # nghttp2 ends the session once 1000 ACKs wait unsent (nghttp2_option_set_max_outbound_ack);
+        # the binding tells the client why with ENHANCE_YOUR_CALM.
+        assert connection_error(client) == ENHANCE_YOUR_CALM
+    accepted = h2node.bytes_in() - before
+    # The node stopped reading after some tens of KiB while the client offered megabytes.
+    assert accepted < 256 * 1024 < client.sent, (accepted, client.sent)
+
+
+# -- RST_STREAM and GOAWAY ------------------------------------------------------------------------
+
+
+def test_a_client_reset_cancels_the_backend_exchange(h2node, loop_thread):
+    """RST_STREAM from the client (RFC 9113 6.4) ends the exchange: the node closes the backend
+    connection that was waiting for the answer, and the client's connection goes on."""
+    silent = RawBackend(loop_thread, hold, name="silent").start()
+    port = h2node.side_listener(silent)
+    try:
+        with misbehaving(h2node), h2node.connect(port) as client:
+            client.get(1, "/waiting")
+            assert wait_until(lambda: len(silent.connections) == 1)
+            client.send(RstStreamFrame(1, error_code=CANCEL))
+            assert silent.all_closed()
+            assert client.alive()
+            assert 1 not in client.answers
+    finally:
+        silent.stop()
+
+
+def test_a_client_goaway_lets_streams_in_flight_finish(h2node):
+    with misbehaving(h2node), h2node.connect() as client:
+        for stream_id in (1, 3, 5):
+            client.get(stream_id, f"/slow/{stream_id}")
+        assert wait_until(lambda: len(h2node.requests()) == 3)
+        client.send(GoAwayFrame(0, last_stream_id=0, error_code=NO_ERROR))
+        answers = [client.answer(stream_id) for stream_id in (1, 3, 5)]
+        assert [(a.status, a.body) for a in answers] == [(200, b"late")] * 3
+        client.until_goaway()
+        assert client.closed
+
+
+# -- CONTINUATION flood (CVE-2024-28182) -------------------------------------------------------
+
+
+def test_a_continuation_flood_ends_the_connection_early(h2node):
+    """HEADERS without END_HEADERS, then CONTINUATION frames that never end the block: nghttp2
+    holds each one, so the node allows MAX_CONTINUATIONS (8) and ends the connection."""
+    before_bytes, before_rss = h2node.bytes_in(), rss_kib()
+    with misbehaving(h2node), h2node.connect() as client:
+        block = client.block(request_fields("/flood"))
+        client.send(HeadersFrame(1, data=block, flags=["END_STREAM"]))
+        filler = ContinuationFrame(1, data=client.block([(b"x-filler", b"f" * 100)])).serialize()
+        for _ in range(100):
+            if not client.send(filler * 100):
+                break
+        assert connection_error(client) == ENHANCE_YOUR_CALM
+    accepted = h2node.bytes_in() - before_bytes
+    assert accepted < 256 * 1024 < client.sent, (accepted, client.sent)
+    assert rss_kib() - before_rss < 32 * 1024
+    assert h2node.requests() == []
+
+
+# -- rapid reset (CVE-2023-44487) ---------------------------------------------------------------
+
+
+def test_rapid_reset_ends_the_connection_before_the_backend_sees_much(h2node):
+    with misbehaving(h2node), h2node.connect() as client:
+        frames = []
+        for n in range(5000):
+            stream_id = 2 * n + 1
+            frames.append(client.headers(stream_id, request_fields(f"/reset/{n}")).serialize())
+            frames.append(RstStreamFrame(stream_id, error_code=CANCEL).serialize())
+        for start in range(0, len(frames), 200):
+            if not client.send(b"".join(frames[start : start + 200])):
+                break
+        # nghttp2's stream reset rate limit (RESET_BURST 1000, then RESET_RATE a second) ends the
+        # connection with a GOAWAY of INTERNAL_ERROR: nghttp2's choice of code for it
+        # (session_update_stream_reset_ratelim in nghttp2_session.c), not ENHANCE_YOUR_CALM.
+        assert connection_error(client) == INTERNAL_ERROR
+        assert client.goaway.last_stream_id <= 2 * 1100
+    # Every stream was reset as it opened: few reached the backend before their reset.
+    assert len(h2node.requests()) <= 128, len(h2node.requests())
