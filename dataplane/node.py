@@ -649,6 +649,8 @@ class Node:
                     if chosen.id == backend.id:
                         connection.abort()
                         cut += 1
+            if isinstance(runtime.datagram, UdpListener):
+                cut += runtime.datagram.close_sessions_to(backend.id)
         if cut:
             log.info(
                 "closed %d connections to server %s (%s)",

@@ -89,6 +89,7 @@ class UdpSettings:
         "listener_id",
         "max_sessions",
         "scheduler",
+        "servers",
         "stats",
     )
 
@@ -98,6 +99,7 @@ class UdpSettings:
         listener_id: str,
         scheduler: Scheduler | None,
         stats: ListenerStats,
+        servers: list[Backend] | None = None,
         acl: AccessControl | None = None,
         idle_timeout: float = 60.0,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
@@ -109,6 +111,11 @@ class UdpSettings:
             raise ValueError("UDP session table needs room for at least one session")
         self.listener_id = listener_id
         self.scheduler = scheduler
+        # Every server of the group, draining ones too (the scheduler has only those that take
+        # new sessions): sessions on a draining server go on into the next generation.
+        self.servers = (
+            servers if servers is not None else list(scheduler.backends if scheduler else [])
+        )
         self.stats = stats
         self.acl = acl
         self.idle_timeout = idle_timeout
@@ -139,6 +146,7 @@ class UdpSettings:
                 else None
             ),
             stats=stats,
+            servers=list(backends),
             acl=acl,
             idle_timeout=float(listener.idle_timeout),
             bucket=bucket,
@@ -146,7 +154,7 @@ class UdpSettings:
 
     @property
     def backends(self) -> list[Backend]:
-        return self.scheduler.backends if self.scheduler is not None else []
+        return self.servers
 
     def pick(self, client_ip: str, exclude: Backend | None = None) -> Backend | None:
         scheduler = self.scheduler
@@ -441,6 +449,14 @@ class UdpListener(asyncio.DatagramProtocol):
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
         self._release(session)
+
+    def close_sessions_to(self, server_id: str) -> int:
+        """Close the sessions to one server (its drain is over, or it went into maintenance)."""
+        doomed = [s for s in self.sessions.values() if s.backend.id == server_id]
+        for session in doomed:
+            del self.sessions[session.client]
+            self._release(session, "server_out_of_service")
+        return len(doomed)
 
     def _close_all(self) -> None:
         sessions = list(self.sessions.values())

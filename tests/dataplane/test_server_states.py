@@ -27,6 +27,13 @@ from tests.dataplane.conftest import (
     snapshot,
     wait_until,
 )
+from tests.dataplane.test_datagram_node import (  # noqa: F401 (fixture)
+    ask,
+    free_udp_port,
+    udp_client,
+    udp_echoes,
+    udp_group,
+)
 from tests.dataplane.test_tcp import echo, tcp_group, tcp_listener  # noqa: F401 (fixture)
 
 CHUNK = b"x" * 1000
@@ -383,6 +390,33 @@ def test_source_ip_hash_moves_only_the_clients_of_a_draining_server():
         assert picked is not None and picked.id != "srv-1"
         if placed[client].id != "srv-1":
             assert picked is placed[client]
+
+
+# -- UDP -----------------------------------------------------------------------------------------
+
+
+def test_udp_session_on_a_draining_server_goes_on_until_the_deadline(dataplane, udp_echoes):  # noqa: F811
+    one, two = udp_echoes("one"), udp_echoes("two")
+    group = udp_group(one, two)
+    port = free_udp_port()
+    lsn = listener(port, protocol="udp", listener_id="lsn-udp")
+    dataplane.apply(snapshot([lsn], [with_states(group, ENABLED, {"weight": 0})]))
+    kept, fresh = udp_client(), udp_client()
+    try:
+        assert ask(kept, port, b"a") == b"one:a"
+        dataplane.apply(snapshot([lsn], [with_states(group, draining(600))], generation=2))
+        # The session on the draining server goes on; a new client goes to the other server.
+        assert ask(kept, port, b"b") == b"one:b"
+        assert ask(fresh, port, b"c") == b"two:c"
+        assert dataplane.status()["listeners"]["lsn-udp"]["udp"]["sessions"] == 2
+        # Maintenance closes the session: the client's next datagram opens one elsewhere.
+        dataplane.apply(snapshot([lsn], [with_states(group, MAINTENANCE)], generation=3))
+        assert dataplane.status()["listeners"]["lsn-udp"]["udp"]["sessions"] == 1
+        assert ask(kept, port, b"d") == b"two:d"
+        assert one.received == 2
+    finally:
+        kept.close()
+        fresh.close()
 
 
 # -- the snapshot --------------------------------------------------------------------------------
