@@ -647,7 +647,7 @@ class Node:
                 chosen = getattr(connection, "backend", None)
                 if isinstance(connection, TcpProxy) and chosen is not None:
                     if chosen.id == backend.id:
-                        connection.abort()
+                        connection.abort("server_out_of_service")
                         cut += 1
             if isinstance(runtime.datagram, UdpListener):
                 cut += runtime.datagram.close_sessions_to(backend.id)

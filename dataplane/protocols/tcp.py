@@ -328,9 +328,10 @@ class TcpProxy(BackendReadGate):
     def shutdown(self) -> None:
         """Graceful drain: a byte stream has no request boundary, so it may run until the end."""
 
-    def abort(self) -> None:
-        """Immediate: a stopped or removed listener cuts its connections (seed 003)."""
-        self.termination = "listener_stopped"
+    def abort(self, termination: str = "listener_stopped") -> None:
+        """Immediate: a stopped or removed listener cuts its connections (seed 003), and so
+        does a server's drain deadline or maintenance (``termination`` says which)."""
+        self.termination = termination
         self._abort()
 
 

@@ -348,7 +348,7 @@ def test_tcp_connection_on_a_draining_server_is_cut_at_the_deadline(dataplane, e
     one, two = echo("one"), echo("two")
     group = tcp_group(one, (two, 0))
     port = free_port()
-    lsn = tcp_listener(port)
+    lsn = tcp_listener(port, access_log=True)
     dataplane.apply(snapshot([lsn], [group]))
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as kept:
         assert exchange(kept, b"a") == b"one:a"
@@ -357,6 +357,11 @@ def test_tcp_connection_on_a_draining_server_is_cut_at_the_deadline(dataplane, e
         )
         assert read_until_closed(kept) == b""
     assert wait_until(lambda: not one.writers)
+    # The access log says why the connection ended.
+    lines = dataplane.loop_thread.call(lambda: dataplane.node.access_log("lsn-tcp"))["lines"]
+    assert [(line["server"], line["termination"]) for line in lines] == [
+        ("srv-0", "server_out_of_service")
+    ]
 
 
 def test_source_ip_persistence_to_a_draining_server_moves_the_client(dataplane, echo):  # noqa: F811
