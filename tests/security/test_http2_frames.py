@@ -747,3 +747,72 @@ def test_rapid_reset_ends_the_connection_before_the_backend_sees_much(h2node):
         assert client.goaway.last_stream_id <= 2 * 1100
     # Every stream was reset as it opened: few reached the backend before their reset.
     assert len(h2node.requests()) <= 128, len(h2node.requests())
+
+
+# -- malformed requests (RFC 9113 8.1.1, 8.2, 8.3) --------------------------------------------
+
+GET = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/malformed")]
+AUTHORITY = (b":authority", b"www.example.com")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param(
+            [*GET, AUTHORITY, (b":authority", b"admin.example")], id="duplicate-authority"
+        ),
+        pytest.param([*GET, AUTHORITY, (b":path", b"/admin")], id="duplicate-path"),
+        # 8.3.1: an https request names its authority in :authority or Host, and the two agree.
+        pytest.param(GET, id="neither-authority-nor-host"),
+        pytest.param([*GET, AUTHORITY, (b"host", b"admin.example")], id="host-differs"),
+        pytest.param([*GET[1:], AUTHORITY], id="missing-method"),
+        pytest.param([GET[0], GET[1], AUTHORITY], id="missing-path"),
+        pytest.param([GET[0], GET[2], AUTHORITY], id="missing-scheme"),
+        pytest.param([*GET, AUTHORITY, (b":path", b"")], id="empty-path"),
+        pytest.param([*GET, (b"accept", b"*/*"), AUTHORITY], id="pseudo-after-regular"),
+        pytest.param([*GET, AUTHORITY, (b":status", b"200")], id="response-pseudo-in-request"),
+        pytest.param(
+            [*GET, AUTHORITY, (b":protocol", b"websocket")], id="protocol-without-connect"
+        ),
+        pytest.param([*GET, AUTHORITY, (b"connection", b"keep-alive")], id="connection"),
+        pytest.param([*GET, AUTHORITY, (b"keep-alive", b"timeout=5")], id="keep-alive"),
+        pytest.param([*GET, AUTHORITY, (b"proxy-connection", b"close")], id="proxy-connection"),
+        pytest.param([*GET, AUTHORITY, (b"upgrade", b"h2c")], id="upgrade"),
+        pytest.param([*GET, AUTHORITY, (b"transfer-encoding", b"chunked")], id="transfer-encoding"),
+        pytest.param([*GET, AUTHORITY, (b"te", b"gzip")], id="te-gzip"),
+        pytest.param([*GET, AUTHORITY, (b"X-Upper", b"1")], id="uppercase-name"),
+        pytest.param([*GET, AUTHORITY, (b"x bad", b"1")], id="space-in-name"),
+        pytest.param([*GET, AUTHORITY, (b"x\x00bad", b"1")], id="nul-in-name"),
+        pytest.param([*GET, AUTHORITY, (b"x-colon:", b"1")], id="colon-in-name"),
+        pytest.param([*GET, AUTHORITY, (b"", b"1")], id="empty-name"),
+        pytest.param([*GET, AUTHORITY, (b"x-value", b"a\r\nx-injected: 1")], id="crlf-in-value"),
+        pytest.param([*GET, AUTHORITY, (b"x-value", b"a\x00b")], id="nul-in-value"),
+        pytest.param([*GET, AUTHORITY, (b"x-value", b" padded")], id="leading-space-in-value"),
+        pytest.param([*GET, AUTHORITY, (b"content-length", b"5")], id="content-length-not-sent"),
+    ],
+)
+def test_a_malformed_request_is_reset_and_never_reaches_the_backend(h2node, fields):
+    """A malformed request is a stream error of type PROTOCOL_ERROR (RFC 9113 8.1.1): that
+    stream is reset, the connection and its other streams go on."""
+    with misbehaving(h2node), h2node.connect() as client:
+        client.send(client.headers(1, fields))
+        answer = client.answer(1)
+        assert (answer.reset, answer.headers, client.goaway) == (PROTOCOL_ERROR, [], None)
+        client.get(3, "/after")
+        assert client.answer(3).status == 200
+    assert h2node.requests() == ["/after"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param([*GET, AUTHORITY, (b"te", b"trailers")], id="te-trailers"),
+        pytest.param([*GET, (b"host", b"www.example.com")], id="host-instead-of-authority"),
+    ],
+)
+def test_allowed_fields_pass(h2node, fields):
+    with misbehaving(h2node), h2node.connect() as client:
+        client.send(client.headers(1, fields))
+        answer = client.answer(1)
+    assert (answer.status, answer.body) == (200, b"fine")
+    assert h2node.requests() == ["/malformed"]
