@@ -30,6 +30,8 @@ class NodeAnswer:
     @property
     def reasons(self) -> list[str]:
         reasons = self.payload.get("reasons") or []
+        if not isinstance(reasons, list):
+            reasons = [reasons]
         if not reasons and self.payload.get("error"):
             reasons = [str(self.payload["error"])]
         return [str(reason) for reason in reasons] or ([self.error] if self.error else [])
@@ -54,10 +56,16 @@ def call(
         return NodeAnswer(None, error=f"unreachable: {reason}")
 
 
+def _refuse_constant(name: str) -> None:
+    # NaN and Infinity are not JSON, and PostgreSQL's JSONB refuses to store them.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _json(raw: bytes) -> dict:
+    """A node's answer as a JSON object; anything else counts as an empty answer."""
     try:
-        value = json.loads(raw or b"{}")
-    except ValueError:
+        value = json.loads(raw or b"{}", parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 

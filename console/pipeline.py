@@ -75,6 +75,36 @@ def push(instance_id: str, generation: int) -> Outcome:
     )
 
 
+# A node's answers are network input: a value of another shape than the node sends counts as
+# absent, so one broken or hostile node cannot stop the pipeline for its whole instance.
+_MAX_GENERATION = 2**63 - 1
+_MAX_REASON = 1000
+
+
+def _generation(payload: dict, default: int) -> int:
+    value = payload.get("generation")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_GENERATION:
+        return value
+    return default
+
+
+def _listener_results(payload: dict) -> dict[str, dict[str, str]]:
+    """Each listener's status and reason from a node's answer, as text."""
+    listeners = payload.get("listeners")
+    if not isinstance(listeners, dict):
+        return {}
+    results = {}
+    for listener_id, entry in listeners.items():
+        if not isinstance(entry, dict):
+            continue
+        status, reason = entry.get("status"), entry.get("reason", "")
+        results[listener_id] = {
+            "status": status if isinstance(status, str) else "",
+            "reason": reason[:_MAX_REASON] if isinstance(reason, str) else "",
+        }
+    return results
+
+
 def _record_push(node: DataplaneNode, generation: int, answer, duration: int) -> None:
     """Store one node's answer; only the fields a push owns are written (reconcile runs
     concurrently and writes the status-report fields of the same row)."""
@@ -88,13 +118,11 @@ def _record_push(node: DataplaneNode, generation: int, answer, duration: int) ->
         )
     elif answer.ok:
         result = PushAttempt.Result.ACK
-        listeners = answer.payload.get("listeners") or {}
+        listeners = _listener_results(answer.payload)
         detail = "; ".join(
-            f"{lid}: {r.get('reason', '')}"
-            for lid, r in listeners.items()
-            if r.get("status") == "failed"
+            f"{lid}: {r['reason']}" for lid, r in listeners.items() if r["status"] == "failed"
         )
-        applied = int(answer.payload.get("generation") or generation)
+        applied = _generation(answer.payload, generation)
         changes = {
             "applied_generation": applied,
             "acked_generation": applied,
@@ -119,7 +147,7 @@ def _record_push(node: DataplaneNode, generation: int, answer, duration: int) ->
         if answer.status == 409:
             # The node runs a newer generation than the database knows (a restored database):
             # move past it so the next push is accepted.
-            node_generation = int(answer.payload.get("generation") or 0)
+            node_generation = _generation(answer.payload, 0)
             Instance.objects.filter(pk=node.instance_id, generation__lte=node_generation).update(
                 generation=node_generation + 1
             )
@@ -190,11 +218,8 @@ def collect(instance: Instance) -> list[DataplaneNode]:
             rows.update(reachable=False, last_error=error, checked_at=now)
             rows.filter(unreachable_since__isnull=True).update(unreachable_since=asked_at)
             continue
-        reported = int(answer.payload.get("generation") or 0)
-        results = {
-            listener_id: {"status": entry.get("status"), "reason": entry.get("reason", "")}
-            for listener_id, entry in (answer.payload.get("listeners") or {}).items()
-        }
+        reported = _generation(answer.payload, 0)
+        results = _listener_results(answer.payload)
         # The report is the node's state as of ``asked_at``; a push recorded after that is newer.
         newer = rows.filter(Q(results_at__isnull=True) | Q(results_at__lt=asked_at))
         if reported == instance.generation:

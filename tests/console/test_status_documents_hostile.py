@@ -253,3 +253,49 @@ def test_the_logs_tab_renders_whatever_a_node_answers(
         # The two objects are shown, their odd fields as text.
         download = admin_client.get(reverse("listener-logs-download", args=args)).content
         assert len(download.splitlines()) == 2
+
+
+# Hostile envelopes: what collect() and a push read before any page does.
+ENVELOPES = {
+    "listeners a list": lambda lid: {"generation": 1, "listeners": [1, lid]},
+    "listeners a string": lambda lid: {"generation": 1, "listeners": lid},
+    "entry a list": lambda lid: {"generation": 1, "listeners": {lid: ["running"]}},
+    "status and reason of other types": lambda lid: {
+        "generation": 1,
+        "listeners": {lid: {"status": {"a": 1}, "reason": ["why"]}},
+    },
+    "generation a string": lambda lid: {"generation": "abc", "listeners": {}},
+    "generation a list": lambda lid: {"generation": [1], "listeners": {}},
+    "generation negative": lambda lid: {"generation": -5},
+    "generation past 64 bits": lambda lid: {"generation": 2**70},
+    "generation not a number": lambda lid: {"generation": float("nan")},
+    "a reason of a megabyte": lambda lid: {
+        "generation": 1,
+        "listeners": {lid: {"status": "failed", "reason": "x" * 1_000_000}},
+    },
+    "reasons not a list": lambda lid: {"generation": 1, "reasons": 7},
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("name", list(ENVELOPES))
+def test_collect_and_push_read_whatever_a_node_answers(
+    name, listener, fake_node: FakeNode, admin_client: Client
+):
+    document = ENVELOPES[name](listener.id)
+    fake_node.report = lambda: document
+    fake_node.answer = lambda snapshot: (200, document)
+    node = register_node(listener.instance, fake_node.url)
+
+    pipeline.collect(listener.instance)
+    pipeline.push(listener.instance_id, listener.instance.generation)
+    pipeline.collect(listener.instance)
+
+    node.refresh_from_db()
+    assert node.reachable
+    for results in (node.listener_results,):
+        for entry in (results or {}).values():
+            assert isinstance(entry["status"], str)
+            assert isinstance(entry["reason"], str) and len(entry["reason"]) <= 1000
+    assert 0 <= (node.applied_generation or 0) < 2**63
+    assert_pages_render(admin_client, listener)
