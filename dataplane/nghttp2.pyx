@@ -173,7 +173,7 @@ REFUSED_STREAM = 0x7
 CANCEL = 0x8
 ENHANCE_YOUR_CALM = 0xB
 
-# A request head larger than this resets its stream (the owner answers nothing for it).
+# A request head larger than this is answered 431 on its stream; the owner never sees it.
 DEFAULT_MAX_HEADER_LIST = 64 * 1024
 # Streams a client may reset per second after a burst (CVE-2023-44487, "rapid reset"): beyond it
 # nghttp2 ends the connection with ENHANCE_YOUR_CALM.
@@ -226,6 +226,8 @@ cdef class Session:
     cdef dict gathering
     cdef Py_ssize_t gathered_bytes
     cdef Py_ssize_t max_header_list
+    # Streams whose request head passed max_header_list: answered 431 here, never opened.
+    cdef set oversized
     # Response bodies nghttp2 pulls from, by stream.
     cdef public dict outbound
     # Streams whose last response frame was handed to nghttp2 during data_to_send.
@@ -260,6 +262,7 @@ cdef class Session:
         self.on_trailers = owner.on_trailers
         self.on_close = owner.on_close
         self.gathering = {}
+        self.oversized = set()
         self.outbound = {}
         self.finished = []
         self.max_header_list = max_header_list
@@ -431,9 +434,12 @@ cdef int _on_header(
     cdef Session self = <Session>user_data
     self.gathered_bytes += namelen + valuelen + 32
     if self.gathered_bytes > self.max_header_list:
-        # RFC 9113 10.5.1: a header list over the advertised size; the stream is reset.
-        self.gathering.pop(frame.hd.stream_id, None)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+        # RFC 9113 10.5.1: a header list over the advertised size. The rest of the block is
+        # still decoded (HPACK state is the connection's) but kept nowhere; once the block ends
+        # the stream gets 431, as an HTTP/1.1 client would (dataplane.protocols.http).
+        if self.gathering.pop(frame.hd.stream_id, None) is not None:
+            self.oversized.add(frame.hd.stream_id)
+        return 0
     try:
         fields = self.gathering.get(frame.hd.stream_id)
         if fields is not None:
@@ -466,6 +472,9 @@ cdef int _on_frame_recv(
         elif frame.hd.type == NGHTTP2_HEADERS:
             fields = self.gathering.pop(stream_id, None)
             if fields is None:
+                if stream_id in self.oversized:
+                    self.oversized.discard(stream_id)
+                    _respond_431(session, stream_id)
                 return 0
             if frame.headers.cat == NGHTTP2_HCAT_REQUEST:
                 self.on_request(stream_id, fields, ended)
@@ -503,12 +512,30 @@ cdef int _on_stream_close(
     cdef Session self = <Session>user_data
     self.outbound.pop(stream_id, None)
     self.gathering.pop(stream_id, None)
+    self.oversized.discard(stream_id)
     try:
         self.on_close(stream_id, error_code)
     except BaseException as exc:
         self.error = exc
         return NGHTTP2_ERR_CALLBACK_FAILURE
     return 0
+
+
+cdef void _respond_431(nghttp2_session *session, int32_t stream_id) noexcept:
+    """A bodiless 431 that ends the stream; a request body still coming is acknowledged and
+    dropped by the owner, which never heard of the stream."""
+    cdef nghttp2_nv nv[2]
+    nv[0].name = <uint8_t *>b":status"
+    nv[0].namelen = 7
+    nv[0].value = <uint8_t *>b"431"
+    nv[0].valuelen = 3
+    nv[0].flags = NGHTTP2_NV_FLAG_NONE
+    nv[1].name = <uint8_t *>b"content-length"
+    nv[1].namelen = 14
+    nv[1].value = <uint8_t *>b"0"
+    nv[1].valuelen = 1
+    nv[1].flags = NGHTTP2_NV_FLAG_NONE
+    nghttp2_submit_response(session, stream_id, nv, 2, NULL)
 
 
 cdef ssize_t _read_body(
