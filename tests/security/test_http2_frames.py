@@ -824,3 +824,81 @@ def test_allowed_fields_pass(h2node, fields):
         answer = client.answer(1)
     assert (answer.status, answer.body) == (200, b"fine")
     assert h2node.requests() == ["/malformed"]
+
+
+# -- more frame-level faults -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        # 5.1: RST_STREAM and WINDOW_UPDATE on an idle stream.
+        pytest.param(raw_frame(RST_STREAM, 0, 1, struct.pack(">I", CANCEL)), id="rst-on-idle"),
+        pytest.param(raw_frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", 1)), id="wu-on-idle"),
+        # 6.10: CONTINUATION that follows no HEADERS.
+        pytest.param(raw_frame(CONTINUATION, END_HEADERS, 1, b"\x82"), id="lone-continuation"),
+        # 4.3: a header block is one unit; no other frame may come between its frames.
+        pytest.param(
+            raw_frame(HEADERS, END_STREAM, 1, b"\x82")
+            + raw_frame(DATA, 0, 1, b"x")
+            + raw_frame(CONTINUATION, END_HEADERS, 1, b"\x84"),
+            id="data-inside-a-header-block",
+        ),
+        # 8.4: a client cannot push.
+        pytest.param(raw_frame(0x5, END_HEADERS, 1, b"\x00\x00\x00\x02\x82"), id="push-promise"),
+        # 6.8: GOAWAY on a stream.
+        pytest.param(raw_frame(GOAWAY, 0, 1, b"\x00" * 8), id="goaway-on-a-stream"),
+        # 6.1: padding as long as the frame.
+        pytest.param(raw_frame(HEADERS, END_HEADERS | 0x8, 1, b"\x05abc"), id="padding-too-long"),
+    ],
+)
+def test_frames_out_of_place_are_connection_errors(h2node, frames):
+    with misbehaving(h2node), h2node.connect() as client:
+        client.send(frames)
+        assert connection_error(client) == PROTOCOL_ERROR
+        assert client.answers == {}
+    assert h2node.requests() == []
+
+
+def test_an_unknown_frame_type_is_ignored(h2node):
+    """RFC 9113 4.1 and 5.5: frames of unknown types are ignored, even on idle streams."""
+    with misbehaving(h2node), h2node.connect() as client:
+        client.send(raw_frame(0xFA, 0xFF, 0, b"extension"), raw_frame(0xFA, 0, 9, b"x"))
+        client.get(1, "/after-unknown")
+        assert client.answer(1).status == 200
+    assert h2node.requests() == ["/after-unknown"]
+
+
+def test_a_stream_that_depends_on_itself_is_a_protocol_error(h2node):
+    """RFC 9113 5.3.1 makes it a stream error of type PROTOCOL_ERROR; nghttp2 ends the
+    connection instead, as 5.4.1 allows."""
+    with misbehaving(h2node), h2node.connect() as client:
+        client.send(
+            HeadersFrame(
+                1,
+                data=client.block(request_fields("/self")),
+                flags=["END_HEADERS", "END_STREAM", "PRIORITY"],
+                depends_on=1,
+                stream_weight=16,
+            )
+        )
+        assert connection_error(client) == PROTOCOL_ERROR
+        assert client.goaway.last_stream_id == 0
+    assert h2node.requests() == []
+
+
+def test_streams_over_max_concurrent_streams_end_the_connection(h2node):
+    """RFC 9113 5.1.2: a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS is a PROTOCOL_ERROR or
+    REFUSED_STREAM. A client that acknowledged the limit and still exceeds it gets nghttp2's
+    connection error PROTOCOL_ERROR, naming the last of the 128 streams it did accept."""
+    with misbehaving(h2node), h2node.connect() as client:
+        client.read_frame()
+        limit = client.server_settings[SettingsFrame.MAX_CONCURRENT_STREAMS]
+        assert limit == 128
+        client.send(
+            *[client.headers(2 * n + 1, request_fields(f"/slow/{n}")) for n in range(limit + 2)]
+        )
+        answers = [client.answer(2 * n + 1) for n in range(limit + 2)]
+        print(
+            "CONC", [a.reset for a in answers[-4:]], [a.status for a in answers[:3]], client.goaway
+        )
