@@ -586,6 +586,14 @@ class Node:
                 else:
                     # A new health check judges afresh, but a ramp under way goes on.
                     backend.ramp_started = before.ramp_started
+                if (
+                    before is not None
+                    and slow_start is not None
+                    and before.state != "enabled"
+                    and backend.state == "enabled"
+                ):
+                    # Back from draining or maintenance: it ramps up like a server that joins.
+                    slow_start.begin(backend)
         group = ServerGroupRuntime(
             config,
             backends,

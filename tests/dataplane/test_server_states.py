@@ -311,6 +311,20 @@ def test_a_cookie_naming_a_draining_server_gets_another(dataplane, backends):
     assert len(drained.requests) == 5
 
 
+def test_a_server_back_from_maintenance_ramps_up_with_slow_start(dataplane, backends):
+    one, two = backends("one"), backends("two")
+    group = dict(server_group(one, two), slow_start=True, slow_start_duration=600)
+    port = free_port()
+    lsn = listener(port)
+    dataplane.apply(snapshot([lsn], [with_states(group, MAINTENANCE)]))
+    status = backend_status(dataplane, "lsn-web", slow_id(group))
+    assert status["state"] == "maintenance"
+    dataplane.apply(snapshot([lsn], [group], generation=2))
+    # Enabled again, it starts its ramp as a server that joins does; the other is at full weight.
+    assert backend_status(dataplane, "lsn-web", slow_id(group))["slow_start_percent"] < 50
+    assert backend_status(dataplane, "lsn-web", other_id(group))["slow_start_percent"] is None
+
+
 # -- TCP -----------------------------------------------------------------------------------------
 
 
