@@ -268,6 +268,9 @@ def test_a_server_of_another_group_is_not_found(admin_client: Client, server_gro
     server = first_server(server_group)
     url = reverse("servergroup-server-state", args=[other.pk, server.pk])
     assert admin_client.get(url).status_code == 404
+    huge = reverse("servergroup-server-state", args=[server_group.pk, 10**40])
+    assert admin_client.get(huge).status_code == 404
+    assert admin_client.post(huge, {"state": "maintenance"}).status_code == 404
 
 
 def test_viewers_see_the_state_but_change_nothing(viewer_client: Client, running, server_group):
@@ -339,9 +342,15 @@ def test_the_api_refuses_unknown_fields_and_servers(api, running, server_group):
     for url in (
         f"/api/v1/server-groups/{server_group.pk}/servers/srv-999999/state",
         f"/api/v1/server-groups/{server_group.pk}/servers/web/state",
+        f"/api/v1/server-groups/{server_group.pk}/servers/srv-{'9' * 40}/state",
+        f"/api/v1/server-groups/{server_group.pk}/servers/srv--1/state",
         f"/api/v1/server-groups/sgp-nope/servers/{server.server_id}/state",
     ):
         assert api.send("put", url, {"state": "maintenance"}).status_code == 404
+    # An ID outside the IDs' alphabet (an Arabic-Indic digit) is refused as such.
+    odd = f"/api/v1/server-groups/{server_group.pk}/servers/srv-%D9%A1/state"
+    assert api.send("put", odd, {"state": "maintenance"}).status_code == 422
+    assert BackendServer.objects.filter(state="maintenance").count() == 0
 
 
 def test_the_api_answers_409_while_configuring(api, running, server_group):
