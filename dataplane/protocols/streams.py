@@ -383,7 +383,7 @@ def start_proxied(
             elif name == b":authority":
                 authority = field[1]
         elif name == b"host":
-            if host is not None or (authority and field[1] != authority):
+            if host is not None or (authority and field[1].lower() != authority.lower()):
                 # RFC 9113 8.3.1: a second Host, or one naming another host than
                 # :authority, leaves the rules and the backend to believe different hosts.
                 path = b""
