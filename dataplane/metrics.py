@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from dataplane.config import SERVER_STATES
 from dataplane.health import OK, REASON_CODES
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
@@ -200,6 +201,16 @@ class StatusCollector:
             "Connections to the server that failed to open.",
             labels=_SERVER,
         )
+        state = GaugeMetricFamily(
+            "ferry_server_state",
+            "1 for the server's state (enabled, draining or maintenance), 0 for the others.",
+            labels=[*_SERVER, "state"],
+        )
+        drain_left = GaugeMetricFamily(
+            "ferry_server_drain_seconds_left",
+            "A draining server: seconds until what remains on it is closed.",
+            labels=_SERVER,
+        )
         for listener_id, entry in self.status.get("listeners", {}).items():
             group = entry.get("server_group_id") or ""
             for backend in entry.get("backends", []):
@@ -216,7 +227,12 @@ class StatusCollector:
                 active.add_metric(labels, backend.get("active", 0))
                 server_requests.add_metric(labels, backend.get("requests", 0))
                 connect_failures.add_metric(labels, backend.get("connect_failures", 0))
-        yield from (healthy, check, active, server_requests, connect_failures)
+                current = backend.get("state", "enabled")
+                for name in SERVER_STATES:
+                    state.add_metric([*labels, name], 1 if name == current else 0)
+                if backend.get("drain_seconds_left") is not None:
+                    drain_left.add_metric(labels, backend["drain_seconds_left"])
+        yield from (healthy, check, active, server_requests, connect_failures, state, drain_left)
 
 
 _NOT_RUN = frozenset({DISABLED, UNCHECKED})

@@ -438,6 +438,36 @@ def test_udp_session_on_a_draining_server_goes_on_until_the_deadline(dataplane, 
         fresh.close()
 
 
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def test_metrics_give_each_servers_state_and_drain_time_left(dataplane, backends):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dataplane.metrics import ControlCounters, render
+
+    one, two, three = backends("one"), backends("two"), backends("three")
+    group = server_group(one, two, three)
+    dataplane.apply(
+        snapshot([listener(free_port())], [with_states(group, ENABLED, draining(900), MAINTENANCE)])
+    )
+    text = render(dataplane.status(), ControlCounters()).decode()
+    samples = {
+        (sample.name, sample.labels.get("server"), sample.labels.get("state")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith(("ferry_server_state", "ferry_server_drain"))
+    }
+    ids = [server["id"] for server in group["servers"]]
+    for server_id, current in zip(ids, ("enabled", "draining", "maintenance"), strict=True):
+        for state in ("enabled", "draining", "maintenance"):
+            value = samples[("ferry_server_state", server_id, state)]
+            assert value == (1 if state == current else 0)
+    left = [key for key in samples if key[0] == "ferry_server_drain_seconds_left"]
+    assert left == [("ferry_server_drain_seconds_left", ids[1], None)]
+    assert 800 < samples[left[0]] <= 900
+
+
 # -- the snapshot --------------------------------------------------------------------------------
 
 
