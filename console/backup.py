@@ -1143,6 +1143,7 @@ class _Import:
             else "http"
         )
 
+        carried: dict[tuple[Any, Any], dict[str, Any]] = {}
         servers = item.get("servers", [])
         rows: list[dict] = []
         if not isinstance(servers, list) or len(servers) > NESTED_LIMITS["servers"]:
@@ -1162,9 +1163,12 @@ class _Import:
                     self.problem(f"{at}.servers[{s_index}]", "Must be a JSON object.")
                     ok = False
                     continue
-                server_values, _ = self.values(
+                server_values, server_extra = self.values(
                     BackendServer, server, f"{at}.servers[{s_index}]", "group"
                 )
+                # What the server form does not edit (its state, deregistration delay, when it
+                # began draining), written after the form's rows.
+                carried[(server_values.get("address"), server_values.get("port"))] = server_extra
                 server_values.setdefault("weight", 100)
                 server_values.setdefault("description", "")
                 for name, value in server_values.items():
@@ -1197,6 +1201,13 @@ class _Import:
             setattr(group, attname, value)
         group.save()
         services.replace_servers(group, rows)
+        for (address, port), server_extra in carried.items():
+            if server_extra.get("state") == BackendServer.State.DRAINING:
+                # A drain goes on where it was; one whose start is not known starts now.
+                server_extra.setdefault("draining_since", None)
+                server_extra["draining_since"] = server_extra["draining_since"] or timezone.now()
+            if server_extra:
+                group.servers.filter(address=address, port=port).update(**server_extra)
         HealthCheck.objects.create(group=group, **check_form.cleaned_data)
         self.created.append(group)
         return group

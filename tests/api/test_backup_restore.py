@@ -10,6 +10,7 @@ changed, a wrong passphrase, tampering, duplicate names, oversized and non-JSON 
 from __future__ import annotations
 
 import copy
+import datetime
 import http.client
 import json
 import socket
@@ -21,6 +22,7 @@ import trustme
 from cryptography import x509
 from django.db import transaction
 from django.urls import reverse
+from django.utils import timezone
 
 from certificates import validation
 from certificates.models import Certificate
@@ -1027,3 +1029,25 @@ def test_export_then_import_into_a_fresh_instance_serves_the_same_traffic(
     assert forwarded[1]["headers"]["X-Forwarded-Clientcert-subjectdn"] == subject
     with pytest.raises(OSError):
         get_http("127.0.0.2", origin.tcp.port, "/stopped-in-the-copy-too")
+
+
+@pytest.mark.django_db
+def test_server_states_travel_with_their_servers(source: Source, no_push) -> None:
+    """A draining server stays draining (with its delay and start) and one in maintenance stays
+    out: a restore must not put back into service what the operator took out."""
+    first, second = source.group.servers.order_by("pk")[:2]
+    began = timezone.now() - datetime.timedelta(seconds=30)
+    first.__class__.objects.filter(pk=first.pk).update(
+        state="draining", deregistration_delay=600, draining_since=began
+    )
+    second.__class__.objects.filter(pk=second.pk).update(state="maintenance")
+    document = backup.export_instance(source.http.instance, PASSPHRASE)
+
+    imported = backup.import_instance(document=document, passphrase=PASSPHRASE, name="copy")
+
+    [group] = [g for g in imported.server_groups if g.name == source.group.name]
+    by_address = {(s.address, s.port): s for s in group.servers.all()}
+    drained = by_address[(first.address, first.port)]
+    assert (drained.state, drained.deregistration_delay) == ("draining", 600)
+    assert abs((drained.draining_since - began).total_seconds()) < 1
+    assert by_address[(second.address, second.port)].state == "maintenance"
