@@ -248,6 +248,12 @@ class Listener:
         return self.protocol in HTTP_PROTOCOLS
 
     @property
+    def is_layer7(self) -> bool:
+        """HTTP, HTTPS and QUIC (seed 003): requests go through the HTTP proxy, so forwarding
+        rules, compression and cookie persistence apply."""
+        return self.protocol in HTTP_PROTOCOLS or self.protocol == "quic"
+
+    @property
     def is_tls(self) -> bool:
         return self.protocol in TLS_PROTOCOLS
 
@@ -789,11 +795,11 @@ class _Validator:
         ppath = f"{path}.persistence"
         _one_of(errors, f"{ppath}.mode", persistence.mode, PERSISTENCE_MODES)
         _in_range(errors, f"{ppath}.cookie_timeout", persistence.cookie_timeout, 1, 86400)
-        if listener.is_datagram and persistence.mode != "none":
-            errors.append(f"{ppath}.mode: {listener.protocol} listeners have no persistence")
-        elif persistence.mode in ("insert_cookie", "rewrite_cookie") and not listener.is_http:
-            errors.append(f"{ppath}.mode: cookie persistence is for http and https listeners")
-        if persistence.mode == "source_ip" and listener.is_http:
+        if listener.protocol == "udp" and persistence.mode != "none":
+            errors.append(f"{ppath}.mode: udp listeners have no persistence")
+        elif persistence.mode in ("insert_cookie", "rewrite_cookie") and not listener.is_layer7:
+            errors.append(f"{ppath}.mode: cookie persistence is for http, https and quic listeners")
+        if persistence.mode == "source_ip" and listener.is_layer7:
             errors.append(f"{ppath}.mode: source_ip persistence is for tcp and tcp_ssl listeners")
         if persistence.mode == "rewrite_cookie" and not (
             persistence.cookie_name and _COOKIE_NAME.match(persistence.cookie_name)
@@ -822,8 +828,8 @@ class _Validator:
             listener.clientcert_clientverify,
         )
         _one_of(errors, f"{path}.compression", listener.compression, COMPRESSION_MODES)
-        if listener.compression != "off" and not listener.is_http:
-            errors.append(f"{path}.compression: only http and https listeners compress")
+        if listener.compression != "off" and not listener.is_layer7:
+            errors.append(f"{path}.compression: only http, https and quic listeners compress")
         if listener.bandwidth_mbit is not None:
             _in_range(
                 errors, f"{path}.bandwidth_mbit", listener.bandwidth_mbit, *LISTENER_BANDWIDTH_MBIT
@@ -885,14 +891,15 @@ class _Validator:
                 errors.append(f"{path}: client certificate headers need an https listener")
 
     def forwarding_rules(self, path: str, listener: Listener) -> None:
-        """Seed 002 advanced forwarding: http and https only, forwarding to http(s) groups."""
+        """Seed 002 advanced forwarding: http, https and quic listeners, forwarding to http(s)
+        groups."""
         s, errors = self.s, self.errors
         rules = listener.forwarding_rules
         if not rules:
             return
         rpath = f"{path}.forwarding_rules"
-        if not listener.is_http:
-            errors.append(f"{rpath}: only http and https listeners have forwarding rules")
+        if not listener.is_layer7:
+            errors.append(f"{rpath}: only http, https and quic listeners have forwarding rules")
             return
         errors.extend(
             str(problem)

@@ -125,7 +125,7 @@ def test_http_listener_fields(fields, reason):
 
 
 def test_compression_is_for_http_listeners_only():
-    assert "listeners[0].compression: only http and https listeners compress" in reasons(
+    assert "listeners[0].compression: only http, https and quic listeners compress" in reasons(
         base("tcp", "tcp", compression="gzip")
     )
 
@@ -154,7 +154,7 @@ def test_quic_listener_rules():
         "quic",
         ca_certificate_id="cert-b",
         sni_certificate_ids=["cert-a"],
-        persistence={"mode": "insert_cookie"},
+        persistence={"mode": "source_ip"},
         retrieve_client_ip={"enabled": True, "trusted": ["10.0.0.0/8"]},
     )
     data["server_groups"][0]["backend_protocol"] = "tcp"
@@ -162,12 +162,27 @@ def test_quic_listener_rules():
     assert "listeners[0].default_certificate_id: quic needs one" in found
     assert "listeners[0].ca_certificate_id: quic listeners have no mutual authentication" in found
     assert "listeners[0].sni_certificate_ids: quic listeners serve one certificate" in found
-    assert "listeners[0].persistence.mode: quic listeners have no persistence" in found
+    assert (
+        "listeners[0].persistence.mode: source_ip persistence is for tcp and tcp_ssl listeners"
+        in found
+    )
     assert "listeners[0].retrieve_client_ip: not offered on quic listeners" in found
     assert (
         "listeners[0].server_group_id: quic listeners need http server groups, sgp-one00001 is "
         "tcp" in found
     )
+
+
+def test_quic_listeners_take_the_layer7_features():
+    """Seed 003: QUIC is a Layer-7 listener like HTTP and HTTPS."""
+    data = base(
+        "quic",
+        default_certificate_id="cert-a",
+        compression="brotli_gzip",
+        persistence={"mode": "insert_cookie"},
+    )
+    listener = Snapshot.from_dict(data).listeners[0]
+    assert (listener.compression, listener.persistence.mode) == ("brotli_gzip", "insert_cookie")
 
 
 def test_udp_listener_rules():

@@ -339,7 +339,7 @@ def test_rules_are_refused_on_tcp_listeners():
         {"protocol": "tcp", "server_group_id": "sgp-tcp", "forwarding_rules": RULES[1:2]}
     )
     assert reasons(raw) == [
-        "listeners[0].forwarding_rules: only http and https listeners have forwarding rules"
+        "listeners[0].forwarding_rules: only http, https and quic listeners have forwarding rules"
     ]
 
 
