@@ -212,8 +212,9 @@ def test_wizard_quic_listener_then_https_with_quic_upgrade_compression_and_webso
         page.get_by_label("Listener Port", exact=True).fill(str(quic_port))
         page.get_by_label("Listener Name", exact=True).fill("edge-quic")
         open_advanced_settings(page)
-        # QUIC carries HTTP/3: the header options apply, Data Compression does not (seed 001).
-        expect(page.get_by_label("Data Compression", exact=True)).to_have_count(0)
+        # QUIC carries HTTP/3, a Layer-7 listener (seed 003): the header options and Data
+        # Compression apply.
+        expect(page.get_by_label("Data Compression", exact=True)).to_be_visible()
         page.get_by_label("X-Forwarded-Proto: Retrieve Listener Protocol", exact=True).check()
         page.get_by_role("button", name="Next").last.click()
         # Seed 003: a QUIC listener needs a server certificate and nothing else.
