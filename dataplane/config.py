@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from dataplane.rules import ForwardingRule, validate_rules
+from dataplane.rules import QPS_PER_CLIENT_IP, ForwardingRule, validate_rules
 
 PROTOCOLS = ("http", "https", "tcp", "tcp_ssl", "udp", "quic")
 HTTP_PROTOCOLS = frozenset({"http", "https"})
@@ -59,6 +59,24 @@ DRAIN_DEADLINE_MAX = 4_102_444_800
 # Schedulers that take weights and so can ramp a server's weight (see dataplane.slowstart).
 SLOW_START_SCHEDULERS = ("weighted_round_robin", "weighted_least_connections")
 UDP_PAYLOAD_MAX = 64
+# Throttling by QPS per client IP (seeds 001, 003): requests per second one client IP may send to
+# a listener, or through one forwarding rule; over it the node answers 429 with Retry-After.
+# QPS_PER_CLIENT_IP (1-100,000) comes from dataplane.rules, whose rules carry it too.
+# Retries to another server after a connect failure (any method) or a 502/503 answer (idempotent
+# methods only); the budget caps retries at this percentage of the listener's requests.
+RETRIES = (0, 3)
+RETRY_BUDGET_PERCENT = (1, 100)
+# Passive health checks (outlier detection): a server failing this many requests in a row (5xx
+# answers, connect failures) is ejected for base_ejection_time, longer at each repeated ejection up
+# to max_ejection_time; never more than max_ejection_percent of a group at once (fail open).
+PASSIVE_CONSECUTIVE_FAILURES = (1, 100)
+PASSIVE_EJECTION_TIME = (1, 3600)
+PASSIVE_MAX_EJECTION_PERCENT = (1, 100)
+# A listener's own pages for the answers the node gives when no backend can: 502, 503, 504, and
+# "maintenance" (a 503 served while every server of the group is in Maintenance).
+ERROR_PAGE_STATUSES = ("502", "503", "504", "maintenance")
+ERROR_PAGE_CONTENT_TYPES = ("text/html", "text/plain", "application/json")
+ERROR_PAGE_MAX_BYTES = 65_536
 # "leaf": the client's certificate is checked against its issuer's CRL; "chain": every
 # certificate of the client's chain is (OpenSSL then needs a CRL from every CA in the chain).
 CRL_CHECKS = ("leaf", "chain")
@@ -163,6 +181,17 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class PassiveHealthCheck:
+    """Outlier detection on live traffic; ranges in PASSIVE_* above."""
+
+    enabled: bool = False
+    consecutive_failures: int = 5
+    base_ejection_time: int = 30
+    max_ejection_time: int = 300
+    max_ejection_percent: int = 50
+
+
+@dataclass(frozen=True, slots=True)
 class ServerGroup:
     id: str
     name: str = ""
@@ -173,6 +202,7 @@ class ServerGroup:
     slow_start_duration: int = 30
     # backend_protocol https only: verify the servers' certificates against this CA.
     backend_ca_certificate_id: str | None = None
+    passive_health_check: PassiveHealthCheck = field(default_factory=PassiveHealthCheck)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +224,16 @@ class AccessControl:
 class RetrieveClientIp:
     enabled: bool = False
     trusted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorPage:
+    """A page the node serves instead of its plain-text 502, 503 or 504, or while every server of
+    the listener's group is in Maintenance (status "maintenance", sent as a 503)."""
+
+    status: str
+    content_type: str = "text/html"
+    body: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +282,13 @@ class Listener:
     # One JSON line per request (http, https) or connection (tcp, tcp_ssl, udp session) in the
     # node's access log and its in-memory ring (dataplane.accesslog).
     access_log: bool = False
+    # http, https, quic: requests per second per settled client IP; over it, 429 (seeds 001/003).
+    qps_per_client_ip: int | None = None
+    # http, https, quic: tries on another server after the first (see RETRIES).
+    retries: int = 1
+    retry_budget_percent: int = 20
+    # http, https, quic: at most one per status in ERROR_PAGE_STATUSES.
+    error_pages: tuple[ErrorPage, ...] = ()
 
     @property
     def is_http(self) -> bool:
@@ -685,6 +732,34 @@ class _Validator:
         _in_range(
             errors, f"{path}.slow_start_duration", group.slow_start_duration, *SLOW_START_DURATION
         )
+        passive = group.passive_health_check
+        ppath = f"{path}.passive_health_check"
+        _in_range(
+            errors,
+            f"{ppath}.consecutive_failures",
+            passive.consecutive_failures,
+            *PASSIVE_CONSECUTIVE_FAILURES,
+        )
+        _in_range(
+            errors,
+            f"{ppath}.base_ejection_time",
+            passive.base_ejection_time,
+            *PASSIVE_EJECTION_TIME,
+        )
+        _in_range(
+            errors, f"{ppath}.max_ejection_time", passive.max_ejection_time, *PASSIVE_EJECTION_TIME
+        )
+        if passive.max_ejection_time < passive.base_ejection_time:
+            errors.append(
+                f"{ppath}.max_ejection_time: {passive.max_ejection_time} is below the base "
+                f"ejection time {passive.base_ejection_time}"
+            )
+        _in_range(
+            errors,
+            f"{ppath}.max_ejection_percent",
+            passive.max_ejection_percent,
+            *PASSIVE_MAX_EJECTION_PERCENT,
+        )
         if group.backend_ca_certificate_id is not None:
             if group.backend_protocol != "https":
                 errors.append(
@@ -835,6 +910,7 @@ class _Validator:
                 errors, f"{path}.bandwidth_mbit", listener.bandwidth_mbit, *LISTENER_BANDWIDTH_MBIT
             )
         self.forwarding_rules(path, listener)
+        self.traffic_policy(path, listener)
         _one_of(errors, f"{path}.proxy_protocol", listener.proxy_protocol, PROXY_PROTOCOL_VERSIONS)
         if listener.proxy_protocol != "off" and listener.protocol not in PROXY_PROTOCOL_LISTENERS:
             errors.append(f"{path}.proxy_protocol: only tcp and tcp_ssl listeners send it")
@@ -889,6 +965,40 @@ class _Validator:
                 )
             if any(clientcert_flags):
                 errors.append(f"{path}: client certificate headers need an https listener")
+
+    def traffic_policy(self, path: str, listener: Listener) -> None:
+        """Throttling, retries and error pages: layer-7 listeners only."""
+        errors = self.errors
+        if listener.qps_per_client_ip is not None:
+            _in_range(
+                errors, f"{path}.qps_per_client_ip", listener.qps_per_client_ip, *QPS_PER_CLIENT_IP
+            )
+        _in_range(errors, f"{path}.retries", listener.retries, *RETRIES)
+        _in_range(
+            errors,
+            f"{path}.retry_budget_percent",
+            listener.retry_budget_percent,
+            *RETRY_BUDGET_PERCENT,
+        )
+        seen: set[str] = set()
+        for index, page in enumerate(listener.error_pages):
+            ppath = f"{path}.error_pages[{index}]"
+            _one_of(errors, f"{ppath}.status", page.status, ERROR_PAGE_STATUSES)
+            if page.status in seen:
+                errors.append(f"{ppath}.status: a second page for {page.status}")
+            seen.add(page.status)
+            _one_of(errors, f"{ppath}.content_type", page.content_type, ERROR_PAGE_CONTENT_TYPES)
+            if len(page.body.encode()) > ERROR_PAGE_MAX_BYTES:
+                errors.append(f"{ppath}.body: at most {ERROR_PAGE_MAX_BYTES} bytes")
+        if not listener.is_layer7:
+            if listener.qps_per_client_ip is not None:
+                errors.append(
+                    f"{path}.qps_per_client_ip: only http, https and quic listeners throttle"
+                )
+            if listener.error_pages:
+                errors.append(
+                    f"{path}.error_pages: only http, https and quic listeners serve error pages"
+                )
 
     def forwarding_rules(self, path: str, listener: Listener) -> None:
         """Seed 002 advanced forwarding: http, https and quic listeners, forwarding to http(s)

@@ -86,6 +86,8 @@ MAX_VALUES: Final = 10
 MAX_VALUE_LENGTH: Final = 128
 MAX_REGEX_LENGTH: Final = 256
 PLACEHOLDERS: Final = ("protocol", "host", "port", "path", "query")
+# Same as dataplane.config.QPS_PER_CLIENT_IP (config imports this module, not the reverse).
+QPS_PER_CLIENT_IP: Final = (1, 100_000)
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -132,6 +134,9 @@ class ForwardingRule:
     conditions: tuple[RuleCondition, ...]
     action: RuleAction
     name: str = ""
+    # Seeds 001/003 "QPS per client IP": a matching request over this many per second from one
+    # client IP is answered 429 before the action runs.
+    qps_per_client_ip: int | None = None
 
 
 class RuleError(ValueError):
@@ -356,6 +361,14 @@ def validate_rules(
         seen.add(rule.id)
         if len(rule.name) > 255:
             errors.append(RuleError(f"{rpath}.name", "longer than 255 characters"))
+        qps = rule.qps_per_client_ip
+        if qps is not None and not QPS_PER_CLIENT_IP[0] <= qps <= QPS_PER_CLIENT_IP[1]:
+            errors.append(
+                RuleError(
+                    f"{rpath}.qps_per_client_ip",
+                    f"{qps} is out of range {QPS_PER_CLIENT_IP[0]}-{QPS_PER_CLIENT_IP[1]}",
+                )
+            )
         if not rule.conditions:
             errors.append(
                 RuleError(

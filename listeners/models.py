@@ -19,6 +19,7 @@ from django.utils import timezone
 from certificates.models import Certificate
 from console.ids import new_id
 from console.models import Instance
+from dataplane import config as snapshot_schema
 
 
 def new_listener_id() -> str:
@@ -157,6 +158,20 @@ class ServerGroup(models.Model):
         on_delete=models.PROTECT,
         related_name="backend_ca_for_groups",
         limit_choices_to={"kind": Certificate.Kind.CA},
+    )
+    # Passive health check (outlier detection): ranges and meaning in dataplane.config PASSIVE_*.
+    passive_health_check = models.BooleanField(default=False)
+    passive_consecutive_failures = models.PositiveSmallIntegerField(
+        default=5, validators=bounded(*snapshot_schema.PASSIVE_CONSECUTIVE_FAILURES)
+    )
+    passive_base_ejection_time = models.PositiveSmallIntegerField(
+        default=30, validators=bounded(*snapshot_schema.PASSIVE_EJECTION_TIME)
+    )
+    passive_max_ejection_time = models.PositiveSmallIntegerField(
+        default=300, validators=bounded(*snapshot_schema.PASSIVE_EJECTION_TIME)
+    )
+    passive_max_ejection_percent = models.PositiveSmallIntegerField(
+        default=50, validators=bounded(*snapshot_schema.PASSIVE_MAX_EJECTION_PERCENT)
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -391,6 +406,17 @@ class Listener(models.Model):
     # One JSON line per request (HTTP, HTTPS, QUIC) or connection (TCP, TCP SSL, UDP session)
     # on the nodes; the Logs tab shows the latest (dataplane.accesslog).
     access_log = models.BooleanField(default=False)
+    # Seeds 001/003 throttling by "QPS per client IP", listener-wide (rules carry their own).
+    qps_per_client_ip = models.PositiveIntegerField(
+        null=True, blank=True, validators=bounded(*snapshot_schema.QPS_PER_CLIENT_IP)
+    )
+    # Tries on another server after the first; the budget caps the share of requests retried.
+    retries = models.PositiveSmallIntegerField(
+        default=1, validators=bounded(*snapshot_schema.RETRIES)
+    )
+    retry_budget_percent = models.PositiveSmallIntegerField(
+        default=20, validators=bounded(*snapshot_schema.RETRY_BUDGET_PERCENT)
+    )
     quic_listener = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="upgraded_from"
     )
@@ -483,6 +509,38 @@ class Listener(models.Model):
         return observe(self, self.instance.node_reports)
 
 
+class ErrorPage(models.Model):
+    """A listener's own page for a 502, 503 or 504 the node answers, or for Maintenance."""
+
+    class Status(models.TextChoices):
+        BAD_GATEWAY = "502", "502 Bad Gateway"
+        SERVICE_UNAVAILABLE = "503", "503 Service Unavailable"
+        GATEWAY_TIMEOUT = "504", "504 Gateway Timeout"
+        # Served as a 503 while every server of the listener's group is in Maintenance.
+        MAINTENANCE = "maintenance", "Maintenance"
+
+    class ContentType(models.TextChoices):
+        HTML = "text/html", "text/html"
+        TEXT = "text/plain", "text/plain"
+        JSON = "application/json", "application/json"
+
+    listener = models.ForeignKey(Listener, on_delete=models.CASCADE, related_name="error_pages")
+    status = models.CharField(max_length=12, choices=Status.choices)
+    content_type = models.CharField(
+        max_length=32, choices=ContentType.choices, default=ContentType.HTML
+    )
+    body = models.TextField()
+
+    class Meta:
+        ordering = ["status"]
+        constraints = [
+            models.UniqueConstraint(fields=["listener", "status"], name="error_page_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_status_display()} page of {self.listener_id}"
+
+
 class ForwardingRule(models.Model):
     """Seed 002 advanced forwarding: an ordered rule of an HTTP or HTTPS listener.
 
@@ -511,6 +569,10 @@ class ForwardingRule(models.Model):
     redirect_query = models.CharField(max_length=255, blank=True, default="${query}")
     content_type = models.CharField(max_length=32, blank=True, default="text/plain")
     body = models.TextField(blank=True, default="")
+    # Seeds 001/003 "QPS per client IP": checked when the rule matches, before its action.
+    qps_per_client_ip = models.PositiveIntegerField(
+        null=True, blank=True, validators=bounded(*snapshot_schema.QPS_PER_CLIENT_IP)
+    )
 
     class Meta:
         ordering = ["position", "id"]

@@ -16,7 +16,7 @@ from listeners import services
 from listeners.models import Listener
 from tests.fixtures.processes import free_port, wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
 
 def _request(port: int, path: str) -> int:
