@@ -37,6 +37,7 @@ def build_snapshot(instance: Instance) -> dp.Snapshot:
             "server_group__servers",
             "acl__entries",
             "rules__server_group__servers",
+            "error_pages",
         )
         .order_by("port", "protocol")
     )
@@ -220,7 +221,23 @@ def _listener(listener: Listener, sni_ids: tuple[str, ...]) -> dp.Listener:
         proxy_protocol=listener.proxy_protocol,
         x_forwarded_elb_ip=listener.header_x_forwarded_elb_ip,
         access_log=listener.access_log,
+        **_traffic_policy(listener),
     )
+
+
+def _traffic_policy(listener: Listener) -> dict:
+    """Throttling, retries and error pages: the node applies them to Layer-7 requests only."""
+    if listener.protocol not in LAYER7:
+        return {}
+    return {
+        "qps_per_client_ip": listener.qps_per_client_ip,
+        "retries": listener.retries,
+        "retry_budget_percent": listener.retry_budget_percent,
+        "error_pages": tuple(
+            dp.ErrorPage(status=page.status, content_type=page.content_type, body=page.body)
+            for page in listener.error_pages.all()
+        ),
+    }
 
 
 def _drain_deadline(server) -> int | None:
@@ -268,4 +285,11 @@ def _group(group) -> dp.ServerGroup:
         slow_start=group.slow_start,
         slow_start_duration=group.slow_start_duration,
         backend_ca_certificate_id=group.backend_ca_certificate_id,
+        passive_health_check=dp.PassiveHealthCheck(
+            enabled=group.passive_health_check,
+            consecutive_failures=group.passive_consecutive_failures,
+            base_ejection_time=group.passive_base_ejection_time,
+            max_ejection_time=group.passive_max_ejection_time,
+            max_ejection_percent=group.passive_max_ejection_percent,
+        ),
     )
