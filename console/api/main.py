@@ -20,6 +20,7 @@ from console.api import (
     tlspolicies,
 )
 from console.api.auth import API_MAX_BODY_BYTES, ConsoleAuth
+from console.api.parser import BodyRefused, StrictParser
 from console.api.problems import CONTENT_TYPE, ApiError, Problem, problem_response
 
 DESCRIPTION = f"""
@@ -31,7 +32,8 @@ Changes are asynchronous: a create or change answers at once with the listener `
 the instance `generation` that carries it; GET shows the live `status` and `last_error`.
 
 Errors are RFC 9457 problem documents (`application/problem+json`) whose `errors` name each
-field. Unknown fields are refused by name. Request bodies are limited to {API_MAX_BODY_BYTES}
+field. Unknown fields are refused by name, and so are repeated keys, NaN and lone
+surrogates in the JSON. Request bodies are limited to {API_MAX_BODY_BYTES}
 bytes (413 beyond).
 """
 
@@ -78,6 +80,7 @@ api = FerryApi(
     version="1",
     description=DESCRIPTION,
     auth=ConsoleAuth(),
+    parser=StrictParser(),
     urls_namespace="api",
     docs_url="/docs",
     openapi_url="/openapi.json",
@@ -139,6 +142,9 @@ def unauthenticated(request: HttpRequest, error: AuthenticationError) -> HttpRes
 
 @api.exception_handler(HttpError)
 def http_error(request: HttpRequest, error: HttpError) -> HttpResponse:
+    if isinstance(error.__cause__, BodyRefused):
+        # Ninja wraps every parser error in one message; the caller needs to know which rule.
+        return problem_response(400, f"Cannot parse the request body: {error.__cause__}")
     return problem_response(error.status_code, str(error))
 
 
