@@ -190,4 +190,6 @@ class CertificateRevocationList(models.Model):
             "url": self.url,
             "fingerprint_sha256": self.fingerprint_sha256,
         }
+
+
 from certificates import acme_models  # noqa: E402, F401 (the ACME models register with the app)

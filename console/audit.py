@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import datetime
 import functools
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -99,7 +100,13 @@ def _related(row: models.Model) -> dict[str, Any]:
                 {"id": rule.pk, "name": rule.name, "conditions": rule.conditions}
                 | {key: _plain(value) for key, value in rule.action_fields().items()}
                 for rule in row.rules.order_by("position", "pk")
-            ]
+            ],
+            # A page may be 64 KiB: its size and digest say that it changed, not the page twice.
+            "error_pages": {
+                page.status: f"{page.content_type}, {len(page.body.encode())} bytes, sha256 "
+                + hashlib.sha256(page.body.encode()).hexdigest()[:16]
+                for page in row.error_pages.all()
+            },
         }
     if isinstance(row, ServerGroup):
         check = HealthCheck.objects.filter(group=row).first()

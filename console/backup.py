@@ -69,7 +69,9 @@ from console.api.problems import form_errors
 from console.audit import audited, record, snapshot
 from console.models import Instance
 from listeners import services
+from listeners.forms import passive
 from listeners.forms.acls import AccessControlListForm
+from listeners.forms.errorpages import ErrorPageForm
 from listeners.forms.listener import (
     CERTIFICATE,
     SETTINGS_FIELDS,
@@ -86,6 +88,7 @@ from listeners.models import (
     AccessControlList,
     AclEntry,
     BackendServer,
+    ErrorPage,
     ForwardingRule,
     HealthCheck,
     Listener,
@@ -161,7 +164,12 @@ SECTION_LIMITS = {
     "server_groups": 500,
     "listeners": 100,
 }
-NESTED_LIMITS = {"servers": 500, "entries": 1000, "forwarding_rules": 100}
+NESTED_LIMITS = {
+    "servers": 500,
+    "entries": 1000,
+    "forwarding_rules": 100,
+    "error_pages": len(ErrorPage.Status),
+}
 TOP_LEVEL = frozenset(
     {"format", "format_version", "exported_at", "source", "encryption", "instance", *SECTIONS}
 )
@@ -261,7 +269,10 @@ def _exported_fields(model: type[models.Model], parent: str | None = None) -> li
     found = []
     for model_field in [*model._meta.concrete_fields, *model._meta.many_to_many]:
         name = model_field.name
-        if model_field.primary_key or name in EXCLUDED or name == parent:
+        if model_field.primary_key or name == parent:
+            continue
+        # An error page's status is which page it is (502...), not what the nodes observed.
+        if name in EXCLUDED and not (model is ErrorPage and name == "status"):
             continue
         if model is Certificate and name in DERIVED_CERTIFICATE_FIELDS:
             continue
@@ -399,7 +410,7 @@ def export_instance(instance: Instance, passphrase: str) -> dict[str, Any]:
     listeners = list(
         Listener.objects.filter(instance=instance)
         .select_related("server_group", "acl", "tls_policy")
-        .prefetch_related("additional_certificates", "rules")
+        .prefetch_related("additional_certificates", "rules", "error_pages")
         .order_by("port", "protocol")
     )
     groups: dict[str, ServerGroup] = {}
@@ -467,6 +478,9 @@ def export_instance(instance: Instance, passphrase: str) -> dict[str, Any]:
                 "forwarding_rules": [
                     exporter.fields(rule, "listener")
                     for rule in listener.rules.order_by("position", "pk")
+                ],
+                "error_pages": [
+                    exporter.fields(page, "listener") for page in listener.error_pages.all()
                 ],
             }
             for listener in listeners
@@ -540,11 +554,12 @@ FORM_FIELDS: dict[type[models.Model], frozenset[str]] = {
         }
     ),
     ForwardingRule: frozenset(services.RULE_FIELDS),
+    ErrorPage: frozenset({"content_type", "body"}),
 }
 NESTED = {
     AccessControlList: {"entries"},
     ServerGroup: {"servers", "health_check"},
-    Listener: {"forwarding_rules"},
+    Listener: {"forwarding_rules", "error_pages"},
 }
 _JSON_TYPES: list[tuple[tuple[type[models.Field], ...], tuple[type, ...], str]] = [
     ((models.BooleanField,), (bool,), "true or false"),
@@ -1190,6 +1205,10 @@ class _Import:
         source = HealthCheck(**services.default_health_check(backend))
         check_data = {name: getattr(source, name) for name in HealthCheckForm.Meta.fields}
         check_data.update(check_values)
+        if passive.applies(backend):
+            # The group's Passive Health Check goes through the form that checks it in the
+            # console (ranges, max ejection time at least the base); the group keeps it.
+            check_data.update({name: item[name] for name in passive.PASSIVE_FIELDS if name in item})
         check_data = {k: ("" if v is None else v) for k, v in check_data.items()}
         check_form = HealthCheckForm(check_data, backend_protocol=backend)
         ok = self.form_problems(check_form, f"{at}.health_check") and ok
@@ -1208,7 +1227,9 @@ class _Import:
                 server_extra["draining_since"] = server_extra["draining_since"] or timezone.now()
             if server_extra:
                 group.servers.filter(address=address, port=port).update(**server_extra)
-        HealthCheck.objects.create(group=group, **check_form.cleaned_data)
+        # The form's Passive Health Check fields are the group's, restored with its own fields.
+        check_fields, _ = passive.split(check_form.cleaned_data)
+        HealthCheck.objects.create(group=group, **check_fields)
         self.created.append(group)
         return group
 
@@ -1337,6 +1358,16 @@ class _Import:
                 f"Must be a list of at most {NESTED_LIMITS['forwarding_rules']} rules.",
             )
             return None
+        pages = item.get("error_pages", [])
+        if not isinstance(pages, list) or len(pages) > NESTED_LIMITS["error_pages"]:
+            self.problem(
+                f"{at}.error_pages",
+                f"Must be a list of at most {NESTED_LIMITS['error_pages']} pages, one per status.",
+            )
+            return None
+        if pages and protocol not in services.ERROR_PAGE_LISTENERS:
+            self.problem(f"{at}.error_pages", f"A {protocol} listener has no error pages.")
+            return None
         if not ok or group is None:
             return None
         certificates = dict(certificates or {})
@@ -1362,6 +1393,8 @@ class _Import:
         if additional_rows:
             listener.additional_certificates.set(additional_rows)
         if not self._rules(listener, rules, at):
+            return None
+        if not self._error_pages(listener, pages, at):
             return None
         self.created.append(listener)
         return listener
@@ -1417,6 +1450,40 @@ class _Import:
             for attname, value in extra.items():
                 setattr(stored, attname, value)
             stored.save()
+        return ok
+
+    def _error_pages(self, listener: Listener, pages: list, at: str) -> bool:
+        """A listener's error pages, checked by the console dialog's form."""
+        ok = True
+        seen: set[str] = set()
+        for index, page in enumerate(pages):
+            p_at = f"{at}.error_pages[{index}]"
+            if not isinstance(page, dict):
+                self.problem(p_at, "Must be a JSON object.")
+                ok = False
+                continue
+            values, extra = self.values(ErrorPage, page, p_at, "listener")
+            status = extra.get("status")
+            if "status" not in page:
+                self.problem(f"{p_at}.status", "Give the status: 502, 503, 504 or maintenance.")
+            if status is None:
+                ok = False
+                continue
+            if status in seen:
+                self.problem(f"{p_at}.status", f"A second page for {status}.")
+                ok = False
+                continue
+            seen.add(status)
+            form = ErrorPageForm(
+                {
+                    "content_type": values.get("content_type", ErrorPage.ContentType.HTML),
+                    "body": values.get("body", ""),
+                }
+            )
+            if not self.form_problems(form, p_at):
+                ok = False
+                continue
+            ErrorPage.objects.create(listener=listener, status=status, **form.cleaned_data)
         return ok
 
     def _conditions_ok(self, conditions: Any, at: str) -> bool:

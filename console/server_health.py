@@ -56,9 +56,15 @@ class ServerHealth:
     last_change: datetime.datetime | None
     slow_start_percent: int | None
     checks: list[Check] = field(default_factory=list)
+    # Passive health checks (dataplane.outlier): ejected now, why, and when it returns.
+    ejected: bool = False
+    ejection_reason: str = ""
+    ejected_until: datetime.datetime | None = None
 
     @property
     def state(self) -> str:
+        if self.ejected:
+            return "Ejected"
         if not self.checked:
             return "Not checked"
         return "Healthy" if self.healthy else "Unhealthy"
@@ -85,6 +91,8 @@ def describe(entry: dict[str, Any], node: str = "") -> ServerHealth:
             checks.append(Check(_moment(item[0]), bool(item[1]), str(item[2])))
     percent = entry.get("slow_start_percent")
     status = entry.get("http_status")
+    ejected = entry.get("ejected") is True
+    until = entry.get("ejected_until")
     return ServerHealth(
         node=str(entry.get("node") or node),
         address=str(entry.get("address") or ""),
@@ -99,6 +107,10 @@ def describe(entry: dict[str, Any], node: str = "") -> ServerHealth:
         last_change=_moment(entry["last_change"]) if _finite(entry.get("last_change")) else None,
         slow_start_percent=percent if isinstance(percent, int) else None,
         checks=checks,
+        ejected=ejected,
+        # Text from the node: shown escaped, and bounded like the reason.
+        ejection_reason=str(entry.get("ejection_reason") or "")[:200] if ejected else "",
+        ejected_until=_moment(until) if ejected and _finite(until) else None,
     )
 
 

@@ -181,6 +181,8 @@ class ListenerLog:
         server = getattr(request, "server", None) or proxy.backend
         connect_at = getattr(request, "connect_at", 0.0)
         connected_at = getattr(request, "connected_at", 0.0)
+        # Servers left for another by a retry (dataplane.retry), then the one that answered.
+        tried = getattr(request, "tried", None) or ()
         entry = {
             "time": time.time(),
             "listener": self.listener_id,
@@ -205,9 +207,12 @@ class ListenerLog:
             "server": server.id if server is not None else None,
             "server_address": f"{server.address}:{server.port}" if server is not None else None,
             "rule": getattr(request, "rule", None),
+            "attempts": len(tried) + (1 if server is not None else 0),
             "user_agent": _text(_header(request.headers, b"user-agent:")),
             "termination": termination,
         }
+        if tried:
+            entry["retried_servers"] = [backend.id for backend in tried]
         if version == "HTTP/3":
             # QUIC is TLS 1.3 always (RFC 9001); aioquic shows no SSLObject.
             entry["tls_version"] = "TLSv1.3"

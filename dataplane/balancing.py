@@ -36,8 +36,10 @@ class Backend:
     __slots__ = (
         "active",
         "address",
+        "checked_healthy",
         "connect_failures",
         "drain_deadline",
+        "ejected",
         "health_reason",
         "healthy",
         "id",
@@ -69,7 +71,12 @@ class Backend:
         self.state = state
         self.drain_deadline = drain_deadline
         # A new listener serves at once; health checks take it out of rotation if it is down.
+        # `healthy` is what every pick reads: the active checks' verdict (`checked_healthy`) and
+        # not ejected by the passive checks (dataplane.outlier), folded into one flag so the
+        # pick pays nothing for passive checks.
         self.healthy = True
+        self.checked_healthy = True
+        self.ejected = False
         self.health_reason = ""
         self.last_check: float | None = None
         # Open connections (TCP) or in-flight requests (HTTP), maintained by the proxy.
@@ -93,8 +100,10 @@ class Backend:
         return self.healthy and self.weight > 0 and self.state == "enabled"
 
     def adopt_state(self, before: Backend) -> None:
-        """Carry health and slow-start state over from the same server in the last snapshot."""
-        self.healthy = before.healthy
+        """Carry health and slow-start state over from the same server in the last snapshot.
+        An ejection is not carried here: the group's new OutlierDetector adopts it."""
+        self.checked_healthy = before.checked_healthy
+        self.healthy = before.checked_healthy
         self.health_reason = before.health_reason
         self.last_check = before.last_check
         self.ramp_started = before.ramp_started

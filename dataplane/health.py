@@ -345,7 +345,7 @@ class HealthChecker:
             id(backend): HealthState(
                 spec.healthy_threshold,
                 spec.unhealthy_threshold,
-                healthy=backend.healthy,
+                healthy=backend.checked_healthy,
                 since=started,
             )
             for backend in self._backends
@@ -398,7 +398,9 @@ class HealthChecker:
         flipped = state.record(
             ok, reason, self._clock(), code=code, status=status, wall=self._wall_clock()
         )
-        backend.healthy = state.healthy
+        backend.checked_healthy = state.healthy
+        # A server ejected by the passive checks stays out until its time is up.
+        backend.healthy = state.healthy and not backend.ejected
         backend.health_reason = reason
         backend.last_check = state.last_check
         if flipped:

@@ -132,6 +132,26 @@ class StatusCollector:
             "Client connections refused by the access control list.",
             labels=_LISTENER,
         )
+        throttled = CounterMetricFamily(
+            "ferry_listener_throttled_requests",
+            "HTTP requests answered 429 by a QPS per client IP limit (listener-wide or a rule's).",
+            labels=_LISTENER,
+        )
+        rule_throttled = CounterMetricFamily(
+            "ferry_rule_throttled_requests",
+            "HTTP requests answered 429 by a forwarding rule's QPS per client IP limit.",
+            labels=[*_LISTENER, "rule"],
+        )
+        retries = CounterMetricFamily(
+            "ferry_listener_retries",
+            "HTTP requests sent again to another server after a connect failure or a 502/503.",
+            labels=_LISTENER,
+        )
+        retries_refused = CounterMetricFamily(
+            "ferry_listener_retries_refused",
+            "Retries not made because the listener's retry budget was spent.",
+            labels=_LISTENER,
+        )
         handshakes = CounterMetricFamily(
             "ferry_listener_tls_handshakes",
             "TLS handshakes completed (HTTPS and TCP SSL listeners).",
@@ -160,7 +180,16 @@ class StatusCollector:
             active.add_metric(labels, counters.get("active_connections", 0))
             total.add_metric(labels, counters.get("total_connections", 0))
             denied.add_metric(labels, counters.get("denied_connections", 0))
+            if entry.get("protocol") in _LAYER7:
+                retries.add_metric(labels, counters.get("retries", 0))
+                retries_refused.add_metric(labels, counters.get("retries_refused", 0))
+            if "throttled_requests" in counters and entry.get("protocol") in _LAYER7:
+                throttled.add_metric(labels, counters["throttled_requests"])
+            for rule_id, count in sorted(counters.get("throttled_by_rule", {}).items()):
+                rule_throttled.add_metric([*labels, rule_id], count)
         yield from (running, responses, requests, received, sent, active, total, denied)
+        yield from (throttled, rule_throttled)
+        yield from (retries, retries_refused)
         yield from (handshakes, handshake_failures)
         yield from _histograms(
             "ferry_listener_request_duration_seconds",
@@ -211,6 +240,16 @@ class StatusCollector:
             "A draining server: seconds until what remains on it is closed.",
             labels=_SERVER,
         )
+        ejected = GaugeMetricFamily(
+            "ferry_server_ejected",
+            "1 while passive health checks keep the server out of rotation, else 0.",
+            labels=_SERVER,
+        )
+        ejections = CounterMetricFamily(
+            "ferry_server_ejections",
+            "Times passive health checks ejected the server (consecutive 5xx or connect failures).",
+            labels=_SERVER,
+        )
         for listener_id, entry in self.status.get("listeners", {}).items():
             group = entry.get("server_group_id") or ""
             for backend in entry.get("backends", []):
@@ -232,10 +271,15 @@ class StatusCollector:
                     state.add_metric([*labels, name], 1 if name == current else 0)
                 if backend.get("drain_seconds_left") is not None:
                     drain_left.add_metric(labels, backend["drain_seconds_left"])
+                ejected.add_metric(labels, 1 if backend.get("ejected") else 0)
+                ejections.add_metric(labels, backend.get("ejections", 0))
         yield from (healthy, check, active, server_requests, connect_failures, state, drain_left)
+        yield from (ejected, ejections)
 
 
 _NOT_RUN = frozenset({DISABLED, UNCHECKED})
+# Listeners whose requests a QPS per client IP limit can throttle.
+_LAYER7 = frozenset({"http", "https", "quic"})
 
 
 def _histograms(

@@ -19,6 +19,7 @@ Server groups are shared by the listeners that use them. A group whose configura
 keeps its backends and health checker; a changed group starts fresh but keeps the health of servers
 that are still there when its health check did not change, and their slow-start ramps. With slow
 start on, a server that joins a running group (or recovers) ramps up over the group's duration.
+Its passive health checks (dataplane.outlier) keep their counts and any ejection under way.
 
 A server that is draining or in maintenance gets no new request or connection (its group's
 schedulers and cookie index leave it out) while its health checks go on. What remains on a
@@ -47,6 +48,7 @@ from dataplane.bandwidth import TokenBucket, burst_for, mbit_to_bytes_per_s
 from dataplane.config import Listener, ServerGroup, Snapshot
 from dataplane.descriptors import EXHAUSTED, DescriptorReserve
 from dataplane.health import HealthChecker, HealthCheckSpec, server_report
+from dataplane.outlier import OutlierDetector, passive_report
 from dataplane.protocols import ListenerSettings, ServerGroupRuntime
 from dataplane.protocols.http import HttpProxy
 from dataplane.protocols.quic import QuicListener, alt_svc_value, quic_configuration
@@ -54,6 +56,7 @@ from dataplane.protocols.tcp import TcpProxy
 from dataplane.protocols.udp import UdpListener, UdpSettings, bind_udp, start_udp_listener
 from dataplane.slowstart import SlowStart
 from dataplane.stats import ListenerStats, count_handshakes
+from dataplane.throttle import carry_over
 from dataplane.tls import (
     TlsContextCache,
     TlsError,
@@ -421,6 +424,8 @@ class Node:
 
         # Groups no listener uses any more stop checking; new ones start.
         for group_id, group in self.groups.items():
+            if groups.get(group_id) is not group and group.outlier is not None:
+                group.outlier.stop()
             if groups.get(group_id) is not group and group.checker is not None:
                 await group.checker.stop()
         for group in groups.values():
@@ -472,6 +477,8 @@ class Node:
             if fresh.tls_error:
                 continue
             # No listener runs on a broken group, so it can be swapped without a new snapshot.
+            if group.outlier is not None:
+                group.outlier.stop()
             if group.checker is not None:
                 await group.checker.stop()
             if fresh.checker is not None:
@@ -617,6 +624,11 @@ class Node:
             if old is not None and same_check and old.checker is not None:
                 # Same check: the reasons, last changes and timelines go on too.
                 group.checker.adopt(old.checker)
+        if config.passive_health_check.enabled and config.backend_protocol not in ("udp", "grpc"):
+            group.outlier = OutlierDetector(config.passive_health_check, backends, clock=self.clock)
+            if old is not None and old.outlier is not None:
+                # An ejection under way keeps its time of return across a reload.
+                group.outlier.adopt(old.outlier)
         return group
 
     # -- server states ---------------------------------------------------------------------------
@@ -783,6 +795,8 @@ class Node:
                 return
             runtime.bind_key = bind_key
 
+        # Clients over a QPS limit stay so across a change to this listener (dataplane.throttle).
+        carry_over(runtime.settings, settings)
         runtime.settings = settings
         context = tls.context if tls is not None else None
         if runtime.server is None or context is not runtime.server_context:
@@ -907,6 +921,7 @@ class Node:
         if isinstance(settings, UdpSettings):
             settings.access_log = runtime.access_log
         else:
+            carry_over(runtime.settings, settings)
             runtime.settings = settings
         datagram = runtime.datagram
         if isinstance(datagram, UdpListener) and isinstance(settings, UdpSettings):
@@ -992,6 +1007,7 @@ class Node:
                             "requests": backend.requests,
                             "connect_failures": backend.connect_failures,
                             **report,
+                            **passive_report(backend, group.outlier),
                         }
                     )
             counters = runtime.stats.as_dict()
@@ -1062,6 +1078,8 @@ class Node:
         for runtime in self.listeners.values():
             runtime.stop()
         for group in self.groups.values():
+            if group.outlier is not None:
+                group.outlier.stop()
             if group.checker is not None:
                 await group.checker.stop()
         self.pool.close()

@@ -32,6 +32,8 @@ listener's default server group. Actions:
   The port is left out of the URL when it is the protocol's default;
 - `fixed_response`: status 2xx, 4xx or 5xx (default 200), a content type of text/plain, text/css,
   text/html, application/javascript or application/json, and a body of at most 1,024 bytes.
+A rule may also carry `qps_per_client_ip` (seeds 001/003): compiled into a limiter on its action
+(dataplane.throttle), which the proxy asks when the rule matches, before the action runs.
 
 Paths: a client must not get past a path rule by writing the same path another way, since the
 backend will read it the way it likes. On a listener with path conditions:
@@ -64,6 +66,7 @@ from http import HTTPStatus
 from typing import Final
 
 from dataplane.hostnames import CertificateSelector, is_recognized_wildcard
+from dataplane.throttle import QpsLimiter, rule_limiter
 
 CONDITION_TYPES: Final = ("host", "path", "method", "header", "query", "source_ip")
 PATH_MATCHES: Final = ("prefix", "exact", "regex")
@@ -746,11 +749,13 @@ def _compile_condition(condition: RuleCondition) -> _Condition:
 class ForwardAction:
     """Send the request to another server group than the listener's default."""
 
-    __slots__ = ("rule_id", "server_group_id")
+    __slots__ = ("limiter", "rule_id", "server_group_id")
 
     def __init__(self, rule_id: str, server_group_id: str) -> None:
         self.rule_id = rule_id
         self.server_group_id = server_group_id
+        # The rule's QPS per client IP (dataplane.throttle), checked before the action runs.
+        self.limiter: QpsLimiter | None = None
 
     def __repr__(self) -> str:
         return f"<ForwardAction {self.rule_id} -> {self.server_group_id}>"
@@ -780,10 +785,21 @@ def _render(parts: tuple[bytes | int, ...], values: tuple[bytes, ...]) -> bytes:
 class RedirectAction:
     """Answer with a redirect built from the request's protocol, host, port, path and query."""
 
-    __slots__ = ("_host", "_path", "_port", "_protocol", "_query", "reason", "rule_id", "status")
+    __slots__ = (
+        "_host",
+        "_path",
+        "_port",
+        "_protocol",
+        "_query",
+        "limiter",
+        "reason",
+        "rule_id",
+        "status",
+    )
 
     def __init__(self, rule_id: str, action: RuleAction) -> None:
         self.rule_id = rule_id
+        self.limiter: QpsLimiter | None = None
         self.status = action.status_code or DEFAULT_REDIRECT_CODE
         self.reason = HTTPStatus(self.status).phrase.encode()
         self._protocol = action.protocol.encode() if action.protocol else None
@@ -834,10 +850,11 @@ class RedirectAction:
 class FixedResponseAction:
     """Answer from the load balancer itself with a fixed status, content type and body."""
 
-    __slots__ = ("body", "content_type", "reason", "rule_id", "status")
+    __slots__ = ("body", "content_type", "limiter", "reason", "rule_id", "status")
 
     def __init__(self, rule_id: str, action: RuleAction) -> None:
         self.rule_id = rule_id
+        self.limiter: QpsLimiter | None = None
         self.status = action.status_code or DEFAULT_FIXED_STATUS
         try:
             self.reason = HTTPStatus(self.status).phrase.encode()
@@ -855,11 +872,15 @@ Action = ForwardAction | RedirectAction | FixedResponseAction
 
 def _compile_action(rule: ForwardingRule) -> Action:
     action = rule.action
+    compiled: Action
     if action.type == "forward":
-        return ForwardAction(rule.id, action.server_group_id or "")
-    if action.type == "redirect":
-        return RedirectAction(rule.id, action)
-    return FixedResponseAction(rule.id, action)
+        compiled = ForwardAction(rule.id, action.server_group_id or "")
+    elif action.type == "redirect":
+        compiled = RedirectAction(rule.id, action)
+    else:
+        compiled = FixedResponseAction(rule.id, action)
+    compiled.limiter = rule_limiter(rule.qps_per_client_ip)
+    return compiled
 
 
 # -- the table -------------------------------------------------------------------------------------
@@ -868,7 +889,7 @@ def _compile_action(rule: ForwardingRule) -> Action:
 class RuleTable:
     """A listener's forwarding rules, compiled; `match()` runs once per request."""
 
-    __slots__ = ("_rules", "header_names", "normalizes_paths", "server_group_ids")
+    __slots__ = ("_rules", "header_names", "limiters", "normalizes_paths", "server_group_ids")
 
     def __init__(
         self,
@@ -884,6 +905,12 @@ class RuleTable:
             (tuple(_compile_condition(c) for c in rule.conditions), _compile_action(rule))
             for rule in rules
         )
+        # Rules that throttle, by id: a new generation takes over their tables (dataplane.throttle).
+        self.limiters = {
+            action.rule_id: action.limiter
+            for _, action in self._rules
+            if action.limiter is not None
+        }
         # The proxy keeps only these request headers for matching, lower-cased.
         self.header_names = frozenset(
             c.name.lower().encode()

@@ -20,6 +20,10 @@ import ssl
 import weakref
 from bisect import bisect_right
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dataplane.retry import RetryBudget
 
 # Upper bounds in seconds, Prometheus-style: from 5 ms (a local backend) to 10 s (a request
 # timeout's worth); slower answers land in the +Inf bucket.
@@ -87,6 +91,11 @@ class ListenerStats:
         "request_duration",
         "requests",
         "responses",
+        "retries",
+        "retries_refused",
+        "retry_budget",
+        "throttled_by_rule",
+        "throttled_requests",
         "tls_failures",
         "tls_handshakes",
         "total_connections",
@@ -103,6 +112,16 @@ class ListenerStats:
         self.bytes_out = 0
         # Indexed by status // 100; slot 0 is unused, so a 5xx lands in responses[5].
         self.responses = [0, 0, 0, 0, 0, 0]
+        # HTTP: requests sent again to another server, and retries the budget refused
+        # (dataplane.retry). The budget lives here, as the counters do: per listener and worker
+        # process, kept across generations (ListenerSettings sets it up).
+        self.retries = 0
+        self.retries_refused = 0
+        self.retry_budget: RetryBudget | None = None
+        # HTTP: requests answered 429 by a QPS per client IP limit (dataplane.throttle), all of
+        # them, and those of each rule's own limit by rule id (rules gone are forgotten).
+        self.throttled_requests = 0
+        self.throttled_by_rule: dict[str, int] = {}
         # HTTP: from a request's first byte to the end of its response (or the node's answer).
         self.request_duration = Histogram()
         # From sending the request on to a server to the first byte of its response head.
@@ -132,6 +151,10 @@ class ListenerStats:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "responses": {f"{n}xx": responses[n] for n in range(1, 6)},
+            "retries": self.retries,
+            "retries_refused": self.retries_refused,
+            "throttled_requests": self.throttled_requests,
+            "throttled_by_rule": dict(self.throttled_by_rule),
             "request_duration": self.request_duration.as_dict(),
             "backend_response_time": self.backend_response_time.as_dict(),
             "tls_handshakes": self.tls_handshakes,

@@ -65,8 +65,18 @@ _COUNTERS = (
     "bytes_in",
     "bytes_out",
     "tls_handshakes",
+    "throttled_requests",
+    "retries",
+    "retries_refused",
 )
 _HISTOGRAMS = ("request_duration", "backend_response_time")
+_EJECTION = (
+    "ejected",
+    "ejection_reason",
+    "ejection_code",
+    "ejected_until",
+    "ejection_seconds_left",
+)
 
 
 class WorkerError(Exception):
@@ -366,6 +376,9 @@ def _merge_listeners(reports: list[dict[str, Any]]) -> dict[str, Any]:
             for name in _HISTOGRAMS:
                 if name in counters and name in other["counters"]:
                     add_histograms(counters[name], other["counters"][name])
+            for rule_id, count in other["counters"].get("throttled_by_rule", {}).items():
+                by_rule = counters.setdefault("throttled_by_rule", {})
+                by_rule[rule_id] = by_rule.get(rule_id, 0) + count
             for reason, count in other["counters"].get("tls_handshake_failures", {}).items():
                 failures = counters.setdefault("tls_handshake_failures", {})
                 failures[reason] = failures.get(reason, 0) + count
@@ -380,9 +393,15 @@ def _merge_listeners(reports: list[dict[str, Any]]) -> dict[str, Any]:
             by_id = {backend["id"]: backend for backend in other["backends"]}
             for backend in mine["backends"]:
                 theirs = by_id.get(backend["id"], {})
-                for name in ("active", "requests", "connect_failures"):
+                for name in ("active", "requests", "connect_failures", "ejections"):
                     if name in backend:
                         backend[name] += theirs.get(name, 0)
+                if theirs.get("ejected") and not backend.get("ejected"):
+                    # Each worker judges its own traffic: a server one of them ejected is
+                    # shown ejected, with that worker's reason and time of return.
+                    for name in _EJECTION:
+                        backend[name] = theirs.get(name)
+                    backend["healthy"] = False
         if len(present) < len(entries):
             # A worker started again that has not got the snapshot yet.
             mine["status"], mine["reason"] = "failed", _NOT_EVERYWHERE

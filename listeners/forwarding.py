@@ -34,6 +34,8 @@ def to_dataplane_rule(rule_id: str, name: str, conditions: list[dict], action: d
             content_type=action.get("content_type") or "text/plain",
             body=(action.get("body") or "") if kind == "fixed_response" else "",
         ),
+        # Seeds 001/003 throttling: checked when the rule matches, before its action.
+        qps_per_client_ip=action.get("qps_per_client_ip"),
     )
 
 

@@ -597,4 +597,5 @@ class ForwardingRule(models.Model):
             "redirect_query": self.redirect_query,
             "content_type": self.content_type,
             "body": self.body,
+            "qps_per_client_ip": self.qps_per_client_ip,
         }

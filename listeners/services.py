@@ -33,11 +33,13 @@ from certificates.models import Certificate
 from console.audit import audited
 from console.models import Instance
 from listeners import rules
+from listeners.forms import passive
 from listeners.models import (
     DEREGISTRATION_DELAY,
     AccessControlList,
     AclEntry,
     BackendServer,
+    ErrorPage,
     ForwardingRule,
     HealthCheck,
     Listener,
@@ -352,6 +354,7 @@ RULE_FIELDS = (
     "redirect_query",
     "content_type",
     "body",
+    "qps_per_client_ip",
 )
 
 
@@ -407,6 +410,42 @@ def move_forwarding_rule(*, listener_id: str, rule_id: int, direction: str) -> N
     listeners_changed([listener])
 
 
+# -- error pages (issue 20) -------------------------------------------------------------------
+ERROR_PAGE_LISTENERS = frozenset(
+    {Listener.Protocol.HTTP, Listener.Protocol.HTTPS, Listener.Protocol.QUIC}
+)
+
+
+@transaction.atomic
+@audited("listener.set_error_page", Listener, key="listener_id")
+def set_error_page(*, listener_id: str, status: str, content_type: str, body: str) -> ErrorPage:
+    """Add or replace the listener's page for one status (502, 503, 504 or maintenance)."""
+    listener = _lock_listener(listener_id, doing="changing its error pages")
+    if listener.protocol not in ERROR_PAGE_LISTENERS:
+        raise RuleViolation(
+            "Only HTTP, HTTPS and QUIC listeners serve error pages.", field="status"
+        )
+    page, _ = ErrorPage.objects.update_or_create(
+        listener=listener, status=status, defaults={"content_type": content_type, "body": body}
+    )
+    listeners_changed([listener])
+    return page
+
+
+@transaction.atomic
+@audited("listener.remove_error_page", Listener, key="listener_id")
+def remove_error_page(*, listener_id: str, status: str) -> ErrorPage:
+    """Go back to the node's plain answer for one status."""
+    listener = _lock_listener(listener_id, doing="changing its error pages")
+    page = listener.error_pages.filter(status=status).first()
+    if page is None:
+        label = ErrorPage.Status(status).label if status in ErrorPage.Status.values else status
+        raise NotFound(f"The {label} page no longer exists.")
+    page.delete()
+    listeners_changed([listener])
+    return page
+
+
 # -- server groups and health checks -----------------------------------------------------------
 def default_health_check(backend_protocol: str) -> dict[str, Any]:
     """The health check a new group starts with, wherever it is created: one that speaks the
@@ -452,7 +491,12 @@ def create_server_group(
         backend_ca_certificate=backend_ca_certificate,
     )
     replace_servers(group, servers)
-    check = health_check or default_health_check(backend_protocol)
+    check, passive_check = passive.split(health_check or default_health_check(backend_protocol))
+    if passive_check:
+        # The Passive Health Check fields of the health check form are the group's.
+        ServerGroup.objects.filter(pk=group.pk).update(**passive_check)
+        for field, value in passive_check.items():
+            setattr(group, field, value)
     HealthCheck.objects.create(group=group, **check)
     return group
 
@@ -575,9 +619,19 @@ def update_health_check(*, group: ServerGroup, values: dict[str, Any]) -> Health
     """Save the group's health check; its listeners are reconfigured only if it changed."""
     group = _locked(ServerGroup, group.pk, "Server group")
     check = HealthCheck.objects.filter(group=group).first()
-    if check is not None and all(getattr(check, name) == value for name, value in values.items()):
+    # The Passive Health Check fields (listeners.forms.passive) are the group's own.
+    values, passive_check = passive.split(values)
+    if (
+        check is not None
+        and all(getattr(check, name) == value for name, value in values.items())
+        and all(getattr(group, name) == value for name, value in passive_check.items())
+    ):
         return check
     _reconfigure(listeners_of_group(group), doing="modifying its health check")
+    if passive_check:
+        for name, value in passive_check.items():
+            setattr(group, name, value)
+        group.save(update_fields=list(passive_check))
     check, _ = HealthCheck.objects.update_or_create(group=group, defaults=values)
     return check
 

@@ -2,6 +2,7 @@ from django.urls import path
 
 from listeners.views import (
     acls,
+    errorpages,
     listeners,
     logs,
     monitoring,
@@ -62,6 +63,16 @@ urlpatterns = [
         LISTENER + "rules/<int:rule_id>/<str:direction>/",
         listeners.rule_move,
         name="listener-rule-move",
+    ),
+    path(
+        LISTENER + "error-pages/<str:status>/",
+        errorpages.error_page_edit,
+        name="listener-error-page",
+    ),
+    path(
+        LISTENER + "error-pages/<str:status>/remove/",
+        errorpages.error_page_remove,
+        name="listener-error-page-remove",
     ),
     # Navigation pages.
     path("server-groups/", servergroups.group_list, name="servergroup-list"),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from django.http import HttpRequest, QueryDict
 
 from console.models import Instance
+from listeners.forms import passive
 from listeners.forms.listener import (
     CERTIFICATE,
     CertificateStepForm,
@@ -136,10 +137,12 @@ class Draft:
             initial_check = getattr(group, "health_check", None) if group else None
             if data is None and initial_check is None:
                 form = HealthCheckForm(
-                    initial=default_health_check(backend), backend_protocol=backend
+                    initial=default_health_check(backend), backend_protocol=backend, group=group
                 )
                 return {"form": form, "group": group}
-            form = HealthCheckForm(data, instance=initial_check, backend_protocol=backend)
+            form = HealthCheckForm(
+                data, instance=initial_check, backend_protocol=backend, group=group
+            )
             return {"form": form, "group": group}
         return {}
 
@@ -199,6 +202,11 @@ class Draft:
                     query[name] = "on"
             elif value is not None:
                 query[name] = str(value)
+        if passive.applies(self.backend_protocol()):
+            # The group's Passive Health Check as it is (a new group's defaults).
+            for name, value in passive.values_of(group).items():
+                if value is not False:
+                    query[name] = "on" if value is True else str(value)
         return query
 
     def server_rows_for_existing(self) -> list[dict]:

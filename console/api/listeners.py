@@ -20,6 +20,7 @@ from console.api.common import ObjectId, Strict, call_service, pk_of, set_fields
 from console.api.problems import ApiError, Problem, form_errors, invalid
 from console.models import ClientToken, Instance
 from listeners import services
+from listeners.forms import passive
 from listeners.forms.lifecycle import ChangeServerGroupForm, ManageCertificatesForm, TlsPolicyForm
 from listeners.forms.listener import (
     CERTIFICATE,
@@ -80,6 +81,9 @@ class ListenerSettings(Strict):
     bandwidth_mbit: int | None = None
     proxy_protocol: str | None = None
     quic_listener: ObjectId | None = None
+    retries: int | None = None
+    retry_budget_percent: int | None = None
+    qps_per_client_ip: int | None = None
 
 
 class BackendServerIn(Strict):
@@ -110,6 +114,12 @@ class HealthCheckIn(Strict):
     expected_codes: list[str] | None = None
     udp_request: str | None = None
     udp_expected: str | None = None
+    # The group's Passive Health Check (listeners.forms.passive); not for UDP and gRPC groups.
+    passive_health_check: bool | None = None
+    passive_consecutive_failures: int | None = None
+    passive_base_ejection_time: int | None = None
+    passive_max_ejection_time: int | None = None
+    passive_max_ejection_percent: int | None = None
 
 
 class CertificatesIn(Strict):
@@ -234,6 +244,8 @@ def _health_check_data(check: HealthCheck | None, backend: str, sent: dict) -> d
     source = check or HealthCheck(**services.default_health_check(backend))
     data = {name: getattr(source, name) for name in HealthCheckForm.Meta.fields}
     data["expected_codes"] = list(data["expected_codes"])
+    if passive.applies(backend):
+        data.update(passive.values_of(check.group if check is not None else None))
     data.update({name: value for name, value in sent.items() if value is not None})
     return data
 

@@ -42,6 +42,7 @@ class RuleIn(Strict):
     redirect_query: str = "${query}"
     content_type: str = "text/plain"
     body: str = ""
+    qps_per_client_ip: int | None = None
 
 
 class RuleOut(Schema):
@@ -59,6 +60,7 @@ class RuleOut(Schema):
     redirect_query: str
     content_type: str
     body: str
+    qps_per_client_ip: int | None
 
 
 class Move(Strict):

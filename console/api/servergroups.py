@@ -18,6 +18,7 @@ from console.api.listeners import (
 )
 from console.api.problems import ApiError, Problem, form_errors, invalid
 from listeners import services
+from listeners.forms import passive
 from listeners.forms.listener import HealthCheckForm
 from listeners.forms.servergroups import ServerGroupForm
 from listeners.forms.serverstates import ServerStateForm
@@ -92,7 +93,13 @@ def group_out(group: ServerGroup) -> dict[str, Any]:
         "id": group.id,
         "servers": [server_out(server) for server in group.servers.all()],
         "health_check": (
-            {name: getattr(check, name) for name in HealthCheckForm.Meta.fields} if check else None
+            {
+                **{name: getattr(check, name) for name in HealthCheckForm.Meta.fields},
+                # The group's passive health check is set with its health check.
+                **(passive.values_of(group) if passive.applies(group.backend_protocol) else {}),
+            }
+            if check
+            else None
         ),
         "listeners": sorted(set(services.listeners_of_group(group).values_list("pk", flat=True))),
     }

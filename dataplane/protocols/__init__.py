@@ -22,15 +22,19 @@ from dataplane.acl import AccessControl
 from dataplane.balancing import Backend, Scheduler, make_scheduler
 from dataplane.clientip import ClientIpResolver
 from dataplane.config import Listener, ServerGroup, Snapshot
+from dataplane.error_pages import ErrorPages, compile_error_pages
 from dataplane.persistence import CookiePersistence, SourceIpPersistence
 from dataplane.proxy_protocol import ProxyHeader
+from dataplane.retry import RetryBudget
 from dataplane.rules import RuleTable
+from dataplane.throttle import QpsLimiter, listener_limiter
 
 if TYPE_CHECKING:
     from dataplane.accesslog import ListenerLog
     from dataplane.bandwidth import TokenBucket
     from dataplane.descriptors import DescriptorReserve
     from dataplane.health import HealthChecker
+    from dataplane.outlier import OutlierDetector
     from dataplane.slowstart import SlowStart
     from dataplane.stats import ListenerStats
     from dataplane.tls import ListenerTls
@@ -157,6 +161,7 @@ class ServerGroupRuntime:
         "ca_pem",
         "checker",
         "config",
+        "outlier",
         "slow_start",
         "tls_error",
     )
@@ -180,6 +185,9 @@ class ServerGroupRuntime:
         self.ca_pem = ca_pem
         self.tls_error = tls_error
         self.checker: HealthChecker | None = None
+        # Passive health checks (dataplane.outlier), None when the group has them off: shared by
+        # every listener of the group, as the servers' health is.
+        self.outlier: OutlierDetector | None = None
         # Seed 002: shared by every listener of the group, so they all see one ramp per server.
         self.slow_start = slow_start
 
@@ -187,7 +195,15 @@ class ServerGroupRuntime:
 class Route:
     """One server group as one listener sends requests to it."""
 
-    __slots__ = ("backend_context", "backends_by_token", "group", "scheduler", "server_group_id")
+    __slots__ = (
+        "backend_context",
+        "backends_by_token",
+        "group",
+        "in_maintenance",
+        "outlier",
+        "scheduler",
+        "server_group_id",
+    )
 
     def __init__(
         self,
@@ -206,6 +222,11 @@ class Route:
             else None
         )
         self.backend_context = group.backend_context if group is not None else None
+        # The group's passive health checks: proxies report each outcome to it when set.
+        self.outlier = group.outlier if group is not None else None
+        # Every server of the group in Maintenance: the node's 503 is the maintenance page
+        # (dataplane.error_pages). States change only with a snapshot, so this is settled here.
+        self.in_maintenance = bool(backends) and all(b.state == "maintenance" for b in backends)
         self.backends_by_token: dict[str, Backend] = (
             cookie_persistence.index(backends) if cookie_persistence is not None else {}
         )
@@ -248,6 +269,7 @@ class ListenerSettings:
         "compress",
         "cookie_persistence",
         "drop_headers",
+        "error_pages",
         "group",
         "grpc",
         "http2",
@@ -257,6 +279,8 @@ class ListenerSettings:
         "proxy_header",
         "request_timeout",
         "response_timeout",
+        "retries",
+        "retry_budget",
         "route",
         "routes",
         "rules",
@@ -266,6 +290,7 @@ class ListenerSettings:
         "static_fields",
         "static_headers",
         "stats",
+        "throttle",
         "tls",
         "x_forwarded_host",
         "xff_mode",
@@ -308,12 +333,27 @@ class ListenerSettings:
         self.bucket = bucket
         # Seed 001 QUIC upgrade: the Alt-Svc header line an HTTPS listener adds.
         self.alt_svc = b"Alt-Svc: %s\r\n" % alt_svc if alt_svc is not None else None
+        # Issue 20: the listener's own 502/503/504 and maintenance pages; None without any.
+        self.error_pages: ErrorPages | None = compile_error_pages(listener.error_pages)
+
+        # Issue 20 retries (dataplane.retry): tries on another server after the first, within
+        # the listener's budget, which its counters carry across generations.
+        self.retries = listener.retries
+        budget = stats.retry_budget
+        if budget is None:
+            budget = stats.retry_budget = RetryBudget(listener.retry_budget_percent)
+        else:
+            budget.percent = listener.retry_budget_percent
+        self.retry_budget = budget
 
         self.acl: AccessControl | None = compile_acl(listener, snapshot)
         trusted = listener.retrieve_client_ip
         self.client_ip: ClientIpResolver | None = (
             ClientIpResolver(trusted.trusted) if trusted.enabled and trusted.trusted else None
         )
+        # Seeds 001/003 QPS per client IP, listener-wide (rules carry their own): None costs
+        # the proxy one attribute test per request.
+        self.throttle: QpsLimiter | None = listener_limiter(listener.qps_per_client_ip)
 
         persistence = listener.persistence
         self.cookie_persistence: CookiePersistence | None = None

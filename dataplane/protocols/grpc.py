@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 # gRPC status codes (grpc/doc/statuscodes.md).
 DEADLINE_EXCEEDED = 4
+RESOURCE_EXHAUSTED = 8
 UNAVAILABLE = 14
 # Time allowed to open a connection to a backend before the call tries another one.
 CONNECT_TIMEOUT = 5.0
@@ -331,6 +333,13 @@ class GrpcStream(Stream):
         stream.request_out.end = ended
         connection.streams[stream_id] = stream
         settings.stats.requests += 1
+        throttle = settings.throttle
+        if throttle is not None and throttle.admit(stream.client_ip, time.monotonic()):
+            # QPS per client IP (dataplane.throttle): a call's rate-limit status, as gRPC
+            # clients read it, rather than HTTP's 429.
+            settings.stats.throttled_requests += 1
+            stream._fail(RESOURCE_EXHAUSTED, "over the listener's QPS per client IP")
+            return stream
         stream.timer = connection.loop.call_later(settings.response_timeout, stream._late)
         stream._choose(None)
         return stream

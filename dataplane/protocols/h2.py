@@ -274,8 +274,11 @@ class Http2Connection(asyncio.Protocol):
             return
         del self.streams[stream.stream_id]
         if not stream.request_ended:
-            # RFC 9113 8.1: a complete response may end the request early with NO_ERROR.
-            self.refuse(stream.stream_id, NO_ERROR)
+            # RFC 9113 8.1: a complete response may end the request early with NO_ERROR, once
+            # the response is out: a RST_STREAM submitted while a HEADERS-only response is still
+            # queued makes nghttp2 drop that response (a gRPC trailers-only answer, a 204).
+            self.schedule_flush()
+            self.loop.call_soon(self.refuse, stream.stream_id, NO_ERROR)
         self._stream_gone()
 
     def _drop(self, stream: Stream) -> None:

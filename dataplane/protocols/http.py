@@ -24,9 +24,11 @@ Answers the dataplane gives itself:
 - bytes after the connection's last request (Connection: close, HTTP/1.0) are ignored: the client
   gets that request's response, then the connection closes;
 - 503 when the server group has no healthy server with a weight above 0;
-- 502 when connecting fails on the chosen server and on one other (a single retry), or when the
-  backend's response is not valid HTTP;
-- 504 when the backend has not answered within the listener's request timeout.
+- 502 when connecting fails on the chosen server and on those its retries tried (dataplane.retry),
+  or when the backend's response is not valid HTTP;
+- 504 when the backend has not answered within the listener's request timeout;
+- a listener's own 502, 503 and 504 pages replace those three plain answers, and its maintenance
+  page the 503 of a group whose servers are all in Maintenance (dataplane.error_pages).
 
 Seed features on top of the plain proxy:
 - WebSocket (seed 003, always on): a GET with `Connection: Upgrade` and `Upgrade: websocket` is
@@ -41,11 +43,19 @@ Seed features on top of the plain proxy:
   debt, reading from the backend pauses.
 - QUIC upgrade (seed 001): an HTTPS listener linked to a QUIC listener adds its Alt-Svc header to
   responses that carry none.
+- Retries (issue 20, dataplane.retry): a failed connect, or a 502/503 answer to an idempotent
+  request without a body, goes to a server not tried yet, within the listener's `retries` and
+  retry budget; a retried answer never reaches the client. A request that does not fail pays one
+  comparison of its response status.
 - Forwarding rules (seed 002, dataplane.rules): with rules, each request is matched once the
   client IP is settled; a forward picks from that group's route (scheduler, TLS context,
   persistence tokens), a redirect or fixed response is answered here without a backend. A listener
   without rules pays one attribute test per request. With path conditions the backend gets the
   normalized path the rules judged (dataplane.rules, "Paths").
+- QPS per client IP (seeds 001/003, dataplane.throttle): the listener's limit is checked once the
+  client IP is settled, a matching rule's before its action runs; over either, the node answers
+  429 with Retry-After itself (the connection kept as after a rule's fixed response), counts it
+  and logs it as "throttled". A listener without a limit pays one attribute test per request.
 """
 
 from __future__ import annotations
@@ -69,6 +79,7 @@ from dataplane.compression import Compressor, choose_encoding
 from dataplane.descriptors import EXHAUSTED
 from dataplane.hostnames import HOST_FIELD
 from dataplane.protocols import CLIENTCERT_HEADERS, BackendReadGate
+from dataplane.retry import pick_untried, retryable_answer
 from dataplane.rules import (
     Action,
     FixedResponseAction,
@@ -88,6 +99,7 @@ _clock = time.monotonic
 
 if TYPE_CHECKING:
     from dataplane.protocols import ListenerHandle, ListenerSettings, Route
+    from dataplane.throttle import QpsLimiter
     from dataplane.upstream import HttpUpstream
 
 log = logging.getLogger(__name__)
@@ -158,6 +170,7 @@ _host_field = HOST_FIELD.fullmatch
 _ABSOLUTE_FORM = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)(.*)", re.DOTALL)
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_THROTTLED_BODY = b"429 Too Many Requests\n"
 _NO_HEADERS: dict[bytes, bytes] = {}
 _LAST_CHUNK = b"0\r\n\r\n"
 _REASONS = {
@@ -191,14 +204,16 @@ def http_date() -> bytes:
     return _date_cache[1]  # type: ignore[return-value]
 
 
-def error_response(status: int) -> bytes:
+def error_response(status: int, *, head_only: bool = False) -> bytes:
+    """The node's plain answer; `head_only` for a HEAD request, whose answer has no body (RFC 9110
+    9.3.2) but the Content-Length a GET's would have."""
     reason = _REASONS[status].encode()
     body = b"%d %s\n" % (status, reason)
     return b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % (
         status,
         reason,
         len(body),
-    ) + b"Connection: close\r\nDate: %s\r\n\r\n%s" % (http_date(), body)
+    ) + b"Connection: close\r\nDate: %s\r\n\r\n%s" % (http_date(), b"" if head_only else body)
 
 
 def _underscored(names: Iterable[bytes]) -> frozenset[bytes]:
@@ -263,6 +278,7 @@ class Request:
         "started",
         "status",
         "transfer_encoding",
+        "tried",
         "upgrade",
         "upgrade_value",
         "url",
@@ -300,7 +316,8 @@ class Request:
         # rest is set only once it happens, and read with getattr off the hot path: `status`
         # (sent), `forwarded_at` (sent on to a server), `answered_at` (its response head came),
         # `ended`, `rule` (a rule matched), `connect_at` and `connected_at` (a new backend
-        # connection), `server` (one failed).
+        # connection), `server` (one failed), `tried` (servers that failed before the current
+        # one, once a retry was considered: dataplane.retry).
         self.started = started
 
 
@@ -352,7 +369,6 @@ class HttpProxy(BackendReadGate):
         "reject_status",
         "response_mark",
         "response_started",
-        "retried",
         "route",
         "runtime",
         "sent",
@@ -431,7 +447,6 @@ class HttpProxy(BackendReadGate):
         self.route: Route = self.settings.route
         self.upstream: HttpUpstream | None = None
         self.connect_task: asyncio.Task[None] | None = None
-        self.retried = False
         self.response_started = False
         self.rechunk = False
         self.eof_body = False
@@ -844,12 +859,14 @@ class HttpProxy(BackendReadGate):
         self.current = request
         settings = self.settings
         self.stats.requests += 1
-        self.retried = False
         self.response_started = False
         client_ip = self.peer_ip
         if settings.client_ip is not None and request.xff:
             client_ip = settings.client_ip.resolve(client_ip, b",".join(request.xff))
         self.client_ip = client_ip
+        throttle = settings.throttle
+        if throttle is not None and self._over_qps(request, throttle, ""):
+            return
         if settings.grpc:
             # gRPC runs over HTTP/2 only (seed 003); an HTTP/1.1 request cannot reach it.
             self._reject(505)
@@ -863,6 +880,9 @@ class HttpProxy(BackendReadGate):
                 return
             if action is not None:
                 request.rule = action.rule_id
+                limiter = action.limiter
+                if limiter is not None and self._over_qps(request, limiter, action.rule_id):
+                    return
                 if not isinstance(action, ForwardAction):
                     self._answer_rule(request, action)
                     return
@@ -972,12 +992,39 @@ class HttpProxy(BackendReadGate):
         else:
             fields = b"Content-Type: %s\r\n" % action.content_type
             body = action.body
+        self._answer_here(request, action.status, action.reason, fields, body, "completed")
+
+    def _over_qps(self, request: Request, limiter: QpsLimiter, rule_id: str) -> bool:
+        """Seeds 001/003 QPS per client IP (dataplane.throttle): True when the request was over
+        the limit and has been answered 429 with Retry-After."""
+        wait = limiter.admit(self.client_ip, _clock())
+        if not wait:
+            return False
+        stats = self.stats
+        stats.throttled_requests += 1
+        if rule_id:
+            stats.throttled_by_rule[rule_id] = stats.throttled_by_rule.get(rule_id, 0) + 1
+        fields = b"Retry-After: %d\r\nContent-Type: text/plain\r\n" % wait
+        self._answer_here(request, 429, b"Too Many Requests", fields, _THROTTLED_BODY, "throttled")
+        return True
+
+    def _answer_here(  # noqa: PLR0917 - the parts of one answer, all needed
+        self,
+        request: Request,
+        status: int,
+        reason: bytes,
+        fields: bytes,
+        body: bytes,
+        termination: str,
+    ) -> None:
+        """An answer of the node's own that keeps the connection when it safely can."""
+        settings = self.settings
         # A body still on its way cannot be skipped safely: the connection ends after the answer.
         keep_alive = (
             request.keep_alive and (request.complete or not request.has_body) and not self.draining
         )
         parts = [
-            b"HTTP/1.1 %d %s\r\n" % (action.status, action.reason),
+            b"HTTP/1.1 %d %s\r\n" % (status, reason),
             fields,
             b"Content-Length: %d\r\nDate: %s\r\n" % (len(body), http_date()),
         ]
@@ -992,10 +1039,10 @@ class HttpProxy(BackendReadGate):
             parts.append(body)
         data = b"".join(parts)
         stats = self.stats
-        stats.responses[action.status // 100] += 1
+        stats.responses[status // 100] += 1
         stats.bytes_out += len(data)
         self._write(data)
-        self._ended(request, action.status, "completed")
+        self._ended(request, status, termination)
         self.current = None
         if not keep_alive:
             self._close()
@@ -1071,14 +1118,56 @@ class HttpProxy(BackendReadGate):
             )
         self._release_backend()
         backend.connect_failures += 1
-        self.current.server = backend  # type: ignore[union-attr]
-        if not self.retried:
-            self.retried = True
-            other = self.route.pick(self.client_ip, exclude=backend)
-            if other is not None:
-                self._connect(other)
-                return
+        if self.route.outlier is not None:  # passive health checks (dataplane.outlier)
+            self.route.outlier.connect_failed(backend)
+        request: Request = self.current  # type: ignore[assignment]
+        request.server = backend
+        # Nothing was sent: any request may go to another server (dataplane.retry).
+        other = self._next_server(request, backend)
+        if other is not None:
+            # The access log names the server that answers, not one that failed before it.
+            request.server = None
+            self._connect(other)
+            return
         self._reject(502)
+
+    def _next_server(self, request: Request, failed: Backend) -> Backend | None:
+        """The server to send the request to instead of `failed`, when the listener's retries
+        and its budget allow one more (dataplane.retry); None: no retry, counted when it is the
+        budget that refused."""
+        settings = self.settings
+        tried = getattr(request, "tried", None)
+        if len(tried or ()) >= settings.retries:
+            return None
+        tried = [failed] if tried is None else [*tried, failed]
+        other = pick_untried(self.route, self.client_ip, tried)
+        if other is None:
+            return None
+        stats = self.stats
+        if not settings.retry_budget.allow(stats.requests):
+            stats.retries_refused += 1
+            return None
+        stats.retries += 1
+        request.tried = tried
+        return other
+
+    def _retry_answer(self, upstream: HttpUpstream, request: Request) -> bool:
+        """A 502 or 503 from the backend: True when the request went to another server instead
+        (dataplane.retry), the answer dropped before any of it reached the client."""
+        if not self.settings.retries or not retryable_answer(request.method, request.has_body):
+            return False
+        other = self._next_server(request, self.backend)  # type: ignore[arg-type]
+        if other is None:
+            return False
+        # The answer was not read to its end: its connection cannot go back to the pool.
+        self.upstream = None
+        upstream.close()
+        self._release_backend()
+        # The next server gets a response timeout of its own.
+        request.forwarded_at = now = _clock()
+        self._set_deadline(self.settings.response_timeout, now)
+        self._connect(other)
+        return True
 
     def _attach(self, upstream: HttpUpstream) -> None:
         self.upstream = upstream
@@ -1125,10 +1214,15 @@ class HttpProxy(BackendReadGate):
         self.response_mark = self.drain_mark = -1
         settings = self.settings
         status = request.status = upstream.status
+        if self.route.outlier is not None:  # passive health checks (dataplane.outlier)
+            self.route.outlier.observe(self.backend, status)
         # Histogram.observe, inline, as this runs once per request: from the request being sent
         # on to the backend (or a connection to it being opened) to its response head.
         request.answered_at = now = _clock()
         self.stats.backend_response_time.pending.append(now - request.forwarded_at)
+        if 502 <= status <= 503 and self._retry_answer(upstream, request):
+            # Gone to another server: this answer is dropped.
+            return
         head = upstream.head
         if not head.startswith(b"HTTP/1.1 "):
             head = b"HTTP/1.1" + head[8:]
@@ -1364,6 +1458,8 @@ class HttpProxy(BackendReadGate):
                 self._open(backend, self.settings, self.route.backend_context)
             )
             return
+        if self.route.outlier is not None:  # closed before a response head: a failure
+            self.route.outlier.observe(self.backend, 502)
         self._release_backend()
         self._reject(502)
 
@@ -1372,6 +1468,8 @@ class HttpProxy(BackendReadGate):
             return
         self.upstream = None
         upstream.close()
+        if self.route.outlier is not None and not self.response_started:
+            self.route.outlier.observe(self.backend, 502)  # not HTTP: a failure
         self._release_backend()
         if self.response_started:
             self.termination = "backend_error"
@@ -1469,6 +1567,8 @@ class HttpProxy(BackendReadGate):
                 return
             self._set_deadline(self.settings.response_timeout, now)
         else:
+            if self.route.outlier is not None:  # the server that did not answer in time
+                self.route.outlier.observe(self.backend, 504)
             self._reject(504)
 
     def _response_stalled(self) -> bool:
@@ -1543,7 +1643,17 @@ class HttpProxy(BackendReadGate):
             self.termination = "aborted"
             self._abort()
             return
-        data = error_response(status)
+        pages = self.settings.error_pages
+        page = None
+        if pages is not None:
+            # The listener's own page (dataplane.error_pages); a group all in Maintenance
+            # gets the maintenance page for its 503.
+            page = pages.page(status, maintenance=self.route.in_maintenance)
+        head_only = request is not None and request.method == b"HEAD"
+        if page is None:
+            data = error_response(status, head_only=head_only)
+        else:
+            data = page.response(http_date(), head_only=head_only)
         stats = self.stats
         stats.responses[status // 100] += 1
         stats.bytes_out += len(data)

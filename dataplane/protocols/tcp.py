@@ -204,6 +204,8 @@ class TcpProxy(BackendReadGate):
             self._connect_failed(backend, exc)
             return
         self.connect_task = None
+        if self.settings.route.outlier is not None:
+            self.settings.route.outlier.success(backend)
         if self.closed:
             upstream.close()
             return
@@ -240,6 +242,8 @@ class TcpProxy(BackendReadGate):
         )
         self._release_backend()
         backend.connect_failures += 1
+        if self.settings.route.outlier is not None:  # passive health checks (dataplane.outlier)
+            self.settings.route.outlier.connect_failed(backend)
         if self.closed:
             return
         if not self.retried:

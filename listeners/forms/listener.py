@@ -16,8 +16,10 @@ from django.utils import timezone
 
 from certificates.models import Certificate
 from console.models import Instance
+from dataplane import config as snapshot_schema
 from listeners import rules
 from listeners.bandwidth import allocated_mbit, no_share_warning
+from listeners.forms import passive
 from listeners.forms.ranges import state_ranges
 from listeners.models import (
     AccessControlList,
@@ -91,6 +93,9 @@ SETTINGS_FIELDS = (
     "quic_listener",
     "proxy_protocol",
     "access_log",
+    "retries",
+    "retry_budget_percent",
+    "qps_per_client_ip",
     *(name for name, _ in HTTP_HEADER_FIELDS + CLIENTCERT_HEADER_FIELDS),
 )
 TAG_LINE = re.compile(r"^\s*([^=\s][^=]{0,127}?)\s*=\s*(.{0,255}?)\s*$")
@@ -254,6 +259,16 @@ class ListenerSettingsForm(forms.Form):
         help_text="Empty: no limit. The listeners' limits may not add up to more than the "
         "instance's bandwidth.",
     )
+    # Seeds 001/003 throttling (dataplane.throttle); a rule may carry a limit of its own.
+    qps_per_client_ip = forms.IntegerField(
+        label="QPS per client IP",
+        min_value=snapshot_schema.QPS_PER_CLIENT_IP[0],
+        max_value=snapshot_schema.QPS_PER_CLIENT_IP[1],
+        required=False,
+        help_text="Requests per second one client IP may send to this listener; over it, the "
+        "load balancer answers 429 Too Many Requests. The client IP is the real one when "
+        "Retrieve Client IP is on. Each node process counts on its own. Blank: no limit.",
+    )
     proxy_protocol = forms.ChoiceField(
         label="Client IP Address Preservation",
         choices=Listener.ProxyProtocol.choices,
@@ -268,6 +283,29 @@ class ListenerSettingsForm(forms.Form):
         help_text="The nodes write one JSON line per request (per connection for TCP and TCP "
         "SSL, per session for UDP): client, status, timings, server, rule, TLS and why it "
         "ended. The Logs tab shows the latest.",
+    )
+    # Issue 20 retries (dataplane.retry says what is retried and how the budget counts).
+    retries = forms.IntegerField(
+        label="Retries",
+        min_value=0,
+        max_value=3,
+        initial=1,
+        required=False,
+        help_text="0-3. A request goes again to another server when connecting fails (any "
+        "method: nothing was sent yet), or when the server answers 502 or 503 to a GET, HEAD, "
+        "OPTIONS, TRACE, PUT or DELETE without a request body; other requests get the answer as "
+        "it is. 0 turns retries off; empty means 1.",
+    )
+    retry_budget_percent = forms.IntegerField(
+        label="Retry Budget (%)",
+        min_value=1,
+        max_value=100,
+        initial=20,
+        required=False,
+        help_text="1-100 %. Retries may be at most this share of the listener's requests over "
+        "the last 10 seconds (and always 3 a second per node process), so that they cannot "
+        "multiply the load of an outage; once it is spent the client gets the error. Empty "
+        "means 20 %.",
     )
     quic_listener = forms.ModelChoiceField(
         label="QUIC Upgrade: Associated QUIC Listener",
@@ -333,6 +371,8 @@ class ListenerSettingsForm(forms.Form):
             "persistence": protocol != P.UDP,
             "request_timeout": http,
             "response_timeout": layer7,
+            "retries": layer7,
+            "throttle": layer7,
             "http2": protocol == P.HTTPS,
             "headers": layer7,
             # Seed 003: "This setting is not supported for QUIC listeners."
@@ -378,6 +418,10 @@ class ListenerSettingsForm(forms.Form):
             hidden.add("bandwidth_mbit")
         if not applies["proxy_protocol"]:
             hidden.add("proxy_protocol")
+        if not applies["retries"]:
+            hidden.update(("retries", "retry_budget_percent"))
+        if not applies["throttle"]:
+            hidden.add("qps_per_client_ip")
         return hidden
 
     def header_fields(self):
@@ -411,6 +455,10 @@ class ListenerSettingsForm(forms.Form):
             self.add_error("request_timeout", "Enter a request timeout between 1 and 600.")
         if applies["response_timeout"] and not cleaned.get("response_timeout"):
             self.add_error("response_timeout", "Enter a response timeout between 1 and 300.")
+        # An empty Retries or Retry Budget takes the default (0 is a value: no retries).
+        for name, default in (("retries", 1), ("retry_budget_percent", 20)):
+            if cleaned.get(name) is None and name not in self.errors:
+                cleaned[name] = default
         if cleaned.get("retrieve_client_ip"):
             if protocol == P.QUIC:
                 self.add_error(
@@ -493,6 +541,11 @@ class ListenerSettingsForm(forms.Form):
             cleaned["request_timeout"] = 60
         if not applies["response_timeout"]:
             cleaned["response_timeout"] = 60
+        if not applies["retries"]:
+            cleaned["retries"] = 1
+            cleaned["retry_budget_percent"] = 20
+        if not applies["throttle"]:
+            cleaned["qps_per_client_ip"] = None
         if not applies["http2"]:
             cleaned["http2"] = False
         if not applies["headers"]:
@@ -831,7 +884,9 @@ class HealthCheckForm(forms.ModelForm):
             "udp_expected": "UDP only: text the reply must contain; empty accepts any reply.",
         }
 
-    def __init__(self, *args, backend_protocol: str = "http", **kwargs) -> None:
+    def __init__(
+        self, *args, backend_protocol: str = "http", group: ServerGroup | None = None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         # TCP checks have no path; HTTP(S) checks default to "/".
         self.fields["path"].required = False
@@ -854,6 +909,10 @@ class HealthCheckForm(forms.ModelForm):
         else:
             del self.fields["udp_request"]
             del self.fields["udp_expected"]
+        # The group's Passive Health Check (listeners.forms.passive), edited beside its checks.
+        if group is None and self.instance.pk:
+            group = self.instance.group
+        passive.add_fields(self, group, backend_protocol)
         state_ranges(self, HealthCheck)
 
     def _clean_udp_text(self, name: str) -> str:
@@ -907,6 +966,7 @@ class HealthCheckForm(forms.ModelForm):
             self.add_error("expected_codes", "Choose at least one status code class.")
         if cleaned.get("protocol") in ("tcp", "udp"):
             cleaned["domain"], cleaned["path"] = "", "/"
+        passive.clean(self, cleaned)
         return cleaned
 
 

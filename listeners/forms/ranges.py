@@ -55,7 +55,8 @@ def state_ranges(form: forms.BaseForm, model: type[models.Model] | None = None) 
             if not isinstance(validator, MinValueValidator | MaxValueValidator)
         ] + [MinValueValidator(low), MaxValueValidator(high)]
         field.widget.attrs.update({"min": low, "max": high})
-        message = range_message(str(field.label), low, high)
+        # Django fills these messages in with %-formatting: a "%" unit must be doubled.
+        message = range_message(str(field.label), low, high).replace("%", "%%")
         field.error_messages = {
             **field.error_messages,
             "min_value": message,

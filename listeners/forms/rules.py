@@ -36,6 +36,8 @@ _ACTION_FIELDS = {
     "content_type": "content_type",
     "body": "body",
 }
+# Rule attributes outside the action.
+_RULE_FIELDS = {"rule[0].name": "name", "rule[0].qps_per_client_ip": "qps_per_client_ip"}
 
 
 def _list(text: str) -> tuple[str, ...]:
@@ -97,6 +99,16 @@ class ForwardingRuleForm(forms.Form):
     )
     body = forms.CharField(
         label="Response Body", widget=forms.Textarea(attrs={"rows": 3}), required=False
+    )
+    # Seeds 001/003: "Throttle: N requests per second per client IP" (dataplane.throttle).
+    qps_per_client_ip = forms.IntegerField(
+        label="Throttle: QPS per client IP",
+        min_value=dp_rules.QPS_PER_CLIENT_IP[0],
+        max_value=dp_rules.QPS_PER_CLIENT_IP[1],
+        required=False,
+        help_text="Optional. Requests per second one client IP may send that match this rule; "
+        "over it, the load balancer answers 429 Too Many Requests before the action runs. "
+        "The client IP is the real one when Retrieve Client IP is on. Blank: no limit.",
     )
 
     def __init__(self, *args, listener: Listener, **kwargs) -> None:
@@ -172,7 +184,7 @@ class ForwardingRuleForm(forms.Form):
         found = _ACTION_PATH.match(path)
         if found:
             return _ACTION_FIELDS.get(found.group(1))
-        return "name" if path == "rule[0].name" else None
+        return _RULE_FIELDS.get(path)
 
     def apply_to(self, rule: ForwardingRule) -> None:
         data = self.cleaned_data
@@ -188,6 +200,7 @@ class ForwardingRuleForm(forms.Form):
         rule.redirect_query = data.get("redirect_query") or "${query}"
         rule.content_type = data.get("content_type") or "text/plain"
         rule.body = data.get("body") or ""
+        rule.qps_per_client_ip = data.get("qps_per_client_ip")
 
     @classmethod
     def initial_from(cls, rule: ForwardingRule) -> dict:

@@ -16,6 +16,7 @@ from console.htmx import redirect_after_change, render_dialog
 from console.metrics import listener_metrics
 from console.models import Instance
 from listeners import rules, services
+from listeners.errorpages import error_page_rows
 from listeners.forms.lifecycle import ChangeServerGroupForm, ManageCertificatesForm, TlsPolicyForm
 from listeners.forms.listener import LAYER7, HealthCheckForm, ListenerSettingsForm
 from listeners.forms.rules import ForwardingRuleForm
@@ -91,6 +92,7 @@ def listener_detail(request: HttpRequest, instance_id: str, listener_id: str) ->
             "health_check": getattr(group, "health_check", None),
             "additional": listener.additional_certificates.all(),
             "rules": listener.rules.select_related("server_group"),
+            "error_pages": error_page_rows(listener),
             "metrics": listener_metrics(listener.id, nodes),
             "attempts": pipeline.recent_attempts(listener.instance, limit=10),
             "title": listener.name,
