@@ -37,6 +37,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -289,9 +290,26 @@ class AlertingSSLObject(ssl.SSLObject):
     as "want read" instead, which makes the protocol flush the BIO as after any handshake step;
     the real error is raised on the next call, which comes with the client's close (a client
     closes on a fatal alert) or its next bytes, and the handshake timeout ends the rest.
+
+    A failure with no alert to send (plain HTTP on a TLS port: OpenSSL sends none) is raised at
+    once: that client is waiting for an HTTP answer, not closing, so waiting for it would hold the
+    connection until the handshake timeout.
     """
 
     _handshake_failure: ssl.SSLError | None = None
+    _outgoing: ssl.MemoryBIO | None = None
+
+    @classmethod
+    def _create(  # type: ignore[override]
+        cls,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        *args: Any,
+        **kwargs: Any,
+    ) -> AlertingSSLObject:
+        ssl_object = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
+        ssl_object._outgoing = outgoing
+        return ssl_object
 
     def do_handshake(self) -> None:
         if self._handshake_failure is not None:
@@ -301,8 +319,10 @@ class AlertingSSLObject(ssl.SSLObject):
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise
         except ssl.SSLError as exc:
-            self._handshake_failure = exc
             handshake_failed(self, exc)
+            if self._outgoing is not None and not self._outgoing.pending:
+                raise
+            self._handshake_failure = exc
             raise ssl.SSLWantReadError("handshake failed; the alert is being sent") from exc
 
 

@@ -213,3 +213,19 @@ def test_a_client_that_ignores_the_alert_is_cut_off_by_the_handshake_timeout(lis
         elapsed = time.monotonic() - started
         tls.close()
     assert elapsed < TLS_HANDSHAKE_TIMEOUT + 5
+
+
+@pytest.mark.parametrize("protocol", ["https", "tcp_ssl"])
+def test_plain_http_on_a_tls_port_is_closed_without_waiting_for_the_timeout(listeners, protocol):
+    """OpenSSL has no alert for a plain-text request, and such a client waits for an answer
+    rather than closing: the node closes at once instead of holding the connection until the
+    handshake timeout."""
+    with socket.create_connection(("127.0.0.1", listeners[protocol]), timeout=30) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        # Well under TLS_HANDSHAKE_TIMEOUT: a hold until the timeout fails here.
+        raw.settimeout(TLS_HANDSHAKE_TIMEOUT / 2)
+        try:
+            answer = raw.recv(1024)
+        except ConnectionResetError:
+            answer = b""
+    assert answer == b""
