@@ -18,6 +18,11 @@ TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DJANGO_
 
 .PHONY: run test bench lint setup chromium clean
 
+# The dataplane's hot path is compiled by Cython beside its .py sources (setup.py); a build is
+# incremental, and a stale extension is never imported (dataplane/compiled.py).
+# FERRY_PURE_PYTHON=1 skips compiling and runs every module from its source.
+HOT_PATH := $(wildcard dataplane/*.py dataplane/*.pxd dataplane/protocols/*.py dataplane/protocols/*.pxd)
+
 $(STAMP): pyproject.toml setup.py dataplane/nghttp2.pyx
 	@# nghttp2's header and library, for the HTTP/2 engine's binding (dataplane/nghttp2.pyx).
 	@if [ ! -f /usr/include/nghttp2/nghttp2.h ]; then \
@@ -29,9 +34,13 @@ $(STAMP): pyproject.toml setup.py dataplane/nghttp2.pyx
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(VENV)/.compiled: $(STAMP) $(HOT_PATH)
+	$(BIN)/python setup.py --quiet build_ext --inplace
+	touch $@
 
-run: $(STAMP)
+setup: $(VENV)/.compiled
+
+run: $(VENV)/.compiled
 	mkdir -p $(VAR_DIR)/dataplane
 	test -s $(VAR_DIR)/dataplane/token || $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32))" > $(VAR_DIR)/dataplane/token
 	chmod 600 $(VAR_DIR)/dataplane/token
@@ -52,16 +61,18 @@ chromium:
 # Browser tests run in their own pytest process: Playwright's sync API keeps an event loop
 # running in the main thread for the whole session, which the asyncio dataplane tests cannot
 # share.
-test: $(STAMP) chromium
+test: $(VENV)/.compiled chromium
 	$(BIN)/ruff check .
 	$(TEST_ENV) $(BIN)/pytest -q -m "not e2e"
+	@# The dataplane again from its Python sources: the two forms must never diverge.
+	$(TEST_ENV) FERRY_PURE_PYTHON=1 $(BIN)/pytest -q -m "not e2e" tests/dataplane
 	$(TEST_ENV) $(BIN)/pytest -q -m e2e
 
 # Benchmarks against HAProxy and nginx (bench/README.md); QUICK=1 for a two-minute run. The
 # regression guard at its end fails when a ratio falls >15% below bench/results/baseline.json.
 # INSTRUCTIONS=1 counts instructions per request under callgrind instead (python -m bench
 # --instructions).
-bench: $(STAMP)
+bench: $(VENV)/.compiled
 	$(BIN)/python -m bench $(if $(INSTRUCTIONS),--instructions,$(if $(QUICK),--quick,))
 
 lint: $(STAMP)

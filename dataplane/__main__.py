@@ -24,9 +24,11 @@ from pathlib import Path
 import uvloop
 
 from dataplane.accesslog import DEFAULT_KEEP
+from dataplane.compiled import is_compiled
 from dataplane.control import MAX_BODY, ControlApi
 from dataplane.handover import WorkerRegistry, ask_to_drain, retire
 from dataplane.node import Node
+from dataplane.protocols import http
 from dataplane.state import SnapshotStore
 from dataplane.workers import (
     SupervisorApi,
@@ -181,7 +183,12 @@ async def serve(args: argparse.Namespace, token: str) -> int:
         loop.add_signal_handler(signum, stop.set)
     # Long-lived objects created so far need no more cycle collection passes.
     gc.freeze()
-    log.info("dataplane ready: control API on %s:%d", host, port)
+    log.info(
+        "dataplane ready: control API on %s:%d, hot path %s",
+        host,
+        port,
+        "compiled" if is_compiled(http) else "pure Python",
+    )
     await stop.wait()
     log.info("stopping: draining connections for up to %gs", args.drain_timeout)
     api.close()

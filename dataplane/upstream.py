@@ -56,8 +56,9 @@ class Exchange(Protocol):
     def tunnel_data(self, data: bytes) -> None: ...
 
 
-class HttpUpstream(asyncio.Protocol):
-    """One connection to a backend server, reused for many requests.
+class HttpUpstream:
+    """One connection to a backend server, reused for many requests (an asyncio protocol by its
+    methods, so the compiled build can make it an extension type).
 
     httptools frames the responses (lengths, chunks, keep-alive), but gets no per-header callbacks:
     once it has validated a head, the head's raw bytes are cut out of the read and handed to the
@@ -310,6 +311,16 @@ class HttpUpstream(asyncio.Protocol):
 
 class UpstreamPool:
     """Idle keep-alive connections per (address, port, TLS context)."""
+
+    __slots__ = (
+        "_idle",
+        "_loop",
+        "_open",
+        "_sweeper",
+        "_sweeps",
+        "idle_timeout",
+        "max_idle_per_server",
+    )
 
     def __init__(self, *, max_idle_per_server: int = 256, idle_timeout: float = 30.0) -> None:
         self.max_idle_per_server = max_idle_per_server

@@ -77,50 +77,6 @@ def managed_headers(
     return managed
 
 
-class BackendReadGate(asyncio.Protocol):
-    """The client side of a proxied connection, gating reads from its backend.
-
-    The backend is not read while the client's transport buffer is full (`pause_writing`) or
-    while the listener's bandwidth bucket is in debt (`_bandwidth_pause`); it is read again only
-    once neither holds. Subclasses provide the three attributes below.
-    """
-
-    __slots__ = ()
-
-    upstream: Any
-    writing_paused: bool
-    throttled: bool
-
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-        if self.upstream is not None:
-            self.upstream.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        self._read_backend_if_free()
-
-    def _bandwidth_pause(self) -> None:
-        self.throttled = True
-        upstream = self.upstream
-        if upstream is not None and not upstream.closed:
-            upstream.transport.pause_reading()
-
-    def _bandwidth_resume(self) -> None:
-        self.throttled = False
-        self._read_backend_if_free()
-
-    def _read_backend_if_free(self) -> None:
-        upstream = self.upstream
-        if (
-            upstream is not None
-            and not upstream.closed
-            and not self.writing_paused
-            and not self.throttled
-        ):
-            upstream.transport.resume_reading()
-
-
 def fits_request_line(method: bytes, path: bytes, authority: bytes) -> bool:
     """Whether HTTP/2 or HTTP/3 pseudo-headers survive as an HTTP/1.1 request line and Host.
 

@@ -78,7 +78,8 @@ from dataplane.bandwidth import ThrottledWriter
 from dataplane.compression import Compressor, choose_encoding
 from dataplane.descriptors import EXHAUSTED
 from dataplane.hostnames import HOST_FIELD
-from dataplane.protocols import CLIENTCERT_HEADERS, BackendReadGate
+from dataplane.protocols import CLIENTCERT_HEADERS
+from dataplane.protocols.gate import BackendReadGate
 from dataplane.retry import pick_untried, retryable_answer
 from dataplane.rules import (
     Action,
@@ -923,7 +924,7 @@ class HttpProxy(BackendReadGate):
             else:
                 parts.append(self.xff_line)
         elif mode == "off" and request.xff:
-            parts.extend(b"X-Forwarded-For: %s\r\n" % value for value in request.xff)
+            parts.extend([b"X-Forwarded-For: %s\r\n" % value for value in request.xff])
         if request.host is not None and settings.x_forwarded_host:
             parts.append(b"X-Forwarded-Host: %s\r\n" % request.host)
         parts.append(self.conn_headers)
@@ -1280,9 +1281,9 @@ class HttpProxy(BackendReadGate):
         if persistence is not None and self.backend is not None:
             cookies = persistence.response_headers(self.backend, set_cookies)
             if cookies is None:
-                out.extend(b"Set-Cookie: %s\r\n" % value for value in set_cookies)
+                out.extend([b"Set-Cookie: %s\r\n" % value for value in set_cookies])
             else:
-                out.extend(b"%s: %s\r\n" % pair for pair in cookies)
+                out.extend([b"%s: %s\r\n" % pair for pair in cookies])
         if settings.alt_svc is not None and b"\r\nalt-svc:" not in lower:
             out.append(settings.alt_svc)
         keep_alive = request.keep_alive and request.complete and not self.draining

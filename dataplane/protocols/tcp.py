@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from dataplane.balancing import Backend
 from dataplane.bandwidth import ThrottledWriter
 from dataplane.descriptors import EXHAUSTED
-from dataplane.protocols import BackendReadGate
+from dataplane.protocols.gate import BackendReadGate
 
 if TYPE_CHECKING:
     from dataplane.protocols import ListenerHandle, ListenerSettings

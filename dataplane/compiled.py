@@ -1,0 +1,93 @@
+"""Which form of a hot-path module runs: its Cython extension or its Python source.
+
+setup.py compiles some of the dataplane's `.py` modules into extension modules beside them. Python's
+own import system prefers an extension to a source file of the same name, which is right after a
+build and wrong in two cases this module handles:
+- FERRY_PURE_PYTHON=1 in the environment: every dataplane module runs from its source (CI runs the
+  dataplane tests both ways, so the two can never diverge);
+- an extension older than its source: somebody edited the `.py` after the last build. Running the
+  stale extension would silently ignore the edit, so the source runs, and the node's log says once
+  that the build is stale.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+
+log = logging.getLogger(__name__)
+
+PURE_PYTHON_VARIABLE = "FERRY_PURE_PYTHON"
+
+
+def pure_python_requested() -> bool:
+    return os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0")
+
+
+def _extension(directory: str, name: str) -> str | None:
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = os.path.join(directory, name + suffix)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+class SourceWhenStale(importlib.abc.MetaPathFinder):
+    """Finds dataplane modules that have both a source and an extension, and picks the source
+    when pure Python is requested or the extension is older than the source. Everything else is
+    left to the default finders."""
+
+    def __init__(self, *, pure: bool) -> None:
+        self.pure = pure
+        self.stale: list[str] = []
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> ModuleSpec | None:
+        if path is None or not fullname.startswith("dataplane."):
+            return None
+        name = fullname.rpartition(".")[2]
+        for directory in path:
+            source = os.path.join(directory, name + ".py")
+            if not os.path.isfile(source):
+                continue
+            extension = _extension(directory, name)
+            if extension is None:
+                return None
+            if not self.pure:
+                if os.stat(extension).st_mtime >= os.stat(source).st_mtime:
+                    return None
+                self.stale.append(fullname)
+                log.warning(
+                    "%s is older than %s: running the source (rebuild with `make setup`)",
+                    extension,
+                    source,
+                )
+            return importlib.util.spec_from_file_location(fullname, source)
+        return None
+
+
+def install() -> SourceWhenStale:
+    """Put the finder first on sys.meta_path, once per process."""
+    for finder in sys.meta_path:
+        if isinstance(finder, SourceWhenStale):
+            return finder
+    finder = SourceWhenStale(pure=pure_python_requested())
+    sys.meta_path.insert(0, finder)
+    return finder
+
+
+def is_compiled(module: ModuleType) -> bool:
+    """Whether `module` runs from an extension module (False: from Python source)."""
+    spec = getattr(module, "__spec__", None)
+    return isinstance(getattr(spec, "loader", None), importlib.machinery.ExtensionFileLoader)

@@ -1,0 +1,51 @@
+# The compiled build's declarations for dataplane/upstream.py (setup.py): see
+# dataplane/protocols/http.pxd. Every name in each __slots__ is declared here.
+cdef class HttpUpstream:
+    cdef public object buffer
+    cdef public object closed
+    cdef public object cursor
+    cdef public object head
+    cdef public object head_start
+    cdef public object head_total
+    cdef public object headers_done
+    cdef public object idle_mark
+    cdef public object in_head
+    cdef public object interim
+    cdef public object key
+    cdef public object owner
+    cdef public object parser
+    cdef public object partial
+    cdef public object partial_size
+    cdef public object pool
+    cdef public object reads
+    cdef public object received
+    cdef public object reused
+    cdef public object status
+    cdef public object stray
+    cdef public object transport
+    cdef public object tunnel
+
+    cpdef begin(self, owner)
+    cpdef data_received(self, data)
+    cpdef on_message_begin(self)
+    cpdef on_headers_complete(self)
+    cpdef on_body(self, body)
+    cpdef on_message_complete(self)
+    cpdef write(self, data)
+    cpdef close(self)
+
+
+cdef class UpstreamPool:
+    cdef public object _idle
+    cdef public object _loop
+    cdef public object _open
+    cdef public object _sweeper
+    cdef public object _sweeps
+    cdef public object idle_timeout
+    cdef public object max_idle_per_server
+
+    cpdef acquire(self, key)
+    cpdef release(self, HttpUpstream upstream)
+    cpdef opened(self, HttpUpstream upstream)
+    cpdef lost(self, HttpUpstream upstream)
+    cpdef discard(self, HttpUpstream upstream)
