@@ -4,7 +4,6 @@ refusal is a problem document naming the field; viewer tokens change nothing."""
 
 from __future__ import annotations
 
-import socket
 from datetime import timedelta
 
 import pytest
@@ -15,16 +14,10 @@ from console.models import AuditRecord
 from tests.certificates.test_acme_renewal import stored_certificate
 from tests.fixtures.listeners import make_listener
 from tests.fixtures.nodes import register_node
+from tests.fixtures.ports import free_port as closed_port
 
 pytestmark = pytest.mark.django_db
 ORDERS = "/api/v1/acme/orders"
-
-
-def closed_port() -> int:
-    """A local port nobody listens on: the CA's directory there refuses the connection."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -267,12 +267,6 @@ def dataplane(loop_thread: LoopThread) -> Iterator[NodeHandle]:
 # -- snapshots -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def server_group(
     *backends: RecordingBackend | tuple[RecordingBackend, int],
     group_id: str = "sgp-web",

@@ -19,7 +19,6 @@ from tests.dataplane.conftest import (
     WAIT,
     Reply,
     certificate_entry,
-    free_port,
     listener,
     read_until_closed,
     server_group,
@@ -31,6 +30,7 @@ from tests.dataplane.test_control import TOKEN, ControlClient
 from tests.dataplane.test_datagram_node import free_udp_port, udp_echoes, udp_group  # noqa: F401
 from tests.dataplane.test_https import https_listener, trusting
 from tests.dataplane.test_quic import leaf, quic  # noqa: F401
+from tests.fixtures.ports import free_port
 
 
 class LoggedNode:

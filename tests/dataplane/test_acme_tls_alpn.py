@@ -25,7 +25,6 @@ from dataplane.tls import AlertingSSLObject
 from tests.dataplane.conftest import (
     WAIT,
     certificate_entry,
-    free_port,
     listener,
     read_until_closed,
     server_group,
@@ -33,6 +32,7 @@ from tests.dataplane.conftest import (
     unverified_client,
 )
 from tests.dataplane.test_https import https_get, trusting
+from tests.fixtures.ports import free_port
 
 DOMAIN = "acme.example.com"
 KEY_AUTHORIZATION = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA." + "A" * 43

@@ -13,7 +13,8 @@ from dataplane.config import ConfigError, Listener, Snapshot
 from dataplane.protocols import ListenerSettings
 from dataplane.stats import ListenerStats
 from dataplane.upstream import UpstreamPool
-from tests.dataplane.conftest import free_port, get, listener, server_group, snapshot
+from tests.dataplane.conftest import get, listener, server_group, snapshot
+from tests.fixtures.ports import free_port
 
 # -- X-Forwarded-ELB-IP ----------------------------------------------------------------------------
 

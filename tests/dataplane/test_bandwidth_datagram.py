@@ -27,13 +27,13 @@ from tests.dataplane.conftest import (
     WAIT,
     Reply,
     certificate_entry,
-    free_port,
     listener,
     server_group,
     snapshot,
 )
 from tests.dataplane.test_bandwidth_node import BODY, apply_pair, measure
 from tests.dataplane.test_quic import H3Client
+from tests.fixtures.ports import free_port
 
 LIMIT_MBIT = 8
 LIMIT_BYTES = mbit_to_bytes_per_s(LIMIT_MBIT)  # 1,000,000 bytes per second

@@ -14,11 +14,11 @@ import pytest
 from tests.dataplane.conftest import (
     WAIT,
     Reply,
-    free_port,
     listener,
     server_group,
     snapshot,
 )
+from tests.fixtures.ports import free_port
 
 LIMIT_MBIT = 8  # 1,000,000 bytes per second
 LIMIT_BYTES = LIMIT_MBIT * 1_000_000 / 8

@@ -11,12 +11,12 @@ import pytest
 from tests.dataplane.conftest import (
     WAIT,
     Reply,
-    free_port,
     listener,
     raw_exchange,
     server_group,
     snapshot,
 )
+from tests.fixtures.ports import free_port
 
 TEXT = b"The quick brown fox jumps over the lazy dog. " * 60  # 2,700 bytes
 

@@ -15,12 +15,12 @@ from dataplane.control import ControlApi
 from dataplane.state import SnapshotStore
 from tests.dataplane.conftest import (
     WAIT,
-    free_port,
     get,
     listener,
     server_group,
     snapshot,
 )
+from tests.fixtures.ports import free_port
 
 TOKEN = "s3cret-token"
 

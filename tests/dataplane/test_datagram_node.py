@@ -21,13 +21,13 @@ from tests.dataplane.conftest import (
     WAIT,
     Reply,
     certificate_entry,
-    free_port,
     listener,
     server_group,
     snapshot,
     wait_until,
 )
 from tests.dataplane.test_quic import H3Client
+from tests.fixtures.ports import free_port, free_udp_port
 
 SERVER_NAME = "quic.example"
 
@@ -70,12 +70,6 @@ def udp_echoes(loop_thread):
     for echo in started:
         if echo.transport is not None:
             loop_thread.loop.call_soon_threadsafe(echo.transport.close)
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ask(sock: socket.socket, port: int, data: bytes) -> bytes:

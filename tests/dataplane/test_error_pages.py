@@ -19,7 +19,6 @@ from tests.dataplane.conftest import (
     WAIT,
     Reply,
     certificate_entry,
-    free_port,
     get,
     listener,
     raw_exchange,
@@ -31,6 +30,7 @@ from tests.dataplane.conftest import (
 from tests.dataplane.h2client import H2Client
 from tests.dataplane.test_https import https_listener, trusting
 from tests.dataplane.test_quic import Server, closed_tcp_port, leaf, quic  # noqa: F401 (fixtures)
+from tests.fixtures.ports import free_port
 
 PAGE_502 = "<h1>Our backend is down</h1>"
 PAGE_503 = "<h1>No server right now</h1>"

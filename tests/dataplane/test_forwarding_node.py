@@ -11,13 +11,13 @@ import pytest
 from dataplane.config import ConfigError, Snapshot
 from tests.dataplane.conftest import (
     WAIT,
-    free_port,
     get,
     listener,
     server_group,
     snapshot,
     wait_until,
 )
+from tests.fixtures.ports import free_port
 
 
 def forward(rule_id: str, group_id: str, *conditions: dict) -> dict:

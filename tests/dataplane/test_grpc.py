@@ -8,8 +8,9 @@ from concurrent import futures
 import grpc
 import pytest
 
-from tests.dataplane.conftest import certificate_entry, free_port, snapshot
+from tests.dataplane.conftest import certificate_entry, snapshot
 from tests.dataplane.test_https import https_listener
+from tests.fixtures.ports import free_port
 
 SERVICE = "ferry.test.Echo"
 

@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import socket
 import ssl
 
 import pytest
@@ -12,6 +11,7 @@ import uvloop
 
 from dataplane.balancing import Backend
 from dataplane.health import HealthChecker, HealthCheckSpec, HealthState, probe
+from tests.fixtures.ports import free_port as closed_port
 
 # Every wait in this file is bounded by this, so a broken check fails instead of hanging.
 WAIT_LIMIT = 10.0
@@ -163,12 +163,6 @@ async def http_server():
     yield start
     for server in servers:
         await server.stop()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.asyncio

@@ -27,12 +27,12 @@ from tests.dataplane.conftest import (
     NodeHandle,
     Recorded,
     Reply,
-    free_port,
     listener,
     server_group,
     snapshot,
     wait_until,
 )
+from tests.fixtures.ports import free_port
 
 # Fast checks: one failure is enough to mark a server down.
 FAST_HTTP = {

@@ -16,13 +16,13 @@ from tests.dataplane.conftest import (
     WAIT,
     Reply,
     certificate_entry,
-    free_port,
     server_group,
     snapshot,
     wait_until,
 )
 from tests.dataplane.h2client import H2Client
 from tests.dataplane.test_https import https_listener, trusting
+from tests.fixtures.ports import free_port
 
 
 @pytest.fixture

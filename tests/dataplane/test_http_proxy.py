@@ -14,7 +14,6 @@ import pytest
 from tests.dataplane.conftest import (
     WAIT,
     Reply,
-    free_port,
     get,
     listener,
     raw_exchange,
@@ -23,6 +22,7 @@ from tests.dataplane.conftest import (
     split_responses,
     wait_until,
 )
+from tests.fixtures.ports import free_port
 
 
 def serve(dataplane, groups, **settings):

@@ -17,7 +17,6 @@ from dataplane import tls
 from tests.dataplane.conftest import (
     WAIT,
     certificate_entry,
-    free_port,
     listener,
     peer_certificate,
     self_signed,
@@ -25,6 +24,7 @@ from tests.dataplane.conftest import (
     snapshot,
     unverified_client,
 )
+from tests.fixtures.ports import free_port
 
 
 def https_listener(port: int, **settings: object) -> dict[str, object]:

@@ -16,7 +16,6 @@ from dataplane.metrics import reason_code
 from tests.dataplane.conftest import (
     WAIT,
     Reply,
-    free_port,
     get,
     listener,
     raw_exchange,
@@ -28,6 +27,7 @@ from tests.dataplane.conftest import (
 from tests.dataplane.test_control import TOKEN, ControlClient
 from tests.dataplane.test_process import TOKEN as NODE_TOKEN
 from tests.dataplane.test_workers import Supervisor
+from tests.fixtures.ports import free_port
 
 
 def _scrape(port: int, token: str | None = TOKEN) -> tuple[int, str, str]:

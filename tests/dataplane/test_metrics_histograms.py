@@ -15,7 +15,6 @@ from tests.dataplane.conftest import (
     WAIT,
     Reply,
     certificate_entry,
-    free_port,
     get,
     listener,
     read_until_closed,
@@ -27,6 +26,7 @@ from tests.dataplane.test_https import https_listener, trusting
 from tests.dataplane.test_metrics import _samples, _scrape, _value, control  # noqa: F401
 from tests.dataplane.test_process import TOKEN as NODE_TOKEN
 from tests.dataplane.test_workers import Supervisor
+from tests.fixtures.ports import free_port
 
 LABELS = {"listener": "lsn-web", "protocol": "http"}
 

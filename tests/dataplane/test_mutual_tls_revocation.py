@@ -28,7 +28,6 @@ import trustme
 from tests.dataplane.conftest import (
     WAIT,
     certificate_entry,
-    free_port,
     listener,
     read_until_closed,
     server_group,
@@ -37,6 +36,7 @@ from tests.dataplane.conftest import (
 )
 from tests.factories.certs import CaMaterial, make_ca
 from tests.factories.crls import ClientMaterial, crl_pem, make_client_cert, make_crl
+from tests.fixtures.ports import free_port
 from tests.fixtures.processes import DataplaneNode
 
 REVOKED_ALERT = "SSLV3_ALERT_CERTIFICATE_REVOKED"

@@ -15,7 +15,6 @@ from tests.dataplane.conftest import (
     WAIT,
     Reply,
     certificate_entry,
-    free_port,
     get,
     listener,
     server_group,
@@ -25,6 +24,7 @@ from tests.dataplane.conftest import (
 from tests.dataplane.h2client import H2Client
 from tests.dataplane.test_https import https_listener, trusting
 from tests.dataplane.test_tcp import echo, tcp_group, tcp_listener  # noqa: F401 (fixture)
+from tests.fixtures.ports import free_port
 
 PASSIVE = {
     "enabled": True,

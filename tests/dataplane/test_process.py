@@ -21,7 +21,6 @@ from dataplane.example import fill
 from tests.dataplane.conftest import (
     WAIT,
     Reply,
-    free_port,
     get,
     listener,
     peer_certificate,
@@ -29,6 +28,7 @@ from tests.dataplane.conftest import (
     snapshot,
     wait_until,
 )
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -17,12 +17,12 @@ from dataplane.proxy_protocol import ProxyHeader
 from tests.dataplane.conftest import (
     WAIT,
     certificate_entry,
-    free_port,
     listener,
     snapshot,
     unverified_client,
     wait_until,
 )
+from tests.fixtures.ports import free_port
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,6 +30,7 @@ from dataplane.stats import ListenerStats
 from dataplane.tls import TlsError
 from dataplane.upstream import UpstreamPool
 from tests.dataplane.conftest import LoopThread, Recorded, RecordingBackend, Reply
+from tests.fixtures.ports import free_port as closed_tcp_port
 
 # Every wait in this file is bounded by this, so a broken listener fails instead of hanging.
 WAIT = 10.0
@@ -271,12 +271,6 @@ async def quic(ca, leaf):
     harness = Harness(ca, leaf)
     yield harness
     await harness.close()
-
-
-def closed_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- requests --------------------------------------------------------------------------------------

@@ -14,13 +14,13 @@ from tests.dataplane.conftest import (
     WAIT,
     Reply,
     certificate_entry,
-    free_port,
     get,
     listener,
     server_group,
     snapshot,
     wait_until,
 )
+from tests.fixtures.ports import free_port
 
 
 def test_twenty_generations_under_load_fail_no_request(dataplane, backends):

@@ -15,7 +15,6 @@ from tests.dataplane.conftest import (
     WAIT,
     Reply,
     certificate_entry,
-    free_port,
     listener,
     server_group,
     snapshot,
@@ -24,6 +23,7 @@ from tests.dataplane.h2client import H2Client
 from tests.dataplane.test_access_log import LoggedNode
 from tests.dataplane.test_https import https_listener, trusting
 from tests.dataplane.test_quic import leaf, quic  # noqa: F401
+from tests.fixtures.ports import free_port
 
 
 def unavailable(request):

@@ -19,7 +19,6 @@ from dataplane.config import ConfigError, Snapshot
 from tests.dataplane.conftest import (
     WAIT,
     LoopThread,
-    free_port,
     get,
     listener,
     read_until_closed,
@@ -35,6 +34,7 @@ from tests.dataplane.test_datagram_node import (  # noqa: F401 (fixture)
     udp_group,
 )
 from tests.dataplane.test_tcp import echo, tcp_group, tcp_listener  # noqa: F401 (fixture)
+from tests.fixtures.ports import free_port
 
 CHUNK = b"x" * 1000
 

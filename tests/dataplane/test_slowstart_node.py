@@ -12,11 +12,11 @@ from dataplane.node import Node
 from tests.dataplane.conftest import (
     WAIT,
     NodeHandle,
-    free_port,
     listener,
     server_group,
     snapshot,
 )
+from tests.fixtures.ports import free_port
 
 
 class FakeClock:

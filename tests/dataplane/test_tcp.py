@@ -15,11 +15,11 @@ from tests.dataplane.conftest import (
     WAIT,
     LoopThread,
     certificate_entry,
-    free_port,
     listener,
     snapshot,
     wait_until,
 )
+from tests.fixtures.ports import free_port
 
 
 class EchoBackend:

@@ -20,7 +20,6 @@ from dataplane.metrics import ControlCounters, render
 from tests.dataplane.conftest import (
     WAIT,
     certificate_entry,
-    free_port,
     listener,
     server_group,
     snapshot,
@@ -29,6 +28,7 @@ from tests.dataplane.h2client import H2Client
 from tests.dataplane.test_grpc import SERVICE, EchoServer, grpc_group
 from tests.dataplane.test_https import https_listener, trusting
 from tests.dataplane.test_quic import SERVER_NAME, H3Client
+from tests.fixtures.ports import free_port
 
 TRUSTED_PROXY = {"enabled": True, "trusted": ["127.0.0.1"]}
 

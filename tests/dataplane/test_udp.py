@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import socket
 
 import pytest
 import pytest_asyncio
@@ -24,6 +23,7 @@ from dataplane.health import HealthChecker
 from dataplane.protocols.udp import UdpListener, UdpSettings, bind_udp, start_udp_listener
 from dataplane.stats import ListenerStats
 from dataplane.udp_health import UdpHealthCheckSpec, udp_probe
+from tests.fixtures.ports import free_udp_port as closed_udp_port
 
 # Every wait in this file is bounded by this, so a broken proxy fails instead of hanging.
 WAIT = 5.0
@@ -85,12 +85,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def closed_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def wait_for(predicate, timeout: float = WAIT) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 
-from tests.dataplane.conftest import WAIT, free_port, listener, snapshot
+from tests.dataplane.conftest import WAIT, listener, snapshot
+from tests.fixtures.ports import free_port
 
 
 def _scripted_backend(loop_thread, script):

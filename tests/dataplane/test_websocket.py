@@ -16,7 +16,6 @@ from tests.dataplane.conftest import (
     WAIT,
     Reply,
     certificate_entry,
-    free_port,
     get,
     listener,
     raw_exchange,
@@ -25,6 +24,7 @@ from tests.dataplane.conftest import (
     unverified_client,
     wait_until,
 )
+from tests.fixtures.ports import free_port
 
 
 class EchoServer:

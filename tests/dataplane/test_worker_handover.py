@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.dataplane.conftest import free_port, get, listener, server_group, snapshot, wait_until
+from tests.dataplane.conftest import get, listener, server_group, snapshot, wait_until
 from tests.dataplane.test_process import DataplaneProcess
 from tests.dataplane.test_workers import Supervisor, _gone
 from tests.fixtures.load import SteadyClient
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.integration
 

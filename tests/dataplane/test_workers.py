@@ -16,7 +16,6 @@ from dataplane.workers import _merge_listeners, _merge_results
 from tests.dataplane.conftest import (
     WAIT,
     certificate_entry,
-    free_port,
     get,
     listener,
     server_group,
@@ -24,6 +23,7 @@ from tests.dataplane.conftest import (
     wait_until,
 )
 from tests.dataplane.test_process import DataplaneProcess
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.integration
 

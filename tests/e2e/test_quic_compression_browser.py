@@ -35,6 +35,7 @@ from tests.dataplane.test_quic import H3Client
 from tests.e2e.test_listener_wizard_browser import open_advanced_settings
 from tests.factories.certs import make_server_cert
 from tests.fixtures.nodes import register_node
+from tests.fixtures.ports import free_udp_port
 from tests.fixtures.processes import free_port, wait_until
 
 pytestmark = [
@@ -110,12 +111,6 @@ class WebBackend:
     def proxied(self, path: str) -> list[dict]:
         """The requests for ``path`` (health checks ask for /)."""
         return [r for r in self.requests if r["path"] == path]
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def accepting(port: int) -> bool:

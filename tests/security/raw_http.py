@@ -22,7 +22,6 @@ import trustme
 from tests.dataplane.conftest import (
     WAIT,
     RecordingBackend,
-    free_port,
     get,
     listener,
     server_group,
@@ -30,6 +29,7 @@ from tests.dataplane.conftest import (
     wait_until,
 )
 from tests.dataplane.test_quic import SERVER_NAME, Harness
+from tests.fixtures.ports import free_port
 
 ADMIN_DENIED = {
     "id": "r-admin-host",

@@ -31,13 +31,13 @@ from tests.dataplane.conftest import (
     LoopThread,
     NodeHandle,
     certificate_entry,
-    free_port,
     listener,
     read_until_closed,
     snapshot,
     split_responses,
 )
 from tests.dataplane.test_process import TOKEN, DataplaneProcess
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.integration
 

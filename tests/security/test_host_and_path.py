@@ -14,10 +14,11 @@ from aioquic.h3.connection import ErrorCode
 
 from dataplane.rules import matching_path, normalize_path
 from tests.dataplane import conftest as dataplane_fixtures
-from tests.dataplane.conftest import certificate_entry, free_port, server_group, snapshot
+from tests.dataplane.conftest import certificate_entry, server_group, snapshot
 from tests.dataplane.h2client import H2Client
 from tests.dataplane.test_https import https_listener, trusting
 from tests.dataplane.test_quic import SERVER_NAME, StreamReset
+from tests.fixtures.ports import free_port
 from tests.security import raw_http
 from tests.security.raw_http import (
     ADMIN_DENIED,

@@ -41,12 +41,12 @@ from tests.dataplane.conftest import (
     WAIT,
     Reply,
     certificate_entry,
-    free_port,
     server_group,
     snapshot,
     wait_until,
 )
 from tests.dataplane.test_https import https_listener, trusting
+from tests.fixtures.ports import free_port
 from tests.security.raw_backend import RawBackend, RawConnection, hold
 from tests.security.raw_http import fds_return
 

@@ -26,11 +26,11 @@ from tests.dataplane import conftest as dataplane_fixtures
 from tests.dataplane.conftest import (
     WAIT,
     certificate_entry,
-    free_port,
     listener,
     server_group,
     snapshot,
 )
+from tests.fixtures.ports import free_port
 
 # The in-process node and recording backends of tests/dataplane/conftest.py.
 loop_thread = dataplane_fixtures.loop_thread

@@ -18,12 +18,12 @@ import pytest
 from tests.dataplane import conftest as dataplane_fixtures
 from tests.dataplane.conftest import (
     WAIT,
-    free_port,
     listener,
     server_group,
     snapshot,
     wait_until,
 )
+from tests.fixtures.ports import free_port
 from tests.security.raw_backend import RawBackend, RawConnection, Script, answer
 
 # The dataplane tests' fixtures: a node and backends on a background loop.

@@ -30,7 +30,6 @@ from tests.dataplane import conftest as dataplane_fixtures
 from tests.dataplane.conftest import (
     WAIT,
     certificate_entry,
-    free_port,
     get,
     listener,
     read_until_closed,
@@ -41,6 +40,7 @@ from tests.dataplane.conftest import (
 )
 from tests.dataplane.h2client import H2Client
 from tests.dataplane.test_process import DataplaneProcess
+from tests.fixtures.ports import free_port
 from tests.security.raw_backend import RawBackend, RawConnection, Script, hold, trickle
 
 # The dataplane tests' fixtures: a node and backends on a background loop, a test CA.

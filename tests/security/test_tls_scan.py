@@ -26,8 +26,9 @@ import pytest
 import trustme
 
 from dataplane.tls import PREDEFINED_POLICIES, PolicySpec
-from tests.dataplane.conftest import certificate_entry, free_port, listener, snapshot
+from tests.dataplane.conftest import certificate_entry, listener, snapshot
 from tests.dataplane.test_process import DataplaneProcess
+from tests.fixtures.ports import free_port
 from tests.fixtures.processes import RecordingBackend
 
 pytestmark = pytest.mark.integration
