@@ -21,6 +21,7 @@ from setuptools import Extension, setup
 COMPILED = (
     "dataplane/protocols/gate.py",
     "dataplane/protocols/http.py",
+    "dataplane/protocols/streams.py",
     "dataplane/upstream.py",
 )
 

@@ -1365,7 +1365,7 @@ class _Import:
                 f"Must be a list of at most {NESTED_LIMITS['error_pages']} pages, one per status.",
             )
             return None
-        if pages and protocol not in services.ERROR_PAGE_LISTENERS:
+        if pages and protocol not in Listener.LAYER7_PROTOCOLS:
             self.problem(f"{at}.error_pages", f"A {protocol} listener has no error pages.")
             return None
         if not ok or group is None:

@@ -13,10 +13,6 @@ from dataplane import rules as dp_rules
 from listeners.forwarding import stored_rule
 from listeners.models import Listener
 
-# Seed 003's Layer-7 listeners: forwarding rules and compression travel for each of them (QUIC
-# requests go through the same HTTP exchange on the node as HTTP and HTTPS ones).
-LAYER7 = frozenset({Listener.Protocol.HTTP, Listener.Protocol.HTTPS, Listener.Protocol.QUIC})
-
 
 def build_snapshot(instance: Instance) -> dp.Snapshot:
     """The instance's desired configuration at its current generation.
@@ -46,7 +42,7 @@ def build_snapshot(instance: Instance) -> dp.Snapshot:
     for listener in listeners:
         group = listener.server_group
         groups[group.id] = group
-        for rule in listener.rules.all() if listener.protocol in LAYER7 else ():
+        for rule in listener.rules.all() if listener.protocol in Listener.LAYER7_PROTOCOLS else ():
             if rule.server_group is not None:
                 groups[rule.server_group.id] = rule.server_group
         sni_ids: tuple[str, ...] = ()
@@ -165,6 +161,9 @@ def _ca_certificate(ca: Certificate) -> dp.CaCertificate:
 
 def _listener(listener: Listener, sni_ids: tuple[str, ...]) -> dp.Listener:
     mutual = listener.uses_tls and listener.mutual_authentication
+    # Forwarding rules and compression travel for each Layer-7 listener (QUIC requests go
+    # through the same HTTP exchange on the node as HTTP and HTTPS ones).
+    layer7 = listener.protocol in Listener.LAYER7_PROTOCOLS
     return dp.Listener(
         id=listener.id,
         protocol=listener.protocol,
@@ -208,15 +207,13 @@ def _listener(listener: Listener, sni_ids: tuple[str, ...]) -> dp.Listener:
         sni_certificate_ids=sni_ids,
         tls_policy=(listener.tls_policy_id or "tls_cipher_policy_1_0"),
         ca_certificate_id=listener.ca_certificate_id if mutual else None,
-        compression=listener.compression if listener.protocol in LAYER7 else "off",
+        compression=listener.compression if layer7 else "off",
         bandwidth_mbit=listener.bandwidth_mbit,
         quic_listener_id=(
             listener.quic_listener_id if listener.protocol == Listener.Protocol.HTTPS else None
         ),
         forwarding_rules=(
-            tuple(stored_rule(rule) for rule in listener.rules.all())
-            if listener.protocol in LAYER7
-            else ()
+            tuple(stored_rule(rule) for rule in listener.rules.all()) if layer7 else ()
         ),
         proxy_protocol=listener.proxy_protocol,
         x_forwarded_elb_ip=listener.header_x_forwarded_elb_ip,
@@ -227,7 +224,7 @@ def _listener(listener: Listener, sni_ids: tuple[str, ...]) -> dp.Listener:
 
 def _traffic_policy(listener: Listener) -> dict:
     """Throttling, retries and error pages: the node applies them to Layer-7 requests only."""
-    if listener.protocol not in LAYER7:
+    if listener.protocol not in Listener.LAYER7_PROTOCOLS:
         return {}
     return {
         "qps_per_client_ip": listener.qps_per_client_ip,

@@ -19,7 +19,7 @@ from collections import deque
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, uint8_t, uint32_t
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcmp, memcpy, strlen
 
 
 cdef extern from "nghttp2/nghttp2.h":
@@ -356,19 +356,92 @@ cdef class Session:
     def respond(self, int32_t stream_id, list headers, Outbound out=None):
         """Send a response head; with `out`, a body follows from it. Returns False when the
         stream is gone."""
-        cdef nghttp2_data_provider provider
         cdef nghttp2_nv *nva = _fields(headers)
         cdef int rv
+        try:
+            rv = self._submit(stream_id, nva, len(headers), out)
+        finally:
+            PyMem_Free(nva)
+        return rv == 0
+
+    cdef int _submit(self, int32_t stream_id, nghttp2_nv *nva, size_t count, Outbound out) except? -1:
+        cdef nghttp2_data_provider provider
+        cdef int rv
         if out is None:
-            rv = nghttp2_submit_response(self.session, stream_id, nva, len(headers), NULL)
-        else:
-            self.outbound[stream_id] = out
-            provider.source.ptr = NULL
-            provider.read_callback = _read_body
-            rv = nghttp2_submit_response(self.session, stream_id, nva, len(headers), &provider)
-            if rv != 0:
-                del self.outbound[stream_id]
-        PyMem_Free(nva)
+            return nghttp2_submit_response(self.session, stream_id, nva, count, NULL)
+        self.outbound[stream_id] = out
+        provider.source.ptr = NULL
+        provider.read_callback = _read_body
+        rv = nghttp2_submit_response(self.session, stream_id, nva, count, &provider)
+        if rv != 0:
+            del self.outbound[stream_id]
+        return rv
+
+    def respond_head(self, int32_t stream_id, int status, bytes head, Outbound out=None):
+        """Send a response head given as the lines of an HTTP/1.1 one ("HTTP/1.1 200 OK\\r\\n"
+        then "Name: value\\r\\n" each): names lowered, values trimmed, connection-specific
+        fields left out (RFC 9113 8.2.2), no Python object per field. With `out`, a body follows
+        from it. Returns False when the stream is gone."""
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(head)
+        cdef char *text = <char *>PyMem_Malloc(size + 1)
+        cdef nghttp2_nv *nva
+        cdef char status_text[3]
+        cdef Py_ssize_t count = 1, start, end, name_end, value_start, value_end, i
+        cdef const char *found
+        cdef int rv
+        if text == NULL:
+            raise MemoryError()
+        # A copy, lowered in place: nghttp2 copies every name and value when submitting.
+        memcpy(text, PyBytes_AS_STRING(head), size)
+        text[size] = 0
+        for i in range(size):
+            if text[i] == 10:
+                count += 1
+        nva = <nghttp2_nv *>PyMem_Malloc(sizeof(nghttp2_nv) * count)
+        if nva == NULL:
+            PyMem_Free(text)
+            raise MemoryError()
+        status_text[0] = <char>(48 + status // 100 % 10)
+        status_text[1] = <char>(48 + status // 10 % 10)
+        status_text[2] = <char>(48 + status % 10)
+        nva[0].name = <uint8_t *>b":status"
+        nva[0].namelen = 7
+        nva[0].value = <uint8_t *>status_text
+        nva[0].valuelen = 3
+        nva[0].flags = NGHTTP2_NV_FLAG_NONE
+        count = 1
+        found = <const char *>memchr(text, 10, size)
+        start = size if found == NULL else found - text + 1  # the status line is skipped
+        while start < size:
+            found = <const char *>memchr(text + start, 10, size - start)
+            end = size if found == NULL else found - text
+            value_end = end
+            if value_end > start and text[value_end - 1] == 13:
+                value_end -= 1
+            found = <const char *>memchr(text + start, 58, value_end - start)
+            if found != NULL and found - text > start:
+                name_end = found - text
+                for i in range(start, name_end):
+                    if 65 <= text[i] <= 90:
+                        text[i] += 32
+                value_start = name_end + 1
+                while value_start < value_end and (text[value_start] == 32 or text[value_start] == 9):
+                    value_start += 1
+                while value_end > value_start and (text[value_end - 1] == 32 or text[value_end - 1] == 9):
+                    value_end -= 1
+                if not _connection_specific(text + start, name_end - start):
+                    nva[count].name = <uint8_t *>(text + start)
+                    nva[count].namelen = name_end - start
+                    nva[count].value = <uint8_t *>(text + value_start)
+                    nva[count].valuelen = value_end - value_start
+                    nva[count].flags = NGHTTP2_NV_FLAG_NONE
+                    count += 1
+            start = end + 1
+        try:
+            rv = self._submit(stream_id, nva, count, out)
+        finally:
+            PyMem_Free(nva)
+            PyMem_Free(text)
         return rv == 0
 
     def resume(self, int32_t stream_id):
@@ -387,6 +460,24 @@ cdef class Session:
     def terminate(self, uint32_t code=0):
         """GOAWAY naming the last stream processed; nothing is read after it."""
         nghttp2_session_terminate_session(self.session, code)
+
+
+# Fields a response head may carry in HTTP/1.1 but not in HTTP/2 (RFC 9113 8.2.2), lower case.
+cdef const char *_CONNECTION_SPECIFIC[7]
+_CONNECTION_SPECIFIC[:] = [
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade",
+]
+
+
+cdef inline bint _connection_specific(const char *name, Py_ssize_t size) noexcept:
+    cdef int i
+    cdef const char *candidate
+    for i in range(7):
+        candidate = _CONNECTION_SPECIFIC[i]
+        if strlen(candidate) == <size_t>size and memcmp(candidate, name, size) == 0:
+            return True
+    return False
 
 
 cdef nghttp2_nv *_fields(list headers) except NULL:

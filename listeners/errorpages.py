@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from listeners import services
 from listeners.models import ErrorPage, Listener
 
 # What each page is for, shown beside it.
@@ -33,7 +32,7 @@ class ErrorPageRow:
 
 def error_page_rows(listener: Listener) -> list[ErrorPageRow]:
     """The four statuses in order, for the details page (empty for other listeners)."""
-    if listener.protocol not in services.ERROR_PAGE_LISTENERS:
+    if listener.protocol not in Listener.LAYER7_PROTOCOLS:
         return []
     pages = {page.status: page for page in listener.error_pages.all()}
     return [

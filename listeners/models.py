@@ -351,6 +351,9 @@ class Listener(models.Model):
     HTTP_PROTOCOLS = frozenset({Protocol.HTTP, Protocol.HTTPS})
     # Seed 003: a QUIC listener needs a server certificate, but has no TLS policy, SNI or mTLS.
     CERTIFICATE_PROTOCOLS = frozenset({Protocol.HTTPS, Protocol.TCP_SSL, Protocol.QUIC})
+    # Seed 003's Layer-7 listeners (QUIC carries HTTP/3): forwarding rules, cookie persistence,
+    # compression, the managed headers and error pages apply to each of them.
+    LAYER7_PROTOCOLS = frozenset({Protocol.HTTP, Protocol.HTTPS, Protocol.QUIC})
 
     id = models.CharField(primary_key=True, max_length=16, default=new_listener_id, editable=False)
     instance = models.ForeignKey(Instance, on_delete=models.PROTECT, related_name="listeners")

@@ -411,17 +411,12 @@ def move_forwarding_rule(*, listener_id: str, rule_id: int, direction: str) -> N
 
 
 # -- error pages (issue 20) -------------------------------------------------------------------
-ERROR_PAGE_LISTENERS = frozenset(
-    {Listener.Protocol.HTTP, Listener.Protocol.HTTPS, Listener.Protocol.QUIC}
-)
-
-
 @transaction.atomic
 @audited("listener.set_error_page", Listener, key="listener_id")
 def set_error_page(*, listener_id: str, status: str, content_type: str, body: str) -> ErrorPage:
     """Add or replace the listener's page for one status (502, 503, 504 or maintenance)."""
     listener = _lock_listener(listener_id, doing="changing its error pages")
-    if listener.protocol not in ERROR_PAGE_LISTENERS:
+    if listener.protocol not in Listener.LAYER7_PROTOCOLS:
         raise RuleViolation(
             "Only HTTP, HTTPS and QUIC listeners serve error pages.", field="status"
         )

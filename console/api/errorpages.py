@@ -49,7 +49,7 @@ def page_out(page: ErrorPage) -> dict:
 
 def _layer7(instance_id: str, listener_id: str) -> Listener:
     listener = _listener(instance_id, listener_id)
-    if listener.protocol not in services.ERROR_PAGE_LISTENERS:
+    if listener.protocol not in Listener.LAYER7_PROTOCOLS:
         raise Http404("Error pages exist only on HTTP, HTTPS and QUIC listeners")
     return listener
 

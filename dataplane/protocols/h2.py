@@ -223,15 +223,24 @@ class Http2Connection(asyncio.Protocol):
     def send_headers(
         self, stream: Stream, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
     ) -> None:
-        if self.streams.get(stream.stream_id) is not stream or self.closed:
-            return
-        out = stream.out
-        if not self.session.respond(stream.stream_id, headers, None if end_stream else out):  # type: ignore[union-attr]
+        if self.streams.get(stream.stream_id) is stream and not self.closed:
+            body = None if end_stream else stream.out
+            submitted = self.session.respond(stream.stream_id, headers, body)  # type: ignore[union-attr]
+            self._head_submitted(stream, submitted, end_stream)
+
+    def send_head(self, stream: Stream, status: int, head: bytes, *, end_stream: bool) -> None:
+        if self.streams.get(stream.stream_id) is stream and not self.closed:
+            body = None if end_stream else stream.out
+            submitted = self.session.respond_head(stream.stream_id, status, head, body)  # type: ignore[union-attr]
+            self._head_submitted(stream, submitted, end_stream)
+
+    def _head_submitted(self, stream: Stream, submitted: bool, end_stream: bool) -> None:
+        if not submitted:
             # The client reset it, or the connection is closing.
             self._drop(stream)
             return
         if end_stream:
-            out.end = out.ended = True
+            stream.out.end = stream.out.ended = True
             self._done(stream)
         self.schedule_flush()
 

@@ -100,8 +100,8 @@ cdef class HttpProxy(BackendReadGate):
     cdef public object writing_paused
     cdef public object xff_line
 
-    # Python subclasses (accesslog.CountingHttpProxy, streams.StreamProxy) may still override
-    # any of these.
+    # Subclasses may still override any of these: accesslog.CountingHttpProxy in Python,
+    # streams.StreamProxy as an extension type (streams.pxd).
     @cython.locals(request=Request)
     cpdef on_message_begin(self)
     @cython.locals(request=Request)
@@ -123,6 +123,7 @@ cdef class HttpProxy(BackendReadGate):
     cpdef _release_backend(self)
     @cython.locals(request=Request)
     cpdef upstream_headers(self, HttpUpstream upstream)
+    cpdef _send_head(self, Request request, list out, status, bint unsized, bint bodiless)
     cpdef upstream_body(self, data)
     cpdef flush(self)
     @cython.locals(request=Request)

@@ -149,6 +149,7 @@ _RESPONSE_SPECIAL = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer"
     rb"|upgrade|set-cookie|etag):[^\r]*"
 )
+_BLANK_OR_COLON = (58, 32, 9)
 # Response header values compression looks at, in the lower-cased head.
 _COMPRESSION_FIELDS = re.compile(
     rb"\r\n(content-type|content-length|content-encoding|cache-control|vary):[ \t]*([^\r]*)"
@@ -1254,11 +1255,16 @@ class HttpProxy(BackendReadGate):
         chunked = False
         persistence = settings.cookie_persistence
         set_cookies: list[bytes] = []
+        empty = False
         for match in _RESPONSE_SPECIAL.finditer(lower):
             name = match[1]
             if name == b"content-length":
                 has_length = True
                 if encoding is None:
+                    # For a codec that can end the stream at its head; digits only (the
+                    # backend's parser checked), so a "0" after the colon or a blank is zero.
+                    line = match[0]
+                    empty = line[-1] == 48 and line[-2] in _BLANK_OR_COLON
                     continue
             elif name == b"etag":
                 if encoding is None:
@@ -1286,23 +1292,36 @@ class HttpProxy(BackendReadGate):
                 out.extend([b"%s: %s\r\n" % pair for pair in cookies])
         if settings.alt_svc is not None and b"\r\nalt-svc:" not in lower:
             out.append(settings.alt_svc)
-        keep_alive = request.keep_alive and request.complete and not self.draining
-        self.rechunk = False
-        self.eof_body = False
         self.compressor = None
         if encoding is not None:
             self.compressor = Compressor(encoding)
             out.append(b"Content-Encoding: %s\r\n" % encoding.encode())
             if add_vary:
                 out.append(b"Vary: Accept-Encoding\r\n")
-            # The compressed length is unknown until the end.
-            if request.version == "1.1":
-                out.append(b"Transfer-Encoding: chunked\r\n")
-                self.rechunk = True
-            else:
-                keep_alive = False
-        elif not no_body and (chunked or not has_length):
-            self.eof_body = not chunked
+        # A response with neither length nor chunks ends when the backend closes.
+        self.eof_body = not no_body and not chunked and not has_length
+        if 100 <= status < 600:
+            self.stats.responses[status // 100] += 1
+        self._send_head(
+            request,
+            out,
+            status,
+            encoding is not None or self.eof_body or (chunked and not no_body),
+            no_body or (empty and encoding is None),
+        )
+        if head_request:
+            # httptools cannot be told that a HEAD response has no body; the exchange is over,
+            # and the connection cannot be trusted for the next response.
+            self._finish(upstream, reusable=False)
+
+    def _send_head(
+        self, request: Request, out: list[bytes], status: int, unsized: bool, bodiless: bool
+    ) -> None:
+        """Frame the response head for an HTTP/1.x client: `out` holds its lines so far, without
+        the blank line; `unsized` says the client cannot know the body's length up front."""
+        keep_alive = request.keep_alive and request.complete and not self.draining
+        self.rechunk = False
+        if unsized:
             if request.version == "1.1":
                 out.append(b"Transfer-Encoding: chunked\r\n")
                 self.rechunk = True
@@ -1315,15 +1334,8 @@ class HttpProxy(BackendReadGate):
         self.keep_alive = keep_alive
         out.append(b"\r\n")
         data = b"".join(out)
-        stats = self.stats
-        if 100 <= status < 600:
-            stats.responses[status // 100] += 1
-        stats.bytes_out += len(data)
+        self.stats.bytes_out += len(data)
         self.out.append(data)
-        if head_request:
-            # httptools cannot be told that a HEAD response has no body; the exchange is over,
-            # and the connection cannot be trusted for the next response.
-            self._finish(upstream, reusable=False)
 
     def _choose_encoding(self, request: Request, lower_head: bytes) -> tuple[str | None, bool]:
         """The content coding for this response (None: as it is), and whether to add Vary."""

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from dataplane.nghttp2 import CANCEL, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM
-from dataplane.protocols.streams import Stream, start_proxied
+from dataplane.protocols.streams import Stream, head_fields, start_proxied
 from dataplane.tls import TlsError
 
 if TYPE_CHECKING:
@@ -372,6 +372,9 @@ class Http3Connection(QuicConnectionProtocol):
         if end_stream:
             stream.out.end = stream.out.ended = True
             self._done(stream)
+
+    def send_head(self, stream: Stream, status: int, head: bytes, *, end_stream: bool) -> None:
+        self.send_headers(stream, head_fields(status, head), end_stream=end_stream)
 
     def send_data(self, stream: Stream, data: bytes, credit: int = 0) -> None:
         h3 = self.h3

@@ -7,8 +7,9 @@ a `StreamProxy`, the HTTP/1.1 proxy itself: the request head arrives as the code
 and goes through the same field checks, forwarding rules, persistence, managed headers,
 compression, bandwidth, pooled backend connections, timeouts, counters and access log as an
 HTTP/1.1 client's request, and the dataplane's own 502/503/504 answers are the same. The
-`ProxiedStream` is the proxy's transport: it turns the response bytes the proxy writes back into
-the codec's HEADERS and DATA. That response parse is the one step the codecs do not share yet.
+`ProxiedStream` is the proxy's transport: the response head reaches it as a field list and the
+body as the bytes the proxy writes, which become the codec's HEADERS and DATA. Only the node's own
+answers are HTTP/1.1 messages parsed back into frames.
 
 A codec's connection offers what `StreamConnection` lists.
 """
@@ -52,6 +53,9 @@ class StreamConnection(Protocol):
     def send_headers(
         self, stream: Stream, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
     ) -> None: ...
+
+    def send_head(self, stream: Stream, status: int, head: bytes, *, end_stream: bool) -> None:
+        """A response head as HTTP/1.1 lines (see `head_fields`)."""
 
     def send_data(self, stream: Stream, data: bytes, credit: int = 0) -> None: ...
 
@@ -140,9 +144,8 @@ class StreamProxy(HttpProxy):
             # nghttp2 has refused connection-specific fields, uppercase names and a
             # Content-Length that the DATA frames contradict (RFC 9113 8.2.2, 8.1.1).
             self.on_header(b"host", host)
-            on_header = self.on_header
             for name, value in fields:
-                on_header(name, value)
+                self.on_header(name, value)
             self.in_head = False
             if method == b"CONNECT":
                 self.reject_status = 405
@@ -163,7 +166,24 @@ class StreamProxy(HttpProxy):
         return cached[1]
 
     def upstream_interim(self, upstream: HttpUpstream, head: bytes) -> None:
-        """Not passed on: the stream's response parser takes only final responses."""
+        """Not passed on: a stream answers with its final response only."""
+
+    def _send_head(
+        self, request: Request, out: list[bytes], status: int, unsized: bool, bodiless: bool
+    ) -> None:
+        """The response head goes to the codec, which frames the body itself: no chunking and no
+        connection fields; a body known to be empty ends the stream at the head."""
+        self.rechunk = False
+        self.keep_alive = False
+        head = b"".join(out)
+        self.stats.bytes_out += len(head)
+        self.sent += len(head)
+        self.transport.respond(status, head, bodiless)  # type: ignore[attr-defined]
+
+    def _finish(self, upstream: HttpUpstream, *, reusable: bool) -> None:
+        self.flush()
+        self.transport.response_complete()  # type: ignore[attr-defined]
+        HttpProxy._finish(self, upstream, reusable=reusable)
 
 
 class CountingStreamProxy(StreamProxy, CountingHttpProxy):
@@ -181,8 +201,10 @@ class ProxiedStream(Stream):
     """One stream served by a StreamProxy; it is also the proxy's transport.
 
     The request head and body go to the proxy as calls (the body re-chunked by the proxy when
-    its length is unknown); the proxy's response bytes are parsed back into HEADERS and DATA
-    frames.
+    its length is unknown). A backend's response comes as calls too: its head as a field list
+    (`respond`), its body as the bytes the proxy writes, its end as `response_complete`. Only an
+    answer of the node's own (an error page, a redirect, a 429) is written as an HTTP/1.1 message
+    and parsed back into HEADERS and DATA.
     """
 
     __slots__ = (
@@ -190,6 +212,7 @@ class ProxiedStream(Stream):
         "body",
         "closing",
         "complete",
+        "direct",
         "head_request",
         "headers",
         "parser",
@@ -214,6 +237,8 @@ class ProxiedStream(Stream):
         # small chunks must not become as many frames).
         self.body: list[bytes] = []
         self.complete = False
+        # Set once the response head came as fields: what the proxy writes is then body.
+        self.direct = False
         self.parser = httptools.HttpResponseParser(self)
         runtime = connection.runtime
         # A listener whose access log is on counts each stream's bytes for its lines.
@@ -275,8 +300,25 @@ class ProxiedStream(Stream):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.connection.transport.get_extra_info(name, default)
 
+    def respond(self, status: int, head: bytes, end_stream: bool) -> None:
+        """The response head from the proxy's exchange with a backend, as HTTP/1.1 lines that
+        the codec turns into its fields (nghttp2 does it in C)."""
+        if self.closing:
+            return
+        self.direct = self.responded = True
+        self.connection.send_head(self, status, head, end_stream=end_stream or self.head_request)
+
+    def response_complete(self) -> None:
+        """The backend's response is all written: the stream ends once it is sent."""
+        if self.direct and not self.closing and not self.out.end:
+            self.connection.finish(self)
+
     def write(self, data: bytes) -> None:
         if self.closing:
+            return
+        if self.direct:
+            if data and not self.out.end:
+                self.connection.send_data(self, data)
             return
         try:
             self.parser.feed_data(data)
@@ -363,6 +405,21 @@ class ProxiedStream(Stream):
         if self.backend_paused:
             self.backend_paused = False
             self.proxy.resume_writing()
+
+
+def head_fields(status: int, head: bytes) -> list[tuple[bytes, bytes]]:
+    """The fields of a response head written as HTTP/1.1 lines ("HTTP/1.1 200 OK\r\n", then
+    "Name: value\r\n" each): :status first, names lowered, values trimmed, connection-specific
+    fields left out (RFC 9113 8.2.2, RFC 9114 4.2)."""
+    fields = [(b":status", b"%d" % status)]
+    lines = head.split(b"\r\n")
+    for index in range(1, len(lines)):  # the status line first
+        name, colon, value = lines[index].partition(b":")
+        if colon and name:
+            name = name.lower()
+            if name not in HOP_BY_HOP:
+                fields.append((name, value.strip(b" \t")))
+    return fields
 
 
 def start_proxied(

@@ -33,9 +33,6 @@ from listeners.rules import compatible_backend_protocols
 
 P = Listener.Protocol
 HTTP_LIKE = {P.HTTP, P.HTTPS}
-# Seed 003's Layer-7 listeners (QUIC carries HTTP/3): forwarding rules, cookie persistence,
-# compression and the managed headers apply to each of them.
-LAYER7 = {P.HTTP, P.HTTPS, P.QUIC}
 TLS = {P.HTTPS, P.TCP_SSL}
 # Protocols with the SSL Certificate step.
 CERTIFICATE = {P.HTTPS, P.TCP_SSL, P.QUIC}
@@ -342,7 +339,7 @@ class ListenerSettingsForm(forms.Form):
         return raw if raw in P.values else P.HTTP
 
     def _shape_for(self, protocol: str) -> None:
-        if protocol not in LAYER7:
+        if protocol not in Listener.LAYER7_PROTOCOLS:
             # Not on the page for TCP, TCP SSL and UDP; clean() stores the default.
             self.fields["x_forwarded_for"].required = False
         self.fields["scheduler"].choices = SCHEDULERS[protocol]
@@ -362,7 +359,7 @@ class ListenerSettingsForm(forms.Form):
 
     def applies(self, protocol: str) -> dict[str, bool]:
         http = protocol in HTTP_LIKE
-        layer7 = protocol in LAYER7
+        layer7 = protocol in Listener.LAYER7_PROTOCOLS
         return {
             "http": http,
             "https": protocol == P.HTTPS,
@@ -914,6 +911,10 @@ class HealthCheckForm(forms.ModelForm):
             group = self.instance.group
         passive.add_fields(self, group, backend_protocol)
         state_ranges(self, HealthCheck)
+
+    def not_applicable(self) -> set[str]:
+        """Fields the options make meaningless (for Confirm)."""
+        return passive.not_applicable(self)
 
     def _clean_udp_text(self, name: str) -> str:
         value = self.cleaned_data.get(name) or ""

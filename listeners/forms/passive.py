@@ -106,6 +106,14 @@ def add_fields(form: forms.BaseForm, group: ServerGroup | None, backend_protocol
     form.passive_current = current  # type: ignore[attr-defined]
 
 
+def not_applicable(form: forms.BaseForm) -> set[str]:
+    """The numbers, while the switch is off: the wizard's Confirm step leaves them out, as the
+    page hides them (console.css) and the details pages do."""
+    if ENABLED not in form.fields or form.cleaned_data.get(ENABLED):
+        return set()
+    return set(NUMBERS)
+
+
 def clean(form: forms.BaseForm, cleaned: dict[str, Any]) -> None:
     """Empty numbers keep their current values; the maximum ejection time is at least the
     base, as the dataplane requires."""

@@ -7,7 +7,6 @@ import re
 from django import forms
 
 from dataplane import rules as dp_rules
-from listeners.forms.listener import LAYER7
 from listeners.forms.ranges import state_ranges
 from listeners.forwarding import to_dataplane_rule
 from listeners.models import ForwardingRule, Listener, ServerGroup
@@ -141,7 +140,7 @@ class ForwardingRuleForm(forms.Form):
 
     def clean(self) -> dict:
         cleaned = super().clean()
-        if self.listener.protocol not in LAYER7:
+        if self.listener.protocol not in Listener.LAYER7_PROTOCOLS:
             # Seed 003: forwarding rules belong to the Layer-7 listeners (HTTP, HTTPS, QUIC).
             raise forms.ValidationError(
                 f"A {self.listener.get_protocol_display()} listener has no forwarding rules: "

@@ -19,7 +19,7 @@ from listeners.views.listeners import _dialog, _listener, _refusal, _refused
 
 def _page_listener(instance_id: str, listener_id: str, status: str) -> Listener:
     listener = _listener(instance_id, listener_id)
-    if listener.protocol not in services.ERROR_PAGE_LISTENERS:
+    if listener.protocol not in Listener.LAYER7_PROTOCOLS:
         raise Http404("Error pages exist only on HTTP, HTTPS and QUIC listeners")
     if status not in ErrorPage.Status.values:
         raise Http404("No such error page")

@@ -18,7 +18,7 @@ from console.models import Instance
 from listeners import rules, services
 from listeners.errorpages import error_page_rows
 from listeners.forms.lifecycle import ChangeServerGroupForm, ManageCertificatesForm, TlsPolicyForm
-from listeners.forms.listener import LAYER7, HealthCheckForm, ListenerSettingsForm
+from listeners.forms.listener import HealthCheckForm, ListenerSettingsForm
 from listeners.forms.rules import ForwardingRuleForm
 from listeners.models import ForwardingRule, Listener
 
@@ -480,6 +480,6 @@ def rule_move(
 
 def _http_listener(instance_id: str, listener_id: str) -> Listener:
     listener = _listener(instance_id, listener_id)
-    if listener.protocol not in LAYER7:
+    if listener.protocol not in Listener.LAYER7_PROTOCOLS:
         raise Http404("Forwarding rules exist only on HTTP, HTTPS and QUIC listeners")
     return listener

@@ -26,6 +26,8 @@ class H2Response:
     trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
     reset: int | None = None
     ended: bool = False
+    # END_STREAM came on the HEADERS frame: no DATA frame followed.
+    ended_at_headers: bool = False
 
     @property
     def status(self) -> int:
@@ -114,6 +116,7 @@ class H2Client:
     def _event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
             self.responses[event.stream_id].headers = event.headers
+            self.responses[event.stream_id].ended_at_headers = event.stream_ended is not None
         elif isinstance(event, h2.events.DataReceived):
             self.responses[event.stream_id].body += event.data
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)

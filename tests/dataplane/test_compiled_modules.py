@@ -39,10 +39,11 @@ def _loaded_from(module: str, **env: str) -> str:
     return result.stdout.strip()
 
 
-def _pair(directory: Path, *, source_newer: bool) -> None:
-    (directory / "mod.py").write_text("VALUE = 1\n")
-    (directory / f"mod{SUFFIX}").write_bytes(b"not loaded by these tests")
-    older, newer = ("mod" + SUFFIX, "mod.py") if source_newer else ("mod.py", "mod" + SUFFIX)
+def _pair(directory: Path, *, source_newer: bool, name: str = "mod") -> None:
+    (directory / f"{name}.py").write_text("VALUE = 1\n")
+    (directory / f"{name}{SUFFIX}").write_bytes(b"not loaded by these tests")
+    extension, source = name + SUFFIX, f"{name}.py"
+    older, newer = (extension, source) if source_newer else (source, extension)
     os.utime(directory / older, (1_000_000, 1_000_000))
     os.utime(directory / newer, (2_000_000, 2_000_000))
 
@@ -50,12 +51,39 @@ def _pair(directory: Path, *, source_newer: bool) -> None:
 def test_a_fresh_extension_is_left_to_python(tmp_path):
     _pair(tmp_path, source_newer=False)
 
-    assert SourceWhenStale(pure=False).find_spec("dataplane.mod", [str(tmp_path)]) is None
+    finder = SourceWhenStale(pure=False, root=str(tmp_path))
+
+    assert finder.find_spec("dataplane.mod", [str(tmp_path)]) is None
 
 
 def test_an_extension_older_than_its_source_gives_way_to_the_source(tmp_path):
     _pair(tmp_path, source_newer=True)
-    finder = SourceWhenStale(pure=False)
+    finder = SourceWhenStale(pure=False, root=str(tmp_path))
+
+    spec = finder.find_spec("dataplane.mod", [str(tmp_path)])
+
+    assert spec is not None and spec.origin == str(tmp_path / "mod.py")
+    assert finder.stale == ["dataplane.mod"]
+
+
+def test_one_stale_extension_makes_the_whole_build_run_from_source(tmp_path):
+    # A fresh extension may cimport a type from the stale one's module, which now runs as Python.
+    _pair(tmp_path, source_newer=False, name="fresh")
+    protocols = tmp_path / "protocols"
+    protocols.mkdir()
+    _pair(protocols, source_newer=True, name="edited")
+    finder = SourceWhenStale(pure=False, root=str(tmp_path))
+
+    spec = finder.find_spec("dataplane.fresh", [str(tmp_path)])
+
+    assert spec is not None and spec.origin == str(tmp_path / "fresh.py")
+
+
+def test_declarations_newer_than_the_extension_make_it_stale(tmp_path):
+    _pair(tmp_path, source_newer=False)
+    (tmp_path / "mod.pxd").write_text("cdef class Mod:\n    pass\n")
+    os.utime(tmp_path / "mod.pxd", (3_000_000, 3_000_000))
+    finder = SourceWhenStale(pure=False, root=str(tmp_path))
 
     spec = finder.find_spec("dataplane.mod", [str(tmp_path)])
 
@@ -66,7 +94,9 @@ def test_an_extension_older_than_its_source_gives_way_to_the_source(tmp_path):
 def test_pure_python_takes_the_source_even_from_a_fresh_build(tmp_path):
     _pair(tmp_path, source_newer=False)
 
-    spec = SourceWhenStale(pure=True).find_spec("dataplane.mod", [str(tmp_path)])
+    finder = SourceWhenStale(pure=True, root=str(tmp_path))
+
+    spec = finder.find_spec("dataplane.mod", [str(tmp_path)])
 
     assert spec is not None and spec.origin == str(tmp_path / "mod.py")
 
@@ -74,7 +104,7 @@ def test_pure_python_takes_the_source_even_from_a_fresh_build(tmp_path):
 def test_modules_outside_the_dataplane_and_without_an_extension_are_not_touched(tmp_path):
     _pair(tmp_path, source_newer=True)
     (tmp_path / "plain.py").write_text("")
-    finder = SourceWhenStale(pure=True)
+    finder = SourceWhenStale(pure=True, root=str(tmp_path))
 
     assert finder.find_spec("other.mod", [str(tmp_path)]) is None
     assert finder.find_spec("dataplane.plain", [str(tmp_path)]) is None

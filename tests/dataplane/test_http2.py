@@ -129,6 +129,42 @@ def test_head_and_no_content_responses_end_at_the_headers(h2_listener, ca):
     assert (empty.status, empty.body) == (204, b"")
 
 
+def test_backend_response_fields_reach_the_client_as_http2_fields(h2_listener, ca):
+    """The backend's HTTP/1.1 head becomes HTTP/2 fields: names lowered, values trimmed, every
+    connection-specific field gone (RFC 9113 8.2.2), repeated fields kept apart, and a body
+    known to be empty ends the stream on the HEADERS frame."""
+    fields = [
+        ("X-Mixed-Case", " \tpadded value\t "),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Connection", "keep-alive"),
+        ("Upgrade", "h2c"),
+        ("Trailer", "X-Checksum"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+        ("X-Empty", ""),
+        ("X-Colon", "a:b: c"),
+    ]
+    port, _ = h2_listener(
+        lambda r: Reply(headers=fields, body=b"" if r.target == "/empty" else b"body")
+    )
+    with H2Client(port, trusting(ca)) as client:
+        full = client.get("/full")
+        empty = client.get("/empty")
+
+    names = [name for name, _ in full.headers]
+    assert names[0] == b":status" and all(name == name.lower() for name in names)
+    assert full.header("x-mixed-case") == "padded value"
+    assert full.header("x-colon") == "a:b: c"
+    assert full.header("x-empty") == ""
+    assert [value for name, value in full.headers if name == b"set-cookie"] == [b"a=1", b"b=2"]
+    for hop in (b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"trailer"):
+        assert hop not in names, hop
+    assert (full.status, full.body, full.header("content-length")) == (200, b"body", "4")
+    assert not full.ended_at_headers
+    assert (empty.status, empty.body, empty.header("content-length")) == (200, b"", "0")
+    assert empty.ended_at_headers
+
+
 def test_listener_features_apply_to_h2_streams(h2_listener, ca):
     """Compression and forwarding rules run on the same request path as HTTP/1.1."""
     text = b'{"k": "' + b"v" * 4000 + b'"}'

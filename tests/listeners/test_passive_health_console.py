@@ -17,6 +17,7 @@ from console.snapshot import build_snapshot
 from listeners import services
 from listeners.forms.listener import HealthCheckForm
 from listeners.models import Listener, ServerGroup
+from listeners.wizard import summary
 from tests.api.conftest import TokenClient
 from tests.fixtures.listeners import make_listener
 from tests.fixtures.nodes import register_node
@@ -199,6 +200,20 @@ def test_the_wizard_step_shows_the_defaults(admin_client: Client, instance: Inst
     assert 'name="passive_base_ejection_time" value="30"' in page
     assert 'name="passive_max_ejection_time" value="300"' in page
     assert 'name="passive_max_ejection_percent" value="50"' in page
+
+
+@pytest.mark.parametrize(("switch", "numbers_shown"), [("on", True), ("", False)])
+def test_confirm_lists_the_numbers_only_while_the_switch_is_on(
+    switch: str, numbers_shown: bool
+) -> None:
+    form = HealthCheckForm(data={**HEALTH_CHECK, **PASSIVE, "passive_health_check": switch})
+    assert form.is_valid(), form.errors
+    [(_, _, rows)] = summary({"healthcheck": {"form": form}})
+    labels = [str(label) for label, _ in rows]
+    assert "Passive Health Check" in labels
+    numbers = {"Consecutive Failures", "Base Ejection Time (s)", "Max Ejection Time (s)"}
+    assert (numbers <= set(labels)) is numbers_shown
+    assert ("Max Ejection Percentage (%)" in labels) is numbers_shown
 
 
 def test_a_new_group_takes_the_wizards_passive_check(instance: Instance) -> None:
@@ -385,3 +400,90 @@ def test_browser_turns_passive_checks_on_and_sees_an_ejection(signed_in_page, li
     expect(row).to_contain_text("Ejected")
     expect(row).to_contain_text("passive: 5 consecutive 5xx")
     expect(row).to_contain_text("returns at")
+
+
+PASSIVE_NUMBERS = (
+    "Consecutive Failures",
+    "Base Ejection Time (s)",
+    "Max Ejection Time (s)",
+    "Max Ejection Percentage (%)",
+)
+
+
+def expect_numbers(scope, *, visible: bool) -> None:
+    from playwright.sync_api import expect
+
+    for label in PASSIVE_NUMBERS:
+        field = scope.get_by_label(label, exact=True)
+        if visible:
+            expect(field).to_be_visible()
+        else:
+            expect(field).to_be_hidden()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_browser_shows_the_passive_numbers_only_while_the_switch_is_on(
+    signed_in_page, live_server
+) -> None:
+    from playwright.sync_api import expect
+
+    from listeners.models import BackendServer, HealthCheck
+
+    instance = Instance.objects.create(name="shop")
+    group = ServerGroup.objects.create(name="web")
+    BackendServer.objects.create(group=group, address="10.0.0.7", port=8080)
+    HealthCheck.objects.create(group=group)
+    listener = make_listener(instance, group, status=Listener.Status.RUNNING)
+    page = signed_in_page
+
+    # The wizard's Health Check step.
+    page.goto(live_server.url + reverse("listener-create-step", args=[instance.id, "healthcheck"]))
+    form = page.locator("#wizard-form")
+    switch = form.get_by_label("Passive Health Check")
+    expect(switch).not_to_be_checked()
+    expect_numbers(form, visible=False)
+    switch.check()
+    expect_numbers(form, visible=True)
+    expect(form.get_by_label("Consecutive Failures")).to_have_value("5")
+    switch.uncheck()
+    expect_numbers(form, visible=False)
+
+    # The Modify Health Check dialog.
+    page.goto(live_server.url + listener.get_absolute_url())
+    page.get_by_role("heading", name="Health Check").get_by_role("link", name="Modify").click()
+    dialog = page.get_by_role("dialog")
+    switch = dialog.get_by_label("Passive Health Check")
+    expect(switch).not_to_be_checked()
+    expect_numbers(dialog, visible=False)
+    switch.check()
+    expect_numbers(dialog, visible=True)
+
+    # A server's error on a number stays in sight with the switch off.
+    dialog.get_by_label("Base Ejection Time (s)").fill("60")
+    dialog.get_by_label("Max Ejection Time (s)").fill("30")
+    switch.uncheck()
+    expect_numbers(dialog, visible=False)
+    dialog.get_by_role("button", name="Save").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Max Ejection Time must be at least the Base Ejection Time")
+    expect(dialog.get_by_label("Passive Health Check")).not_to_be_checked()
+    expect(dialog.get_by_label("Max Ejection Time (s)")).to_be_visible()
+    expect(dialog.get_by_label("Consecutive Failures")).to_be_hidden()
+
+    # Put it right and save with the switch off; the field with the error stays in sight until
+    # the answer to this save replaces it.
+    dialog.get_by_label("Max Ejection Time (s)").fill("600")
+    expect(dialog.get_by_label("Base Ejection Time (s)")).to_be_hidden()
+    dialog.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    expect(page.get_by_text("Health check of web modified.")).to_be_visible()
+    expect(page.locator(".field.has-error")).to_have_count(0)
+    section = page.locator("#hc-heading").locator("..")
+    expect(section).to_contain_text("Passive Health Check")
+    expect(section).to_contain_text("Disabled")
+    expect(section).not_to_contain_text("Consecutive Failures")
+    group.refresh_from_db()
+    # Off, with the numbers kept for when it is turned on again.
+    assert group.passive_health_check is False
+    assert (group.passive_base_ejection_time, group.passive_max_ejection_time) == (60, 600)

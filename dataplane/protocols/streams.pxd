@@ -1,0 +1,32 @@
+# The compiled build's declarations for dataplane/protocols/streams.py (setup.py): a stream's
+# proxy and its transport become extension types, so the HTTP proxy's own C calls stay C calls
+# for an HTTP/2 or HTTP/3 stream too. Every name in each __slots__ is declared here
+# (tests/dataplane/test_compiled_modules.py keeps the lists equal). The .py stays the source.
+from dataplane.protocols.http cimport HttpProxy, Request
+from dataplane.upstream cimport HttpUpstream
+
+
+cdef class Stream:
+    cdef public object connection
+    cdef public object out
+    cdef public object request_ended
+    cdef public object stream_id
+
+
+cdef class StreamProxy(HttpProxy):
+    cpdef _send_head(self, Request request, list out, status, bint unsized, bint bodiless)
+
+
+cdef class ProxiedStream(Stream):
+    cdef public object backend_paused
+    cdef public object body
+    cdef public object closing
+    cdef public object complete
+    cdef public object direct
+    cdef public object head_request
+    cdef public object headers
+    cdef public object parser
+    cdef public object pending
+    cdef public object proxy
+    cdef public object reading
+    cdef public object responded
