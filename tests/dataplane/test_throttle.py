@@ -1,6 +1,6 @@
 """The QPS per client IP limiter (dataplane.throttle) on a fake clock: the burst, the steady rate,
-Retry-After, independent addresses, bounded memory under 100,000 addresses, and a new
-generation taking over the old one's tables."""
+Retry-After, independent addresses, IPv6 clients counted per /64, bounded memory under 100,000
+addresses, and a new generation taking over the old one's tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ import pytest
 from dataplane.config import Snapshot
 from dataplane.protocols import ListenerSettings
 from dataplane.stats import ListenerStats
-from dataplane.throttle import MAX_ADDRESSES, MAX_RULE_ADDRESSES, QpsLimiter, carry_over
+from dataplane.throttle import (
+    MAX_ADDRESSES,
+    MAX_RULE_ADDRESSES,
+    QpsLimiter,
+    carry_over,
+    client_key,
+)
 from dataplane.upstream import UpstreamPool
 from dataplane.workers import _merge_listeners
 
@@ -57,6 +63,85 @@ def test_addresses_are_limited_independently():
     assert passed(limiter, "198.51.100.7", 20, T0) == 5
     assert passed(limiter, "198.51.100.8", 20, T0) == 5
     assert passed(limiter, "2001:db8::1", 20, T0) == 5
+
+
+def test_ipv6_addresses_in_one_64_share_one_budget():
+    """An IPv6 client holds a whole /64: new addresses from it are the same client, and take one
+    entry of the table however many it uses."""
+    limiter = QpsLimiter(5)
+    assert passed(limiter, "2001:db8:1:2::a", 3, T0) == 3
+    assert passed(limiter, "2001:db8:1:2:ffff:ffff:ffff:ffff", 20, T0) == 2
+    rotating = [f"2001:db8:1:2:{n >> 16:x}:{n & 0xFFFF:x}::1" for n in range(1000)]
+    assert sum(limiter.admit(address, T0) == 0 for address in rotating) == 0
+    assert len(limiter) == 1
+
+
+def test_ipv6_addresses_in_different_64s_are_limited_independently():
+    limiter = QpsLimiter(5)
+    assert passed(limiter, "2001:db8:1:2::1", 20, T0) == 5
+    assert passed(limiter, "2001:db8:1:3::1", 20, T0) == 5
+    # The neighbour below /48 and the one across a /32 are other clients too.
+    assert passed(limiter, "2001:db8:2:2::1", 20, T0) == 5
+    assert passed(limiter, "2001:db9:1:2::1", 20, T0) == 5
+
+
+@pytest.mark.parametrize(
+    "mapped", ["::ffff:198.51.100.7", "::FFFF:198.51.100.7", "::ffff:c633:6407"]
+)
+def test_an_ipv4_mapped_address_shares_the_budget_of_its_ipv4_address(mapped):
+    """A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: the same client as a.b.c.d."""
+    limiter = QpsLimiter(5)
+    assert passed(limiter, "198.51.100.7", 3, T0) == 3
+    assert passed(limiter, mapped, 20, T0) == 2
+    assert client_key(mapped) == "198.51.100.7"
+    assert passed(limiter, "198.51.100.8", 20, T0) == 5
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "not an address",
+        "fe80::1%eth0",
+        "fe80::1%",
+        "%eth0",
+        ":",
+        ":::",
+        "2001:db8::1::2",
+        "2001:db8::g",
+        "[2001:db8::1]",
+        "::ffff:",
+        "::ffff:999.1.1.1",
+        "198.51.100.7:8080",
+        "2001:db8::1\x00",
+        "2001:db8::\u00e9",
+        "\ud800::1",
+        "a" * 10_000 + ":",
+    ],
+)
+def test_odd_client_ip_text_is_keyed_without_raising(text):
+    limiter = QpsLimiter(1)
+    assert isinstance(client_key(text), str)
+    assert limiter.admit(text, T0) == 0
+    assert limiter.admit(text, T0) == 1
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("2001:db8::1", "2001:0db8:0:0::1"),
+        ("2001:db8::1", "2001:DB8::1"),
+        ("2001:db8::1", "2001:0DB8:0000:0000:0000:0000:0000:0001"),
+        ("fe80::1%eth0", "fe80::1"),
+        ("::ffff:198.51.100.7", "0:0:0:0:0:ffff:c633:6407"),
+        ("::", "0:0:0:0:0:0:0:0"),
+    ],
+)
+def test_forms_of_one_address_share_one_key_and_budget(one, other):
+    assert client_key(one) == client_key(other)
+    limiter = QpsLimiter(1)
+    assert limiter.admit(one, T0) == 0
+    assert limiter.admit(other, T0) == 1
 
 
 def test_an_idle_address_gets_its_whole_burst_back_and_is_forgotten():

@@ -1,6 +1,7 @@
 """QPS per client IP through a real node (seeds 001/003): real clients over real sockets, the 429
 rate measured at the client, what the recording backend received, the counters, the access log
-and the Prometheus text, for HTTP/1.1, HTTP/2 and HTTP/3 requests; hostile X-Forwarded-For.
+and the Prometheus text, for HTTP/1.1, HTTP/2 and HTTP/3 requests; hostile X-Forwarded-For; IPv6
+clients counted per /64, and a flood of throttled connections leaving no descriptor behind.
 
 The limits are 10 or 5 a second with a burst of as many: a burst of requests sent as fast as one
 client can lets the burst through, plus what the elapsed time earns back. The bounds allow for a
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
+import time
 
 import grpc
 from aioquic.asyncio.client import connect as quic_connect
@@ -23,6 +26,7 @@ from tests.dataplane.conftest import (
     listener,
     server_group,
     snapshot,
+    wait_until,
 )
 from tests.dataplane.h2client import H2Client
 from tests.dataplane.test_grpc import SERVICE, EchoServer, grpc_group
@@ -160,6 +164,69 @@ def test_addresses_a_client_prepends_to_x_forwarded_for_do_not_dodge_the_limit(d
     answers = burst(port, 30, headers=forged)
     assert 5 <= statuses(answers).count(200) <= 15
     assert len(web.requests) == statuses(answers).count(200)
+
+
+def open_fds() -> int:
+    # The node runs in this process (tests/dataplane/conftest.py), its sockets with the test's.
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_ipv6_clients_in_one_64_hit_the_limit_together(dataplane, backends):
+    """Behind a trusted proxy, an IPv6 client is counted by its /64: a second address from the
+    same /64 finds the first one's budget spent, and an address from the next /64 does not."""
+    web = backends("web")
+    port = free_port()
+    dataplane.apply(
+        snapshot(
+            [listener(port, qps_per_client_ip=1, retrieve_client_ip=TRUSTED_PROXY)],
+            [server_group(web)],
+        )
+    )
+    # One request a second: the three requests take milliseconds, far inside one second.
+    first = burst(port, 1, headers={"X-Forwarded-For": "2001:db8:1:2::a"})
+    same_64 = burst(port, 1, headers={"X-Forwarded-For": "2001:db8:1:2:ffff:ffff:ffff:b"})
+    next_64 = burst(port, 1, headers={"X-Forwarded-For": "2001:db8:1:3::a"})
+
+    assert statuses(first + same_64 + next_64) == [200, 429, 200]
+    assert [request.header("X-Forwarded-For") for request in web.requests] == [
+        "2001:db8:1:2::a, 127.0.0.1",
+        "2001:db8:1:3::a, 127.0.0.1",
+    ]
+    assert dataplane.stats("lsn-web")["throttled_requests"] == 1
+
+
+def test_a_flood_of_throttled_requests_from_one_64_leaves_no_descriptor_behind(dataplane, backends):
+    """A client rotating through its /64, a new address and a new connection each request: it
+    stays throttled, takes one entry of the limiter's table, and every connection's descriptor
+    goes when the connection does."""
+    web = backends("web")
+    port = free_port()
+    dataplane.apply(
+        snapshot(
+            [listener(port, qps_per_client_ip=1, retrieve_client_ip=TRUSTED_PROXY)],
+            [server_group(web)],
+        )
+    )
+    counter = iter(range(1, 100_000))
+
+    def rotated() -> dict[str, str]:
+        return {"X-Forwarded-For": f"2001:db8:1:2::{next(counter):x}"}
+
+    started = time.monotonic()
+    # The request that passes opens the backend connection, which the pool keeps: before counts it.
+    assert statuses(burst(port, 1, headers=rotated)) == [200]
+    before = open_fds()
+    answers = []
+    for _ in range(100):
+        answers += burst(port, 1, headers=rotated)
+    answers += burst(port, 100, headers=rotated)  # and as many on one keep-alive connection
+    elapsed = time.monotonic() - started
+
+    # At one a second, what passed is what the elapsed time earned back.
+    assert statuses(answers).count(200) <= int(elapsed)
+    assert statuses(answers).count(429) >= 200 - int(elapsed)
+    assert len(dataplane.node.listeners["lsn-web"].settings.throttle) == 1
+    assert wait_until(lambda: open_fds() <= before), (open_fds(), before)
 
 
 def test_a_rules_limit_applies_only_to_the_requests_it_matches(dataplane, backends):
