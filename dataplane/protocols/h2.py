@@ -39,7 +39,7 @@ from dataplane.nghttp2 import (
     Session,
 )
 from dataplane.protocols.http import MAX_HEADER_BYTES
-from dataplane.protocols.streams import Stream, start_proxied
+from dataplane.protocols.streams import Stream, StreamDeadlines, start_proxied
 
 if TYPE_CHECKING:
     from dataplane.protocols import ListenerHandle, ListenerSettings
@@ -70,6 +70,8 @@ class Http2Connection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.session: Session | None = None
         self.streams: dict[int, Stream] = {}
+        # The request and response deadlines of its streams, on one timer.
+        self.deadlines = StreamDeadlines(self.loop)
         # Streams whose backend is paused until nghttp2 has sent enough of their response.
         self.held: set[Stream] = set()
         self.peer_ip = ""

@@ -165,6 +165,35 @@ def test_backend_response_fields_reach_the_client_as_http2_fields(h2_listener, c
     assert empty.ended_at_headers
 
 
+def test_a_late_backend_gets_its_stream_a_504_while_the_others_are_answered(h2_listener, ca):
+    """Stream deadlines share one timer per connection: a late stream still gets its 504, and
+    the streams around it are unaffected."""
+    port, _ = h2_listener(
+        lambda r: Reply(body=b"late", delay=4.0) if r.target == "/slow" else Reply(body=b"quick"),
+        response_timeout=1,
+    )
+    with H2Client(port, trusting(ca)) as client:
+        slow = client.request("GET", "/slow")
+        quick = [client.request("GET", f"/quick/{index}") for index in range(3)]
+        answers = client.wait(slow, *quick)
+        again = client.get("/after")
+
+    assert answers[0].status == 504
+    assert [(a.status, a.body) for a in answers[1:]] == [(200, b"quick")] * 3
+    assert (again.status, again.body) == (200, b"quick")
+
+
+def test_a_stream_whose_request_body_stops_gets_408(h2_listener, ca):
+    port, _ = h2_listener(request_timeout=1)
+    with H2Client(port, trusting(ca)) as client:
+        stalled = client.request("POST", "/upload", body=b"first part", end=False)
+        answer = client.wait(stalled)[0]
+        after = client.get("/after")
+
+    assert (answer.status, answer.ended) == (408, True)
+    assert after.status == 200
+
+
 def test_listener_features_apply_to_h2_streams(h2_listener, ca):
     """Compression and forwarding rules run on the same request path as HTTP/1.1."""
     text = b'{"k": "' + b"v" * 4000 + b'"}'
