@@ -19,6 +19,7 @@ from setuptools import Extension, setup
 # What one HTTP request or TCP connection runs through, found with `python -m bench
 # --instructions` (callgrind's per-function counts). Package __init__ modules stay Python.
 COMPILED = (
+    "dataplane/balancing.py",
     "dataplane/protocols/gate.py",
     "dataplane/protocols/http.py",
     "dataplane/protocols/streams.py",

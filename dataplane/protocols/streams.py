@@ -125,7 +125,7 @@ class StreamDeadlines:
                 return
             timer.cancel()
         self.timer_at = when
-        self.timer = self.loop.call_at(when, self._fire)
+        self.timer = self.loop.call_at(when + 0.001, self._fire)
 
     def forget(self, proxy: StreamProxy) -> None:
         # The timer stays: it fires once more at most, and a connection with one stream at a
@@ -136,14 +136,15 @@ class StreamDeadlines:
         self.timer = None
         now = self.loop.time()
         proxies = self.proxies
-        due = [proxy for proxy in proxies if proxy.timer_at <= now + 0.001]
+        due = [proxy for proxy in proxies if proxy.timer_at <= now]
         for proxy in due:
             proxies.discard(proxy)
             proxy._check_deadline()
         if proxies and self.timer is None:
             earliest = min([proxy.timer_at for proxy in proxies])
             self.timer_at = earliest
-            self.timer = self.loop.call_at(earliest, self._fire)
+            # uvloop's timers can fire up to a millisecond early: a little after, never before.
+            self.timer = self.loop.call_at(earliest + 0.001, self._fire)
 
 
 class StreamProxy(HttpProxy):

@@ -62,7 +62,14 @@ def supervisor(tmp_path):
 
 def _pipes(pid: int) -> int:
     """The supervisor's pipes: two per worker (its stdin and stdout)."""
-    return sum(os.readlink(fd).startswith("pipe:") for fd in Path(f"/proc/{pid}/fd").iterdir())
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("pipe:")
+        except FileNotFoundError:
+            # Closed between the listing and the look: the supervisor is replacing a worker.
+            continue
+    return count
 
 
 def _gone(pid: int) -> bool:
