@@ -21,6 +21,7 @@ from setuptools import Extension, setup
 COMPILED = (
     "dataplane/balancing.py",
     "dataplane/protocols/gate.py",
+    "dataplane/protocols/h2.py",
     "dataplane/protocols/http.py",
     "dataplane/protocols/streams.py",
     "dataplane/upstream.py",

@@ -59,8 +59,36 @@ SEND_LOW_WATER = 64 * 1024
 # -- the connection ------------------------------------------------------------------------------
 
 
-class Http2Connection(asyncio.Protocol):
-    """The client side of one HTTP/2 connection: frames in, streams out."""
+class Http2Connection:
+    """The client side of one HTTP/2 connection: frames in, streams out.
+
+    An asyncio protocol by its methods rather than by inheriting asyncio.Protocol, so that it can
+    compile as an extension type (h2.pxd).
+    """
+
+    __slots__ = (
+        "closed",
+        "deadlines",
+        "draining",
+        "flush_scheduled",
+        "header_lines",
+        "held",
+        "idle_timer",
+        "loop",
+        "peer_ip",
+        "peer_ip_bytes",
+        "peer_port",
+        "registered",
+        "runtime",
+        "session",
+        "settings",
+        "stats",
+        "streams",
+        "transport",
+        "upstreams",
+        "writing_paused",
+        "xff_line",
+    )
 
     def __init__(self, runtime: ListenerHandle) -> None:
         self.runtime = runtime
@@ -145,6 +173,10 @@ class Http2Connection(asyncio.Protocol):
         self.flush()
         if not session.alive:
             self._close()
+
+    def eof_received(self) -> bool | None:
+        """The client closed its side: the transport closes (asyncio.Protocol's default)."""
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -1,0 +1,34 @@
+# The compiled build's declarations for dataplane/protocols/h2.py (setup.py): an HTTP/2 connection
+# becomes an extension type, its fields C fields and its calls to itself per stream C calls. Every
+# name in its __slots__ is declared here (tests/dataplane/test_compiled_modules.py keeps the lists
+# equal). The .py stays the source.
+cdef class Http2Connection:
+    cdef public object closed
+    cdef public object deadlines
+    cdef public object draining
+    cdef public object flush_scheduled
+    cdef public object header_lines
+    cdef public object held
+    cdef public object idle_timer
+    cdef public object loop
+    cdef public object peer_ip
+    cdef public object peer_ip_bytes
+    cdef public object peer_port
+    cdef public object registered
+    cdef public object runtime
+    cdef public object session
+    cdef public object settings
+    cdef public object stats
+    cdef public object streams
+    cdef public object transport
+    cdef public object upstreams
+    cdef public object writing_paused
+    cdef public object xff_line
+
+    cpdef _head_submitted(self, stream, submitted, end_stream)
+    cpdef pump(self, stream)
+    cpdef _done(self, stream)
+    cpdef _drop(self, stream)
+    cpdef _stream_gone(self)
+    cpdef schedule_flush(self)
+    cpdef flush(self)
