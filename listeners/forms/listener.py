@@ -264,7 +264,8 @@ class ListenerSettingsForm(forms.Form):
         required=False,
         help_text="Requests per second one client IP may send to this listener; over it, the "
         "load balancer answers 429 Too Many Requests. The client IP is the real one when "
-        "Retrieve Client IP is on. Each node process counts on its own. Blank: no limit.",
+        "Retrieve Client IP is on; an IPv6 client counts by its /64, as one client holds the "
+        "whole block. Each node process counts on its own. Blank: no limit.",
     )
     proxy_protocol = forms.ChoiceField(
         label="Client IP Address Preservation",
@@ -828,6 +829,22 @@ DOMAIN_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 HEALTH_PATH = re.compile(r"^/[A-Za-z0-9\-/.%?#&_~';@$*+,=!:()]{0,79}$")
 
 
+# The fields Enable Health Check governs (hidden while it is off, console.css).
+ACTIVE_FIELDS = (
+    "protocol",
+    "domain",
+    "port",
+    "path",
+    "interval",
+    "timeout",
+    "healthy_threshold",
+    "unhealthy_threshold",
+    "expected_codes",
+    "udp_request",
+    "udp_expected",
+)
+
+
 class HealthCheckForm(forms.ModelForm):
     """Wizard step 4 and the Health Check Modify dialog."""
 
@@ -913,8 +930,14 @@ class HealthCheckForm(forms.ModelForm):
         state_ranges(self, HealthCheck)
 
     def not_applicable(self) -> set[str]:
-        """Fields the options make meaningless (for Confirm)."""
-        return passive.not_applicable(self)
+        """Fields the options make meaningless (for Confirm): the active check's fields while
+        Enable Health Check is off (the page hides them, console.css), and the passive numbers
+        while its switch is off. The Passive Health Check switch stays: it does not need active
+        checks."""
+        skipped = passive.not_applicable(self)
+        if not self.cleaned_data.get("enabled"):
+            skipped |= set(self.fields) & set(ACTIVE_FIELDS)
+        return skipped
 
     def _clean_udp_text(self, name: str) -> str:
         value = self.cleaned_data.get(name) or ""

@@ -107,7 +107,8 @@ class ForwardingRuleForm(forms.Form):
         required=False,
         help_text="Optional. Requests per second one client IP may send that match this rule; "
         "over it, the load balancer answers 429 Too Many Requests before the action runs. "
-        "The client IP is the real one when Retrieve Client IP is on. Blank: no limit.",
+        "The client IP is the real one when Retrieve Client IP is on; an IPv6 client counts by "
+        "its /64. Blank: no limit.",
     )
 
     def __init__(self, *args, listener: Listener, **kwargs) -> None:
