@@ -21,6 +21,8 @@ from dataplane.rules import QPS_PER_CLIENT_IP, ForwardingRule, validate_rules
 
 PROTOCOLS = ("http", "https", "tcp", "tcp_ssl", "udp", "quic")
 HTTP_PROTOCOLS = frozenset({"http", "https"})
+# Seed 003's Layer-7 listeners: requests go through the HTTP proxy.
+LAYER7_PROTOCOLS = HTTP_PROTOCOLS | {"quic"}
 TLS_PROTOCOLS = frozenset({"https", "tcp_ssl"})
 # Listeners on UDP sockets; the others listen on TCP. Ports are unique per transport.
 DATAGRAM_PROTOCOLS = frozenset({"udp", "quic"})
@@ -298,7 +300,7 @@ class Listener:
     def is_layer7(self) -> bool:
         """HTTP, HTTPS and QUIC (seed 003): requests go through the HTTP proxy, so forwarding
         rules, compression and cookie persistence apply."""
-        return self.protocol in HTTP_PROTOCOLS or self.protocol == "quic"
+        return self.protocol in LAYER7_PROTOCOLS
 
     @property
     def is_tls(self) -> bool:

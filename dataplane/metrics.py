@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from dataplane.config import SERVER_STATES
+from dataplane.config import LAYER7_PROTOCOLS, SERVER_STATES
 from dataplane.health import OK, REASON_CODES
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
@@ -180,10 +180,10 @@ class StatusCollector:
             active.add_metric(labels, counters.get("active_connections", 0))
             total.add_metric(labels, counters.get("total_connections", 0))
             denied.add_metric(labels, counters.get("denied_connections", 0))
-            if entry.get("protocol") in _LAYER7:
+            if entry.get("protocol") in LAYER7_PROTOCOLS:
                 retries.add_metric(labels, counters.get("retries", 0))
                 retries_refused.add_metric(labels, counters.get("retries_refused", 0))
-            if "throttled_requests" in counters and entry.get("protocol") in _LAYER7:
+            if "throttled_requests" in counters and entry.get("protocol") in LAYER7_PROTOCOLS:
                 throttled.add_metric(labels, counters["throttled_requests"])
             for rule_id, count in sorted(counters.get("throttled_by_rule", {}).items()):
                 rule_throttled.add_metric([*labels, rule_id], count)
@@ -278,8 +278,6 @@ class StatusCollector:
 
 
 _NOT_RUN = frozenset({DISABLED, UNCHECKED})
-# Listeners whose requests a QPS per client IP limit can throttle.
-_LAYER7 = frozenset({"http", "https", "quic"})
 
 
 def _histograms(
