@@ -253,11 +253,12 @@ def _settings_dialog(
     make_form: Callable[[Listener, QueryDict | None], Form],
     apply: Callable[[Listener, dict], str],
     note: str = "",
+    form_class: str = "",
 ) -> HttpResponse:
     """One of the details page's dialogs: refused while Configuring, else form and apply.
 
     ``apply`` calls the use case's service function with the cleaned data and returns the
-    success message.
+    success message; ``form_class`` is the <form>'s class (console.css keys rules on it).
     """
     listener = _listener(instance_id, listener_id)
     refused = _refused(request, listener, doing)
@@ -283,6 +284,7 @@ def _settings_dialog(
         status=422 if form.errors else 200,
         action_name=url_name,
         note=note,
+        form_class=form_class,
     )
 
 
@@ -384,6 +386,8 @@ def listener_health_check(request: HttpRequest, instance_id: str, listener_id: s
         apply=apply,
         note=f"The health check belongs to server group {group.name}; listeners sharing the "
         "group share it.",
+        # console.css hides Enable Health Check's fields while it is off, on this form only.
+        form_class="health-check-form",
     )
 
 
