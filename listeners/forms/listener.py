@@ -858,20 +858,7 @@ class HealthCheckForm(forms.ModelForm):
 
     class Meta:
         model = HealthCheck
-        fields = [
-            "enabled",
-            "protocol",
-            "domain",
-            "port",
-            "path",
-            "interval",
-            "timeout",
-            "healthy_threshold",
-            "unhealthy_threshold",
-            "expected_codes",
-            "udp_request",
-            "udp_expected",
-        ]
+        fields = ["enabled", *ACTIVE_FIELDS]
         labels = {
             "enabled": "Enable Health Check",
             "protocol": "Health Check Protocol",
