@@ -20,6 +20,7 @@ from setuptools import Extension, setup
 # --instructions` (callgrind's per-function counts). Package __init__ modules stay Python.
 COMPILED = (
     "dataplane/balancing.py",
+    "dataplane/deadlines.py",
     "dataplane/protocols/gate.py",
     "dataplane/protocols/h2.py",
     "dataplane/protocols/http.py",

@@ -151,9 +151,12 @@ def acme_issue(request: HttpRequest) -> HttpResponse:
                 messages.success(
                     request,
                     f"Certificate {issuance.name} is being issued: once the CA has validated "
-                    "(usually within seconds) it is listed under Server Certificate.",
+                    "(usually within seconds) it can be selected as the Server Certificate.",
                 )
-                return redirect_after_change(request, next_url)
+                # The wizard's step follows this order (certificates/_acme_wizard.html).
+                return redirect_after_change(
+                    request, f"{next_url}?{urlencode({'acme': issuance.id})}"
+                )
             messages.success(request, f"Certificate {issuance.name} requested from the CA.")
             return redirect_after_change(request, reverse("acme-issuance", args=[issuance.id]))
     action = reverse("acme-issue")
@@ -184,7 +187,19 @@ def acme_issuance(request: HttpRequest, issuance_id: str) -> HttpResponse:
 def acme_status(request: HttpRequest, issuance_id: str) -> HttpResponse:
     """The progress panel, polled while an attempt is queued or running."""
     issuance = get_object_or_404(AcmeIssuance.objects.select_related("instance"), pk=issuance_id)
-    response = render(request, "certificates/_acme_panel.html", {"issuance": issuance})
+    # Polled from the wizard's SSL Certificate step: its compact line, whose link selects the
+    # certificate in the wizard's draft once issued.
+    wizard_url = request.GET.get("next", "")
+    if wizard_url.startswith("/") and url_has_allowed_host_and_scheme(
+        wizard_url, allowed_hosts={request.get_host()}
+    ):
+        response = render(
+            request,
+            "certificates/_acme_wizard.html",
+            {"issuance": issuance, "wizard_url": wizard_url},
+        )
+    else:
+        response = render(request, "certificates/_acme_panel.html", {"issuance": issuance})
     if request.htmx and not issuance.in_progress:
         # Finished: one last swap with the outcome, then the poll stops.
         return HttpResponseStopPolling(response.content)

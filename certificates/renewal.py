@@ -28,7 +28,7 @@ from certificates import acme, keystore
 from certificates.acme_models import AcmeAccount, AcmeAttempt, AcmeChallenge, AcmeIssuance
 from certificates.models import Certificate
 from certificates.validation import CertificateError, validate_server_certificate
-from console.audit import audited
+from console.audit import UPDATE, audited
 from console.models import Instance
 from listeners import services
 from listeners.models import Listener
@@ -77,6 +77,15 @@ def challenge_listener(instance: Instance | None, challenge: str) -> Listener:
     if listener.desired_state != Listener.DesiredState.RUNNING:
         raise IssuanceRefused(
             f"Listener {listener.name} on port {port} is stopped; start it so the CA can reach it.",
+            field="challenge",
+        )
+    if listener.status == Listener.Status.FAILED:
+        # Its port is not served (taken by another program, say): the CA would reach nothing,
+        # or whatever holds the port, and report a timeout or a 404 that hides the cause.
+        reason = (listener.last_error or "no reason given").strip().splitlines()[0][:300]
+        raise IssuanceRefused(
+            f"Listener {listener.name} on port {port} has failed on the dataplane ({reason}), so "
+            "the CA cannot reach it; fix the listener first.",
             field="challenge",
         )
     if not instance.nodes.exists():
@@ -147,7 +156,7 @@ def request_renewal(*, issuance_id: str) -> AcmeAttempt:
 
 
 @transaction.atomic
-@audited("certificate.acme_delete", AcmeIssuance, key="issuance_id")
+@audited("certificate.acme_delete", AcmeIssuance, key="issuance_id", lock=UPDATE)
 def delete_issuance(*, issuance_id: str) -> AcmeIssuance:
     """Drop an ACME order that never produced a certificate (an issued one goes with its
     certificate, through Delete on the certificate's page)."""
@@ -223,7 +232,7 @@ def start_attempt(*, attempt_id: int) -> AcmeAttempt | None:
 
 
 @transaction.atomic
-@audited("certificate.acme_attempt", AcmeIssuance, key="issuance_id")
+@audited("certificate.acme_attempt", AcmeIssuance, key="issuance_id", lock=UPDATE)
 def record_attempt_result(
     *,
     issuance_id: str,

@@ -1,9 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The server side of HTTP/2 on nghttp2: framing, HPACK, stream states and flow control.
+"""HTTP/2 on nghttp2: framing, HPACK, stream states and flow control, on both sides.
 
 nghttp2 (the engine under curl, Apache httpd's mod_http2 and Node.js's http2) does the protocol;
-this module only moves bytes and events between it and `Http2Connection`
-(dataplane.protocols.h2), which decides what each stream means. One C callback per header field
+this module only moves bytes and events between it and its owner, which decides what each stream
+means: `Http2Connection` (dataplane.protocols.h2) for a client's connection, `GrpcUpstream`
+(dataplane.protocols.grpc) for the node's own connection to a gRPC backend. One C callback per header field
 would cost a Python call each, so header fields are gathered here and handed over once per
 HEADERS block; the owner sees one call per request, per DATA chunk and per stream end.
 
@@ -45,6 +46,7 @@ cdef extern from "nghttp2/nghttp2.h":
 
     ctypedef enum nghttp2_headers_category:
         NGHTTP2_HCAT_REQUEST
+        NGHTTP2_HCAT_RESPONSE
         NGHTTP2_HCAT_HEADERS
 
     ctypedef struct nghttp2_headers:
@@ -53,7 +55,11 @@ cdef extern from "nghttp2/nghttp2.h":
 
     ctypedef struct nghttp2_goaway:
         nghttp2_frame_hd hd
+        int32_t last_stream_id
         uint32_t error_code
+
+    ctypedef struct nghttp2_priority_spec:
+        pass
 
     ctypedef union nghttp2_frame:
         nghttp2_frame_hd hd
@@ -93,7 +99,9 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_DATA
         NGHTTP2_HEADERS
         NGHTTP2_GOAWAY
+        NGHTTP2_SETTINGS
         NGHTTP2_FLAG_NONE
+        NGHTTP2_FLAG_ACK
         NGHTTP2_FLAG_END_STREAM
         NGHTTP2_NV_FLAG_NONE
         NGHTTP2_NV_FLAG_NO_COPY_NAME
@@ -135,6 +143,9 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_session_server_new2(
         nghttp2_session **session_ptr, const nghttp2_session_callbacks *callbacks,
         void *user_data, const nghttp2_option *option)
+    int nghttp2_session_client_new2(
+        nghttp2_session **session_ptr, const nghttp2_session_callbacks *callbacks,
+        void *user_data, const nghttp2_option *option)
     void nghttp2_session_del(nghttp2_session *session)
     ssize_t nghttp2_session_mem_recv(nghttp2_session *session, const uint8_t *data, size_t len)
     ssize_t nghttp2_session_mem_send(nghttp2_session *session, const uint8_t **data_ptr)
@@ -147,6 +158,9 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_submit_response(
         nghttp2_session *session, int32_t stream_id, const nghttp2_nv *nva, size_t nvlen,
         const nghttp2_data_provider *data_prd)
+    int32_t nghttp2_submit_request(
+        nghttp2_session *session, const nghttp2_priority_spec *pri_spec, const nghttp2_nv *nva,
+        size_t nvlen, const nghttp2_data_provider *data_prd, void *stream_user_data)
     int nghttp2_submit_trailer(
         nghttp2_session *session, int32_t stream_id, const nghttp2_nv *nva, size_t nvlen)
     int nghttp2_submit_rst_stream(
@@ -218,10 +232,18 @@ cdef class Outbound:
 
 
 cdef class Session:
-    """One nghttp2 server session; `owner` receives its events."""
+    """One nghttp2 session; `owner` receives its events.
+
+    A server session (a client's connection) calls owner.on_request per request head; a client
+    session (`client=True`, the node's connection to a backend) sends requests with `request`
+    and calls owner.on_response per response head, owner.on_settings per SETTINGS frame from the
+    peer (its stream limit is known from the first) and owner.on_goaway when the peer goes away.
+    Both call on_data, on_end, on_trailers and on_close.
+    """
 
     cdef nghttp2_session *session
     cdef object owner
+    cdef readonly bint client
     # Header fields of the HEADERS block being received, by stream.
     cdef dict gathering
     cdef Py_ssize_t gathered_bytes
@@ -234,6 +256,9 @@ cdef class Session:
     cdef public list finished
     cdef Py_ssize_t chunk_bytes
     cdef object on_request
+    cdef object on_response
+    cdef object on_goaway
+    cdef object on_settings
     cdef object on_data
     cdef object on_end
     cdef object on_trailers
@@ -251,12 +276,19 @@ cdef class Session:
         int stream_window,
         int connection_window,
         int max_header_list=DEFAULT_MAX_HEADER_LIST,
+        bint client=False,
     ):
         cdef nghttp2_session_callbacks *callbacks
         cdef nghttp2_option *option
         cdef nghttp2_settings_entry iv[4]
         self.owner = owner
-        self.on_request = owner.on_request
+        self.client = client
+        if client:
+            self.on_response = owner.on_response
+            self.on_goaway = owner.on_goaway
+            self.on_settings = owner.on_settings
+        else:
+            self.on_request = owner.on_request
         self.on_data = owner.on_data
         self.on_end = owner.on_end
         self.on_trailers = owner.on_trailers
@@ -281,7 +313,11 @@ cdef class Session:
         nghttp2_option_set_stream_reset_rate_limit(option, RESET_BURST, RESET_RATE)
         nghttp2_option_set_max_continuations(option, MAX_CONTINUATIONS)
         nghttp2_option_set_max_settings(option, 32)
-        rv = nghttp2_session_server_new2(&self.session, callbacks, <void *>self, option)
+        if client:
+            # The connection preface goes out with the first data_to_send.
+            rv = nghttp2_session_client_new2(&self.session, callbacks, <void *>self, option)
+        else:
+            rv = nghttp2_session_server_new2(&self.session, callbacks, <void *>self, option)
         nghttp2_option_del(option)
         nghttp2_session_callbacks_del(callbacks)
         if rv != 0:
@@ -444,6 +480,29 @@ cdef class Session:
             PyMem_Free(text)
         return rv == 0
 
+    def request(self, list headers, Outbound out=None):
+        """Open a stream with a request head (a client session's); with `out`, a body follows
+        from it, else the head ends the stream. Returns the stream's id; nghttp2 holds the
+        HEADERS while the peer's concurrent-stream limit is reached. Raises Http2Error when no
+        stream can be opened (the session is going away, or its ids are spent)."""
+        cdef nghttp2_nv *nva = _fields(headers)
+        cdef nghttp2_data_provider provider
+        cdef int32_t stream_id
+        provider.source.ptr = NULL
+        provider.read_callback = _read_body
+        try:
+            stream_id = nghttp2_submit_request(
+                self.session, NULL, nva, len(headers), NULL if out is None else &provider, NULL
+            )
+        finally:
+            PyMem_Free(nva)
+        if stream_id < 0:
+            raise Http2Error(nghttp2_strerror(stream_id).decode())
+        if out is not None:
+            # Read by _read_body no sooner than the next data_to_send.
+            self.outbound[stream_id] = out
+        return stream_id
+
     def resume(self, int32_t stream_id):
         """The stream's Outbound has more to send (or its end)."""
         nghttp2_session_resume_data(self.session, stream_id)
@@ -565,14 +624,27 @@ cdef int _on_frame_recv(
             if fields is None:
                 if stream_id in self.oversized:
                     self.oversized.discard(stream_id)
-                    _respond_431(session, stream_id)
+                    if self.client:
+                        # A backend's response head over the limit: the call fails.
+                        nghttp2_submit_rst_stream(
+                            session, NGHTTP2_FLAG_NONE, stream_id, PROTOCOL_ERROR
+                        )
+                    else:
+                        _respond_431(session, stream_id)
                 return 0
             if frame.headers.cat == NGHTTP2_HCAT_REQUEST:
                 self.on_request(stream_id, fields, ended)
+            elif frame.headers.cat == NGHTTP2_HCAT_RESPONSE:
+                self.on_response(stream_id, fields, ended)
             else:
                 self.on_trailers(stream_id, fields)
                 if ended:
                     self.on_end(stream_id)
+        elif self.client:
+            if frame.hd.type == NGHTTP2_SETTINGS and not frame.hd.flags & NGHTTP2_FLAG_ACK:
+                self.on_settings()
+            elif frame.hd.type == NGHTTP2_GOAWAY:
+                self.on_goaway(frame.goaway.last_stream_id, frame.goaway.error_code)
     except BaseException as exc:
         self.error = exc
         return NGHTTP2_ERR_CALLBACK_FAILURE
@@ -670,7 +742,8 @@ cdef ssize_t _read_body(
         out.ended = True
         data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
         del self.outbound[stream_id]
-        self.finished.append(stream_id)
+        if not self.client:
+            self.finished.append(stream_id)
         if out.trailers:
             data_flags[0] |= NGHTTP2_DATA_FLAG_NO_END_STREAM
             trailers = out.trailers

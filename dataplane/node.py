@@ -24,8 +24,9 @@ Its passive health checks (dataplane.outlier) keep their counts and any ejection
 A server that is draining or in maintenance gets no new request or connection (its group's
 schedulers and cookie index leave it out) while its health checks go on. What remains on a
 draining server is closed at its drain deadline, on a server in maintenance when the snapshot is
-applied: its HTTP connections in the node's pool, lent or idle, and the TCP connections proxied to
-it. The deadline is wall-clock time, so a node restarted mid-drain keeps it.
+applied: its HTTP connections in the node's pool, lent or idle, the gRPC connections client
+connections hold to it, and the TCP connections proxied to it. The deadline is wall-clock time,
+so a node restarted mid-drain keeps it.
 
 UDP and QUIC listeners live on a UDP socket (`datagram`): a changed one adopts its new settings in
 place, keeping its sessions and connections. A listener's bandwidth bucket outlives generations
@@ -46,6 +47,7 @@ from dataplane.accesslog import AccessLogs, AccessLogWriter, ListenerLog, http_p
 from dataplane.balancing import Backend
 from dataplane.bandwidth import TokenBucket, burst_for, mbit_to_bytes_per_s
 from dataplane.config import Listener, ServerGroup, Snapshot
+from dataplane.deadlines import Deadlines
 from dataplane.descriptors import EXHAUSTED, DescriptorReserve
 from dataplane.health import HealthChecker, HealthCheckSpec, server_report
 from dataplane.outlier import OutlierDetector, passive_report
@@ -112,6 +114,7 @@ class ListenerRuntime:
         "config",
         "connections",
         "datagram",
+        "deadlines",
         "descriptors",
         "fingerprint",
         "group",
@@ -135,6 +138,8 @@ class ListenerRuntime:
         self.settings: ListenerSettings | None = None
         self.stats = ListenerStats()
         self.connections: set[HttpProxy | TcpProxy] = set()
+        # The timeouts of its HTTP connections and streams, on one loop timer.
+        self.deadlines = Deadlines(loop)
         self.status = "stopped"
         self.reason = ""
         # A failure only a new snapshot can cure: not retried.
@@ -624,7 +629,7 @@ class Node:
             if old is not None and same_check and old.checker is not None:
                 # Same check: the reasons, last changes and timelines go on too.
                 group.checker.adopt(old.checker)
-        if config.passive_health_check.enabled and config.backend_protocol not in ("udp", "grpc"):
+        if config.passive_health_check.enabled and config.backend_protocol != "udp":
             group.outlier = OutlierDetector(config.passive_health_check, backends, clock=self.clock)
             if old is not None and old.outlier is not None:
                 # An ejection under way keeps its time of return across a reload.
@@ -669,6 +674,13 @@ class Node:
                     if chosen.id == backend.id:
                         connection.abort("server_out_of_service")
                         cut += 1
+                # gRPC: an HTTP/2 client connection keeps its own connections to backends
+                # (dataplane.protocols.grpc), outside the pool.
+                upstreams = getattr(connection, "upstreams", None)
+                if upstreams:
+                    upstream = upstreams.get((backend.address, backend.port))
+                    if upstream is not None:
+                        cut += upstream.cut()
             if isinstance(runtime.datagram, UdpListener):
                 cut += runtime.datagram.close_sessions_to(backend.id)
         if cut:

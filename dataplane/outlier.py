@@ -10,8 +10,9 @@ notices. Per server group (`ServerGroup.passive_health_check`):
   the node's own 502 when the server closed or broke the exchange before a response head, or a
   connection to it that could not be opened (HTTP listeners and TCP / TCP SSL listeners alike).
   Any other response head, or (TCP) an opened connection, is a success and resets the count.
-  UDP listeners and gRPC server groups report nothing: a datagram has no outcome to observe, and
-  a gRPC status travels in trailers;
+  A gRPC call is judged once its status is known, as an HTTP status (dataplane.protocols.grpc:
+  a 5xx head, or a grpc-status in FAILED_CALL, is a failure). UDP listeners report nothing: a
+  datagram has no outcome to observe;
 - after `consecutive_failures` failures in a row the server is ejected: it gets no new request
   or connection (its `healthy` flag, which every pick reads, is cleared) until its time is up,
   then it returns by itself. Requests in flight on it finish;

@@ -7,6 +7,8 @@ What is retried (dataplane.protocols.http decides, with `retryable_answer` below
   OPTIONS, TRACE, PUT, DELETE) without a request body only. The node does not keep a body once it
   streamed to a backend, so a request that had one cannot be sent again; a body of unknown length
   (chunked, or an HTTP/2 or HTTP/3 stream still open after its head) counts as one.
+- gRPC calls (dataplane.protocols.grpc) are retried on a failed connect only: each is a POST
+  whose messages are not kept once streamed.
 
 Each retry goes to a server of the same route not tried yet for this request (`pick_untried`), at
 most the listener's `retries` times (0-3); retries=0 turns every retry off, connect failures
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from dataplane.balancing import Backend
-    from dataplane.protocols import Route
+    from dataplane.protocols import ListenerSettings, Route
 
 # RFC 9110 9.2.2: methods whose intended effect is the same however many times they are sent.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -115,3 +117,27 @@ def pick_untried(route: Route, client_ip: str | None, tried: Sequence[Backend]) 
         if candidate.weight > 0 and candidate.healthy and candidate not in tried:
             return candidate
     return None
+
+
+def next_server(
+    settings: ListenerSettings,
+    route: Route,
+    client_ip: str | None,
+    tried: list[Backend] | None,
+    failed: Backend,
+) -> tuple[Backend | None, list[Backend] | None]:
+    """The server to send a request to instead of `failed`, when the listener's retries and its
+    budget allow one more, and the servers tried with `failed` added (the request keeps them).
+    None: no retry; counted when it is the budget that refused."""
+    if len(tried or ()) >= settings.retries:
+        return None, tried
+    tried = [failed] if tried is None else [*tried, failed]
+    other = pick_untried(route, client_ip, tried)
+    if other is None:
+        return None, tried
+    stats = settings.stats
+    if not settings.retry_budget.allow(stats.requests):
+        stats.retries_refused += 1
+        return None, tried
+    stats.retries += 1
+    return other, tried

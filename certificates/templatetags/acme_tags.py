@@ -24,3 +24,14 @@ def pending_acme_issuances() -> list[AcmeIssuance]:
         .select_related("instance")
         .order_by("-created_at")[:50]
     )
+
+
+@register.simple_tag(takes_context=True)
+def wizard_acme_issuance(context: template.Context) -> AcmeIssuance | None:
+    """The ACME order the wizard's SSL Certificate step just requested (its `?acme=` query), so
+    the step can follow it until the certificate can be selected."""
+    request = context.get("request")
+    issuance_id = request.GET.get("acme", "") if request is not None else ""
+    if not issuance_id:
+        return None
+    return AcmeIssuance.objects.filter(pk=issuance_id[:16]).select_related("certificate").first()

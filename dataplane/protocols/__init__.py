@@ -32,6 +32,7 @@ from dataplane.throttle import QpsLimiter, listener_limiter
 if TYPE_CHECKING:
     from dataplane.accesslog import ListenerLog
     from dataplane.bandwidth import TokenBucket
+    from dataplane.deadlines import Deadlines
     from dataplane.descriptors import DescriptorReserve
     from dataplane.health import HealthChecker
     from dataplane.outlier import OutlierDetector
@@ -210,6 +211,8 @@ class ListenerHandle(Protocol):
     access_log: ListenerLog | None
     # The node's descriptor guard: told when an accept or connect ran out of descriptors.
     descriptors: DescriptorReserve | None
+    # The listener's timer for its connections' and streams' deadlines.
+    deadlines: Deadlines
 
 
 class ListenerSettings:

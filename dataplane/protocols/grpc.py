@@ -18,28 +18,44 @@ of filling the dataplane's memory.
 When the dataplane itself must fail a call, it answers as a gRPC server would, with a
 trailers-only response: UNAVAILABLE (14) when no server is eligible or reachable, and
 DEADLINE_EXCEEDED (4) when no response headers arrive within the response timeout.
+
+Issue 20's traffic policy, as it applies to calls:
+- Retries (dataplane.retry): a call is sent again only when connecting to its server failed, so
+  nothing of it reached a server; it then goes to a server not tried yet, at most the listener's
+  `retries` times and within its retry budget. Every gRPC call is a POST, and its messages stream
+  to the backend as they arrive and are not kept, so a call a server answered, refused or broke
+  is never sent again; retrying by grpc-status is left to the client's own retry policy.
+- Passive health checks (dataplane.outlier): a call's outcome is known from its trailers. It is a
+  failure when the response head is 5xx, when its grpc-status says the server could not serve it
+  (FAILED_CALL: UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS, the codes Envoy maps to 5xx), when the
+  server reset or closed the call before its response head (as the node's 502 for HTTP), when no
+  head arrived within the response timeout (as 504), and when the connection could not be opened.
+  Any other outcome is a success.
+- Server states: the node cuts a server's backend connections (`GrpcUpstream.cut`) when it goes
+  into maintenance and at a draining server's deadline; their calls end as the node's
+  UNAVAILABLE, or with a reset stream once their response had begun.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-
-from dataplane.nghttp2 import INTERNAL_ERROR
+from dataplane.nghttp2 import (
+    CANCEL,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    REFUSED_STREAM,
+    Http2Error,
+    Outbound,
+    Session,
+)
 from dataplane.protocols import HOP_BY_HOP
 from dataplane.protocols.h2 import CONNECTION_WINDOW, STREAM_WINDOW, Http2Connection
 from dataplane.protocols.streams import Stream
+from dataplane.retry import next_server
 
 if TYPE_CHECKING:
     from dataplane.balancing import Backend
@@ -51,6 +67,15 @@ log = logging.getLogger(__name__)
 DEADLINE_EXCEEDED = 4
 RESOURCE_EXHAUSTED = 8
 UNAVAILABLE = 14
+# grpc-status values that say the server could not serve the call (UNKNOWN, INTERNAL,
+# UNAVAILABLE, DATA_LOSS), as the HTTP status each counts as for the passive health checks
+# (Envoy's grpcToHttpStatus). Every other status is the application's answer: a success.
+FAILED_CALL = {b"2": 500, b"13": 500, b"14": 503, b"15": 500}
+# A call's request body is kept for sending again while it is this small: a backend that refuses
+# a stream unprocessed (REFUSED_STREAM) leaves it safe to send again (RFC 9113 8.7), and a larger
+# body is not held in memory for that.
+REPLAY_LIMIT = 64 * 1024
+MAX_REFUSALS = 3
 # Time allowed to open a connection to a backend before the call tries another one.
 CONNECT_TIMEOUT = 5.0
 
@@ -79,80 +104,43 @@ def forwarded_headers(
     return fields
 
 
-class RequestOutbound:
-    """Bytes a call has for its backend stream, waiting for flow-control window, and how it ends.
-
-    Each chunk carries a credit: the size of the frames it came from on the other side, handed
-    to `on_sent` once the chunk is written, so that side's window reopens only then.
-    """
-
-    __slots__ = ("chunks", "end", "ended", "on_sent", "size", "trailers")
-
-    def __init__(self, on_sent: Callable[[int], None] | None = None) -> None:
-        self.chunks: collections.deque[list[Any]] = collections.deque()
-        self.size = 0
-        self.end = False
-        self.ended = False
-        self.trailers: list[tuple[bytes, bytes]] | None = None
-        self.on_sent = on_sent
-
-    def add(self, data: bytes, credit: int = 0) -> None:
-        self.chunks.append([data, credit])
-        self.size += len(data)
-
-    def pump(self, conn: h2.connection.H2Connection, stream_id: int) -> None:
-        """Send what the windows allow; ends the stream once everything is out."""
-        chunks = self.chunks
-        while chunks:
-            window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
-            if window <= 0:
-                return
-            chunk = chunks[0]
-            data = chunk[0]
-            if len(data) <= window:
-                conn.send_data(stream_id, data)
-                chunks.popleft()
-                self.size -= len(data)
-                if chunk[1] and self.on_sent is not None:
-                    self.on_sent(chunk[1])
-            else:
-                conn.send_data(stream_id, data[:window])
-                chunk[0] = data[window:]
-                self.size -= window
-        if self.end and not self.ended:
-            self.ended = True
-            if self.trailers:
-                conn.send_headers(stream_id, self.trailers, end_stream=True)
-            else:
-                conn.end_stream(stream_id)
-
-
 class GrpcUpstream(asyncio.Protocol):
-    """One HTTP/2 connection to a gRPC backend, used by the calls of one client connection."""
+    """One HTTP/2 connection to a gRPC backend, used by the calls of one client connection.
+
+    nghttp2 (a client session of dataplane.nghttp2) does the framing, HPACK and flow control, as
+    it does for the client's own connection.
+    """
 
     def __init__(self, owner: Http2Connection, key: tuple[str, int]) -> None:
         self.owner = owner
         self.key = key
         self.loop = owner.loop
-        self.conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None)
-        )
+        self.session: Session | None = None
         self.transport: asyncio.Transport | None = None
-        # Done once connected; calls that find the connection still opening wait on it.
+        # Done once the backend's first SETTINGS arrived; calls that find the connection still
+        # opening wait on it.
         self.connected: asyncio.Future[None] = self.loop.create_future()
         self.streams: dict[int, GrpcStream] = {}
         self.usable = True
         self.flush_scheduled = False
+        # Cut by the node: its server went into maintenance or reached its drain deadline.
+        self.out_of_service = False
 
     async def open(self) -> None:
-        """Connect; raises OSError or TimeoutError, which the calls waiting on it get too."""
+        """Connect and wait for the backend's SETTINGS; raises OSError or TimeoutError, which the
+        calls waiting on it get too."""
         try:
-            await asyncio.wait_for(
-                self.loop.create_connection(lambda: self, *self.key), CONNECT_TIMEOUT
-            )
+            await asyncio.wait_for(self._open(), CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             self._gone(exc)
             raise
+
+    async def _open(self) -> None:
+        await self.loop.create_connection(lambda: self, *self.key)
+        # Until its SETTINGS arrive, a backend's stream limit is unknown and nghttp2 would open
+        # every call at once, for the backend to refuse those beyond its limit (REFUSED_STREAM)
+        # after their bodies were sent. Once it is known, nghttp2 holds the surplus HEADERS.
+        await asyncio.shield(self.connected)
 
     def _gone(self, exc: Exception) -> None:
         self.usable = False
@@ -167,101 +155,143 @@ class GrpcUpstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        conn = self.conn
-        conn.local_settings = h2.settings.Settings(
+        if self.out_of_service:
+            # Cut while it was opening: the calls waiting on it have gone elsewhere.
+            transport.abort()
+            return
+        self.session = Session(
+            self,
             client=True,
-            initial_values={
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            },
+            # What a backend may open towards the node: nothing (push is off).
+            max_concurrent_streams=0,
+            stream_window=STREAM_WINDOW,
+            connection_window=CONNECTION_WINDOW,
         )
-        conn.initiate_connection()
-        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
-        self.connected.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is None:
+            return
         try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+            session.receive(data)
+        except Http2Error as exc:
+            # nghttp2 has queued a GOAWAY naming the error; send it and go.
             log.info("gRPC backend %s:%d broke HTTP/2: %s", *self.key, exc)
             self.flush()
             self.close()
             return
-        for event in events:
-            self._event(event)
         self.flush()
         self.owner.flush()
 
-    def _event(self, event: h2.events.Event) -> None:
-        stream_id = getattr(event, "stream_id", 0)
-        stream = self.streams.get(stream_id) if stream_id else None
-        if isinstance(event, h2.events.DataReceived):
-            if stream is None:
-                self.acknowledge(stream_id, event.flow_controlled_length)
-            else:
-                stream.response_data(event.data, event.flow_controlled_length)
-        elif isinstance(event, h2.events.ResponseReceived):
-            if stream is not None:
-                # A trailers-only response (an immediate error) ends in its one HEADERS frame.
-                stream.response_headers(event.headers, ended=event.stream_ended is not None)
-        elif isinstance(event, h2.events.TrailersReceived):
-            if stream is not None:
-                stream.response_trailers(event.headers)
-        elif isinstance(event, h2.events.StreamEnded):
-            if stream is not None:
-                self.streams.pop(stream_id, None)
-                stream.response_end()
-        elif isinstance(event, h2.events.StreamReset):
-            if stream is not None:
-                self.streams.pop(stream_id, None)
-                stream.upstream_failed(f"the backend reset the stream ({event.error_code!r})")
-        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
-            for waiting in list(self.streams.values()):
-                waiting.pump_request()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            # GOAWAY: calls the backend did not take fail; the ones it took finish.
-            self._gone(ConnectionError("the backend is going away"))
-            last = event.last_stream_id or 0
-            for pending_id in [sid for sid in self.streams if sid > last]:
-                self.streams.pop(pending_id).upstream_failed("the backend is going away")
-            if not self.streams:
-                self.close()
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone(exc or ConnectionError("the backend closed the connection"))
+        # The session refers back to this connection; free nghttp2's memory now, not at GC.
+        self.session = None
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
             stream.upstream_failed("the backend closed the connection")
         self.owner.flush()
 
+    # -- session events (called by nghttp2 through the Session) ----------------------------------
+
+    def on_response(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        status = headers[0][1] if headers and headers[0][0] == b":status" else b""
+        if status[:1] == b"1" and not ended:
+            # An interim response: the final head follows in another HEADERS frame.
+            return
+        # A trailers-only response (an immediate error) ends in its one HEADERS frame.
+        stream.response_headers(headers, ended=ended)
+        if ended:
+            self._ended(stream_id, stream)
+
+    def on_trailers(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if stream.responded:
+            stream.response_trailers(headers)
+        else:
+            # The final head after an interim one comes as a plain HEADERS block.
+            stream.response_headers(headers, ended=False)
+
+    def on_data(self, stream_id: int, data: bytes, credit: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self.acknowledge(stream_id, credit)
+        else:
+            stream.response_data(data, credit)
+
+    def on_end(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            self._ended(stream_id, stream)
+
+    def _ended(self, stream_id: int, stream: GrpcStream) -> None:
+        del self.streams[stream_id]
+        if not stream.request_out.ended:
+            # The call is over (RFC 9113 8.1): the rest of its request is not needed.
+            self.session.reset(stream_id, NO_ERROR)  # type: ignore[union-attr]
+            self.schedule_flush()
+        stream.response_end()
+
+    def on_close(self, stream_id: int, code: int) -> None:
+        """nghttp2 closed the stream; one still expecting its response was reset."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        if code == REFUSED_STREAM:
+            stream.refused()
+        else:
+            stream.upstream_failed(f"the backend reset the stream (error code {code})")
+
+    def on_settings(self) -> None:
+        if not self.connected.done():
+            self.connected.set_result(None)
+
+    def on_goaway(self, last_stream_id: int, code: int) -> None:
+        # Calls the backend did not take fail; the ones it took finish.
+        self._gone(ConnectionError("the backend is going away"))
+        for pending_id in [sid for sid in self.streams if sid > last_stream_id]:
+            self.streams.pop(pending_id).upstream_failed("the backend is going away")
+        if not self.streams:
+            self.close()
+
     # -- streams ---------------------------------------------------------------------------------
 
     def open_stream(
         self, stream: GrpcStream, headers: list[tuple[bytes, bytes]], *, end: bool
     ) -> int:
-        stream_id = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(stream_id, headers, end_stream=end)
+        """Raises Http2Error when the connection can open no more streams."""
+        session = self.session
+        if session is None or not self.usable:
+            # Lost between connecting and this call's turn.
+            raise Http2Error("the connection to the backend is closed")
+        stream_id = session.request(headers, None if end else stream.request_out)
         self.streams[stream_id] = stream
         self.schedule_flush()
         return stream_id
 
+    def send(self, stream_id: int) -> None:
+        """The stream's request Outbound has more for nghttp2 (or its end)."""
+        if self.usable and self.session is not None:
+            self.session.resume(stream_id)
+            self.schedule_flush()
+
     def acknowledge(self, stream_id: int, credit: int) -> None:
-        if credit and self.usable:
-            try:
-                self.conn.acknowledge_received_data(credit, stream_id)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                return
+        if credit and self.usable and self.session is not None:
+            self.session.acknowledge(stream_id, credit)
             self.schedule_flush()
 
     def reset(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
-        try:
-            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            return
-        self.schedule_flush()
+        if self.session is not None:
+            self.session.reset(stream_id, CANCEL)
+            self.schedule_flush()
 
     def schedule_flush(self) -> None:
         if not self.flush_scheduled:
@@ -270,9 +300,14 @@ class GrpcUpstream(asyncio.Protocol):
 
     def flush(self) -> None:
         self.flush_scheduled = False
-        if self.transport is None or self.transport.is_closing():
+        if self.session is None or self.transport is None or self.transport.is_closing():
             return
-        data = self.conn.data_to_send()
+        try:
+            data = self.session.data_to_send()
+        except Http2Error as exc:
+            log.info("gRPC backend %s:%d: %s", *self.key, exc)
+            self.close()
+            return
         if data:
             self.transport.write(data)
 
@@ -280,6 +315,24 @@ class GrpcUpstream(asyncio.Protocol):
         self.usable = False
         if self.transport is not None:
             self.transport.close()
+
+    def cut(self) -> int:
+        """Close this connection and end its calls now: its server is out of service (the node
+        calls this on maintenance and at a draining server's deadline). Returns 1 when it was
+        open or opening, for the node's count of what it closed."""
+        if self.out_of_service:
+            return 0
+        self.out_of_service = True
+        # Calls still waiting for it to open fail over as after a failed connect.
+        self._gone(ConnectionAbortedError("the server was taken out of service"))
+        streams = list(self.streams.values())
+        self.streams.clear()
+        if self.transport is not None:
+            self.transport.abort()
+        for stream in streams:
+            stream.upstream_failed("the server was taken out of service", failure=False)
+        self.owner.flush()
+        return 1
 
 
 class GrpcStream(Stream):
@@ -289,11 +342,15 @@ class GrpcStream(Stream):
         "backend",
         "client_ip",
         "headers",
+        "observed",
+        "refusals",
+        "replay",
         "request_out",
         "responded",
-        "retried",
+        "server",
         "settings",
         "timer",
+        "tried",
         "upstream",
         "upstream_id",
     )
@@ -310,12 +367,22 @@ class GrpcStream(Stream):
         self.client_ip = connection.peer_ip
         self.headers = forwarded_headers(headers, settings, connection.peer_ip.encode())
         # The request body, acknowledged to the client once the backend's window took it.
-        self.request_out = RequestOutbound(on_sent=self._request_sent)
+        self.request_out = Outbound(on_sent=self._request_sent)
+        # The body so far, while it is small enough to send again should the backend refuse
+        # the stream unprocessed (REFUSED_STREAM); None past REPLAY_LIMIT or once answered.
+        self.replay: bytearray | None = bytearray()
+        self.refusals = 0
+        # `backend` holds the server while the call counts in its `active`; `server` is the
+        # one the call went to last, whose health its outcome says something of.
         self.backend: Backend | None = None
+        self.server: Backend | None = None
         self.upstream: GrpcUpstream | None = None
         self.upstream_id = 0
         self.responded = False
-        self.retried = False
+        # Servers whose connect failed for this call, once a retry was considered.
+        self.tried: list[Backend] | None = None
+        # The outcome went to the passive health checks (once per call and server).
+        self.observed = False
         self.timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -341,21 +408,23 @@ class GrpcStream(Stream):
             stream._fail(RESOURCE_EXHAUSTED, "over the listener's QPS per client IP")
             return stream
         stream.timer = connection.loop.call_later(settings.response_timeout, stream._late)
-        stream._choose(None)
+        backend = settings.route.pick(stream.client_ip)
+        if backend is None:
+            stream._fail(UNAVAILABLE, "no healthy backend server")
+        else:
+            stream._use(backend)
         return stream
 
     # -- choosing and reaching a backend ---------------------------------------------------------
 
-    def _choose(self, exclude: Backend | None) -> None:
-        backend = self.settings.route.pick(self.client_ip, exclude)
-        if backend is None:
-            self._fail(UNAVAILABLE, "no healthy backend server")
-            return
-        self.backend = backend
+    def _use(self, backend: Backend) -> None:
+        self.backend = self.server = backend
+        self.observed = False
         backend.active += 1
+        backend.requests += 1
         key = (backend.address, backend.port)
         upstream = self.connection.upstreams.get(key)
-        if upstream is not None and upstream.usable and upstream.transport is not None:
+        if upstream is not None and upstream.usable and upstream.connected.done():
             self._attach(upstream)
         else:
             self.connection.loop.create_task(self._connect(backend, key))
@@ -371,35 +440,61 @@ class GrpcStream(Stream):
                 # Another call is opening this connection: wait for it.
                 await asyncio.shield(upstream.connected)
         except (OSError, TimeoutError) as exc:
-            self._connect_failed(backend, exc)
+            self._connect_failed(backend, exc, counted=not upstream.out_of_service)
             return
         if connection.streams.get(self.stream_id) is not self or self.backend is not backend:
             return
         self._attach(upstream)
 
-    def _connect_failed(self, backend: Backend, exc: Exception) -> None:
-        log.info(
-            "cannot connect to gRPC backend %s (%s:%d): %s",
-            backend.id,
-            backend.address,
-            backend.port,
-            exc or type(exc).__name__,
-            extra={"listener_id": self.settings.listener.id, "backend_id": backend.id},
-        )
+    def _connect_failed(self, backend: Backend, exc: Exception, *, counted: bool = True) -> None:
+        """Nothing of the call reached `backend`: it may go to another server. `counted` is
+        False when the node itself cut the connection (server states), or the connection could
+        open no more streams: neither says anything of the server's health."""
         self._release()
+        if counted:
+            log.info(
+                "cannot connect to gRPC backend %s (%s:%d): %s",
+                backend.id,
+                backend.address,
+                backend.port,
+                exc or type(exc).__name__,
+                extra={"listener_id": self.settings.listener.id, "backend_id": backend.id},
+            )
+            backend.connect_failures += 1
+            outlier = self.settings.route.outlier
+            if outlier is not None:  # passive health checks (dataplane.outlier)
+                outlier.connect_failed(backend)
+            self.observed = True
         if self.connection.streams.get(self.stream_id) is not self:
             return
-        if not self.retried:
-            self.retried = True
-            self._choose(backend)
+        other = self._next_server(backend)
+        if other is not None:
+            self._use(other)
             return
         self._fail(UNAVAILABLE, "no backend server reachable")
+
+    def _next_server(self, failed: Backend) -> Backend | None:
+        """The server to send the call to instead of `failed`, when the listener's retries and
+        its budget allow one more (dataplane.retry); None: no retry, counted when it is the
+        budget that refused."""
+        settings = self.settings
+        other, tried = next_server(settings, settings.route, self.client_ip, self.tried, failed)
+        if other is not None:
+            self.tried = tried
+        return other
 
     def _attach(self, upstream: GrpcUpstream) -> None:
         self.upstream = upstream
         out = self.request_out
         end = out.end and not out.chunks and not out.trailers
-        self.upstream_id = upstream.open_stream(self, self.headers, end=end)
+        try:
+            self.upstream_id = upstream.open_stream(self, self.headers, end=end)
+        except Http2Error as exc:
+            # The connection is going away or has spent its stream ids: a fresh one, elsewhere.
+            self.upstream = None
+            upstream._gone(exc)
+            self._connect_failed(self.backend, exc, counted=False)  # type: ignore[arg-type]
+            return
         if end:
             out.ended = True
         self.out.on_sent = self._response_sent
@@ -408,6 +503,12 @@ class GrpcStream(Stream):
     # -- client to backend -----------------------------------------------------------------------
 
     def request_data(self, data: bytes, credit: int) -> None:
+        replay = self.replay
+        if replay is not None:
+            if len(replay) + len(data) > REPLAY_LIMIT:
+                self.replay = None
+            else:
+                replay += data
         self.request_out.add(data, credit)
         self.pump_request()
 
@@ -423,11 +524,7 @@ class GrpcStream(Stream):
         upstream = self.upstream
         if upstream is None or not upstream.usable or self.request_out.ended:
             return
-        try:
-            self.request_out.pump(upstream.conn, self.upstream_id)
-        except h2.exceptions.StreamClosedError:
-            return
-        upstream.schedule_flush()
+        upstream.send(self.upstream_id)
 
     def _request_sent(self, credit: int) -> None:
         self.connection.acknowledge(self.stream_id, credit)
@@ -439,9 +536,15 @@ class GrpcStream(Stream):
             self.timer.cancel()
             self.timer = None
         self.responded = True
+        self.replay = None
         status = next((value for name, value in headers if name == b":status"), b"0")
         if status[:1].isdigit():
             self.settings.stats.responses[int(status[:1])] += 1
+            if status[:1] == b"5":
+                self._observe(int(status))
+            elif ended:
+                # Trailers-only: the call's grpc-status is in these headers.
+                self._observe_status(headers)
         # Should a backend send fields HTTP/2 forbids, they stop here.
         fields = [header for header in headers if header[0] not in HOP_BY_HOP]
         self.connection.send_headers(self, fields, end_stream=ended)
@@ -451,6 +554,7 @@ class GrpcStream(Stream):
         self.connection.send_data(self, data, credit)
 
     def response_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self._observe_status(headers)
         self.connection.finish(self, trailers=headers)
 
     def response_end(self) -> None:
@@ -459,6 +563,7 @@ class GrpcStream(Stream):
             if self.responded:
                 self.connection.finish(self)
             else:
+                self._observe(502)
                 self._fail(UNAVAILABLE, "the backend ended the call without a response")
 
     def _response_sent(self, credit: int) -> None:
@@ -466,12 +571,61 @@ class GrpcStream(Stream):
         if upstream is not None:
             upstream.acknowledge(self.upstream_id, credit)
 
+    # -- outcomes, for the passive health checks ------------------------------------------------
+
+    def _observe(self, status: int) -> None:
+        """Report the call's outcome, as an HTTP status, for the server it went to (once)."""
+        if self.observed:
+            return
+        self.observed = True
+        outlier = self.settings.route.outlier
+        if outlier is not None and self.server is not None:
+            outlier.observe(self.server, status)
+
+    def _observe_status(self, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.observed or self.settings.route.outlier is None:
+            return
+        code = next((value for name, value in headers if name == b"grpc-status"), b"0")
+        self._observe(FAILED_CALL.get(code.strip(), 200))
+
     # -- failures --------------------------------------------------------------------------------
 
-    def upstream_failed(self, reason: str) -> None:
+    def refused(self) -> None:
+        """The backend refused the stream before processing any of it (RFC 9113 8.7), as a
+        server does past its concurrent-stream limit: the call goes again on a fresh stream to
+        the same server, its body replayed, up to MAX_REFUSALS times."""
+        upstream = self.upstream
+        if (
+            self.replay is None
+            or self.refusals >= MAX_REFUSALS
+            or upstream is None
+            or not upstream.usable
+            or self.connection.streams.get(self.stream_id) is not self
+        ):
+            self.upstream_failed("the backend refused the stream", failure=False)
+            return
+        self.refusals += 1
+        old = self.request_out
+        out = Outbound(on_sent=self._request_sent)
+        if self.replay:
+            out.add(bytes(self.replay))
+        # What nghttp2 had not taken yet is in the replay too: its credit goes back now.
+        for _, credit in old.chunks:
+            if credit:
+                self._request_sent(credit)
+        out.end = old.end
+        out.trailers = old.trailers
+        self.request_out = out
+        self._attach(upstream)
+
+    def upstream_failed(self, reason: str, *, failure: bool = True) -> None:
+        """The backend stream or connection broke; `failure` is False when the node cut it
+        (server states), which says nothing of the server's health."""
         self._release()
         if self.connection.streams.get(self.stream_id) is not self:
             return
+        if failure and not self.responded:
+            self._observe(502)  # before a response head, as the node's 502 for HTTP
         if self.responded:
             # Part of the response is out: the client must see the call break, not end.
             self.connection.reset(self, INTERNAL_ERROR)
@@ -485,6 +639,7 @@ class GrpcStream(Stream):
         if self.upstream is not None:
             self.upstream.reset(self.upstream_id)
         self._release()
+        self._observe(504)  # the server that did not answer in time (dataplane.outlier)
         self._fail(DEADLINE_EXCEEDED, "the backend did not answer within the response timeout")
 
     def _fail(self, code: int, message: str) -> None:

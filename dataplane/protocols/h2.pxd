@@ -4,7 +4,6 @@
 # equal). The .py stays the source.
 cdef class Http2Connection:
     cdef public object closed
-    cdef public object deadlines
     cdef public object draining
     cdef public object flush_scheduled
     cdef public object header_lines

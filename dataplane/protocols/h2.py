@@ -39,7 +39,7 @@ from dataplane.nghttp2 import (
     Session,
 )
 from dataplane.protocols.http import MAX_HEADER_BYTES
-from dataplane.protocols.streams import Stream, StreamDeadlines, start_proxied
+from dataplane.protocols.streams import Stream, start_proxied
 
 if TYPE_CHECKING:
     from dataplane.protocols import ListenerHandle, ListenerSettings
@@ -68,7 +68,6 @@ class Http2Connection:
 
     __slots__ = (
         "closed",
-        "deadlines",
         "draining",
         "flush_scheduled",
         "header_lines",
@@ -98,8 +97,6 @@ class Http2Connection:
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.session: Session | None = None
         self.streams: dict[int, Stream] = {}
-        # The request and response deadlines of its streams, on one timer.
-        self.deadlines = StreamDeadlines(self.loop)
         # Streams whose backend is paused until nghttp2 has sent enough of their response.
         self.held: set[Stream] = set()
         self.peer_ip = ""

@@ -4,6 +4,7 @@
 # (tests/dataplane/test_compiled_modules.py keeps the lists equal). The .py stays the source.
 cimport cython
 
+from dataplane.deadlines cimport Deadlines
 from dataplane.protocols.gate cimport BackendReadGate
 from dataplane.upstream cimport HttpUpstream
 
@@ -54,6 +55,7 @@ cdef class HttpProxy(BackendReadGate):
     cdef public object connect_task
     cdef public object current
     cdef public object deadline
+    cdef public Deadlines deadlines
     cdef public object drain_mark
     cdef public object draining
     cdef public object drains
@@ -91,8 +93,8 @@ cdef class HttpProxy(BackendReadGate):
     cdef public object stats
     cdef public object termination
     cdef public object throttled
-    cdef public object timer
     cdef public object timer_at
+    cdef public object timer_tick
     cdef public object transport
     cdef public object tunnel
     cdef public object upstream

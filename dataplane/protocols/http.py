@@ -80,7 +80,7 @@ from dataplane.descriptors import EXHAUSTED
 from dataplane.hostnames import HOST_FIELD
 from dataplane.protocols import CLIENTCERT_HEADERS
 from dataplane.protocols.gate import BackendReadGate
-from dataplane.retry import pick_untried, retryable_answer
+from dataplane.retry import next_server, retryable_answer
 from dataplane.rules import (
     Action,
     FixedResponseAction,
@@ -349,6 +349,7 @@ class HttpProxy(BackendReadGate):
         "connect_task",
         "current",
         "deadline",
+        "deadlines",
         "drain_mark",
         "draining",
         "drains",
@@ -386,8 +387,8 @@ class HttpProxy(BackendReadGate):
         "stats",
         "termination",
         "throttled",
-        "timer",
         "timer_at",
+        "timer_tick",
         "transport",
         "tunnel",
         "upstream",
@@ -425,9 +426,12 @@ class HttpProxy(BackendReadGate):
         # upgrade request before the backend agreed
         self.tunnel = False
         self.early = b""
-        # timeouts: one lazily re-armed timer per connection checks `deadline`, which is the
-        # idle deadline between requests and the backend's answer deadline during one
-        self.timer: asyncio.TimerHandle | None = None
+        # timeouts: one lazily re-armed check per connection, on the listener's timer
+        # (dataplane.deadlines), at `timer_at`, of `deadline`, which is the idle deadline
+        # between requests and the backend's answer deadline during one; `timer_tick` is 0
+        # while no check is due
+        self.deadlines = runtime.deadlines
+        self.timer_tick = 0
         self.timer_at = 0.0
         self.deadline = 0.0
         # reads from the client so far, and their count when a request body was last checked
@@ -1151,20 +1155,10 @@ class HttpProxy(BackendReadGate):
         """The server to send the request to instead of `failed`, when the listener's retries
         and its budget allow one more (dataplane.retry); None: no retry, counted when it is the
         budget that refused."""
-        settings = self.settings
         tried = getattr(request, "tried", None)
-        if len(tried or ()) >= settings.retries:
-            return None
-        tried = [failed] if tried is None else [*tried, failed]
-        other = pick_untried(self.route, self.client_ip, tried)
-        if other is None:
-            return None
-        stats = self.stats
-        if not settings.retry_budget.allow(stats.requests):
-            stats.retries_refused += 1
-            return None
-        stats.retries += 1
-        request.tried = tried
+        other, tried = next_server(self.settings, self.route, self.client_ip, tried, failed)
+        if other is not None:
+            request.tried = tried
         return other
 
     def _retry_answer(self, upstream: HttpUpstream, request: Request) -> bool:
@@ -1551,17 +1545,17 @@ class HttpProxy(BackendReadGate):
         # `now` is a time.monotonic() reading, which the request's duration shares: the same
         # clock as the loop's (asyncio's is time.monotonic, uvloop's CLOCK_MONOTONIC in ms).
         deadline = self.deadline = now + timeout
-        timer = self.timer
-        if timer is not None:
+        tick = self.timer_tick
+        if tick:
             if self.timer_at <= deadline:
                 # It fires first and re-arms itself for the rest: nothing to do per request.
                 return
-            timer.cancel()
+            self.deadlines.forget(self, tick)
         self.timer_at = deadline
-        self.timer = self.loop.call_at(deadline, self._check_deadline)
+        self.timer_tick = self.deadlines.watch(self, deadline)
 
     def _check_deadline(self) -> None:
-        self.timer = None
+        self.timer_tick = 0
         if self.closed:
             return
         now = self.loop.time()
@@ -1575,11 +1569,11 @@ class HttpProxy(BackendReadGate):
             self._check_body(now)
             return
         if now < self.deadline:
-            # Not due yet (the timer was set for an earlier deadline, or fired a little early:
-            # uvloop's timers are whole milliseconds, rounded down). A timeout is never answered
-            # before it has passed.
+            # Not due yet (the check was set for an earlier deadline, or the clocks differ: the
+            # loop's counts whole milliseconds). A timeout is never answered before it has
+            # passed.
             self.timer_at = self.deadline
-            self.timer = self.loop.call_at(self.deadline + _TIMER_SLACK, self._check_deadline)
+            self.timer_tick = self.deadlines.watch(self, self.deadline + _TIMER_SLACK)
             return
         if request is None or self.tunnel:
             if self.in_head and not self.tunnel:
@@ -1640,7 +1634,7 @@ class HttpProxy(BackendReadGate):
         # The backend's answer is due no earlier than one response timeout after the body ends.
         self.deadline = now + settings.request_timeout + settings.response_timeout
         self.timer_at = now + settings.request_timeout
-        self.timer = self.loop.call_at(self.timer_at, self._check_deadline)
+        self.timer_tick = self.deadlines.watch(self, self.timer_at)
 
     def _go_idle(self, now: float) -> None:
         if self.draining:
@@ -1702,9 +1696,10 @@ class HttpProxy(BackendReadGate):
             access_log.http(self, request, termination)
 
     def _teardown(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        tick = self.timer_tick
+        if tick:
+            self.timer_tick = 0
+            self.deadlines.forget(self, tick)
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from dataplane.nghttp2 import CANCEL, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM
-from dataplane.protocols.streams import Stream, StreamDeadlines, head_fields, start_proxied
+from dataplane.protocols.streams import Stream, head_fields, start_proxied
 from dataplane.tls import TlsError
 
 if TYPE_CHECKING:
@@ -248,8 +248,6 @@ class Http3Connection(QuicConnectionProtocol):
         self.xff_line = b""
         self.header_lines = None
         self.streams: dict[int, Stream] = {}
-        # The request and response deadlines of its streams, on one timer.
-        self.deadlines = StreamDeadlines(self.loop)
         # Streams whose backend is paused until aioquic has sent enough of their response.
         self.held: set[Stream] = set()
         self.writing_paused = False

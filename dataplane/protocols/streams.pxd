@@ -13,17 +13,8 @@ cdef class Stream:
     cdef public object stream_id
 
 
-cdef class StreamDeadlines:
-    cdef public object loop
-    cdef public object proxies
-    cdef public object timer
-    cdef public object timer_at
-
-
 cdef class StreamProxy(HttpProxy):
     cpdef _send_head(self, Request request, list out, status, bint unsized, bint bodiless)
-    cpdef _set_deadline(self, timeout, now)
-    cpdef _teardown(self)
 
 
 cdef class ProxiedStream(Stream):

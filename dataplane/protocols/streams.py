@@ -49,7 +49,6 @@ class StreamConnection(Protocol):
     # StreamProxy's header lines for one listener generation: (settings, lines).
     header_lines: tuple[ListenerSettings, bytes] | None
     writing_paused: bool
-    deadlines: StreamDeadlines
 
     def send_headers(
         self, stream: Stream, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
@@ -97,54 +96,6 @@ class Stream:
 
     def resume_backend(self) -> None:
         """The client caught up."""
-
-
-class StreamDeadlines:
-    """One timer for the request and response deadlines of every stream of a connection.
-
-    An HTTP/1.1 connection keeps one timer across its requests; a stream's proxy lives for one
-    request, and a timer of its own would be made and cancelled for each (a tenth of what a
-    stream costs). The connection's timer fires at the earliest deadline any of its streams
-    waits on, checks the streams that are due, and is set again for the earliest left. As with
-    HTTP/1.1, a later deadline does not move the timer: it fires first and the check re-arms.
-    """
-
-    __slots__ = ("loop", "proxies", "timer", "timer_at")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.proxies: set[StreamProxy] = set()
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
-
-    def watch(self, proxy: StreamProxy, when: float) -> None:
-        self.proxies.add(proxy)
-        timer = self.timer
-        if timer is not None:
-            if self.timer_at <= when:
-                return
-            timer.cancel()
-        self.timer_at = when
-        self.timer = self.loop.call_at(when + 0.001, self._fire)
-
-    def forget(self, proxy: StreamProxy) -> None:
-        # The timer stays: it fires once more at most, and a connection with one stream at a
-        # time would otherwise cancel and make one per request.
-        self.proxies.discard(proxy)
-
-    def _fire(self) -> None:
-        self.timer = None
-        now = self.loop.time()
-        proxies = self.proxies
-        due = [proxy for proxy in proxies if proxy.timer_at <= now]
-        for proxy in due:
-            proxies.discard(proxy)
-            proxy._check_deadline()
-        if proxies and self.timer is None:
-            earliest = min([proxy.timer_at for proxy in proxies])
-            self.timer_at = earliest
-            # uvloop's timers can fire up to a millisecond early: a little after, never before.
-            self.timer = self.loop.call_at(earliest + 0.001, self._fire)
 
 
 class StreamProxy(HttpProxy):
@@ -216,19 +167,6 @@ class StreamProxy(HttpProxy):
 
     def upstream_interim(self, upstream: HttpUpstream, head: bytes) -> None:
         """Not passed on: a stream answers with its final response only."""
-
-    def _set_deadline(self, timeout: float, now: float) -> None:
-        deadline = self.deadline = now + timeout
-        if now < self.timer_at <= deadline:
-            # A check is due first (the connection's timer, or the body check's own), and it
-            # re-arms for the rest, as HttpProxy's timer does.
-            return
-        self.timer_at = deadline
-        self.transport.connection.deadlines.watch(self, deadline)  # type: ignore[attr-defined]
-
-    def _teardown(self) -> None:
-        HttpProxy._teardown(self)
-        self.transport.connection.deadlines.forget(self)  # type: ignore[attr-defined]
 
     def _send_head(
         self, request: Request, out: list[bytes], status: int, unsized: bool, bodiless: bool

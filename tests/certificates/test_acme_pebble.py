@@ -11,19 +11,25 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+from datetime import timedelta
 
 import pytest
 import trustme
 from cryptography import x509
 from django.db import transaction
+from django.utils import timezone
 
 from certificates import validation
 from certificates.acme_models import AcmeAttempt, AcmeChallenge, AcmeIssuance
 from certificates.models import Certificate
+from certificates.tasks import certificate_upkeep
+from console import tokens
 from console.snapshot import build_snapshot
 from listeners import services
 from listeners.models import Listener
+from tests.api.conftest import TokenClient
 from tests.fixtures.load import SteadyClient
+from tests.fixtures.ports import free_port
 from tests.fixtures.processes import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -293,3 +299,111 @@ def test_ca_refusal_quotes_the_problem_document(pebble):
     # And a directory whose TLS certificate is not trusted is named as such.
     with pytest.raises(acme.AcmeProblem, match="the CA's TLS certificate is not trusted"):
         acme.Session(pebble.directory_url, acme.new_account_key(), verify=True)
+
+
+def test_issue_and_renew_by_api_swaps_every_listener(acme_stack, pebble, admin_user):
+    """The API's path: an order answered 202 and issued by the CA through the node, then a
+    renewal asked for by the API reaching both HTTPS listeners that use the certificate."""
+    stack = acme_stack
+    stack.add_listener(pebble.http_port, "web-80")
+    api = TokenClient(tokens.issue_token(user=admin_user, name="ci", role="admin", days=1).secret)
+
+    response = api.send(
+        "post",
+        "/api/v1/acme/orders",
+        {
+            "name": "api-site",
+            "domains": ["api.example.test"],
+            "directory": "custom",
+            "directory_url": pebble.directory_url,
+            "email": "ops@example.org",
+            "challenge": "http-01",
+            "instance": stack.instance.pk,
+            "agree": True,
+        },
+    )
+
+    assert response.status_code == 202, response.content.decode()[:2000]
+    order = api.get(f"/api/v1/acme/orders/{response.json()['id']}").json()
+    [first_attempt] = order["attempts"]
+    assert first_attempt["state"] == "succeeded", first_attempt["message"]
+    assert order["certificate"] and order["renew_at"] and not order["in_progress"]
+    certificate = Certificate.objects.get(pk=order["certificate"])
+    assert certificate.sans == ["api.example.test"]
+    ports = [free_port(), free_port()]
+    for index, port in enumerate(ports):
+        https_listener(stack, port, certificate, f"api-{index}")
+    context = pebble_client(pebble, "api.example.test")
+    first = int(certificate.serial.replace(":", ""), 16)
+    for port in ports:
+        wait_until(
+            lambda p=port: served_serial(p, context, "api.example.test") == first, timeout=15
+        )
+
+    renewed = api.send("post", f"/api/v1/acme/orders/{order['id']}/renew")
+
+    assert renewed.status_code == 202, renewed.content.decode()[:2000]
+    attempt = api.get(f"/api/v1/acme/orders/{order['id']}/attempts/{renewed.json()['id']}").json()
+    assert attempt["kind"] == "renew" and attempt["state"] == "succeeded", attempt["message"]
+    certificate.refresh_from_db()
+    second = int(certificate.serial.replace(":", ""), 16)
+    assert second != first
+    # The same certificate row, so every listener using it gets the new one without an edit.
+    assert api.get(f"/api/v1/acme/orders/{order['id']}").json()["certificate"] == certificate.pk
+    for port in ports:
+        wait_until(
+            lambda p=port: served_serial(p, context, "api.example.test") == second, timeout=15
+        )
+    kinds = [a["kind"] for a in api.get(f"/api/v1/acme/orders/{order['id']}/attempts").json()]
+    assert kinds == ["renew", "issue"]
+
+
+def test_beat_renews_a_due_certificate_by_itself(acme_stack, pebble):
+    """No operator: beat's upkeep finds the certificate due and the renewal runs to the CA."""
+    stack = acme_stack
+    stack.add_listener(pebble.http_port, "web-80")
+    issue(stack, pebble, "auto.example.test", "http-01", name="auto")
+    issuance = AcmeIssuance.objects.get(name="auto")
+    first = issuance.certificate.serial
+    # Not due yet: upkeep leaves it alone.
+    assert certificate_upkeep()["renewals"] == []
+    AcmeIssuance.objects.filter(pk=issuance.pk).update(
+        renew_at=timezone.now() - timedelta(minutes=1)
+    )
+
+    queued = certificate_upkeep()["renewals"]
+
+    [attempt] = AcmeAttempt.objects.filter(pk__in=queued)
+    assert attempt.kind == AcmeAttempt.Kind.RENEW
+    assert attempt.state == AcmeAttempt.State.SUCCEEDED, attempt.message
+    issuance.refresh_from_db()
+    certificate = issuance.certificate
+    assert certificate.serial != first
+    lifetime = certificate.not_after - certificate.not_before
+    assert issuance.renew_at == certificate.not_before + lifetime * 2 / 3
+    assert certificate_upkeep()["renewals"] == []
+
+
+def test_a_failed_challenge_listener_is_named_before_the_ca_is_asked(acme_stack, pebble):
+    """Another program holds port 80: the node cannot serve the HTTP listener, and the form
+    says so with the node's reason instead of leaving the CA to time out on that program."""
+    stack = acme_stack
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", pebble.http_port))
+    squatter.listen()
+    try:
+        listener = stack.add_listener(pebble.http_port, "web-80")
+        wait_until(
+            lambda: Listener.objects.get(pk=listener.pk).status == Listener.Status.FAILED,
+            timeout=30,
+        )
+        response = issue(stack, pebble, "www.example.test", "http-01")
+    finally:
+        squatter.close()
+
+    assert response.status_code == 422
+    text = response.content.decode()
+    assert f"Listener web-80 on port {pebble.http_port} has failed on the dataplane (" in text
+    assert Listener.objects.get(pk=listener.pk).last_error.splitlines()[0][:40] in text
+    assert 'id="id_challenge_error"' in text
+    assert not AcmeIssuance.objects.exists()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from certificates import acme, alerts, renewal
@@ -393,8 +394,8 @@ def test_the_wizard_gets_its_draft_back(admin_client, instance, server_group, se
             "agree": "on",
         },
     )
-    assert response.status_code == 302 and response["Location"] == wizard
     issuance = AcmeIssuance.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"{wizard}?acme={issuance.pk}"
     assert issuance.directory_url == "https://acme-staging-v02.api.letsencrypt.org/directory"
     # An off-site next is ignored.
     off_site = admin_client.get("/certificates/acme/?next=https://evil.example/").content.decode()
@@ -437,3 +438,74 @@ def test_an_issued_or_running_one_is_not_deleted_here(admin_client, issuance):
     assert AcmeIssuance.objects.filter(pk=issuance.pk).exists()
     with pytest.raises(renewal.services.RuleViolation, match="delete the certificate instead"):
         renewal.delete_issuance(issuance_id=issuance.pk)
+
+
+# The protocol step's Advanced Settings as the wizard's form starts them.
+WIZARD_DEFAULTS = {
+    "scheduler": "weighted_round_robin",
+    "persistence": "none",
+    "acl_mode": "off",
+    "idle_timeout": "15",
+    "request_timeout": "60",
+    "response_timeout": "60",
+    "x_forwarded_for": "add",
+    "auto_enable": "on",
+}
+
+
+def test_the_wizard_step_follows_its_order_until_it_can_be_selected(
+    admin_client, instance, server_group
+):
+    """Back in the wizard's SSL Certificate step: the order's progress polls itself; once
+    issued, one link selects the certificate in the draft; a failure says why."""
+    wizard = reverse("listener-create-step", args=[instance.pk, "certificate"])
+    admin_client.post(
+        reverse("listener-create-step", args=[instance.pk, "protocol"]),
+        {"protocol": "https", "port": "8443", "action": "next", **WIZARD_DEFAULTS},
+    )
+    order = AcmeIssuance.objects.create(
+        name="shop", domains=["shop.example.test"], directory_url="https://a.test/dir",
+        email="ops@example.org", challenge="http-01", instance=instance,
+    )  # fmt: skip
+    attempt = order.attempts.create(kind="issue", state="running", step="The CA is validating")
+
+    step = admin_client.get(f"{wizard}?acme={order.pk}").content.decode()
+    assert 'id="acme-wizard"' in step and "The CA is validating" in step
+    status = f"/certificates/acme/{order.pk}/status/?next={wizard}"
+    assert f'hx-get="{status}"' in step
+    assert admin_client.get(status, headers={"HX-Request": "true"}).status_code == 200
+
+    # The CA refused: the step says why and where to try again, and the poll stops.
+    AcmeAttempt.objects.filter(pk=attempt.pk).update(
+        state="failed", message="unauthorized: 404 on the challenge"
+    )
+    failed = admin_client.get(status, headers={"HX-Request": "true"})
+    assert failed.status_code == 286
+    assert "was not issued: " in failed.content.decode()
+    assert "unauthorized: 404 on the challenge" in failed.content.decode()
+
+    # A later attempt issued it: the link puts it in the draft as the Server Certificate.
+    certificate = stored_certificate(90, name="shop")
+    order.certificate = certificate
+    order.save()
+    order.attempts.create(kind="issue", state="succeeded", message="Issued")
+    done = admin_client.get(status, headers={"HX-Request": "true"}).content.decode()
+    assert f'href="{wizard}?certificate={certificate.pk}"' in done
+    chosen = admin_client.get(f"{wizard}?certificate={certificate.pk}").content.decode()
+    assert f'<option value="{certificate.pk}" selected>' in chosen
+    # An off-site next gets the ordinary panel, never a link elsewhere.
+    elsewhere = admin_client.get(f"/certificates/acme/{order.pk}/status/?next=https://evil.test/")
+    assert "evil.test" not in elsewhere.content.decode()
+
+
+def test_beat_runs_the_upkeep_and_the_crl_refresh_on_their_intervals(settings):
+    from console.celery import app
+
+    upkeep = app.conf.beat_schedule["certificate upkeep"]
+    refresh = app.conf.beat_schedule["refresh revocation lists"]
+
+    assert upkeep["task"] == "certificates.tasks.certificate_upkeep"
+    assert upkeep["schedule"] == settings.CERTIFICATE_UPKEEP_INTERVAL
+    assert refresh["task"] == "certificates.revocation.refresh_crls"
+    assert refresh["schedule"] == settings.CRL_REFRESH_INTERVAL
+    assert {upkeep["task"], refresh["task"]} <= set(app.tasks)
