@@ -2,9 +2,10 @@
 
 ``@audited`` goes between ``@transaction.atomic`` and a service function, so the record is
 written in the transaction of the change: both commit or neither does. It reads the object before
-and after the change and keeps the fields that differ, secrets redacted. Who made the change
-comes from the request being served (``AuditActorMiddleware``): a user, or a user's API token;
-outside a request (bootstrap, management commands) the actor is "system".
+the change under the row lock the service takes (so a change committed while this one waited is
+not counted as this one's) and after it, and keeps the fields that differ, secrets redacted. Who
+made the change comes from the request being served (``AuditActorMiddleware``): a user, or a
+user's API token; outside a request (bootstrap, management commands) the actor is "system".
 """
 
 from __future__ import annotations
@@ -92,8 +93,13 @@ def snapshot(row: models.Model | None) -> dict[str, Any]:
 
 
 def _related(row: models.Model) -> dict[str, Any]:
+    from console.models import Instance
     from listeners.models import AccessControlList, HealthCheck, Listener, ServerGroup
 
+    if isinstance(row, Instance):
+        # An import into an empty instance may leave its own fields as they were: its record
+        # then says which listeners it brought (each also has its own listener.import record).
+        return {"listeners": sorted(row.listeners.values_list("pk", flat=True))}
     if isinstance(row, Listener):
         return {
             "forwarding_rules": [
@@ -166,23 +172,51 @@ def record(
     )
 
 
+# How ``@audited`` locks the row it reads "before" from: in the mode the service function locks it
+# (FOR NO KEY UPDATE for a row that stays, FOR UPDATE for one it deletes), or with a function of
+# the call's keyword arguments that takes the service's locks in the service's own order.
+NO_KEY_UPDATE = "no key update"
+UPDATE = "update"
+Lock = str | Callable[[dict[str, Any]], None]
+
+
+def _read_locked(
+    model: type[models.Model], pk: Any, lock: Lock, arguments: dict[str, Any]
+) -> models.Model | None:
+    """The row as it is once this transaction holds the service's lock on it.
+
+    Read under the lock, so a change committed while this call waited for the lock is in
+    "before", and the diff holds only what this call changes. Taking the lock first is safe: the
+    service takes the same lock next (a no-op in the same transaction), in the same order.
+    """
+    if callable(lock):
+        lock(arguments)
+        return model.objects.filter(pk=pk).first()
+    rows = model.objects.select_for_update(no_key=lock == NO_KEY_UPDATE)
+    return rows.filter(pk=pk).first()
+
+
 def audited(
     action: str | Callable[[dict[str, Any]], str],
     model: type[models.Model],
     key: str | None = None,
     *,
     created: Callable[[Any], models.Model] | None = None,
+    lock: Lock = NO_KEY_UPDATE,
 ) -> Callable:
     """Record the change a service function makes to the ``model`` row named by its keyword
     argument ``key`` (an id or the row), or to the row it creates and returns (``created``
-    finds it in what the function returns, if that is not the row itself)."""
+    finds it in what the function returns, if that is not the row itself).
+
+    The row named by ``key`` is locked as ``lock`` says before it is read (``_read_locked``);
+    the decorator must sit under ``@transaction.atomic`` so the lock lasts to the commit."""
 
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)
         def audited_call(*args: Any, **kwargs: Any) -> Any:
             named = kwargs.get(key) if key else None
             pk = getattr(named, "pk", named)
-            before = snapshot(model.objects.filter(pk=pk).first()) if pk is not None else {}
+            before = snapshot(_read_locked(model, pk, lock, kwargs)) if pk is not None else {}
             result = function(*args, **kwargs)
             row = created(result) if created else result
             row = row if isinstance(row, model) else None

@@ -48,6 +48,7 @@ import base64
 import binascii
 import datetime
 import decimal
+import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -99,8 +100,11 @@ from listeners.rules import compatible_backend_protocols
 
 FORMAT = "ferry-instance-backup"
 FORMAT_VERSION = 1
-# A document is read whole into memory; the API refuses larger bodies before reading them.
-MAX_DOCUMENT_BYTES = 1024 * 1024
+# A document is read whole into memory, so it has a limit, and the export refuses to write a
+# document over it: whatever is exported can be imported. 32 MiB holds the largest realistic
+# instance: its 100 listeners each with four 64 KiB error pages of HTML (about 26 MiB as JSON).
+# The API refuses larger import bodies before reading them (console/api/auth.py).
+MAX_DOCUMENT_BYTES = 32 * 1024 * 1024
 MIN_PASSPHRASE = 12
 MAX_PASSPHRASE = 1024
 DEFAULT_TLS_POLICY = "tls_cipher_policy_1_0"
@@ -207,6 +211,10 @@ def passphrase_problem(passphrase: str | None, *, exporting: bool) -> str | None
     if exporting and len(passphrase) < MIN_PASSPHRASE:
         return f"Use a passphrase of at least {MIN_PASSPHRASE} characters."
     return None
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"
 
 
 def _b64(data: bytes) -> str:
@@ -397,11 +405,22 @@ def _section_of(model: type[models.Model]) -> str:
     }[model]
 
 
+def serialize(document: dict[str, Any]) -> bytes:
+    """The document as the console and the API send it: indented UTF-8 JSON.
+
+    UTF-8 rather than ``\\u`` escapes keeps a page of non-ASCII text near its own size (an
+    error page refuses control characters, so only quotes, backslashes and line breaks grow).
+    """
+    return json.dumps(document, indent=2, ensure_ascii=False).encode()
+
+
 def export_instance(instance: Instance, passphrase: str) -> dict[str, Any]:
     """The instance and everything its listeners use, as one JSON-ready document.
 
     Raises ``RuleViolation`` (field ``passphrase``) for a missing or short passphrase: keys are
     only ever exported encrypted, and a document without them could not restore HTTPS listeners.
+    Raises ``RuleViolation`` (no field) if the document would be over ``MAX_DOCUMENT_BYTES``: a
+    backup that the import would refuse is worse than none.
     Writes an ``instance.export`` audit record: the document carries the private keys.
     """
     problem = passphrase_problem(passphrase, exporting=True)
@@ -486,6 +505,13 @@ def export_instance(instance: Instance, passphrase: str) -> dict[str, Any]:
             for listener in listeners
         ],
     }
+    size = len(serialize(document))
+    if size > MAX_DOCUMENT_BYTES:
+        raise services.RuleViolation(
+            f"The export of {instance.name} would be {_mib(size)}, over the "
+            f"{_mib(MAX_DOCUMENT_BYTES)} an import accepts; remove large error pages or split its "
+            "listeners across instances."
+        )
     record(
         "instance.export",
         instance,

@@ -25,6 +25,7 @@ from console.models import Instance
 from listeners.services import NotFound, RuleViolation
 
 CRUMBS = [("Instances", "instance-list")]
+MAX_MIB = backup.MAX_DOCUMENT_BYTES // (1024 * 1024)
 
 
 class ExportForm(forms.Form):
@@ -63,7 +64,7 @@ def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 class ImportForm(forms.Form):
     document = forms.FileField(
         label="Backup File",
-        help_text=f"A .json file from Export, at most {backup.MAX_DOCUMENT_BYTES // 1024} KiB.",
+        help_text=f"A .json file from Export, at most {MAX_MIB} MiB.",
         widget=forms.ClearableFileInput(attrs={"accept": ".json,application/json"}),
     )
     passphrase = forms.CharField(
@@ -99,7 +100,7 @@ class ImportForm(forms.Form):
         upload = self.cleaned_data["document"]
         if upload.size > backup.MAX_DOCUMENT_BYTES:
             raise forms.ValidationError(
-                f"{upload.name} is larger than {backup.MAX_DOCUMENT_BYTES // 1024} KiB."
+                f"{upload.name} is larger than {MAX_MIB} MiB, the most an export writes."
             )
         upload.seek(0)
         raw = upload.read(backup.MAX_DOCUMENT_BYTES + 1)
@@ -132,7 +133,7 @@ def instance_export(request: HttpRequest, instance_id: str) -> HttpResponse:
         except RuleViolation as problem:
             form.add_error(problem.field if problem.field in form.fields else None, str(problem))
         else:
-            response = HttpResponse(json.dumps(document, indent=2), content_type="application/json")
+            response = HttpResponse(backup.serialize(document), content_type="application/json")
             response["Content-Disposition"] = f'attachment; filename="{_filename(instance)}"'
             response["Cache-Control"] = "no-store"
             return response

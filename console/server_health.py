@@ -1,6 +1,7 @@
 """Why each backend server is up or down, as the nodes last reported it (their /v1/status, stored
 by reconcile in DataplaneNode.status_report): state, reason code and text, when the health last
-changed, slow start, weight 0, and the timeline of the last checks."""
+changed, slow start, weight 0, draining or maintenance as the node applies it, and the timeline
+of the last checks."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from console.models import DataplaneNode
 
 if TYPE_CHECKING:
     from listeners.models import ServerGroup
+
+# The server states a node reports (dataplane.config.SERVER_STATES); anything else reads as
+# enabled, which is what an older node that reports none means.
+NODE_STATES = ("enabled", "draining", "maintenance")
 
 # The node's reason codes, as the console words them.
 CODE_LABELS = {
@@ -60,6 +65,21 @@ class ServerHealth:
     ejected: bool = False
     ejection_reason: str = ""
     ejected_until: datetime.datetime | None = None
+    # Draining or maintenance as this node applies it (the console's own State column shows
+    # what was asked; this shows the node has it), and a drain's seconds left on the node.
+    node_state: str = "enabled"
+    drain_seconds_left: int | None = None
+
+    @property
+    def state_note(self) -> str:
+        """ "Draining, 42 s left", "Draining", "Maintenance" or "" for an enabled server."""
+        if self.node_state == "maintenance":
+            return "Maintenance"
+        if self.node_state == "draining":
+            if self.drain_seconds_left is None:
+                return "Draining"
+            return f"Draining, {self.drain_seconds_left} s left"
+        return ""
 
     @property
     def state(self) -> str:
@@ -93,6 +113,9 @@ def describe(entry: dict[str, Any], node: str = "") -> ServerHealth:
     status = entry.get("http_status")
     ejected = entry.get("ejected") is True
     until = entry.get("ejected_until")
+    node_state = entry.get("state")
+    node_state = node_state if node_state in NODE_STATES else "enabled"
+    drain_left = entry.get("drain_seconds_left")
     return ServerHealth(
         node=str(entry.get("node") or node),
         address=str(entry.get("address") or ""),
@@ -111,6 +134,10 @@ def describe(entry: dict[str, Any], node: str = "") -> ServerHealth:
         # Text from the node: shown escaped, and bounded like the reason.
         ejection_reason=str(entry.get("ejection_reason") or "")[:200] if ejected else "",
         ejected_until=_moment(until) if ejected and _finite(until) else None,
+        node_state=node_state,
+        drain_seconds_left=(
+            round(drain_left) if node_state == "draining" and _finite(drain_left) else None
+        ),
     )
 
 

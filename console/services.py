@@ -3,9 +3,11 @@ listeners (one function per use case, one transaction, rows locked, push queued 
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import transaction
 
-from console.audit import audited
+from console.audit import UPDATE, audited
 from console.models import DataplaneNode, Instance
 from listeners.services import InUse, NotFound, RuleViolation, instances_changed
 
@@ -39,7 +41,7 @@ def create_instance(
 
 
 @transaction.atomic
-@audited("instance.delete", Instance, key="instance_id")
+@audited("instance.delete", Instance, key="instance_id", lock=UPDATE)
 def delete_instance(*, instance_id: str) -> Instance:
     # Locked, so no listener is created on it between the check and the delete.
     instance = _locked_instance(instance_id, deleting=True)
@@ -64,8 +66,14 @@ def add_node(*, instance_id: str, name: str, control_url: str, token: str) -> Da
     return node
 
 
+def _lock_instance_and_node(arguments: dict[str, Any]) -> None:
+    """``remove_node``'s locks in its order (the instance, then the node), for its audit."""
+    _locked_instance(arguments["instance_id"])
+    DataplaneNode.objects.select_for_update().filter(pk=arguments["node_id"]).first()
+
+
 @transaction.atomic
-@audited("node.remove", DataplaneNode, key="node_id")
+@audited("node.remove", DataplaneNode, key="node_id", lock=_lock_instance_and_node)
 def remove_node(*, instance_id: str, node_id: int) -> DataplaneNode:
     """Listener status is then computed over the remaining nodes, hence the new generation."""
     _locked_instance(instance_id)

@@ -15,7 +15,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from console.audit import audited
+from console.audit import UPDATE, audited
 from console.models import ApiToken
 from console.roles import is_administrator
 
@@ -55,7 +55,7 @@ def issue_token(*, user: AbstractBaseUser, name: str, role: str, days: int) -> I
 
 
 @transaction.atomic
-@audited("token.revoke", ApiToken, key="token_id")
+@audited("token.revoke", ApiToken, key="token_id", lock=UPDATE)
 def revoke_token(*, user: AbstractBaseUser, token_id: int) -> ApiToken | None:
     """Revoke one of the user's own tokens; it is refused (401) from then on."""
     token = ApiToken.objects.select_for_update().filter(pk=token_id, user=user).first()

@@ -112,7 +112,7 @@ class StatusCollector:
         )
         requests = CounterMetricFamily(
             "ferry_listener_requests",
-            "HTTP requests received; for TCP and UDP, connections or sessions proxied.",
+            "HTTP requests received; for TCP, connections proxied; for UDP, datagrams received.",
             labels=_LISTENER,
         )
         received = CounterMetricFamily(
@@ -162,6 +162,14 @@ class StatusCollector:
             "TLS handshakes refused, by OpenSSL's reason code.",
             labels=[*_LISTENER, "reason"],
         )
+        # Seed 000 bandwidth on UDP: a datagram for the client while the listener's bucket is
+        # in debt is dropped (dataplane.bandwidth.TokenBucket.admit), and counted by the
+        # listener. Stream listeners pause their source instead and drop nothing.
+        bandwidth_dropped = CounterMetricFamily(
+            "ferry_listener_bandwidth_dropped_datagrams",
+            "UDP datagrams to clients dropped because the listener's bandwidth limit was spent.",
+            labels=_LISTENER,
+        )
         durations = []
         for listener_id, entry in self.status.get("listeners", {}).items():
             labels = _listener_labels(listener_id, entry)
@@ -187,8 +195,11 @@ class StatusCollector:
                 throttled.add_metric(labels, counters["throttled_requests"])
             for rule_id, count in sorted(counters.get("throttled_by_rule", {}).items()):
                 rule_throttled.add_metric([*labels, rule_id], count)
+            udp = entry.get("udp")
+            if isinstance(udp, Mapping):
+                bandwidth_dropped.add_metric(labels, udp.get("throttled", 0))
         yield from (running, responses, requests, received, sent, active, total, denied)
-        yield from (throttled, rule_throttled)
+        yield from (throttled, rule_throttled, bandwidth_dropped)
         yield from (retries, retries_refused)
         yield from (handshakes, handshake_failures)
         yield from _histograms(

@@ -30,7 +30,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from certificates.models import Certificate
-from console.audit import audited
+from console.audit import UPDATE, audited
 from console.models import Instance
 from listeners import rules
 from listeners.forms import passive
@@ -278,7 +278,7 @@ def set_desired_state(*, listener_id: str, desired_state: str) -> Listener:
 
 
 @transaction.atomic
-@audited("listener.delete", Listener, key="listener_id")
+@audited("listener.delete", Listener, key="listener_id", lock=UPDATE)
 def delete_listener(*, listener_id: str) -> Listener:
     """Delete a listener; returns the deleted row (its id and name stay readable)."""
     listener = _lock_listener(listener_id, doing="deleting it", deleting=True)
@@ -559,8 +559,16 @@ def _server_state_action(arguments: dict[str, Any]) -> str:
     }.get(arguments.get("state"), "backend_server.set_state")
 
 
+def _lock_server_and_group(arguments: dict[str, Any]) -> None:
+    """``set_server_state``'s locks in its order (the group, then the server), for its audit."""
+    server = BackendServer.objects.filter(pk=arguments["server_pk"]).first()
+    if server is not None:
+        _for_update(ServerGroup).filter(pk=server.group_id).first()
+        _for_update(BackendServer).filter(pk=server.pk).first()
+
+
 @transaction.atomic
-@audited(_server_state_action, BackendServer, key="server_pk")
+@audited(_server_state_action, BackendServer, key="server_pk", lock=_lock_server_and_group)
 def set_server_state(
     *, server_pk: int, state: str, deregistration_delay: int | None = None
 ) -> BackendServer:
@@ -632,7 +640,7 @@ def update_health_check(*, group: ServerGroup, values: dict[str, Any]) -> Health
 
 
 @transaction.atomic
-@audited("server_group.delete", ServerGroup, key="group_id")
+@audited("server_group.delete", ServerGroup, key="group_id", lock=UPDATE)
 def delete_server_group(*, group_id: str) -> ServerGroup:
     # Locked, so a listener or rule cannot start using the group between the check and the delete.
     group = _locked(ServerGroup, group_id, "Server group", deleting=True)
@@ -683,7 +691,7 @@ def _replace_acl_entries(acl: AccessControlList, entries: dict[str, str]) -> Non
 
 
 @transaction.atomic
-@audited("acl.delete", AccessControlList, key="acl_id")
+@audited("acl.delete", AccessControlList, key="acl_id", lock=UPDATE)
 def delete_acl(*, acl_id: str) -> AccessControlList:
     acl = _locked(AccessControlList, acl_id, "IP address group", deleting=True)
     blockers = _blockers(acl.listeners.all())
@@ -720,7 +728,7 @@ def update_tls_policy(*, policy_id: str, values: dict[str, Any]) -> TlsPolicy:
 
 
 @transaction.atomic
-@audited("tls_policy.delete", TlsPolicy, key="policy_id")
+@audited("tls_policy.delete", TlsPolicy, key="policy_id", lock=UPDATE)
 def delete_tls_policy(*, policy_id: str) -> TlsPolicy:
     policy = _custom_policy(policy_id, deleting=True)
     blockers = _blockers(policy.listeners.all())
@@ -765,7 +773,7 @@ def replace_certificate(*, certificate_id: str, validated: Any) -> Certificate:
 
 
 @transaction.atomic
-@audited("certificate.delete", Certificate, key="certificate_id")
+@audited("certificate.delete", Certificate, key="certificate_id", lock=UPDATE)
 def delete_certificate(*, certificate_id: str) -> Certificate:
     certificate = _locked(Certificate, certificate_id, "Certificate", deleting=True)
     blockers = _blockers(listeners_using_certificate(certificate))

@@ -4,7 +4,8 @@ instance (console/backup.py has the document's format and the rules).
 Both are POST: the passphrase travels in the body, never in a URL (and so in no access log).
 Exporting is for administrators only, as importing is: the document carries every private key
 of the instance, encrypted with a passphrase the caller chooses, so an export hands out what a
-viewer may never read. Documents are limited by the API's body limit (``API_MAX_BODY_BYTES``).
+viewer may never read. An export is at most ``backup.MAX_DOCUMENT_BYTES`` (it refuses to write a
+larger one), and an import body may carry one (``API_MAX_IMPORT_BYTES``, 413 beyond).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 
@@ -69,12 +70,13 @@ def _filename(instance: Instance) -> str:
 def export_instance(request: HttpRequest, instance_id: ObjectId, payload: ExportIn):
     """The instance as one JSON document: its settings, listeners, server groups with servers
     and health checks, certificates (private keys encrypted with the passphrase), custom TLS
-    policies, ACLs and forwarding rules. Dataplane nodes are not part of it."""
+    policies, ACLs, forwarding rules and error pages. Dataplane nodes are not part of it.
+    A document over the import's limit (32 MiB) is refused with 422: it could not be restored."""
     instance = get_object_or_404(Instance, pk=instance_id)
     document = call_service(
         backup.export_instance, instance=instance, passphrase=payload.passphrase
     )
-    response = JsonResponse(document)
+    response = HttpResponse(backup.serialize(document), content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{_filename(instance)}"'
     response["Cache-Control"] = "no-store"
     return response
@@ -112,7 +114,8 @@ def _import(**arguments: Any) -> dict[str, Any]:
 def import_new_instance(request: HttpRequest, payload: ImportIn):
     """Create an instance from an exported document. The whole document is checked first and
     applied in one transaction: if anything is wrong, nothing is created and ``errors`` lists
-    every problem with its path in the document (``document.listeners[2].port``)."""
+    every problem with its path in the document (``document.listeners[2].port``). The body may
+    be up to 32 MiB and 64 KiB (413 beyond): any document an export writes, with the passphrase."""
     return Status(
         201,
         _import(

@@ -20,9 +20,15 @@ from console.api import (
     servergroups,
     tlspolicies,
 )
-from console.api.auth import API_MAX_BODY_BYTES, ConsoleAuth
+from console.api.auth import (
+    API_MAX_BODY_BYTES,
+    API_MAX_CRL_BYTES,
+    API_MAX_IMPORT_BYTES,
+    ConsoleAuth,
+)
 from console.api.parser import BodyRefused, StrictParser
 from console.api.problems import CONTENT_TYPE, ApiError, Problem, problem_response
+from console.backup import MAX_DOCUMENT_BYTES
 
 DESCRIPTION = f"""
 Every operation of the Ferry console. Authenticate with a personal API token from the console's
@@ -35,7 +41,10 @@ the instance `generation` that carries it; GET shows the live `status` and `last
 Errors are RFC 9457 problem documents (`application/problem+json`) whose `errors` name each
 field. Unknown fields are refused by name, and so are repeated keys, NaN and lone
 surrogates in the JSON. Request bodies are limited to {API_MAX_BODY_BYTES}
-bytes (413 beyond).
+bytes (413 beyond), except two that carry more than settings: an import
+(`POST /instances/import`, `POST /instances/{{instance_id}}/import`) up to {API_MAX_IMPORT_BYTES}
+bytes, room for any document an export writes (an export refuses to write one over
+{MAX_DOCUMENT_BYTES} bytes), and a CRL upload up to {API_MAX_CRL_BYTES} bytes.
 """
 
 
@@ -152,4 +161,5 @@ def http_error(request: HttpRequest, error: HttpError) -> HttpResponse:
 
 @api.exception_handler(RequestDataTooBig)
 def too_big(request: HttpRequest, error: RequestDataTooBig) -> HttpResponse:
+    # Django's own ceiling (DATA_UPLOAD_MAX_MEMORY_SIZE) when a body came without its length.
     return problem_response(413, f"The request body is larger than {API_MAX_BODY_BYTES} bytes.")

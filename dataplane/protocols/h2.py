@@ -423,4 +423,8 @@ class Http2Connection:
     def abort(self) -> None:
         """Immediate: a stopped or removed listener cuts its connections (seed 003)."""
         self.closed = True
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            stream.stop()
         self.transport.abort()

@@ -1707,6 +1707,10 @@ class HttpProxy(BackendReadGate):
         if upstream is not None:
             self.upstream = None
             upstream.close()
+        request = self.current
+        if request is not None and self.backend is not None:
+            # For the access log, written after this when the request is cut: its server.
+            request.server = self.backend
         self._release_backend()
 
     def _close(self) -> None:

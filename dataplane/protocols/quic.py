@@ -334,20 +334,23 @@ class Http3Connection(QuicConnectionProtocol):
             return
         start_proxied(self, event.stream_id, event.headers, ended=event.stream_ended)
 
-    def _unregister(self) -> None:
+    def _unregister(self, *, stopping: bool = False) -> None:
         streams = list(self.streams.values())
         self.streams.clear()
         self.held.clear()
         for stream in streams:
-            stream.cancel()
+            if stopping:
+                stream.stop()
+            else:
+                stream.cancel()
         if self.registered:
             self.registered = False
             self.listener.connections.discard(self)
             self.stats.active_connections -= 1
 
     def abort(self) -> None:
-        """Cut this connection and its requests now."""
-        self._unregister()
+        """Cut this connection and its requests now: its listener stopped."""
+        self._unregister(stopping=True)
         self.close()
 
     # -- what the streams send (dataplane.protocols.streams.StreamConnection) ---------------------

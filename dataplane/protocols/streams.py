@@ -91,6 +91,10 @@ class Stream:
     def cancel(self) -> None:
         """The client reset the stream, or the connection is gone."""
 
+    def stop(self) -> None:
+        """The listener stopped: its connections are cut (seed 003)."""
+        self.cancel()
+
     def pause_backend(self) -> None:
         """The client is not taking response bytes as fast as they come."""
 
@@ -298,6 +302,15 @@ class ProxiedStream(Stream):
             proxy.on_body(data)
 
     def cancel(self) -> None:
+        if self.closing:
+            return
+        proxy = self.proxy
+        if not proxy.closed:
+            # For the access log: why the request ended.
+            proxy.termination = "client_closed"
+        proxy._abort()
+
+    def stop(self) -> None:
         if not self.closing:
             self.proxy.abort()
 

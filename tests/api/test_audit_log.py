@@ -5,12 +5,17 @@ nothing edits it."""
 
 from __future__ import annotations
 
+import datetime
+import threading
+import time
+
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 
 from console.models import AuditRecord, Instance
 from listeners import services
-from listeners.models import Listener
+from listeners.models import BackendServer, Listener, ServerGroup
 from tests.factories.certs import make_server_cert
 from tests.fixtures.listeners import make_listener
 
@@ -146,3 +151,112 @@ def test_tokens_created_and_revoked_are_recorded_without_their_secret(admin_clie
     assert created.actor == revoked.actor == "alice"
     assert created.changes["key_hash"] == {"before": None, "after": "[redacted]"}
     assert set(revoked.changes) == {"revoked_at"}
+
+
+def wait_for_a_blocked_lock(cursor, seconds: float = 10.0) -> None:
+    """Return once some transaction waits for a row lock (pg_locks is live, not a snapshot)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        if cursor.fetchone()[0]:
+            return
+        time.sleep(0.01)
+    raise AssertionError("No transaction ever waited for the lock.")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_before_is_read_under_the_lock_so_a_change_committed_meanwhile_is_not_in_the_diff(
+    instance, server_group
+):
+    # Given: another transaction holds the listener's row, having changed its description.
+    listener = settled(make_listener(instance, server_group, port=80, description="old"))
+    holding = threading.Event()
+    failures: list[BaseException] = []
+
+    def other_change() -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                Listener.objects.filter(pk=listener.pk).update(description="changed meanwhile")
+                holding.set()
+                # Commit only once the modify below waits for this row's lock.
+                wait_for_a_blocked_lock(cursor)
+        except BaseException as error:  # reported by the main thread
+            failures.append(error)
+            holding.set()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=other_change)
+    thread.start()
+    assert holding.wait(10)
+
+    # When: a rename waits for that lock, then runs.
+    services.modify_listener(listener_id=listener.pk, name="renamed", settings={})
+    thread.join(10)
+
+    # Then: its record holds the rename only; the description change was not this call's.
+    assert failures == []
+    record = AuditRecord.objects.get(action="listener.modify")
+    assert record.changes == {"name": {"before": "listener-80", "after": "renamed"}}
+    assert Listener.objects.get(pk=listener.pk).description == "changed meanwhile"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_server_state_change_locks_the_group_before_the_server_for_its_audit(
+    instance, server_group
+):
+    # The audit's lock follows set_server_state's order (group, then server): while another
+    # transaction holds the group and then changes a server, the state change waits for it
+    # without deadlock, and then records only its own change.
+    settled(make_listener(instance, server_group, port=80))
+    server = server_group.servers.order_by("pk").first()
+    holding = threading.Event()
+    failures: list[BaseException] = []
+
+    def edit_group() -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                # As update_server_group does: the group first, then (once the drain waits)
+                # its servers. Were the server locked first by the drain, this would deadlock.
+                ServerGroup.objects.select_for_update(no_key=True).get(pk=server_group.pk)
+                holding.set()
+                wait_for_a_blocked_lock(cursor)
+                BackendServer.objects.filter(pk=server.pk).update(weight=7)
+        except BaseException as error:  # reported by the main thread
+            failures.append(error)
+            holding.set()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=edit_group)
+    thread.start()
+    assert holding.wait(10)
+
+    services.set_server_state(server_pk=server.pk, state="maintenance")
+    thread.join(10)
+
+    assert failures == []
+    record = AuditRecord.objects.get(action="backend_server.maintenance")
+    assert record.changes == {"state": {"before": "enabled", "after": "maintenance"}}
+
+
+def test_the_time_filters_keep_the_records_of_those_days(api, admin_client):
+    api.send("post", "/api/v1/acls", {"name": "old-office", "entries": []})
+    api.send("post", "/api/v1/acls", {"name": "new-office", "entries": []})
+    # Given: the first change was made ten days ago (its timestamp moved, as a clock would).
+    today = timezone.localdate()
+    AuditRecord.objects.filter(object_name="old-office").update(
+        at=timezone.now() - datetime.timedelta(days=10)
+    )
+    recent = {"object": "office", "since": (today - datetime.timedelta(days=1)).isoformat()}
+    older = {"object": "office", "until": (today - datetime.timedelta(days=5)).isoformat()}
+
+    recent_page = admin_client.get("/audit-log/", recent).content.decode()
+    older_page = admin_client.get("/audit-log/", older).content.decode()
+    recent_api = api.get("/api/v1/audit-log", recent).json()
+    older_api = api.get("/api/v1/audit-log", older).json()
+
+    assert "new-office" in recent_page and "old-office" not in recent_page
+    assert "old-office" in older_page and "new-office" not in older_page
+    assert [r["object_name"] for r in recent_api] == ["new-office"]
+    assert [r["object_name"] for r in older_api] == ["old-office"]

@@ -27,7 +27,7 @@ from django.utils import timezone
 from certificates import validation
 from certificates.models import Certificate
 from console import backup, tokens
-from console.api.auth import API_MAX_BODY_BYTES
+from console.api.auth import API_MAX_IMPORT_BYTES
 from console.models import AuditRecord, Instance
 from listeners import services
 from listeners.models import (
@@ -803,7 +803,7 @@ def test_viewers_neither_export_nor_import(viewer_api, source: Source, document:
 @pytest.mark.django_db
 def test_api_refuses_oversized_and_non_json_bodies(api, no_push) -> None:
     before = counts()
-    big = {"passphrase": PASSPHRASE, "document": {"pad": "x" * API_MAX_BODY_BYTES}}
+    big = {"passphrase": PASSPHRASE, "document": {"pad": "x" * API_MAX_IMPORT_BYTES}}
     oversized = api.send("post", "/api/v1/instances/import", big)
     assert oversized.status_code == 413
     garbage = api.generic(

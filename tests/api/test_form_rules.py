@@ -7,8 +7,13 @@ from __future__ import annotations
 import html
 
 import pytest
+from django import forms
 
+from certificates import validation
+from console.api.listeners import ListenerSettings
 from console.models import Instance
+from listeners import services
+from listeners.forms.listener import ListenerSettingsForm
 from listeners.models import Listener
 from tests.factories.certs import (
     garbage_in_armour,
@@ -248,3 +253,49 @@ def test_the_same_client_token_returns_the_first_listener(api, instance, server_
     assert instance.listeners.count() == 1
     assert other.status_code == 409
     assert other.json()["errors"][0]["field"] == "client_token"
+
+
+def bounded_fields(listener: Listener) -> list[tuple[str, int, int, str]]:
+    """Every number of Modify Listener with a range, as the form the page and the API use
+    states it: (field, low, high, message)."""
+    form = ListenerSettingsForm(
+        instance=listener.instance, protocol=listener.protocol, listener=listener
+    )
+    return [
+        (name, field.min_value, field.max_value, field.error_messages["max_value"])
+        for name, field in form.fields.items()
+        if isinstance(field, forms.IntegerField)
+        and field.min_value is not None
+        and field.max_value is not None
+        and name in ListenerSettings.model_fields
+    ]
+
+
+@pytest.mark.parametrize("protocol", ["http", "https", "tcp", "udp"])
+def test_every_range_of_modify_listener_gets_its_message_on_its_field(
+    api, instance, server_group, protocol
+):
+    fields: dict = {"protocol": protocol}
+    if protocol == "https":
+        material = make_server_cert()
+        checked = validation.validate_server_certificate(material.cert_pem, material.key_pem)
+        fields["default_certificate"] = services.upload_certificate(
+            name="www", kind="server", validated=checked
+        )
+    if protocol in ("tcp", "udp"):
+        server_group.backend_protocol = protocol
+        server_group.save()
+    listener = settled(make_listener(instance, server_group, port=80, **fields))
+    path = f"/api/v1/instances/{instance.id}/listeners/{listener.id}"
+    ranges = bounded_fields(listener)
+    assert len(ranges) >= 3
+
+    for name, low, high, message in ranges:
+        for value in (low - 1, high + 1):
+            refused = api.send("patch", path, {name: value})
+
+            assert refused.status_code == 422, (name, value, refused.content)
+            assert {"field": name, "message": message % {"limit_value": high}} in refused.json()[
+                "errors"
+            ], (name, value)
+    assert Listener.objects.get(pk=listener.pk).status == "running"  # nothing was changed

@@ -267,7 +267,7 @@ def test_an_https_listener_needs_a_certificate_as_in_the_wizard(api, instance, s
     } in refused.json()["errors"]
 
 
-def test_read_only_nodes_and_instances(api, viewer_api, instance):
+def test_instances_push_history_and_node_lists_read(api, viewer_api, instance):
     assert viewer_api.get("/api/v1/instances").json()[0]["id"] == instance.id
     assert viewer_api.get(f"/api/v1/instances/{instance.id}/nodes").json() == []
     assert viewer_api.get(f"/api/v1/instances/{instance.id}/push-history").json() == []
@@ -284,3 +284,28 @@ def test_ca_certificate_kinds_are_listed_apart(api):
     upload(api, "www")
 
     assert [c["kind"] for c in api.get("/api/v1/certificates?kind=ca").json()] == ["ca"]
+
+
+def test_nodes_are_added_and_removed_with_the_pages_rules(api, viewer_api, instance, monkeypatch):
+    monkeypatch.setattr("listeners.services.queue_push", lambda ids: None)
+    path = f"/api/v1/instances/{instance.id}/nodes"
+    body = {"name": "node-a", "control_url": "http://10.0.0.5:9901", "token": "s" * 32}
+
+    added = api.send("post", path, body)
+    again = api.send("post", path, body)
+    short = api.send("post", path, {**body, "name": "node-b", "token": "short"})
+    by_viewer = viewer_api.send("post", path, {**body, "name": "node-c"})
+
+    assert added.status_code == 201, added.content
+    assert "token" not in added.json() and "s" * 32 not in added.content.decode()
+    assert again.status_code == 422
+    assert again.json()["errors"] == [
+        {"field": "name", "message": "This instance already has a node named node-a."}
+    ]
+    assert short.status_code == 422 and short.json()["errors"][0]["field"] == "token"
+    assert by_viewer.status_code == 403
+    assert [n["name"] for n in viewer_api.get(path).json()] == ["node-a"]
+    node = f"{path}/{added.json()['id']}"
+    assert api.delete(node).status_code == 204
+    assert api.delete(node).status_code == 404
+    assert instance.nodes.count() == 0
