@@ -21,7 +21,7 @@ TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DJANGO_
 # The dataplane's hot path is compiled by Cython beside its .py sources (setup.py); a build is
 # incremental, and a stale extension is never imported (dataplane/compiled.py).
 # FERRY_PURE_PYTHON=1 skips compiling and runs every module from its source.
-HOT_PATH := $(wildcard dataplane/*.py dataplane/*.pxd dataplane/protocols/*.py dataplane/protocols/*.pxd)
+HOT_PATH := $(wildcard dataplane/*.py dataplane/*.pxd dataplane/*.pyx dataplane/protocols/*.py dataplane/protocols/*.pxd)
 
 $(STAMP): pyproject.toml setup.py dataplane/nghttp2.pyx
 	@# nghttp2's header and library, for the HTTP/2 engine's binding (dataplane/nghttp2.pyx).

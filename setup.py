@@ -2,6 +2,8 @@
 
 - dataplane/nghttp2.pyx: the HTTP/2 engine's binding to nghttp2 (always built; the Makefile
   installs Debian's libnghttp2-dev, its header and shared library, before pip runs this).
+- dataplane/heads.pyx: the scan of a backend's response head for the lines the proxy handles
+  (always built: both forms of the proxy use it).
 - The hot path: the plain `.py` modules in COMPILED are also compiled by Cython into extension
   modules beside them, as python-zeroconf and dbus-fast do. The `.py` files stay the only source;
   Python imports the extension when it is there and not older than its source
@@ -41,7 +43,10 @@ def _pure_python() -> bool:
 
 
 extensions = cythonize(
-    [Extension("dataplane.nghttp2", ["dataplane/nghttp2.pyx"], libraries=["nghttp2"])],
+    [
+        Extension("dataplane.nghttp2", ["dataplane/nghttp2.pyx"], libraries=["nghttp2"]),
+        Extension("dataplane.heads", ["dataplane/heads.pyx"]),
+    ],
     compiler_directives={"language_level": "3"},
 )
 if not _pure_python():

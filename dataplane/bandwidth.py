@@ -24,6 +24,12 @@ How it is enforced here:
   congestion control treats such losses as congestion. HTTP/3 response bodies are shaped at the
   source instead, like TCP: the relay waits out the debt before reading the backend again.
 - Mbit here is 10^6 bits, as cloud bandwidth is billed.
+
+What it costs, counted for metrics (`GET /v1/status` and `/metrics`): each bucket counts its
+`pauses` (a source paused, or a `pay()` made to wait, because the bucket was in debt) and
+`paused_seconds` (how long those sources stayed paused, added up over the connections, so N
+connections paused for a second add N seconds). Both are bumped only where a pause begins or ends,
+never on a write within budget. A bucket shared by several listeners counts for all of them.
 """
 
 from __future__ import annotations
@@ -53,7 +59,15 @@ def burst_for(rate_bytes_per_s: float) -> float:
 class TokenBucket:
     """A byte budget that refills at a constant rate, up to a burst."""
 
-    __slots__ = ("_clock", "_stamp", "_tokens", "burst_bytes", "rate_bytes_per_s")
+    __slots__ = (
+        "_clock",
+        "_stamp",
+        "_tokens",
+        "burst_bytes",
+        "paused_seconds",
+        "pauses",
+        "rate_bytes_per_s",
+    )
 
     def __init__(
         self,
@@ -72,6 +86,10 @@ class TokenBucket:
         # A new listener may send its burst at once.
         self._tokens = self.burst_bytes
         self._stamp = clock()
+        # What the limit cost, for metrics: sources paused (or senders made to wait) because the
+        # bucket was in debt, and the seconds they stayed paused (summed over connections).
+        self.pauses = 0
+        self.paused_seconds = 0.0
 
     @classmethod
     def for_mbit(
@@ -113,6 +131,16 @@ class TokenBucket:
             return 0.0
         return -tokens / self.rate_bytes_per_s
 
+    def pause_began(self) -> float:
+        """Count a source paused (or a sender made to wait) for debt; the time to give back to
+        `pause_ended` when it goes on. Only called while in debt, never on the budget path."""
+        self.pauses += 1
+        return self._clock()
+
+    def pause_ended(self, began: float) -> None:
+        """Add the spell of a pause that `pause_began` counted to `paused_seconds`."""
+        self.paused_seconds += self._clock() - began
+
     def admit(self, n: int) -> bool:
         """Police one datagram of n bytes: charge it and say yes, or say no while in debt.
 
@@ -131,10 +159,16 @@ async def pay(bucket: TokenBucket, n: int) -> None:
     For a coroutine that produces the bytes itself: waiting here is pausing the source.
     """
     wait = bucket.take(n)
-    while wait > 0.0:
-        await asyncio.sleep(wait)
-        # Other connections of the listener may have spent the refill meanwhile.
-        wait = bucket.take(0)
+    if wait <= 0.0:
+        return
+    began = bucket.pause_began()
+    try:
+        while wait > 0.0:
+            await asyncio.sleep(wait)
+            # Other connections of the listener may have spent the refill meanwhile.
+            wait = bucket.take(0)
+    finally:
+        bucket.pause_ended(began)
 
 
 class ThrottledWriter:
@@ -146,7 +180,7 @@ class ThrottledWriter:
     the connection's own, so it can combine this reason to pause with its other ones.
     """
 
-    __slots__ = ("_bucket", "_handle", "_loop", "_pause", "_resume", "transport")
+    __slots__ = ("_bucket", "_handle", "_loop", "_pause", "_resume", "_since", "transport")
 
     def __init__(
         self,
@@ -163,6 +197,8 @@ class ThrottledWriter:
         self._resume = resume_reading
         self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._handle: asyncio.TimerHandle | None = None
+        # When the current pause began, on the bucket's clock (meaningful while `_handle` is set).
+        self._since = 0.0
 
     @property
     def paused(self) -> bool:
@@ -173,16 +209,20 @@ class ThrottledWriter:
         self.transport.write(data)
         wait = self._bucket.take(len(data))
         if wait > 0.0 and self._handle is None:
-            self._pause()
-            self._handle = self._loop.call_later(wait, self._check)
+            self._begin_pause(wait)
 
     def writelines(self, chunks: Iterable[bytes]) -> None:
         chunks = list(chunks)
         self.transport.writelines(chunks)
         wait = self._bucket.take(sum(len(chunk) for chunk in chunks))
         if wait > 0.0 and self._handle is None:
-            self._pause()
-            self._handle = self._loop.call_later(wait, self._check)
+            self._begin_pause(wait)
+
+    def _begin_pause(self, wait: float) -> None:
+        # Only while the bucket is in debt: a write within budget never gets here.
+        self._pause()
+        self._since = self._bucket.pause_began()
+        self._handle = self._loop.call_later(wait, self._check)
 
     def _check(self) -> None:
         # Other connections of the listener may have spent the refill since the timer was set.
@@ -191,6 +231,7 @@ class ThrottledWriter:
             self._handle = self._loop.call_later(wait, self._check)
             return
         self._handle = None
+        self._bucket.pause_ended(self._since)
         self._resume()
 
     def close(self) -> None:
@@ -198,3 +239,4 @@ class ThrottledWriter:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+            self._bucket.pause_ended(self._since)

@@ -170,6 +170,27 @@ class StatusCollector:
             "UDP datagrams to clients dropped because the listener's bandwidth limit was spent.",
             labels=_LISTENER,
         )
+        # Stream listeners (HTTP, HTTPS, TCP, TCP SSL, QUIC) pause the source of the bytes while
+        # the bucket is in debt (dataplane.bandwidth.ThrottledWriter): how often, and for how long
+        # (summed over connections). Only listeners with a bucket have these series; the
+        # listeners without a limit of their own share the instance's bucket and its counts.
+        bandwidth_limit = GaugeMetricFamily(
+            "ferry_listener_bandwidth_limit_bytes_per_second",
+            "The listener's bandwidth limit in bytes per second (the instance's remainder for "
+            "listeners without a limit of their own).",
+            labels=_LISTENER,
+        )
+        bandwidth_pauses = CounterMetricFamily(
+            "ferry_listener_bandwidth_throttled",
+            "Times a connection was paused because the listener's bandwidth limit was spent.",
+            labels=_LISTENER,
+        )
+        bandwidth_seconds = CounterMetricFamily(
+            "ferry_listener_bandwidth_throttled_seconds",
+            "Seconds connections spent paused by the listener's bandwidth limit, summed over "
+            "connections.",
+            labels=_LISTENER,
+        )
         durations = []
         for listener_id, entry in self.status.get("listeners", {}).items():
             labels = _listener_labels(listener_id, entry)
@@ -198,8 +219,14 @@ class StatusCollector:
             udp = entry.get("udp")
             if isinstance(udp, Mapping):
                 bandwidth_dropped.add_metric(labels, udp.get("throttled", 0))
+            bandwidth = entry.get("bandwidth")
+            if isinstance(bandwidth, Mapping):
+                bandwidth_limit.add_metric(labels, bandwidth.get("limit_bytes_per_second", 0))
+                bandwidth_pauses.add_metric(labels, bandwidth.get("pauses", 0))
+                bandwidth_seconds.add_metric(labels, bandwidth.get("paused_seconds", 0))
         yield from (running, responses, requests, received, sent, active, total, denied)
         yield from (throttled, rule_throttled, bandwidth_dropped)
+        yield from (bandwidth_limit, bandwidth_pauses, bandwidth_seconds)
         yield from (retries, retries_refused)
         yield from (handshakes, handshake_failures)
         yield from _histograms(

@@ -1039,6 +1039,16 @@ class Node:
             }
             if isinstance(runtime.datagram, UdpListener):
                 listeners[listener_id]["udp"] = runtime.datagram.counters()
+            bucket = runtime.bucket
+            if bucket is not None:
+                # Seed 000: the limit this process enforces and what it cost. The instance-wide
+                # bucket of the listeners without a limit of their own counts for all of them.
+                listeners[listener_id]["bandwidth"] = {
+                    "limit_bytes_per_second": bucket.rate_bytes_per_s,
+                    "shared": bucket is self.shared_bucket,
+                    "pauses": bucket.pauses,
+                    "paused_seconds": round(bucket.paused_seconds, 6),
+                }
         return {
             "instance_id": self.snapshot.instance_id if self.snapshot else None,
             "generation": self.generation,

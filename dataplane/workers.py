@@ -70,6 +70,8 @@ _COUNTERS = (
     "retries_refused",
 )
 _HISTOGRAMS = ("request_duration", "backend_response_time")
+# A listener's "bandwidth" entry: what adds up over the workers (the limit is split among them).
+_BANDWIDTH = ("limit_bytes_per_second", "pauses", "paused_seconds")
 _EJECTION = (
     "ejected",
     "ejection_reason",
@@ -390,6 +392,13 @@ def _merge_listeners(reports: list[dict[str, Any]]) -> dict[str, Any]:
             if udp is not None and "udp" in mine:
                 for name, value in udp.items():
                     mine["udp"][name] = mine["udp"].get(name, 0) + value
+            bandwidth = other.get("bandwidth")
+            if bandwidth is not None:
+                # Each worker enforces its share of the limit: the shares add up to the limit.
+                ours = mine.setdefault("bandwidth", {**bandwidth, **dict.fromkeys(_BANDWIDTH, 0)})
+                for name in _BANDWIDTH:
+                    # Rounded: thirds of a limit add up to the limit, not to a float just under it.
+                    ours[name] = round(ours.get(name, 0) + bandwidth.get(name, 0), 6)
             by_id = {backend["id"]: backend for backend in other["backends"]}
             for backend in mine["backends"]:
                 theirs = by_id.get(backend["id"], {})

@@ -114,7 +114,7 @@ class HealthCheckIn(Strict):
     expected_codes: list[str] | None = None
     udp_request: str | None = None
     udp_expected: str | None = None
-    # The group's Passive Health Check (listeners.forms.passive); not for UDP and gRPC groups.
+    # The group's Passive Health Check (listeners.forms.passive); not for UDP groups.
     passive_health_check: bool | None = None
     passive_consecutive_failures: int | None = None
     passive_base_ejection_time: int | None = None

@@ -77,6 +77,7 @@ from dataplane.balancing import Backend
 from dataplane.bandwidth import ThrottledWriter
 from dataplane.compression import Compressor, choose_encoding
 from dataplane.descriptors import EXHAUSTED
+from dataplane.heads import special_lines
 from dataplane.hostnames import HOST_FIELD
 from dataplane.protocols import CLIENTCERT_HEADERS
 from dataplane.protocols.gate import BackendReadGate
@@ -143,12 +144,6 @@ _REQUEST_HEADERS = {
     b"expect": _EXPECT,
     b"accept-encoding": _ACCEPT_ENCODING,
 }
-# Response header lines the dataplane handles itself, found in the lower-cased head; each match
-# spans "\r\nname: value" up to the line's CRLF.
-_RESPONSE_SPECIAL = re.compile(
-    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer"
-    rb"|upgrade|set-cookie|etag):[^\r]*"
-)
 _BLANK_OR_COLON = (58, 32, 9)
 # Response header values compression looks at, in the lower-cased head.
 _COMPRESSION_FIELDS = re.compile(
@@ -1246,7 +1241,7 @@ class HttpProxy(BackendReadGate):
         self.response_started = True
         head_request = request.method == b"HEAD"
         no_body = head_request or status in (204, 304)
-        lower = head.lower()
+        lower = None
         encoding = None
         add_vary = False
         if (
@@ -1255,6 +1250,7 @@ class HttpProxy(BackendReadGate):
             and not no_body
             and status != 206
         ):
+            lower = head.lower()
             encoding, add_vary = self._choose_encoding(request, lower)
         # The backend's header lines pass through as they are, except the ones cut out here.
         out = []
@@ -1264,33 +1260,32 @@ class HttpProxy(BackendReadGate):
         persistence = settings.cookie_persistence
         set_cookies: list[bytes] = []
         empty = False
-        for match in _RESPONSE_SPECIAL.finditer(lower):
-            name = match[1]
+        # Each line spans "\r\nName: value" up to its CR (dataplane.heads).
+        for name, start, end, value_start in special_lines(head):
             if name == b"content-length":
                 has_length = True
                 if encoding is None:
                     # For a codec that can end the stream at its head; digits only (the
                     # backend's parser checked), so a "0" after the colon or a blank is zero.
-                    line = match[0]
-                    empty = line[-1] == 48 and line[-2] in _BLANK_OR_COLON
+                    empty = head[end - 1] == 48 and head[end - 2] in _BLANK_OR_COLON
                     continue
             elif name == b"etag":
                 if encoding is None:
                     continue
                 # Compressed bytes differ from the backend's: a strong validator would lie.
-                value = head[match.end(1) + 1 : match.end()].strip()
-                out.append(head[kept : match.start()])
-                kept = match.end()
+                value = head[value_start:end].strip()
+                out.append(head[kept:start])
+                kept = end
                 out.append(b"\r\nETag: %s" % (value if value[:2] == b"W/" else b"W/" + value))
                 continue
             elif name == b"set-cookie":
                 if persistence is None:
                     continue
-                set_cookies.append(head[match.end(1) + 1 : match.end()].strip())
+                set_cookies.append(head[value_start:end].strip())
             elif name == b"transfer-encoding":
                 chunked = True
-            out.append(head[kept : match.start()])
-            kept = match.end()
+            out.append(head[kept:start])
+            kept = end
         out.append(head[kept:] if kept else head)
         if persistence is not None and self.backend is not None:
             cookies = persistence.response_headers(self.backend, set_cookies)
@@ -1298,7 +1293,7 @@ class HttpProxy(BackendReadGate):
                 out.extend([b"Set-Cookie: %s\r\n" % value for value in set_cookies])
             else:
                 out.extend([b"%s: %s\r\n" % pair for pair in cookies])
-        if settings.alt_svc is not None and b"\r\nalt-svc:" not in lower:
+        if settings.alt_svc is not None and b"\r\nalt-svc:" not in (lower or head.lower()):
             out.append(settings.alt_svc)
         self.compressor = None
         if encoding is not None:

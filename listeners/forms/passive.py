@@ -4,9 +4,11 @@ connect failures (dataplane.outlier).
 
 The values are the server group's, not the HealthCheck row's; they travel in the health check's
 form because that is where an operator decides how servers are judged, and
-``services.update_health_check`` saves each part where it belongs. UDP and gRPC groups have no
-passive checks (a datagram has no outcome to judge, a gRPC status travels in trailers), so
-their forms carry none of these fields.
+``services.update_health_check`` saves each part where it belongs. UDP groups have no passive
+checks (a datagram has no outcome to judge), so their forms carry none of these fields. gRPC
+groups have them: the node (dataplane.protocols.grpc) counts a call as failed on a 5xx head, a
+grpc-status of UNKNOWN, INTERNAL, UNAVAILABLE or DATA_LOSS, a reset or close before the response
+head, no head within the response timeout, or a failed connect.
 """
 
 from __future__ import annotations
@@ -33,11 +35,9 @@ DEFAULTS: dict[str, Any] = {
 
 
 def applies(backend_protocol: str) -> bool:
-    """Whether a group of this backend protocol can have passive health checks."""
-    return backend_protocol not in (
-        ServerGroup.BackendProtocol.UDP,
-        ServerGroup.BackendProtocol.GRPC,
-    )
+    """Whether a group of this backend protocol can have passive health checks: every one but
+    UDP, as dataplane.node builds an outlier detector for every group but a UDP one."""
+    return backend_protocol != ServerGroup.BackendProtocol.UDP
 
 
 def values_of(group: ServerGroup | None) -> dict[str, Any]:

@@ -16,11 +16,12 @@ from console.models import AuditRecord, DataplaneNode, Instance
 from console.snapshot import build_snapshot
 from listeners import services
 from listeners.forms.listener import HealthCheckForm
-from listeners.models import Listener, ServerGroup
+from listeners.models import BackendServer, HealthCheck, Listener, ServerGroup
 from listeners.wizard import summary
 from tests.api.conftest import TokenClient
 from tests.fixtures.listeners import make_listener
 from tests.fixtures.nodes import register_node
+from tests.listeners.test_wizard import upload_server_cert
 
 pytestmark = pytest.mark.django_db
 
@@ -76,10 +77,65 @@ def test_the_form_offers_the_defaults_with_their_ranges() -> None:
     assert 'min="1" max="100"' in str(form["passive_max_ejection_percent"])
 
 
-@pytest.mark.parametrize("backend", ["udp", "grpc"])
-def test_udp_and_grpc_groups_have_no_passive_checks(backend: str) -> None:
-    form = HealthCheckForm(backend_protocol=backend)
+def test_udp_groups_have_no_passive_checks() -> None:
+    form = HealthCheckForm(backend_protocol="udp")
     assert not set(PASSIVE) & set(form.fields)
+
+
+def test_grpc_groups_have_passive_checks(admin_client: Client, instance: Instance) -> None:
+    """The node judges gRPC calls too (dataplane.protocols.grpc): the dialog offers the fields,
+    saves them on the group, the pages show them and the snapshot carries them."""
+    form = HealthCheckForm(backend_protocol="grpc")
+    assert set(PASSIVE) <= set(form.fields)
+
+    group = ServerGroup.objects.create(name="rpc", backend_protocol="grpc")
+    BackendServer.objects.create(group=group, address="127.0.0.1", port=50051, weight=100)
+    HealthCheck.objects.create(group=group, protocol="tcp")
+    listener = make_listener(
+        instance,
+        group,
+        port=443,
+        protocol="https",
+        default_certificate=upload_server_cert(admin_client),
+        tls_policy_id="tls_cipher_policy_1_0",
+        http2=True,
+        status=Listener.Status.RUNNING,
+    )
+    page = admin_client.get(dialog_url(listener)).content.decode()
+    assert 'name="passive_health_check"' in page
+    assert 'name="passive_max_ejection_percent" value="50"' in page
+
+    saved = admin_client.post(dialog_url(listener), {**HEALTH_CHECK, "protocol": "tcp", **PASSIVE})
+    assert saved.status_code in (200, 302), saved.content.decode()
+    group.refresh_from_db()
+    assert (
+        group.passive_health_check,
+        group.passive_consecutive_failures,
+        group.passive_base_ejection_time,
+        group.passive_max_ejection_time,
+        group.passive_max_ejection_percent,
+    ) == (True, 3, 10, 60, 40)
+    for url in (
+        reverse("listener-detail", args=[listener.instance_id, listener.pk]),
+        group.get_absolute_url(),
+    ):
+        shown = admin_client.get(url).content.decode()
+        assert "<dt>Passive Health Check</dt><dd>Enabled</dd>" in shown
+        assert "<dd>10 s / 60 s</dd>" in shown
+
+    snapshot = build_snapshot(instance)
+    carried = snapshot.server_group(group.pk)
+    assert carried is not None
+    assert carried.backend_protocol == "grpc"
+    passive = carried.passive_health_check
+    assert (
+        passive.enabled,
+        passive.consecutive_failures,
+        passive.base_ejection_time,
+        passive.max_ejection_time,
+        passive.max_ejection_percent,
+    ) == (True, 3, 10, 60, 40)
+    snapshot.validate()
 
 
 @pytest.mark.parametrize(
@@ -360,8 +416,6 @@ def test_a_backup_restores_the_passive_check(running, server_group, monkeypatch)
 def test_browser_turns_passive_checks_on_and_sees_an_ejection(signed_in_page, live_server) -> None:
     from playwright.sync_api import expect
 
-    from listeners.models import BackendServer, HealthCheck
-
     instance = Instance.objects.create(name="shop")
     group = ServerGroup.objects.create(name="web")
     BackendServer.objects.create(group=group, address="10.0.0.7", port=8080)
@@ -427,8 +481,6 @@ def test_browser_shows_the_passive_numbers_only_while_the_switch_is_on(
     signed_in_page, live_server
 ) -> None:
     from playwright.sync_api import expect
-
-    from listeners.models import BackendServer, HealthCheck
 
     instance = Instance.objects.create(name="shop")
     group = ServerGroup.objects.create(name="web")

@@ -1,0 +1,70 @@
+"""dataplane.heads.special_lines against the regular expression it replaced, on ordinary and
+hostile response heads: the same lines, the same spans, in the same order."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+from dataplane.heads import special_lines
+
+# The reference: what the proxy matched before, over the lower-cased head.
+REFERENCE = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer"
+    rb"|upgrade|set-cookie|etag):[^\r]*"
+)
+
+
+def reference(head: bytes) -> list[tuple[bytes, int, int, int]]:
+    return [
+        (match[1], match.start(), match.end(), match.end(1) + 1)
+        for match in REFERENCE.finditer(head.lower())
+    ]
+
+
+HEADS = [
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 0\r\nConnection: keep-alive\r\n"
+    b'ETag: "5f-1"\r\nAccept-Ranges: bytes',
+    b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH:12\r\nTransfer-Encoding: chunked\r\nKeep-Alive: t=5",
+    b"HTTP/1.1 204 No Content\r\n",
+    b"HTTP/1.1 200 OK",
+    b"",
+    b"\r\n",
+    b"\r\nte:",
+    b"HTTP/1.1 200 OK\r\nTe : trailers\r\nTE:trailers\r\nTrailer: x\r\nUpgrade: h2c",
+    b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nset-cookie: b=2; Path=/\r\nSet-Cookie:\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Connection: close\r\nConnection-Id: 4\r\nconnection:close",
+    b"HTTP/1.1 200 OK\r\nFoo: bar\rContent-Length: 5\r\nEtag: x\r\r\nProxy-Connection: x",
+    b"HTTP/1.1 200 OK\nContent-Length: 5\r\n\nConnection: close\r\nEtag:\xff\xfe\r\n",
+    b"HTTP/1.1 200 OK\r\n: no name\r\nno colon here\r\nContent-Length: 1: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n\r\nContent-Length: 3\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_the_same_lines_as_the_regular_expression(head):
+    assert special_lines(head) == reference(head)
+
+
+def test_random_heads_built_from_hostile_pieces():
+    pieces = [
+        b"\r\n", b"\r", b"\n", b":", b" ", b"\t", b"Content-Length", b"content-length",
+        b"TE", b"te", b"Trailer", b"ETag", b"Set-Cookie", b"Connection", b"keep-alive",
+        b"Proxy-Connection", b"Upgrade", b"Transfer-Encoding", b"X-Other", b"0", b"12",
+        b"\x00", b"\xff", b"value",
+    ]  # fmt: skip
+    rng = random.Random(20261203)
+    for _ in range(3000):
+        head = b"HTTP/1.1 200 OK" + b"".join(rng.choice(pieces) for _ in range(rng.randrange(40)))
+        assert special_lines(head) == reference(head), head
+
+
+def test_a_large_head_with_many_lines():
+    head = b"HTTP/1.1 200 OK" + b"".join(
+        b"\r\nSet-Cookie: c%d=v" % n if n % 3 else b"\r\nX-Filler-%d: %s" % (n, b"v" * 50)
+        for n in range(2000)
+    )
+    found = special_lines(head)
+    assert found == reference(head)
+    assert len(found) == 1333
