@@ -512,20 +512,25 @@ class Listener(models.Model):
         return observe(self, self.instance.node_reports)
 
 
+class ErrorPageStatus(models.TextChoices):
+    BAD_GATEWAY = "502", "502 Bad Gateway"
+    SERVICE_UNAVAILABLE = "503", "503 Service Unavailable"
+    GATEWAY_TIMEOUT = "504", "504 Gateway Timeout"
+    # Served as a 503 while every server of the listener's group is in Maintenance.
+    MAINTENANCE = "maintenance", "Maintenance"
+
+
+class ErrorPageContentType(models.TextChoices):
+    HTML = "text/html", "text/html"
+    TEXT = "text/plain", "text/plain"
+    JSON = "application/json", "application/json"
+
+
 class ErrorPage(models.Model):
     """A listener's own page for a 502, 503 or 504 the node answers, or for Maintenance."""
 
-    class Status(models.TextChoices):
-        BAD_GATEWAY = "502", "502 Bad Gateway"
-        SERVICE_UNAVAILABLE = "503", "503 Service Unavailable"
-        GATEWAY_TIMEOUT = "504", "504 Gateway Timeout"
-        # Served as a 503 while every server of the listener's group is in Maintenance.
-        MAINTENANCE = "maintenance", "Maintenance"
-
-    class ContentType(models.TextChoices):
-        HTML = "text/html", "text/html"
-        TEXT = "text/plain", "text/plain"
-        JSON = "application/json", "application/json"
+    Status = ErrorPageStatus
+    ContentType = ErrorPageContentType
 
     listener = models.ForeignKey(Listener, on_delete=models.CASCADE, related_name="error_pages")
     status = models.CharField(max_length=12, choices=Status.choices)
@@ -537,7 +542,17 @@ class ErrorPage(models.Model):
     class Meta:
         ordering = ["status"]
         constraints = [
-            models.UniqueConstraint(fields=["listener", "status"], name="error_page_unique")
+            models.UniqueConstraint(fields=["listener", "status"], name="error_page_unique"),
+            # A row the node would refuse would make it refuse the whole snapshot: whatever
+            # writes one (a service called directly, an import), the database says no.
+            models.CheckConstraint(
+                condition=models.Q(status__in=ErrorPageStatus.values),
+                name="error_page_status_known",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(content_type__in=ErrorPageContentType.values),
+                name="error_page_content_type_known",
+            ),
         ]
 
     def __str__(self) -> str:

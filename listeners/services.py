@@ -420,6 +420,13 @@ def set_error_page(*, listener_id: str, status: str, content_type: str, body: st
         raise RuleViolation(
             "Only HTTP, HTTPS and QUIC listeners serve error pages.", field="status"
         )
+    if status not in ErrorPage.Status.values:
+        raise RuleViolation("Choose 502, 503, 504 or Maintenance.", field="status")
+    if content_type not in ErrorPage.ContentType.values:
+        raise RuleViolation(
+            "The content type must be text/html, text/plain or application/json.",
+            field="content_type",
+        )
     page, _ = ErrorPage.objects.update_or_create(
         listener=listener, status=status, defaults={"content_type": content_type, "body": body}
     )

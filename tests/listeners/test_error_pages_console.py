@@ -102,6 +102,40 @@ def test_a_tcp_listener_has_no_error_pages(instance):
         services.set_error_page(listener_id=tcp.pk, status="502", content_type="text/html", body="")
 
 
+@pytest.mark.parametrize(
+    ("status", "content_type", "field"),
+    [
+        ("502", "text/html; charset=utf-8", "content_type"),
+        ("502", "image/svg+xml", "content_type"),
+        ("500", "text/html", "status"),
+    ],
+)
+def test_a_page_the_node_would_refuse_is_refused_by_the_service(
+    running, pushes, status, content_type, field
+):
+    """The node refuses a whole snapshot over one such page, so no caller may store one: the
+    service checks what the dialog and the API check, and the database holds the same rule."""
+    with pytest.raises(services.RuleViolation) as refused:
+        services.set_error_page(
+            listener_id=running.pk, status=status, content_type=content_type, body="x"
+        )
+    assert refused.value.field == field
+    assert not ErrorPage.objects.exists()
+    assert pushes == []
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type"), [("502", "text/html; charset=utf-8"), ("500", "text/html")]
+)
+def test_the_database_refuses_a_page_the_node_would_refuse(running, status, content_type):
+    from django.db import IntegrityError, transaction
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ErrorPage.objects.create(
+            listener=running, status=status, content_type=content_type, body="x"
+        )
+
+
 def test_the_snapshot_carries_the_pages(running):
     ErrorPage.objects.create(
         listener=running, status="maintenance", content_type="text/plain", body="back soon"
