@@ -6,6 +6,7 @@ cimport cython
 
 from dataplane.deadlines cimport Deadlines
 from dataplane.protocols.gate cimport BackendReadGate
+from dataplane.stats cimport ListenerStats
 from dataplane.upstream cimport HttpUpstream
 
 
@@ -90,7 +91,7 @@ cdef class HttpProxy(BackendReadGate):
     cdef public object runtime
     cdef public object sent
     cdef public object settings
-    cdef public object stats
+    cdef public ListenerStats stats
     cdef public object termination
     cdef public object throttled
     cdef public object timer_at

@@ -141,13 +141,13 @@ def test_a_build_runs_the_listed_modules_compiled():
 
 
 def _declared_fields(pxd: Path) -> dict[str, set[str]]:
-    """`cdef public object name` lines of each `cdef class` in a .pxd."""
+    """`cdef public TYPE name` lines of each `cdef class` in a .pxd."""
     fields: dict[str, set[str]] = {}
     current = None
     for line in pxd.read_text().splitlines():
         if match := re.match(r"cdef class (\w+)", line):
             current = fields.setdefault(match[1], set())
-        elif match := re.match(r"\s+cdef public object (\w+)", line):
+        elif match := re.match(r"\s+cdef public \w+ (\w+)$", line):
             current.add(match[1])  # type: ignore[union-attr]
     return fields
 
