@@ -201,6 +201,12 @@ class ControlApi:
             return 422, {"error": "invalid snapshot", "reasons": exc.reasons}
         async with self._apply_lock:
             before, started = self.node.generation, time.perf_counter()
+            if snapshot.generation > before:
+                # Saved before it is applied: a node killed once its workers serve a generation
+                # restarts with that generation, and only then drains the old workers
+                # (dataplane.handover). Saved after, a kill in between restarted the older one,
+                # and the new listeners went unserved until the console pushed again.
+                await self._save(snapshot)
             try:
                 results = await self.node.apply(snapshot)
             except (StaleGeneration, GenerationConflict) as exc:
@@ -213,20 +219,24 @@ class ControlApi:
             if self.node.generation != before:
                 # A re-sent snapshot only retries failed listeners; it is not an apply to time.
                 self.counters.apply_seconds = time.perf_counter() - started
-            if self.store is not None and snapshot.generation != self._saved_generation:
-                try:
-                    await asyncio.to_thread(self.store.save, snapshot)
-                    self._saved_generation = snapshot.generation
-                except OSError as exc:
-                    # The node runs the new generation either way; say that it would not survive
-                    # a restart.
-                    log.error("cannot save generation %d: %s", snapshot.generation, exc)
+            await self._save(snapshot)
         persisted = self._saved_generation == snapshot.generation
         return 200, {
             "generation": snapshot.generation,
             "listeners": results,
             "persisted": persisted,
         }
+
+    async def _save(self, snapshot: Snapshot) -> None:
+        if self.store is None or snapshot.generation == self._saved_generation:
+            return
+        try:
+            await asyncio.to_thread(self.store.save, snapshot)
+            self._saved_generation = snapshot.generation
+        except OSError as exc:
+            # The node runs the new generation either way; say that it would not survive a
+            # restart.
+            log.error("cannot save generation %d: %s", snapshot.generation, exc)
 
 
 def access_log_filters(query: bytes) -> dict[str, Any] | str:
