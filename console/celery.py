@@ -191,6 +191,29 @@ class Consumer(CeleryConsumer):
         self.outage.lost(exc)
 
 
+class AckDuringOutage(logging.Filter):
+    """Turns "Couldn't ack" (a task done as the broker went away) into the outage's one line.
+
+    Kombu logs it as CRITICAL with a traceback. Nothing is lost: the message stays unacked, the
+    broker hands it out again once it is back, and a push is idempotent (the node takes a
+    generation once).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        message = str(record.msg)
+        if error is None or not message.startswith(("Couldn't ack", "Couldn't reject")):
+            return True
+        if not is_broker_down(error):
+            return True
+        Consumer.outage.lost(error)
+        return False
+
+
+# The logger kombu's Message.ack_log_error is given by the worker's request.
+logging.getLogger("celery.worker.request").addFilter(AckDuringOutage())
+
+
 class ReconcileOnConnect(bootsteps.StartStopStep):
     """Queue a reconcile each time the worker (re)connects to the broker.
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import time
 
+import kombu
 import pytest
 from django.db import transaction
 
+from console.celery import BrokerOutage, Consumer
 from console.models import Instance
 from listeners.models import Listener, ServerGroup
 from listeners.services import create_listener, create_server_group
@@ -104,3 +106,25 @@ def test_changes_saved_during_an_outage_converge_within_2_s_of_the_broker_return
         assert log.count("broker reachable again") <= 1, log[-3000:]
         assert problems(log) == [], log[-3000:]
     assert "worker: broker reachable again" in worker.log()
+
+
+def test_a_task_acked_as_the_broker_goes_away_is_the_outage_line_not_a_traceback(
+    control_plane: ControlPlane, caplog, monkeypatch
+) -> None:
+    # The race a fresh-clone run lost once: a push finished just as Redis stopped, and kombu
+    # logged its failed acknowledgement as CRITICAL with a traceback.
+    redis = control_plane.redis()
+    monkeypatch.setattr(Consumer, "outage", BrokerOutage("worker", "retrying"))
+    with celery_broker(redis.url), kombu.Connection(redis.url) as connection:
+        queue = connection.SimpleQueue("ack-during-outage")
+        queue.put({"push": 1})
+        message = queue.get(timeout=5)
+        redis.stop()
+        with caplog.at_level(logging.INFO):
+            message.ack_log_error(
+                logging.getLogger("celery.worker.request"), connection.connection_errors
+            )
+    assert [record for record in caplog.records if record.levelno >= logging.ERROR] == []
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(outage_lines("\n".join(lines))) == 1, lines
+    assert not message.acknowledged  # the broker hands it out again once it is back
