@@ -95,7 +95,9 @@ class HttpUpstream:
         self.pool = pool
         self.key = key
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        # Made once connected: the parser holds this object through its callbacks, a cycle
+        # that a failed connection attempt would leave to the cycle collector.
+        self.parser: httptools.HttpResponseParser | None = None
         self.owner: Exchange | None = None
         self.closed = False
         self.reused = False
@@ -136,6 +138,7 @@ class HttpUpstream:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.parser = httptools.HttpResponseParser(self)
         self.pool.opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -203,6 +206,9 @@ class HttpUpstream:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # The parser holds this connection through its callbacks: without it, a closed
+        # connection is freed by reference counting, not left to the cycle collector.
+        self.parser = None
         self.pool.lost(self)
         owner = self.owner
         if owner is not None:

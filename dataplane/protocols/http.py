@@ -631,6 +631,9 @@ class HttpProxy(BackendReadGate):
             # Let what the client sent last (a WebSocket close frame) reach the backend.
             self._end_tunnel()
         self.closed = True
+        # The parser holds this proxy through its callbacks: without it, a closed connection
+        # is freed by reference counting, not left to the cycle collector.
+        self.parser = None
         if self.writer is not None:
             self.writer.close()
         self._teardown()
