@@ -26,19 +26,13 @@ UPGRADE = b"upgrade"
 SET_COOKIE = b"set-cookie"
 ETAG = b"etag"
 
-cdef tuple _NAMES = (
-    CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER,
-    UPGRADE, SET_COOKIE, ETAG,
-)
-
 
 cdef inline bint _same(const char *text, Py_ssize_t size, bytes name) noexcept:
-    """Whether text[:size], in any case, is `name` (lower case, letters and '-')."""
+    """Whether text[:size], in any case, is `name` (lower case, letters and '-'), whose length
+    the caller has checked is `size`."""
     cdef const char *lower = PyBytes_AS_STRING(name)
     cdef Py_ssize_t i
     cdef char c
-    if PyBytes_GET_SIZE(name) != size:
-        return False
     for i in range(size):
         c = text[i]
         if 65 <= c <= 90:
@@ -46,6 +40,39 @@ cdef inline bint _same(const char *text, Py_ssize_t size, bytes name) noexcept:
         if c != lower[i]:
             return False
     return True
+
+
+cdef inline object _special(const char *text, Py_ssize_t size):
+    """The constant `text[:size]` names in any case, or None; chosen by length first, as most
+    lines of a head (Date, Server, Content-Type...) have a length no special name has."""
+    if size == 10:
+        if _same(text, 10, CONNECTION):
+            return CONNECTION
+        if _same(text, 10, SET_COOKIE):
+            return SET_COOKIE
+        if _same(text, 10, KEEP_ALIVE):
+            return KEEP_ALIVE
+    elif size == 14:
+        if _same(text, 14, CONTENT_LENGTH):
+            return CONTENT_LENGTH
+    elif size == 4:
+        if _same(text, 4, ETAG):
+            return ETAG
+    elif size == 17:
+        if _same(text, 17, TRANSFER_ENCODING):
+            return TRANSFER_ENCODING
+    elif size == 7:
+        if _same(text, 7, UPGRADE):
+            return UPGRADE
+        if _same(text, 7, TRAILER):
+            return TRAILER
+    elif size == 2:
+        if _same(text, 2, TE):
+            return TE
+    elif size == 16:
+        if _same(text, 16, PROXY_CONNECTION):
+            return PROXY_CONNECTION
+    return None
 
 
 def special_lines(bytes head):
@@ -57,7 +84,7 @@ def special_lines(bytes head):
     cdef Py_ssize_t size = PyBytes_GET_SIZE(head)
     cdef Py_ssize_t start = 0, line, colon, end
     cdef const char *found
-    cdef bytes name
+    cdef object name
     cdef list lines = []
     while True:
         # The next "\r\n": a line begins after it.
@@ -73,8 +100,7 @@ def special_lines(bytes head):
         found = <const char *>memchr(text + line, 58, end - line)
         if found != NULL:
             colon = found - text
-            for name in _NAMES:
-                if _same(text + line, colon - line, name):
-                    lines.append((name, line - 2, end, colon + 1))
-                    break
+            name = _special(text + line, colon - line)
+            if name is not None:
+                lines.append((name, line - 2, end, colon + 1))
         start = end

@@ -20,7 +20,7 @@ from collections import deque
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, uint8_t, uint32_t
-from libc.string cimport memchr, memcmp, memcpy, strlen
+from libc.string cimport memchr, memcmp, memcpy
 
 
 cdef extern from "nghttp2/nghttp2.h":
@@ -522,20 +522,18 @@ cdef class Session:
 
 
 # Fields a response head may carry in HTTP/1.1 but not in HTTP/2 (RFC 9113 8.2.2), lower case.
-cdef const char *_CONNECTION_SPECIFIC[7]
-_CONNECTION_SPECIFIC[:] = [
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-    b"upgrade",
-]
-
-
 cdef inline bint _connection_specific(const char *name, Py_ssize_t size) noexcept:
-    cdef int i
-    cdef const char *candidate
-    for i in range(7):
-        candidate = _CONNECTION_SPECIFIC[i]
-        if strlen(candidate) == <size_t>size and memcmp(candidate, name, size) == 0:
-            return True
+    # By length first: most names have a length none of these has.
+    if size == 10:
+        return memcmp(name, b"connection", 10) == 0 or memcmp(name, b"keep-alive", 10) == 0
+    if size == 7:
+        return memcmp(name, b"upgrade", 7) == 0 or memcmp(name, b"trailer", 7) == 0
+    if size == 17:
+        return memcmp(name, b"transfer-encoding", 17) == 0
+    if size == 2:
+        return memcmp(name, b"te", 2) == 0
+    if size == 16:
+        return memcmp(name, b"proxy-connection", 16) == 0
     return False
 
 
