@@ -2,6 +2,9 @@
 # becomes an extension type, its fields C fields and its calls to itself per stream C calls. Every
 # name in its __slots__ is declared here (tests/dataplane/test_compiled_modules.py keeps the lists
 # equal). The .py stays the source.
+from dataplane.protocols.streams cimport Stream
+
+
 cdef class Http2Connection:
     cdef public object closed
     cdef public object draining
@@ -18,16 +21,17 @@ cdef class Http2Connection:
     cdef public object session
     cdef public object settings
     cdef public object stats
-    cdef public object streams
+    cdef public dict streams
     cdef public object transport
     cdef public object upstreams
     cdef public object writing_paused
     cdef public object xff_line
 
-    cpdef _head_submitted(self, stream, submitted, end_stream)
-    cpdef pump(self, stream)
-    cpdef _done(self, stream)
-    cpdef _drop(self, stream)
+    # A stream is a Stream (its fields C fields), never None.
+    cpdef _head_submitted(self, Stream stream, submitted, end_stream)
+    cpdef pump(self, Stream stream)
+    cpdef _done(self, Stream stream)
+    cpdef _drop(self, Stream stream)
     cpdef _stream_gone(self)
     cpdef schedule_flush(self)
     cpdef flush(self)

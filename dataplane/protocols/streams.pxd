@@ -27,6 +27,6 @@ cdef class ProxiedStream(Stream):
     cdef public object headers
     cdef public object parser
     cdef public object pending
-    cdef public object proxy
+    cdef public StreamProxy proxy
     cdef public object reading
     cdef public object responded
