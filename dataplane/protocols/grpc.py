@@ -13,18 +13,23 @@ gRPC at layer 7 rather than per TCP connection.
 
 Flow control is end to end: a DATA frame is acknowledged to its sender only once the other side
 has taken it (dataplane.nghttp2.Outbound), so a slow reader slows its writer down instead
-of filling the dataplane's memory.
+of filling the dataplane's memory. A backend's window alone does not bound that: one that offers
+a large window and then stops reading would have nghttp2 take request bodies into a socket that
+never drains, so a backend connection whose transport is paused gets nothing more from nghttp2.
 
 When the dataplane itself must fail a call, it answers as a gRPC server would, with a
 trailers-only response: UNAVAILABLE (14) when no server is eligible or reachable, and
 DEADLINE_EXCEEDED (4) when no response headers arrive within the response timeout.
 
 Issue 20's traffic policy, as it applies to calls:
-- Retries (dataplane.retry): a call is sent again only when connecting to its server failed, so
-  nothing of it reached a server; it then goes to a server not tried yet, at most the listener's
-  `retries` times and within its retry budget. Every gRPC call is a POST, and its messages stream
-  to the backend as they arrive and are not kept, so a call a server answered, refused or broke
-  is never sent again; retrying by grpc-status is left to the client's own retry policy.
+- Retries (dataplane.retry): a call goes to another server only when connecting to its server
+  failed, so nothing of it reached a server; it then goes to a server not tried yet, at most the
+  listener's `retries` times and within its retry budget. Every gRPC call is a POST, and its
+  messages stream to the backend as they arrive, so a call a server answered or broke is never
+  sent again; retrying by grpc-status is left to the client's own retry policy. A call the server
+  says it processed none of (REFUSED_STREAM, or a stream above the last stream id of its GOAWAY)
+  goes to the same server again with its body, while that is small enough to have been kept
+  (`GrpcStream.unprocessed`).
 - Passive health checks (dataplane.outlier): a call's outcome is known from its trailers. It is a
   failure when the response head is 5xx, when its grpc-status says the server could not serve it
   (FAILED_CALL: UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS, the codes Envoy maps to 5xx), when the
@@ -72,8 +77,8 @@ UNAVAILABLE = 14
 # (Envoy's grpcToHttpStatus). Every other status is the application's answer: a success.
 FAILED_CALL = {b"2": 500, b"13": 500, b"14": 503, b"15": 500}
 # A call's request body is kept for sending again while it is this small: a backend that refuses
-# a stream unprocessed (REFUSED_STREAM) leaves it safe to send again (RFC 9113 8.7), and a larger
-# body is not held in memory for that.
+# a stream unprocessed (REFUSED_STREAM, RFC 9113 8.7) or goes away without it (GOAWAY, 6.8) leaves
+# it safe to send again, and a larger body is not held in memory for that.
 REPLAY_LIMIT = 64 * 1024
 MAX_REFUSALS = 3
 # Time allowed to open a connection to a backend before the call tries another one.
@@ -123,6 +128,8 @@ class GrpcUpstream(asyncio.Protocol):
         self.streams: dict[int, GrpcStream] = {}
         self.usable = True
         self.flush_scheduled = False
+        # The transport's buffer is over its high-water mark: the backend is not reading.
+        self.writing_paused = False
         # Cut by the node: its server went into maintenance or reached its drain deadline.
         self.out_of_service = False
 
@@ -132,7 +139,7 @@ class GrpcUpstream(asyncio.Protocol):
         try:
             await asyncio.wait_for(self._open(), CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
-            self._gone(exc)
+            self.abandon(exc)
             raise
 
     async def _open(self) -> None:
@@ -142,7 +149,10 @@ class GrpcUpstream(asyncio.Protocol):
         # after their bodies were sent. Once it is known, nghttp2 holds the surplus HEADERS.
         await asyncio.shield(self.connected)
 
-    def _gone(self, exc: Exception) -> None:
+    def abandon(self, exc: Exception) -> None:
+        """Open no new call on this connection: the client connection's next call to this
+        server opens a fresh one, and the calls waiting for this one to open get `exc`. The
+        calls already on it finish; it closes once they have (`flush`)."""
         self.usable = False
         if self.owner.upstreams.get(self.key) is self:
             del self.owner.upstreams[self.key]
@@ -150,6 +160,7 @@ class GrpcUpstream(asyncio.Protocol):
             self.connected.set_exception(exc)
             # Retrieved here: no other call may be waiting for it.
             self.connected.exception()
+        self.schedule_flush()
 
     # -- transport callbacks ---------------------------------------------------------------------
 
@@ -185,7 +196,7 @@ class GrpcUpstream(asyncio.Protocol):
         self.owner.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._gone(exc or ConnectionError("the backend closed the connection"))
+        self.abandon(exc or ConnectionError("the backend closed the connection"))
         # The session refers back to this connection; free nghttp2's memory now, not at GC.
         self.session = None
         streams = list(self.streams.values())
@@ -193,6 +204,16 @@ class GrpcUpstream(asyncio.Protocol):
         for stream in streams:
             stream.upstream_failed("the backend closed the connection")
         self.owner.flush()
+
+    def pause_writing(self) -> None:
+        # nghttp2's frames stay in nghttp2 meanwhile (`flush`): the request bodies stay in their
+        # Outbounds, unacknowledged, so the clients wait instead of the node buffering for them
+        # as much as the backend's windows allow.
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.flush()
 
     # -- session events (called by nghttp2 through the Session) ----------------------------------
 
@@ -254,12 +275,12 @@ class GrpcUpstream(asyncio.Protocol):
             self.connected.set_result(None)
 
     def on_goaway(self, last_stream_id: int, code: int) -> None:
-        # Calls the backend did not take fail; the ones it took finish.
-        self._gone(ConnectionError("the backend is going away"))
+        # The streams above last_stream_id were not processed (RFC 9113 6.8): they go again on a
+        # fresh connection, this one taking no new stream. nghttp2 closes them next, as refused,
+        # which finds them gone from `streams`. The ones the backend took finish here.
+        self.abandon(ConnectionError("the backend is going away"))
         for pending_id in [sid for sid in self.streams if sid > last_stream_id]:
-            self.streams.pop(pending_id).upstream_failed("the backend is going away")
-        if not self.streams:
-            self.close()
+            self.streams.pop(pending_id).unprocessed("the backend is going away")
 
     # -- streams ---------------------------------------------------------------------------------
 
@@ -302,14 +323,19 @@ class GrpcUpstream(asyncio.Protocol):
         self.flush_scheduled = False
         if self.session is None or self.transport is None or self.transport.is_closing():
             return
-        try:
-            data = self.session.data_to_send()
-        except Http2Error as exc:
-            log.info("gRPC backend %s:%d: %s", *self.key, exc)
+        if not self.writing_paused:
+            try:
+                data = self.session.data_to_send()
+            except Http2Error as exc:
+                log.info("gRPC backend %s:%d: %s", *self.key, exc)
+                self.close()
+                return
+            if data:
+                self.transport.write(data)
+        if not self.usable and not self.streams:
+            # Abandoned and its last call over: nothing will use it again, and its client
+            # connection, which no longer lists it, would not close it.
             self.close()
-            return
-        if data:
-            self.transport.write(data)
 
     def close(self) -> None:
         self.usable = False
@@ -324,7 +350,7 @@ class GrpcUpstream(asyncio.Protocol):
             return 0
         self.out_of_service = True
         # Calls still waiting for it to open fail over as after a failed connect.
-        self._gone(ConnectionAbortedError("the server was taken out of service"))
+        self.abandon(ConnectionAbortedError("the server was taken out of service"))
         streams = list(self.streams.values())
         self.streams.clear()
         if self.transport is not None:
@@ -368,8 +394,8 @@ class GrpcStream(Stream):
         self.headers = forwarded_headers(headers, settings, connection.peer_ip.encode())
         # The request body, acknowledged to the client once the backend's window took it.
         self.request_out = Outbound(on_sent=self._request_sent)
-        # The body so far, while it is small enough to send again should the backend refuse
-        # the stream unprocessed (REFUSED_STREAM); None past REPLAY_LIMIT or once answered.
+        # The body so far, while it is small enough to send again should the backend not process
+        # the stream (`unprocessed`); None past REPLAY_LIMIT or once answered.
         self.replay: bytearray | None = bytearray()
         self.refusals = 0
         # `backend` holds the server while the call counts in its `active`; `server` is the
@@ -422,6 +448,9 @@ class GrpcStream(Stream):
         self.observed = False
         backend.active += 1
         backend.requests += 1
+        self._reach(backend)
+
+    def _reach(self, backend: Backend) -> None:
         key = (backend.address, backend.port)
         upstream = self.connection.upstreams.get(key)
         if upstream is not None and upstream.usable and upstream.connected.done():
@@ -492,7 +521,7 @@ class GrpcStream(Stream):
         except Http2Error as exc:
             # The connection is going away or has spent its stream ids: a fresh one, elsewhere.
             self.upstream = None
-            upstream._gone(exc)
+            upstream.abandon(exc)
             self._connect_failed(self.backend, exc, counted=False)  # type: ignore[arg-type]
             return
         if end:
@@ -592,19 +621,41 @@ class GrpcStream(Stream):
 
     def refused(self) -> None:
         """The backend refused the stream before processing any of it (RFC 9113 8.7), as a
-        server does past its concurrent-stream limit: the call goes again on a fresh stream to
-        the same server, its body replayed, up to MAX_REFUSALS times."""
-        upstream = self.upstream
-        if (
-            self.replay is None
-            or self.refusals >= MAX_REFUSALS
-            or upstream is None
-            or not upstream.usable
-            or self.connection.streams.get(self.stream_id) is not self
-        ):
-            self.upstream_failed("the backend refused the stream", failure=False)
+        server does past its concurrent-stream limit."""
+        self.unprocessed("the backend refused the stream")
+
+    def unprocessed(self, reason: str) -> None:
+        """The backend processed none of the call: it refused the stream, or went away with the
+        stream above its GOAWAY's last stream id (RFC 9113 6.8). The call goes again on a fresh
+        stream to the same server, its body replayed, up to MAX_REFUSALS times: on the same
+        connection while that takes new streams, else on a new one, whose failed connect moves
+        the call on as any failed connect does. `reason` is what the client hears otherwise;
+        none of this counts against the server's health."""
+        backend = self.backend
+        if backend is None or self.connection.streams.get(self.stream_id) is not self:
+            self.upstream_failed(reason, failure=False)
+            return
+        if self.replay is None:
+            # Not kept past REPLAY_LIMIT (or answered: then the client's stream is reset).
+            self.upstream_failed(
+                f"{reason}, and the request body is over {REPLAY_LIMIT} bytes: not sent again",
+                failure=False,
+            )
+            return
+        if self.refusals >= MAX_REFUSALS:
+            self.upstream_failed(f"{reason} (sent {self.refusals + 1} times)", failure=False)
             return
         self.refusals += 1
+        self._rewind()
+        upstream = self.upstream
+        if upstream is not None and upstream.usable:
+            self._attach(upstream)
+        else:
+            self.upstream = None
+            self._reach(backend)
+
+    def _rewind(self) -> None:
+        """A new request Outbound holding the whole body so far, for a fresh stream."""
         old = self.request_out
         out = Outbound(on_sent=self._request_sent)
         if self.replay:
@@ -616,7 +667,6 @@ class GrpcStream(Stream):
         out.end = old.end
         out.trailers = old.trailers
         self.request_out = out
-        self._attach(upstream)
 
     def upstream_failed(self, reason: str, *, failure: bool = True) -> None:
         """The backend stream or connection broke; `failure` is False when the node cut it

@@ -175,6 +175,9 @@ class RecordingBackend:
             return
         finally:
             self.writers.discard(writer)
+            # Else its end stays in CLOSE-WAIT until garbage collection: a descriptor that
+            # descriptor counts would blame on the node.
+            writer.close()
 
     @staticmethod
     async def _read_body(reader: asyncio.StreamReader, request: Recorded) -> bytes:
