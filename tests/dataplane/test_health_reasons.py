@@ -32,7 +32,7 @@ from tests.dataplane.conftest import (
     snapshot,
     wait_until,
 )
-from tests.fixtures.ports import free_port
+from tests.fixtures.ports import free_port, refused_port
 
 # Fast checks: one failure is enough to mark a server down.
 FAST_HTTP = {
@@ -151,7 +151,7 @@ def tls_server_context(ca: trustme.CA, *, require_client_certificate: bool = Fal
 
 
 def closed_port() -> int:
-    return free_port()
+    return refused_port()
 
 
 @pytest.fixture
