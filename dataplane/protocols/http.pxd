@@ -10,6 +10,13 @@ from dataplane.stats cimport ListenerStats
 from dataplane.upstream cimport HttpUpstream
 
 
+# Module constants the parser callbacks compare per header, as C values.
+cdef int _PLAIN, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _HOP, _HOST, _XFF, _COOKIE
+cdef int _EXPECT, _ACCEPT_ENCODING
+cdef dict _REQUEST_HEADERS
+cdef frozenset _DISGUISED
+
+
 cdef class Request:
     cdef public object accept_encoding
     cdef public object answered_at
@@ -109,7 +116,7 @@ cdef class HttpProxy(BackendReadGate):
     cpdef on_message_begin(self)
     @cython.locals(request=Request)
     cpdef on_url(self, url)
-    @cython.locals(request=Request)
+    @cython.locals(request=Request, kind=cython.int)
     cpdef on_header(self, name, value)
     @cython.locals(request=Request)
     cpdef on_headers_complete(self)

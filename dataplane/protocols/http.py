@@ -117,7 +117,8 @@ _PAUSE_UPSTREAM = 2  # the backend connection's write buffer is full
 _PAUSE_BUFFER = 4  # request body waiting for a backend connection
 _PAUSE_DONE = 8  # no further request will be read on this connection
 
-# Request headers that need more than copying.
+# Request headers that need more than copying (_PLAIN: copied as they are).
+_PLAIN = -1
 (
     _CONTENT_LENGTH,
     _TRANSFER_ENCODING,
@@ -681,8 +682,8 @@ class HttpProxy(BackendReadGate):
             self.reject_status = 431
             raise _Reject
         lower = name.lower()
-        kind = _REQUEST_HEADERS.get(lower)
-        if kind is None:
+        kind = _REQUEST_HEADERS.get(lower, _PLAIN)
+        if kind == _PLAIN:
             if lower not in self.settings.drop_headers and lower not in _DISGUISED:
                 request.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == _HOST:
