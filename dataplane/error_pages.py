@@ -50,11 +50,10 @@ class CompiledPage:
             + b"Cache-Control: no-store\r\nConnection: close\r\n"
         )
 
-    def response(self, date: bytes, *, head_only: bool) -> bytes:
-        """The whole answer; a HEAD request gets the head only (its length still says the
-        body's, RFC 9110 9.3.2)."""
-        head = self.head + b"Date: %s\r\n\r\n" % date
-        return head if head_only else head + self.body
+    def response(self, date: bytes, *, head_only: bool) -> tuple[bytes, bytes]:
+        """The answer's head (through its blank line) and body; a HEAD request gets no body (the
+        head's length still says the body's, RFC 9110 9.3.2)."""
+        return self.head + b"Date: %s\r\n\r\n" % date, b"" if head_only else self.body
 
 
 class ErrorPages:

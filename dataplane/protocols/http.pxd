@@ -147,6 +147,8 @@ cdef class HttpProxy(BackendReadGate):
     cpdef _resume(self, reason)
     @cython.locals(request=Request)
     cpdef _reject(self, status)
+    cpdef _send_answer(self, status, bytes head, bytes body, bint throttled)
+    cpdef _continue(self)
     cpdef _ended(self, Request request, status, termination)
     cpdef _teardown(self)
     cpdef _close(self)

@@ -210,16 +210,22 @@ def http_date() -> bytes:
     return _date_cache[1]  # type: ignore[return-value]
 
 
-def error_response(status: int, *, head_only: bool = False) -> bytes:
-    """The node's plain answer; `head_only` for a HEAD request, whose answer has no body (RFC 9110
-    9.3.2) but the Content-Length a GET's would have."""
+def error_response(status: int, *, head_only: bool = False) -> tuple[bytes, bytes]:
+    """The node's plain answer, as its head (through the blank line) and body; `head_only` for a
+    HEAD request, whose answer has no body (RFC 9110 9.3.2) but the Content-Length a GET's would
+    have."""
     reason = _REASONS[status].encode()
     body = b"%d %s\n" % (status, reason)
-    return b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % (
-        status,
-        reason,
-        len(body),
-    ) + b"Connection: close\r\nDate: %s\r\n\r\n%s" % (http_date(), b"" if head_only else body)
+    head = (
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+        % (
+            status,
+            reason,
+            len(body),
+        )
+        + b"Connection: close\r\nDate: %s\r\n\r\n" % http_date()
+    )
+    return head, b"" if head_only else body
 
 
 def _underscored(names: Iterable[bytes]) -> frozenset[bytes]:
@@ -1054,13 +1060,13 @@ class HttpProxy(BackendReadGate):
         elif not keep_alive:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
-        if request.method != b"HEAD":
-            parts.append(body)
-        data = b"".join(parts)
+        head = b"".join(parts)
+        if request.method == b"HEAD":
+            body = b""
         stats = self.stats
         stats.responses[status // 100] += 1
-        stats.bytes_out += len(data)
-        self._write(data)
+        stats.bytes_out += len(head) + len(body)
+        self._send_answer(status, head, body, True)
         self._ended(request, status, termination)
         self.current = None
         if not keep_alive:
@@ -1191,7 +1197,7 @@ class HttpProxy(BackendReadGate):
             upstream.write(self.head)
             if request.expect_continue and not request.complete:
                 # The client waits for this before it sends the body.
-                self.transport.write(_CONTINUE)
+                self._continue()
         if self.writing_paused or self.throttled:
             upstream.transport.pause_reading()  # type: ignore[union-attr]
 
@@ -1673,17 +1679,30 @@ class HttpProxy(BackendReadGate):
             page = pages.page(status, maintenance=self.route.in_maintenance)
         head_only = request is not None and request.method == b"HEAD"
         if page is None:
-            data = error_response(status, head_only=head_only)
+            head, body = error_response(status, head_only=head_only)
         else:
-            data = page.response(http_date(), head_only=head_only)
+            head, body = page.response(http_date(), head_only=head_only)
         stats = self.stats
         stats.responses[status // 100] += 1
-        stats.bytes_out += len(data)
-        self.sent += len(data)
-        self.transport.write(data)
+        stats.bytes_out += len(head) + len(body)
+        self._send_answer(status, head, body, False)
         if request is not None and not getattr(request, "ended", 0.0):
             self._ended(request, status, _TERMINATIONS.get(status, "rejected"))
         self._close()
+
+    def _send_answer(self, status: int, head: bytes, body: bytes, throttled: bool) -> None:
+        """Write an answer of the node's own: its head (through the blank line) and its body,
+        through the bandwidth limit when `throttled` (an error goes out regardless). A stream's
+        proxy (dataplane.protocols.streams) sends the two as its codec's frames instead."""
+        if throttled:
+            self._write(head + body)
+        else:
+            self.sent += len(head) + len(body)
+            self.transport.write(head + body)
+
+    def _continue(self) -> None:
+        """Tell a client that waits for it (Expect: 100-continue) to send its request body."""
+        self.transport.write(_CONTINUE)
 
     def _ended(self, request: Request, status: int, termination: str) -> None:
         """One request is over: its duration counted, its access-log line written."""

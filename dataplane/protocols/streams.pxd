@@ -15,17 +15,14 @@ cdef class Stream:
 
 cdef class StreamProxy(HttpProxy):
     cpdef _send_head(self, Request request, list out, status, bint unsized, bint bodiless)
+    cpdef _send_answer(self, status, bytes head, bytes body, bint throttled)
+    cpdef _continue(self)
 
 
 cdef class ProxiedStream(Stream):
     cdef public object backend_paused
-    cdef public object body
     cdef public object closing
-    cdef public object complete
-    cdef public object direct
     cdef public object head_request
-    cdef public object headers
-    cdef public object parser
     cdef public object pending
     cdef public StreamProxy proxy
     cdef public object reading

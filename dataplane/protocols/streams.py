@@ -7,9 +7,9 @@ a `StreamProxy`, the HTTP/1.1 proxy itself: the request head arrives as the code
 and goes through the same field checks, forwarding rules, persistence, managed headers,
 compression, bandwidth, pooled backend connections, timeouts, counters and access log as an
 HTTP/1.1 client's request, and the dataplane's own 502/503/504 answers are the same. The
-`ProxiedStream` is the proxy's transport: the response head reaches it as a field list and the
-body as the bytes the proxy writes, which become the codec's HEADERS and DATA. Only the node's own
-answers are HTTP/1.1 messages parsed back into frames.
+`ProxiedStream` is the proxy's transport: a response head, the backend's or one of the node's own
+answers, reaches it as a call (`respond`) and the body as the bytes the proxy writes, which become
+the codec's HEADERS and DATA. Nothing is written as HTTP/1.1 to be parsed back.
 
 A codec's connection offers what `StreamConnection` lists.
 """
@@ -17,10 +17,7 @@ A codec's connection offers what `StreamConnection` lists.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Any, Protocol
-
-import httptools
 
 from dataplane.accesslog import CountingHttpProxy
 from dataplane.nghttp2 import CANCEL, INTERNAL_ERROR, PROTOCOL_ERROR, Outbound
@@ -30,8 +27,6 @@ from dataplane.protocols.http import HttpProxy, Request, _Reject
 if TYPE_CHECKING:
     from dataplane.protocols import ListenerHandle, ListenerSettings
     from dataplane.upstream import HttpUpstream
-
-log = logging.getLogger(__name__)
 
 
 class StreamConnection(Protocol):
@@ -189,6 +184,24 @@ class StreamProxy(HttpProxy):
         self.transport.response_complete()  # type: ignore[attr-defined]
         HttpProxy._finish(self, upstream, reusable=reusable)
 
+    def _send_answer(self, status: int, head: bytes, body: bytes, throttled: bool) -> None:
+        """An answer of the node's own (an error, a rule's redirect or fixed response, a 429):
+        its head to the codec as fields, its body as DATA."""
+        transport = self.transport
+        self.sent += len(head)
+        transport.respond(status, head, not body)  # type: ignore[attr-defined]
+        if body:
+            if throttled:
+                self._write(body)
+            else:
+                self.sent += len(body)
+                transport.write(body)
+        transport.response_complete()  # type: ignore[attr-defined]
+
+    def _continue(self) -> None:
+        """No interim response on a stream: the codecs send final responses only, and a client
+        that asked for 100-continue sends its body after its own wait (RFC 9110 10.1.1)."""
+
 
 class CountingStreamProxy(StreamProxy, CountingHttpProxy):
     """A stream's proxy on a listener whose access log is on: the response bytes it writes are
@@ -205,21 +218,15 @@ class ProxiedStream(Stream):
     """One stream served by a StreamProxy; it is also the proxy's transport.
 
     The request head and body go to the proxy as calls (the body re-chunked by the proxy when
-    its length is unknown). A backend's response comes as calls too: its head as a field list
-    (`respond`), its body as the bytes the proxy writes, its end as `response_complete`. Only an
-    answer of the node's own (an error page, a redirect, a 429) is written as an HTTP/1.1 message
-    and parsed back into HEADERS and DATA.
+    its length is unknown). The response comes as calls too, whether a backend's or the node's
+    own: its head as HTTP/1.1 lines the codec turns into fields (`respond`), its body as the
+    bytes the proxy writes, its end as `response_complete`.
     """
 
     __slots__ = (
         "backend_paused",
-        "body",
         "closing",
-        "complete",
-        "direct",
         "head_request",
-        "headers",
-        "parser",
         "pending",
         "proxy",
         "reading",
@@ -240,16 +247,6 @@ class ProxiedStream(Stream):
         # Request body pieces the proxy is not reading yet, with the frame credit each carries;
         # _END marks the end of the body.
         self.pending: list[tuple[bytes, int]] = []
-        self.headers: list[tuple[bytes, bytes]] = []
-        # Body pieces parsed from one write, sent as one DATA frame (a backend that sends many
-        # small chunks must not become as many frames).
-        self.body: list[bytes] = []
-        self.complete = False
-        # Set once the response head came from a backend: what the proxy writes is then body.
-        self.direct = False
-        # For an answer of the node's own only, made when one comes (a parser costs as much as
-        # the rest of the stream's setup).
-        self.parser = None
         runtime = connection.runtime
         # A listener whose access log is on counts each stream's bytes for its lines.
         kind = StreamProxy if runtime.access_log is None else CountingStreamProxy
@@ -320,42 +317,22 @@ class ProxiedStream(Stream):
         return self.connection.transport.get_extra_info(name, default)
 
     def respond(self, status: int, head: bytes, end_stream: bool) -> None:
-        """The response head from the proxy's exchange with a backend, as HTTP/1.1 lines that
-        the codec turns into its fields (nghttp2 does it in C)."""
+        """The response head, as HTTP/1.1 lines that the codec turns into its fields (nghttp2
+        does it in C)."""
         if self.closing:
             return
-        self.direct = self.responded = True
+        self.responded = True
         self.connection.send_head(self, status, head, end_stream=end_stream or self.head_request)
 
     def response_complete(self) -> None:
-        """The backend's response is all written: the stream ends once it is sent."""
-        if self.direct and not self.closing and not self.out.end:
+        """The response is all written: the stream ends once it is sent."""
+        if self.responded and not self.closing and not self.out.end:
             self.connection.finish(self)
 
     def write(self, data: bytes) -> None:
-        if self.closing:
-            return
-        if self.direct:
-            if data and not self.out.end:
-                self.connection.send_data(self, data)
-            return
-        if self.parser is None:
-            self.parser = httptools.HttpResponseParser(self)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            # Only the proxy writes here; a response it cannot frame is a bug, not traffic.
-            log.exception("unreadable response on HTTP/2 stream %d", self.stream_id)
-            self.connection.reset(self, INTERNAL_ERROR)
-            return
-        body = self.body
-        if body:
-            data = body[0] if len(body) == 1 else b"".join(body)
-            body.clear()
-            if not self.out.end:
-                self.connection.send_data(self, data)
-        if self.complete and self.responded and not self.out.end:
-            self.connection.finish(self)
+        # Response body only: the head came as `respond`.
+        if data and not self.closing and not self.out.end:
+            self.connection.send_data(self, data)
 
     def writelines(self, chunks: Any) -> None:
         self.write(b"".join(chunks))
@@ -397,34 +374,10 @@ class ProxiedStream(Stream):
         if proxy is None:
             return
         proxy.connection_lost(None)
-        # The proxy holds this stream as its transport, the response parser holds it through
-        # its callbacks: dropping both now frees the stream by reference counting instead of
-        # leaving a cycle per stream to the collector (8,000 instructions per request).
+        # The proxy holds this stream as its transport: dropping it now frees the stream by
+        # reference counting instead of leaving a cycle per stream to the collector (8,000
+        # instructions per request).
         self.proxy = None
-        self.parser = None
-
-    # -- response parser callbacks ---------------------------------------------------------------
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value.strip(b" \t")))
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        headers = self.headers
-        self.headers = []
-        if status < 200:
-            return
-        fields = [(b":status", b"%d" % status)]
-        fields += [header for header in headers if header[0] not in HOP_BY_HOP]
-        self.responded = True
-        end = self.head_request or status in (204, 304)
-        self.connection.send_headers(self, fields, end_stream=end)
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
 
     # -- flow control from the client side -------------------------------------------------------
 

@@ -235,6 +235,29 @@ def test_no_server_answers_503_on_the_stream_and_the_connection_lives(dataplane,
     assert (first.status, second.status) == (503, 503)
 
 
+def test_an_answer_of_the_node_its_own_is_framed_as_http2_fields(dataplane, ca):
+    # The node's 503 reaches the stream as its head and body, not as HTTP/1.1 bytes: its fields
+    # are lower case, without the connection-specific ones, and a HEAD gets the head only.
+    port = free_port()
+    certificates = [certificate_entry("cert-default", ca.issue_cert("www.example.com"))]
+    group = {"id": "sgp-web", "name": "empty", "backend_protocol": "http", "servers": []}
+    dataplane.apply(
+        snapshot([https_listener(port, http2=True)], [group], certificates=certificates)
+    )
+    with H2Client(port, trusting(ca)) as client:
+        get = client.get("/")
+        head = client.wait(client.request("HEAD", "/"))[0]
+    body = b"503 Service Unavailable\n"
+    assert (get.status, get.body) == (503, body)
+    assert get.header("content-length") == str(len(body))
+    assert get.header("content-type") == "text/plain"
+    names = [name for name, _ in get.headers]
+    assert names[0] == b":status" and all(name == name.lower() for name in names)
+    assert b"connection" not in names
+    assert (head.status, head.body, head.ended_at_headers) == (503, b"", True)
+    assert head.header("content-length") == str(len(body))
+
+
 def test_a_target_that_would_split_the_request_line_is_refused(h2_listener, ca):
     port, web = h2_listener()
     with H2Client(port, trusting(ca)) as client:
