@@ -171,6 +171,10 @@ async def pay(bucket: TokenBucket, n: int) -> None:
         bucket.pause_ended(began)
 
 
+def _no_source() -> None:
+    """What a closed writer pauses and resumes: its connection is gone."""
+
+
 class ThrottledWriter:
     """Writes one direction of a connection through a listener's bucket.
 
@@ -240,3 +244,7 @@ class ThrottledWriter:
             self._handle.cancel()
             self._handle = None
             self._bucket.pause_ended(self._since)
+        # The callbacks are bound methods of the connection, which holds this writer: without
+        # them a closed connection is freed by reference counting, not left to the cycle
+        # collector.
+        self._pause = self._resume = _no_source

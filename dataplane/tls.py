@@ -27,6 +27,7 @@ unknown_ca, inappropriate_fallback...): see `AlertingSSLObject`.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import functools
 import hashlib
@@ -313,7 +314,9 @@ class AlertingSSLObject(ssl.SSLObject):
 
     def do_handshake(self) -> None:
         if self._handshake_failure is not None:
-            raise self._handshake_failure
+            # A copy: the one raised takes this frame, and so this object, into its traceback,
+            # which the stored one must not hold (see below).
+            raise copy.copy(self._handshake_failure)
         try:
             super().do_handshake()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -322,7 +325,9 @@ class AlertingSSLObject(ssl.SSLObject):
             handshake_failed(self, exc)
             if self._outgoing is not None and not self._outgoing.pending:
                 raise
-            self._handshake_failure = exc
+            # Kept without its traceback, whose frame holds this object: a failed handshake is
+            # then freed by reference counting, not left to the cycle collector.
+            self._handshake_failure = exc.with_traceback(None)
             raise ssl.SSLWantReadError("handshake failed; the alert is being sent") from exc
 
 

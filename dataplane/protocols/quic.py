@@ -222,6 +222,14 @@ class _ListenerServer(QuicServer):
 # -- connections -----------------------------------------------------------------------------------
 
 
+def _ignore_connection_id(connection_id: bytes) -> None:
+    """A terminated connection's handler of connection IDs issued and retired."""
+
+
+def _ignore_termination() -> None:
+    """A terminated connection's handler of its own termination, already handled."""
+
+
 class _NoTls:
     """What a stream's proxy asks of the transport: QUIC has no TLS object to show it."""
 
@@ -303,6 +311,7 @@ class Http3Connection(QuicConnectionProtocol):
                 stream.cancel()
         elif isinstance(event, events.ConnectionTerminated):
             self._unregister()
+            self._release_server_callbacks()
         if self.h3 is not None:
             for h3_event in self.h3.handle_event(event):
                 self._h3_event_received(h3_event)
@@ -347,6 +356,15 @@ class Http3Connection(QuicConnectionProtocol):
             self.registered = False
             self.listener.connections.discard(self)
             self.stats.active_connections -= 1
+
+    def _release_server_callbacks(self) -> None:
+        # aioquic's server gives each connection callbacks that hold the connection itself
+        # (partials of its own methods with protocol=self). Once the connection has terminated,
+        # the server has forgotten it and no connection ID event can follow: without them, the
+        # connection is freed by reference counting, not left to the cycle collector.
+        self._connection_id_issued_handler = _ignore_connection_id
+        self._connection_id_retired_handler = _ignore_connection_id
+        self._connection_terminated_handler = _ignore_termination
 
     def abort(self) -> None:
         """Cut this connection and its requests now: its listener stopped."""
