@@ -13,9 +13,17 @@ gRPC at layer 7 rather than per TCP connection.
 
 Flow control is end to end: a DATA frame is acknowledged to its sender only once the other side
 has taken it (dataplane.nghttp2.Outbound), so a slow reader slows its writer down instead
-of filling the dataplane's memory. A backend's window alone does not bound that: one that offers
-a large window and then stops reading would have nghttp2 take request bodies into a socket that
-never drains, so a backend connection whose transport is paused gets nothing more from nghttp2.
+of filling the dataplane's memory. The reader's windows alone do not bound that: nghttp2 takes
+as much as they allow, and a peer that offers large windows and then stops reading its socket
+would have it all land in a transport that never drains. So a backend connection whose
+transport is paused gets nothing more from nghttp2, and while a client connection's transport
+is paused (or a call's response waits past SEND_HIGH_WATER), the call's response bytes are not
+acknowledged to the backend: its own window then holds it back (`GrpcStream.pause_backend`).
+
+A backend connection the node gives up (abandoned and its last call over, broken, or its client
+connection gone) ends with a GOAWAY and a graceful close while the backend reads what the node
+writes, and is cut at once when it does not: what is left unsent is for calls that are over
+(`GrpcUpstream.close`).
 
 When the dataplane itself must fail a call, it answers as a gRPC server would, with a
 trailers-only response: UNAVAILABLE (14) when no server is eligible or reachable, and
@@ -58,7 +66,12 @@ from dataplane.nghttp2 import (
     Session,
 )
 from dataplane.protocols import HOP_BY_HOP
-from dataplane.protocols.h2 import CONNECTION_WINDOW, STREAM_WINDOW, Http2Connection
+from dataplane.protocols.h2 import (
+    CONNECTION_WINDOW,
+    SEND_LOW_WATER,
+    STREAM_WINDOW,
+    Http2Connection,
+)
 from dataplane.protocols.streams import Stream
 from dataplane.retry import next_server
 
@@ -298,13 +311,15 @@ class GrpcUpstream(asyncio.Protocol):
         return stream_id
 
     def send(self, stream_id: int) -> None:
-        """The stream's request Outbound has more for nghttp2 (or its end)."""
-        if self.usable and self.session is not None:
+        """The stream's request Outbound has more for nghttp2 (or its end). A connection no
+        longer `usable` still carries the calls it has: a backend going away processes those
+        its GOAWAY covers, and they need their request bodies and window to finish."""
+        if self.session is not None:
             self.session.resume(stream_id)
             self.schedule_flush()
 
     def acknowledge(self, stream_id: int, credit: int) -> None:
-        if credit and self.usable and self.session is not None:
+        if credit and self.session is not None:
             self.session.acknowledge(stream_id, credit)
             self.schedule_flush()
 
@@ -338,9 +353,29 @@ class GrpcUpstream(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        """Close the connection for good, its calls over or failed. A backend reading what the
+        node writes gets the frames still queued (resets of cancelled calls) and a GOAWAY, then
+        the end of the stream. One that left bytes unread is cut at once: the bytes are for calls
+        that are over, and a graceful close would keep them, and the descriptor, for as long as
+        the backend keeps its end open without reading."""
         self.usable = False
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        session = self.session
+        if session is not None and not self.writing_paused:
+            session.terminate(NO_ERROR)
+            try:
+                data = session.data_to_send()
+            except Http2Error:
+                # Broken already: its GOAWAY, if any, went out with the last flush.
+                data = b""
+            if data:
+                transport.write(data)
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
 
     def cut(self) -> int:
         """Close this connection and end its calls now: its server is out of service (the node
@@ -369,6 +404,7 @@ class GrpcStream(Stream):
         "client_ip",
         "headers",
         "observed",
+        "paused",
         "refusals",
         "replay",
         "request_out",
@@ -379,6 +415,7 @@ class GrpcStream(Stream):
         "tried",
         "upstream",
         "upstream_id",
+        "withheld",
     )
 
     def __init__(
@@ -410,6 +447,11 @@ class GrpcStream(Stream):
         # The outcome went to the passive health checks (once per call and server).
         self.observed = False
         self.timer: asyncio.TimerHandle | None = None
+        # The client connection is not taking response bytes as fast as they come
+        # (`pause_backend`): the credit of what nghttp2 took from `out` meanwhile is `withheld`
+        # from the backend instead of reopening its window.
+        self.paused = connection.writing_paused
+        self.withheld = 0
 
     @classmethod
     def open(
@@ -551,7 +593,11 @@ class GrpcStream(Stream):
 
     def pump_request(self) -> None:
         upstream = self.upstream
-        if upstream is None or not upstream.usable or self.request_out.ended:
+        if (
+            upstream is None
+            or upstream.streams.get(self.upstream_id) is not self
+            or self.request_out.ended
+        ):
             return
         upstream.send(self.upstream_id)
 
@@ -588,6 +634,7 @@ class GrpcStream(Stream):
 
     def response_end(self) -> None:
         self._release()
+        self._give_back()
         if not self.out.end:
             if self.responded:
                 self.connection.finish(self)
@@ -597,8 +644,51 @@ class GrpcStream(Stream):
 
     def _response_sent(self, credit: int) -> None:
         upstream = self.upstream
-        if upstream is not None:
-            upstream.acknowledge(self.upstream_id, credit)
+        if upstream is None:
+            return
+        if self.paused:
+            if self.connection.writing_paused or self.out.size >= SEND_LOW_WATER:
+                if upstream.streams.get(self.upstream_id) is self:
+                    # nghttp2 took these bytes, but only into a client connection whose socket
+                    # is not draining: with a client's windows wide open, acknowledging them
+                    # would let the backend fill the node's memory at the speed of its link.
+                    self.withheld += credit
+                    return
+            else:
+                # Drained while paused: the connection resumes only the streams it holds or
+                # those already below the low-water mark when its socket drains, not one that
+                # got there later.
+                self.resume_backend()
+        upstream.acknowledge(self.upstream_id, credit)
+
+    def pause_backend(self) -> None:
+        """The client connection's socket or this stream's Outbound is full: the backend gets no
+        more window for the call until `resume_backend`, so its own flow control holds it."""
+        self.paused = True
+
+    def resume_backend(self) -> None:
+        self.paused = False
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """Hand the withheld credit to the backend connection: on resuming, or once the backend
+        can send nothing more on the stream, when it still counts against the connection's
+        window, which the other calls share."""
+        withheld = self.withheld
+        if withheld:
+            self.withheld = 0
+            upstream = self.upstream
+            if upstream is not None:
+                upstream.acknowledge(self.upstream_id, withheld)
+
+    def _drop_response(self) -> None:
+        """The client takes no more of the response (its stream is closed, so nghttp2 pulls
+        nothing more from `out`). The credit of what it never took goes back too: the backend
+        connection's window, which the other calls share, would stay short of it for good."""
+        out = self.out
+        out.on_sent = None
+        self.withheld += sum(credit for _, credit in out.chunks)
+        self._give_back()
 
     # -- outcomes, for the passive health checks ------------------------------------------------
 
@@ -672,6 +762,7 @@ class GrpcStream(Stream):
         """The backend stream or connection broke; `failure` is False when the node cut it
         (server states), which says nothing of the server's health."""
         self._release()
+        self._give_back()
         if self.connection.streams.get(self.stream_id) is not self:
             return
         if failure and not self.responded:
@@ -679,6 +770,7 @@ class GrpcStream(Stream):
         if self.responded:
             # Part of the response is out: the client must see the call break, not end.
             self.connection.reset(self, INTERNAL_ERROR)
+            self._drop_response()
         else:
             self._fail(UNAVAILABLE, reason)
 
@@ -716,6 +808,7 @@ class GrpcStream(Stream):
         if self.upstream is not None:
             self.upstream.reset(self.upstream_id)
         self._release()
+        self._drop_response()
 
     def _release(self) -> None:
         backend = self.backend

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -474,3 +475,27 @@ def test_calls_a_backend_going_away_took_finish_on_its_connection(grpc_listener,
     assert say(b"second", timeout=10) == b"got 6 bytes"
     assert len(backend.sockets) == 2
     assert backend.bodies[1][1] == framed(b"second")
+
+
+def test_a_call_a_backend_going_away_took_sends_the_rest_of_its_body(
+    grpc_listener, scripted_backends
+):
+    """GOAWAY naming the call's own stream, sent once REPLAY_LIMIT bytes of its body arrived:
+    the backend processes the call, so the rest of the body, which the client sends only once
+    the backend has gone away and which is many times the backend's windows, follows on that
+    connection, and the call succeeds there; the node then closes the connection."""
+    backend = scripted_backends(GoingAwayBackend(last_stream_id=1, after=REPLAY_LIMIT))
+    channel = grpc_listener(grpc_group(ports=[backend.port]))
+    first, rest = b"a" * (2 * REPLAY_LIMIT), bytes(range(256)) * (8 << 10)  # then 2 MiB
+
+    def messages() -> Iterator[bytes]:
+        yield first
+        assert wait_until(lambda: backend.gone)
+        yield rest
+
+    upload = channel.stream_unary(f"/{SERVICE}/Upload")
+    body = framed(first) + framed(rest)
+    assert upload(messages(), timeout=10) == b"got %d bytes" % (len(body) - 5)
+    assert len(backend.sockets) == 1
+    assert backend.bodies[0][1] == body
+    assert backend.closed[0].wait(10)
