@@ -198,6 +198,10 @@ class Http2Connection:
         for stream in list(self.streams.values()):
             if stream.out.size < SEND_LOW_WATER:
                 stream.resume_backend()
+            else:
+                # Still too much queued for the client: resumed by `flush` once it has drained,
+                # not left paused for good.
+                self.held.add(stream)
 
     # -- session events (called by nghttp2 through the Session) ----------------------------------
 

@@ -8,8 +8,10 @@ import re
 import socket
 import ssl
 import subprocess
+import time
 
 import h2.errors
+import h2.settings
 import pytest
 
 from tests.dataplane.conftest import (
@@ -116,6 +118,23 @@ def test_large_response_respects_the_clients_window(h2_listener, ca):
     assert plain.header("content-length") == str(len(body))
     assert chunked.body == body
     assert chunked.header("transfer-encoding") is None
+
+
+def test_streams_of_a_client_that_stops_reading_finish_once_it_reads_again(h2_listener, ca):
+    # Large windows let the node write far ahead of the client: its transport pauses, every
+    # stream's backend read pauses, and each must resume once the client reads again, whatever
+    # each stream still had queued when the transport resumed.
+    body = bytes(range(251)) * 16000  # ~4 MB a stream
+    port, _ = h2_listener(lambda r: Reply(body=body))
+    with H2Client(port, trusting(ca)) as client:
+        client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**30})
+        client.conn.increment_flow_control_window(2**30)
+        client._send()
+        streams = [client.request("GET", f"/big/{index}") for index in range(6)]
+        time.sleep(1.0)  # not reading: the node's buffers fill and it pauses
+        responses = client.wait(*streams)
+    assert [len(response.body) for response in responses] == [len(body)] * 6
+    assert all(response.body == body for response in responses)
 
 
 def test_head_and_no_content_responses_end_at_the_headers(h2_listener, ca):
