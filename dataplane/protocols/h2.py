@@ -408,12 +408,17 @@ class Http2Connection:
             # so the streams in flight end now rather than answer into a closed session.
             self._cut_streams()
 
-    def _cut_streams(self) -> None:
+    def _cut_streams(self, *, stopping: bool = False) -> None:
+        """End every stream in flight, and the connections to gRPC backends; `stopping` when the
+        listener stops (for the access log: listener_stopped, not client_closed)."""
         streams = list(self.streams.values())
         self.streams.clear()
         self.held.clear()
         for stream in streams:
-            stream.cancel()
+            if stopping:
+                stream.stop()
+            else:
+                stream.cancel()
         for upstream in list(self.upstreams.values()):
             upstream.close()
         self.upstreams.clear()
@@ -427,8 +432,5 @@ class Http2Connection:
     def abort(self) -> None:
         """Immediate: a stopped or removed listener cuts its connections (seed 003)."""
         self.closed = True
-        streams = list(self.streams.values())
-        self.streams.clear()
-        for stream in streams:
-            stream.stop()
+        self._cut_streams(stopping=True)
         self.transport.abort()
