@@ -23,6 +23,7 @@ from setuptools import Extension, setup
 COMPILED = (
     "dataplane/balancing.py",
     "dataplane/deadlines.py",
+    "dataplane/protocols/exchange.py",
     "dataplane/protocols/gate.py",
     "dataplane/protocols/h2.py",
     "dataplane/protocols/http.py",

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import ssl
 
     from dataplane.protocols import ListenerHandle
-    from dataplane.protocols.http import Request
+    from dataplane.protocols.exchange import Exchange, Request
     from dataplane.protocols.tcp import TcpProxy
     from dataplane.protocols.udp import UdpListener, UdpSession
 
@@ -109,32 +109,38 @@ def tls_fields(ssl_object: ssl.SSLObject | None) -> dict[str, Any]:
     return fields
 
 
-class CountingHttpProxy(HttpProxy):
-    """The HTTP proxy of a listener whose access log is on: it also counts each connection's
-    bytes, for the per-request byte counts of its lines. A listener without the log takes plain
-    HttpProxy connections and pays nothing for it."""
+class CountsBytes:
+    """Mixed into an exchange (dataplane.protocols.exchange) of a listener whose access log is
+    on: it also counts the bytes it writes, for the per-request byte counts of its lines. A
+    listener without the log takes plain exchanges and pays nothing for it."""
 
     __slots__ = ()
 
     counts_bytes = True
 
-    def data_received(self, data: bytes) -> None:
-        self.received += len(data)
-        HttpProxy.data_received(self, data)
-
     def _write(self, data: bytes) -> None:
         self.sent += len(data)
-        HttpProxy._write(self, data)
+        super()._write(data)  # type: ignore[misc]
 
-    def on_message_begin(self) -> None:
-        HttpProxy.on_message_begin(self)
-        # The fields the plain proxy sets only when they happen: reading a missing slot costs
+    def _begin_request(self, now: float) -> None:
+        super()._begin_request(now)  # type: ignore[misc]
+        # The fields the plain exchange sets only when they happen: reading a missing slot costs
         # an AttributeError (several thousand instructions) per field and line.
         request = self.parsing
         request.server = request.rule = None
         request.status = 0
         request.ended = request.connect_at = request.connected_at = 0.0
         request.forwarded_at = request.answered_at = 0.0
+
+
+class CountingHttpProxy(CountsBytes, HttpProxy):
+    """An HTTP/1.1 connection of a listener whose access log is on: its reads are counted too."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        HttpProxy.data_received(self, data)
 
 
 def http_protocol(runtime: ListenerHandle) -> HttpProxy:
@@ -162,8 +168,8 @@ class ListenerLog:
 
     # -- the protocols' hooks --------------------------------------------------------------------
 
-    def http(self, proxy: HttpProxy, request: Request, termination: str) -> None:
-        """An HTTP request (HTTP/1.x or an HTTP/2 stream) is over."""
+    def http(self, proxy: Exchange, request: Request, termination: str) -> None:
+        """An HTTP request (HTTP/1.x, or an HTTP/2 or HTTP/3 stream) is over."""
         bytes_in = bytes_out = None
         if proxy.counts_bytes:
             # What the connection carried since its previous line: this request and response.

@@ -10,8 +10,9 @@ as it is, since it is the application's answer. Every other answer of the node's
 429...) keeps its plain-text body. A listener without pages has no ErrorPages at all (its
 ListenerSettings.error_pages is None): the proxy's rejection path tests that one attribute.
 
-An HTTP/2 or HTTP/3 stream gets the same bytes through its ProxiedStream, which turns them into
-HEADERS and DATA (dropping the Connection field, which those protocols do not carry).
+An HTTP/2 or HTTP/3 stream gets the same answer as HEADERS and DATA: its exchange hands the head
+to the codec as fields (dropping the Connection field, which those protocols do not carry) and
+the body as data (dataplane.protocols.streams).
 """
 
 from __future__ import annotations

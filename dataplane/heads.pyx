@@ -2,7 +2,7 @@
 """The response header lines the HTTP proxy handles itself, found in one pass in C.
 
 A backend's response head passes to the client as it came, except for the lines the proxy
-frames or rewrites itself (dataplane.protocols.http.upstream_headers): the framing fields
+frames or rewrites itself (dataplane.protocols.exchange, upstream_headers): the framing fields
 (Content-Length, Transfer-Encoding), the connection-specific ones, Set-Cookie under cookie
 persistence, and ETag under compression. A regular expression over the lower-cased head found
 them at about 16,000 instructions a response; this scan compares each line's name in place,

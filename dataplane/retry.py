@@ -1,6 +1,6 @@
 """Retries to another server, and the retry budget that keeps them from amplifying an outage.
 
-What is retried (dataplane.protocols.http decides, with `retryable_answer` below):
+What is retried (dataplane.protocols.exchange decides, with `retryable_answer` below):
 - a failed connect, whatever the method: nothing was sent, and the request body (if any) is still
   held by the node, since it only streams to a backend once a connection is attached;
 - a 502 or 503 answer from the backend, for idempotent methods (RFC 9110 9.2.2: GET, HEAD,

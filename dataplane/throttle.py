@@ -1,9 +1,9 @@
 """Throttling by QPS per client IP (seeds 001/003): a listener-wide limit and one per rule.
 
 Seeds 001 and 003 name throttling "based on QPS per client IP" and say it uses the client IP that
-Retrieve Client IP settles. The proxy (dataplane.protocols.http, the same code for HTTP/1.1,
-HTTP/2 and HTTP/3 requests) asks the listener's `QpsLimiter` right after it settles the client
-IP, and a matching rule's limiter before the rule's action runs. A request over a limit is
+Retrieve Client IP settles. The exchange (dataplane.protocols.exchange, the same code for
+HTTP/1.1, HTTP/2 and HTTP/3 requests) asks the listener's `QpsLimiter` right after it settles the
+client IP, and a matching rule's limiter before the rule's action runs. A request over a limit is
 answered 429 Too Many Requests with `Retry-After`, counted in the listener's counters and logged
 with the termination "throttled"; it never reaches a server.
 

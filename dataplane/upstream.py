@@ -6,7 +6,8 @@ to keep it alive. The pool belongs to the node, not to a listener generation, so
 snapshot does not throw the warm connections away.
 
 `HttpUpstream` parses responses with httptools and hands each event to the client-side exchange
-that currently owns the connection (`owner`), which implements the `Exchange` methods below.
+that currently owns the connection (`owner`, a dataplane.protocols.exchange.Exchange), through
+the `Owner` methods below.
 
 A response's heads (its interim 1xx heads and the final one together) may take at most
 MAX_RESPONSE_HEAD bytes; a backend sending more gets its connection closed and the client a 502,
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 PoolKey = tuple[str, int, ssl.SSLContext | None]
 
 _LINE_BREAKS = (b"\r", b"\n")
-# Like the request side's MAX_HEADER_BYTES (dataplane.protocols.http).
+# Like the request side's MAX_HEADER_BYTES (dataplane.protocols.exchange).
 MAX_RESPONSE_HEAD = 64 * 1024
 
 
@@ -41,8 +42,9 @@ class ResponseHeadTooLarge(Exception):
     """A backend's response heads passed MAX_RESPONSE_HEAD."""
 
 
-class Exchange(Protocol):
-    """What an upstream connection reports to the request that owns it."""
+class Owner(Protocol):
+    """What an upstream connection reports to the exchange that owns it (`tunnel_data` only once
+    an HTTP/1.1 exchange has made the connection a WebSocket tunnel)."""
 
     def upstream_headers(self, upstream: HttpUpstream) -> None: ...
     def upstream_interim(self, upstream: HttpUpstream, head: bytes) -> None: ...
@@ -98,7 +100,7 @@ class HttpUpstream:
         # Made once connected: the parser holds this object through its callbacks, a cycle
         # that a failed connection attempt would leave to the cycle collector.
         self.parser: httptools.HttpResponseParser | None = None
-        self.owner: Exchange | None = None
+        self.owner: Owner | None = None
         self.closed = False
         self.reused = False
         self.idle_mark = 0
@@ -127,7 +129,7 @@ class HttpUpstream:
         # the connection is never pooled again.
         self.tunnel = False
 
-    def begin(self, owner: Exchange) -> None:
+    def begin(self, owner: Owner) -> None:
         """Give the connection to a request; the response state starts fresh."""
         self.owner = owner
         self.headers_done = False

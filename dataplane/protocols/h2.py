@@ -6,13 +6,13 @@ only decides what each stream means. What happens to each request stream depends
 server group:
 
 - HTTP and HTTPS groups (seed 001's FAQ: "Layer 7 listeners use HTTP/1.1 to distribute network
-  traffic to backend servers"): the stream becomes one HTTP/1.1 exchange on a connection of its
-  own that exists only in memory. A `StreamProxy` (the HTTP/1.1 proxy itself) reads the request
-  from it and writes the response to it, and the stream turns those bytes back into HEADERS and
-  DATA frames. So forwarding rules, persistence, compression, bandwidth, X-Forwarded-* headers,
-  pooled backend connections and the dataplane's own 502/503/504 answers work for h2 clients
-  exactly as for HTTP/1.1 ones, from one implementation. The price is one extra parse of each
-  response head and of its framing, in httptools.
+  traffic to backend servers"): the stream gets an exchange of its own
+  (dataplane.protocols.streams, dataplane.protocols.exchange), the one HTTP/1.1 clients' requests
+  go through. Its request head arrives as nghttp2's field list and its response leaves as
+  HEADERS and DATA frames; nothing is written as HTTP/1.1 to be parsed again. So forwarding
+  rules, persistence, compression, bandwidth, X-Forwarded-* headers, pooled backend connections
+  and the dataplane's own 502/503/504 answers work for h2 clients exactly as for HTTP/1.1 ones,
+  from one implementation.
 - gRPC groups (seed 003): streams are relayed to the backend over HTTP/2 as they are, trailers
   included (dataplane.protocols.grpc).
 
@@ -38,7 +38,7 @@ from dataplane.nghttp2 import (
     Http2Error,
     Session,
 )
-from dataplane.protocols.http import MAX_HEADER_BYTES
+from dataplane.protocols.exchange import MAX_HEADER_BYTES
 from dataplane.protocols.streams import Stream, start_proxied
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ client certificate (seed 003: "A QUIC listener requires only a server certificat
 support mutual authentication"). Its server group speaks HTTP (seed 003's table).
 
 Seed 003 lists QUIC with HTTP and HTTPS as a Layer-7 listener, so each HTTP/3 request stream is
-served exactly as an HTTP/2 stream is (dataplane.protocols.streams): the HTTP/1.1 proxy applies
+served exactly as an HTTP/2 stream is (dataplane.protocols.streams): its exchange applies
 the listener's forwarding rules, persistence, managed headers, compression, bandwidth, pooled
 backend connections, timeouts, counters and access log, from the same compiled settings as an
 HTTP or HTTPS listener's (dataplane.protocols.ListenerSettings). aioquic does QUIC and HTTP/3

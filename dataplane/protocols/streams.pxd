@@ -1,9 +1,8 @@
 # The compiled build's declarations for dataplane/protocols/streams.py (setup.py): a stream's
-# proxy and its transport become extension types, so the HTTP proxy's own C calls stay C calls
+# exchange and its transport become extension types, so the exchange's own C calls stay C calls
 # for an HTTP/2 or HTTP/3 stream too. Every name in each __slots__ is declared here
 # (tests/dataplane/test_compiled_modules.py keeps the lists equal). The .py stays the source.
-from dataplane.protocols.http cimport HttpProxy, Request
-from dataplane.upstream cimport HttpUpstream
+from dataplane.protocols.exchange cimport Exchange, Request
 
 
 cdef class Stream:
@@ -13,8 +12,9 @@ cdef class Stream:
     cdef public object stream_id
 
 
-cdef class StreamProxy(HttpProxy):
+cdef class StreamProxy(Exchange):
     cpdef _send_head(self, Request request, list out, status, bint unsized, bint bodiless)
+    cpdef _exchange_done(self, bint keep_alive, now)
     cpdef _send_answer(self, status, bytes head, bytes body, bint throttled)
     cpdef _continue(self)
 

@@ -1,15 +1,16 @@
-"""HTTP/2 and HTTP/3 request streams served by the HTTP/1.1 proxy.
+"""HTTP/2 and HTTP/3 request streams, each served by an exchange of its own.
 
 Seed 001's FAQ: "Layer 7 listeners use HTTP/1.1 to distribute network traffic to backend
 servers". Each request stream of an HTTP/2 (dataplane.protocols.h2) or HTTP/3
-(dataplane.protocols.quic) connection with an HTTP or HTTPS server group becomes one exchange of
-a `StreamProxy`, the HTTP/1.1 proxy itself: the request head arrives as the codec's field list
-and goes through the same field checks, forwarding rules, persistence, managed headers,
-compression, bandwidth, pooled backend connections, timeouts, counters and access log as an
-HTTP/1.1 client's request, and the dataplane's own 502/503/504 answers are the same. The
-`ProxiedStream` is the proxy's transport: a response head, the backend's or one of the node's own
-answers, reaches it as a call (`respond`) and the body as the bytes the proxy writes, which become
-the codec's HEADERS and DATA. Nothing is written as HTTP/1.1 to be parsed back.
+(dataplane.protocols.quic) connection with an HTTP or HTTPS server group gets a `StreamProxy`,
+the exchange (dataplane.protocols.exchange) an HTTP/1.1 client's request goes through: the
+request head arrives as the codec's field list and goes through the same field checks,
+forwarding rules, persistence, managed headers, compression, bandwidth, pooled backend
+connections, timeouts, counters and access log, and the dataplane's own 502/503/504 answers are
+the same. The `ProxiedStream` is the exchange's client side: a response head, the backend's or
+one of the node's own answers, reaches it as a call (`respond`) and the body as the bytes the
+exchange writes, which become the codec's HEADERS and DATA. Nothing is written as HTTP/1.1 to be
+parsed back.
 
 A codec's connection offers what `StreamConnection` lists.
 """
@@ -19,14 +20,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dataplane.accesslog import CountingHttpProxy
+from dataplane.accesslog import CountsBytes
 from dataplane.nghttp2 import CANCEL, INTERNAL_ERROR, PROTOCOL_ERROR, Outbound
 from dataplane.protocols import HOP_BY_HOP, fits_request_line
-from dataplane.protocols.http import HttpProxy, Request, _Reject
+from dataplane.protocols.exchange import Exchange, Request, _clock, _Reject
 
 if TYPE_CHECKING:
     from dataplane.protocols import ListenerHandle, ListenerSettings
-    from dataplane.upstream import HttpUpstream
 
 
 class StreamConnection(Protocol):
@@ -97,12 +97,12 @@ class Stream:
         """The client caught up."""
 
 
-class StreamProxy(HttpProxy):
-    """The HTTP/1.1 proxy serving one HTTP/2 stream.
+class StreamProxy(Exchange):
+    """The exchange of one HTTP/2 or HTTP/3 stream.
 
-    The HTTP/2 connection was accepted (access control, counters) once; a stream only takes its
-    peer address and its per-connection header lines, computed once per listener generation.
-    The request head arrives as nghttp2's field list and goes through the same field checks and
+    The connection was accepted (access control, counters) once; a stream only takes its peer
+    address and its per-connection header lines, computed once per listener generation. The
+    request head arrives as the codec's field list and goes through the same field checks and
     forwarding code as an HTTP/1.1 client's, without being written out and parsed again.
     """
 
@@ -126,8 +126,8 @@ class StreamProxy(HttpProxy):
         *,
         chunked: bool,
     ) -> None:
-        """One request head from the stream: checked and started as HttpProxy does its own."""
-        self.on_message_begin()
+        """One request head from the stream: checked and started as an HTTP/1.1 client's."""
+        self._begin_request(_clock())
         if self.counts_bytes:
             # What the head carried, as its fields: the codec's framing and compression aside.
             self.received += (
@@ -161,11 +161,11 @@ class StreamProxy(HttpProxy):
         connection: StreamConnection = self.transport.connection  # type: ignore[attr-defined]
         cached = connection.header_lines
         if cached is None or cached[0] is not settings:
-            cached = connection.header_lines = (settings, super()._connection_headers(settings))
+            cached = connection.header_lines = (
+                settings,
+                Exchange._connection_headers(self, settings),
+            )
         return cached[1]
-
-    def upstream_interim(self, upstream: HttpUpstream, head: bytes) -> None:
-        """Not passed on: a stream answers with its final response only."""
 
     def _send_head(
         self, request: Request, out: list[bytes], status: int, unsized: bool, bodiless: bool
@@ -179,10 +179,10 @@ class StreamProxy(HttpProxy):
         self.sent += len(head)
         self.transport.respond(status, head, bodiless)  # type: ignore[attr-defined]
 
-    def _finish(self, upstream: HttpUpstream, *, reusable: bool) -> None:
-        self.flush()
+    def _exchange_done(self, keep_alive: bool, now: float) -> None:
+        """The stream ends with its one response."""
         self.transport.response_complete()  # type: ignore[attr-defined]
-        HttpProxy._finish(self, upstream, reusable=reusable)
+        self._close()
 
     def _send_answer(self, status: int, head: bytes, body: bytes, throttled: bool) -> None:
         """An answer of the node's own (an error, a rule's redirect or fixed response, a 429):
@@ -203,9 +203,9 @@ class StreamProxy(HttpProxy):
         that asked for 100-continue sends its body after its own wait (RFC 9110 10.1.1)."""
 
 
-class CountingStreamProxy(StreamProxy, CountingHttpProxy):
-    """A stream's proxy on a listener whose access log is on: the response bytes it writes are
-    counted (dataplane.accesslog.CountingHttpProxy), the request's by the stream."""
+class CountingStreamProxy(CountsBytes, StreamProxy):
+    """A stream's exchange on a listener whose access log is on: the response bytes it writes
+    are counted (dataplane.accesslog.CountsBytes), the request's by the stream."""
 
     __slots__ = ()
 
@@ -444,7 +444,7 @@ def start_proxied(
         path = authority
     elif path[:1] != b"/" and (path != b"*" or method != b"OPTIONS"):
         # RFC 9113 8.3.1: origin form (or "*"); an absolute-form :path would be read as a
-        # second authority by the HTTP/1.1 proxy.
+        # second authority by the exchange.
         path = b""
     if not path or not fits_request_line(method, path, authority):
         connection.refuse(stream_id, PROTOCOL_ERROR)
