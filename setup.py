@@ -27,6 +27,7 @@ COMPILED = (
     "dataplane/protocols/gate.py",
     "dataplane/protocols/h2.py",
     "dataplane/protocols/http.py",
+    "dataplane/protocols/settings.py",
     "dataplane/protocols/streams.py",
     "dataplane/stats.py",
     "dataplane/upstream.py",

@@ -4,8 +4,10 @@
 # (tests/dataplane/test_compiled_modules.py keeps the lists equal). The .py stays the source.
 cimport cython
 
+from dataplane.balancing cimport Backend
 from dataplane.deadlines cimport Deadlines
 from dataplane.protocols.gate cimport BackendReadGate
+from dataplane.protocols.settings cimport ListenerSettings, Route
 from dataplane.stats cimport ListenerStats
 from dataplane.upstream cimport HttpUpstream
 
@@ -53,7 +55,7 @@ cdef class Request:
 
 cdef class Exchange(BackendReadGate):
     cdef public object accounted
-    cdef public object backend
+    cdef public Backend backend
     cdef public object body_mark
     cdef public object bucket
     cdef public object client_ip
@@ -88,10 +90,10 @@ cdef class Exchange(BackendReadGate):
     cdef public object reject_status
     cdef public object response_mark
     cdef public object response_started
-    cdef public object route
+    cdef public Route route
     cdef public object runtime
     cdef public object sent
-    cdef public object settings
+    cdef public ListenerSettings settings
     cdef public ListenerStats stats
     cdef public object termination
     cdef public object throttled
@@ -117,7 +119,7 @@ cdef class Exchange(BackendReadGate):
     cpdef _admitted(self, Request request)
     cpdef _start(self, Request request)
     cpdef _match_rules(self, table, Request request, client_ip)
-    cpdef _connect(self, backend)
+    cpdef _connect(self, Backend backend)
     @cython.locals(request=Request)
     cpdef _attach(self, HttpUpstream upstream)
     cpdef _release_backend(self)

@@ -79,8 +79,8 @@ from dataplane.compression import Compressor, choose_encoding
 from dataplane.descriptors import EXHAUSTED
 from dataplane.heads import special_lines
 from dataplane.hostnames import HOST_FIELD
-from dataplane.protocols import CLIENTCERT_HEADERS
 from dataplane.protocols.gate import BackendReadGate
+from dataplane.protocols.settings import CLIENTCERT_HEADERS
 from dataplane.retry import next_server, retryable_answer
 from dataplane.rules import (
     Action,
@@ -100,7 +100,8 @@ from dataplane.tls import client_certificate_headers
 _clock = time.monotonic
 
 if TYPE_CHECKING:
-    from dataplane.protocols import ListenerHandle, ListenerSettings, Route
+    from dataplane.protocols import ListenerHandle
+    from dataplane.protocols.settings import ListenerSettings, Route
     from dataplane.throttle import QpsLimiter
     from dataplane.upstream import HttpUpstream
 
