@@ -1,5 +1,20 @@
 # The compiled build's declarations for dataplane/upstream.py (setup.py): see
 # dataplane/protocols/http.pxd. Every name in each __slots__ is declared here.
+cimport cython
+
+
+cdef class HttpUpstream
+
+
+# The exchange's base (through protocols/gate.pxd): the calls a response makes per request are C
+# calls into its overrides (protocols/exchange.pxd).
+cdef class Owner:
+    cpdef upstream_headers(self, HttpUpstream upstream)
+    cpdef upstream_body(self, data)
+    cpdef upstream_complete(self, HttpUpstream upstream)
+    cpdef flush(self)
+
+
 cdef class HttpUpstream:
     cdef public object buffer
     cdef public object closed
@@ -12,7 +27,7 @@ cdef class HttpUpstream:
     cdef public object in_head
     cdef public object interim
     cdef public object key
-    cdef public object owner
+    cdef public Owner owner
     cdef public object parser
     cdef public object partial
     cdef public object partial_size
@@ -26,10 +41,12 @@ cdef class HttpUpstream:
     cdef public object tunnel
 
     cpdef begin(self, owner)
+    @cython.locals(owner=Owner)
     cpdef data_received(self, data)
     cpdef on_message_begin(self)
     cpdef on_headers_complete(self)
     cpdef on_body(self, body)
+    @cython.locals(owner=Owner)
     cpdef on_message_complete(self)
     cpdef write(self, data)
     cpdef close(self)

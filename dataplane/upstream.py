@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Protocol
 
 import httptools
 
@@ -42,20 +41,43 @@ class ResponseHeadTooLarge(Exception):
     """A backend's response heads passed MAX_RESPONSE_HEAD."""
 
 
-class Owner(Protocol):
-    """What an upstream connection reports to the exchange that owns it (`tunnel_data` only once
-    an HTTP/1.1 exchange has made the connection a WebSocket tunnel)."""
+class Owner:
+    """What an upstream connection reports to the exchange that owns it
+    (dataplane.protocols.exchange; `tunnel_data` only once an HTTP/1.1 exchange has made the
+    connection a WebSocket tunnel). A base class rather than a typing Protocol: in the compiled
+    build (upstream.pxd) the calls a response makes once per request go through a C vtable."""
 
-    def upstream_headers(self, upstream: HttpUpstream) -> None: ...
-    def upstream_interim(self, upstream: HttpUpstream, head: bytes) -> None: ...
-    def upstream_body(self, data: bytes) -> None: ...
-    def upstream_complete(self, upstream: HttpUpstream) -> None: ...
-    def upstream_lost(self, upstream: HttpUpstream) -> None: ...
-    def upstream_error(self, upstream: HttpUpstream) -> None: ...
-    def flush(self) -> None: ...
-    def upstream_pause_client(self) -> None: ...
-    def upstream_resume_client(self) -> None: ...
-    def tunnel_data(self, data: bytes) -> None: ...
+    __slots__ = ()
+
+    def upstream_headers(self, upstream: HttpUpstream) -> None:
+        raise NotImplementedError
+
+    def upstream_interim(self, upstream: HttpUpstream, head: bytes) -> None:
+        raise NotImplementedError
+
+    def upstream_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def upstream_complete(self, upstream: HttpUpstream) -> None:
+        raise NotImplementedError
+
+    def upstream_lost(self, upstream: HttpUpstream) -> None:
+        raise NotImplementedError
+
+    def upstream_error(self, upstream: HttpUpstream) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def upstream_pause_client(self) -> None:
+        raise NotImplementedError
+
+    def upstream_resume_client(self) -> None:
+        raise NotImplementedError
+
+    def tunnel_data(self, data: bytes) -> None:
+        raise NotImplementedError
 
 
 class HttpUpstream:

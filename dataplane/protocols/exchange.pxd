@@ -108,6 +108,8 @@ cdef class Exchange(BackendReadGate):
 
     # Codecs override some of these as extension types (http.pxd, streams.pxd), and
     # accesslog.CountsBytes in Python.
+    cpdef _connection_headers(self, settings)
+    cpdef _use_bucket(self, settings)
     cpdef _begin_request(self, now)
     @cython.locals(request=Request, kind=cython.int)
     cpdef on_header(self, name, value)
@@ -116,6 +118,7 @@ cdef class Exchange(BackendReadGate):
     @cython.locals(request=Request)
     cpdef on_message_complete(self)
     cpdef _write(self, data)
+    cpdef _admit(self, Request request, bint keep_alive)
     cpdef _admitted(self, Request request)
     cpdef _start(self, Request request)
     cpdef _match_rules(self, table, Request request, client_ip)
@@ -130,6 +133,8 @@ cdef class Exchange(BackendReadGate):
     cpdef flush(self)
     @cython.locals(request=Request)
     cpdef upstream_complete(self, HttpUpstream upstream)
+    @cython.locals(request=Request)
+    cpdef _finish(self, HttpUpstream upstream, bint reusable)
     cpdef _set_deadline(self, timeout, now)
     @cython.locals(request=Request)
     cpdef _check_deadline(self)

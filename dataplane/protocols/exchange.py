@@ -589,7 +589,7 @@ class Exchange(BackendReadGate):
             request.upgrade = True
             request.upgrade_value = value.strip()
 
-    def _admit(self, request: Request, *, keep_alive: bool) -> None:
+    def _admit(self, request: Request, keep_alive: bool) -> None:
         """Check a request whose head is complete, then start it (`_admitted`). Raises _Reject
         (the status in `reject_status`) for a request that must not go on."""
         tokens = request.connection_tokens
@@ -1137,7 +1137,7 @@ class Exchange(BackendReadGate):
         if head_request:
             # httptools cannot be told that a HEAD response has no body; the exchange is over,
             # and the connection cannot be trusted for the next response.
-            self._finish(upstream, reusable=False)
+            self._finish(upstream, False)
 
     def _send_head(
         self, request: Request, out: list[bytes], status: int, unsized: bool, bodiless: bool
@@ -1215,7 +1215,7 @@ class Exchange(BackendReadGate):
         if self.rechunk:
             self.out.append(_LAST_CHUNK)
         request: Request = self.current  # type: ignore[assignment]
-        self._finish(upstream, reusable=upstream.keep_alive and request.complete)
+        self._finish(upstream, upstream.keep_alive and request.complete)
 
     def _begin_tunnel(self, upstream: HttpUpstream, head: bytes) -> None:
         """The backend switched to WebSocket: only a codec that forwarded the upgrade (HTTP/1.1)
@@ -1274,7 +1274,7 @@ class Exchange(BackendReadGate):
     def upstream_resume_client(self) -> None:
         self._resume(_PAUSE_UPSTREAM)
 
-    def _finish(self, upstream: HttpUpstream, *, reusable: bool) -> None:
+    def _finish(self, upstream: HttpUpstream, reusable: bool) -> None:
         self.flush()
         request: Request = self.current  # type: ignore[assignment]
         # _ended, inline, as this runs once per request.

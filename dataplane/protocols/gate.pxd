@@ -1,3 +1,6 @@
 # The compiled build's declaration of dataplane/protocols/gate.py (setup.py).
-cdef class BackendReadGate:
+from dataplane.upstream cimport Owner
+
+
+cdef class BackendReadGate(Owner):
     pass

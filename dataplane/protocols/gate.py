@@ -3,8 +3,10 @@ up and the listener's bandwidth allows."""
 
 from __future__ import annotations
 
+from dataplane.upstream import Owner
 
-class BackendReadGate:
+
+class BackendReadGate(Owner):
     """The client side of a proxied connection, gating reads from its backend.
 
     The backend is not read while the client's transport buffer is full (`pause_writing`) or
@@ -12,7 +14,9 @@ class BackendReadGate:
     once neither holds. Subclasses provide `upstream`, `writing_paused` and `throttled`.
 
     It is an asyncio protocol by its methods rather than by inheriting asyncio.Protocol, so the
-    compiled build (setup.py) can make it and its subclasses extension types.
+    compiled build (setup.py) can make it and its subclasses extension types; and an upstream
+    `Owner`, so that the HTTP exchange built on it gets its backend's response as C calls (a TCP
+    relay overrides none of those).
     """
 
     __slots__ = ()

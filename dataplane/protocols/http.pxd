@@ -17,6 +17,7 @@ cdef class HttpProxy(Exchange):
     cdef public object registered
 
     # accesslog.CountingHttpProxy may still override these in Python.
+    cpdef _serve(self, settings)
     cpdef on_message_begin(self)
     @cython.locals(request=Request)
     cpdef on_url(self, url)

@@ -13,6 +13,7 @@ cdef class Stream:
 
 
 cdef class StreamProxy(Exchange):
+    cpdef _connection_headers(self, settings)
     cpdef _send_head(self, Request request, list out, status, bint unsized, bint bodiless)
     cpdef _exchange_done(self, bint keep_alive, now)
     cpdef _send_answer(self, status, bytes head, bytes body, bint throttled)

@@ -153,7 +153,7 @@ class StreamProxy(Exchange):
                 # A body of unknown length reaches an HTTP/1.1 backend chunked.
                 request.chunked = request.has_body = True
             # Connection: close, as the stream ends with its one response.
-            self._admit(request, keep_alive=False)
+            self._admit(request, False)
         except _Reject:
             self._reject(self.reject_status or 400)
 
