@@ -53,15 +53,17 @@ cdef class HttpUpstream:
 
 
 cdef class UpstreamPool:
-    cdef public object _idle
+    cdef public dict _idle
     cdef public object _loop
-    cdef public object _open
+    cdef public dict _open
     cdef public object _sweeper
     cdef public object _sweeps
     cdef public object idle_timeout
     cdef public object max_idle_per_server
 
+    @cython.locals(idle=list, upstream=HttpUpstream)
     cpdef acquire(self, key)
+    @cython.locals(idle=list)
     cpdef release(self, HttpUpstream upstream)
     cpdef opened(self, HttpUpstream upstream)
     cpdef lost(self, HttpUpstream upstream)

@@ -4,7 +4,7 @@
 # (tests/dataplane/test_compiled_modules.py keeps the lists equal). The .py stays the source.
 cimport cython
 
-from dataplane.balancing cimport Backend
+from dataplane.balancing cimport Backend, Scheduler
 from dataplane.deadlines cimport Deadlines
 from dataplane.protocols.gate cimport BackendReadGate
 from dataplane.protocols.settings cimport ListenerSettings, Route
@@ -63,7 +63,7 @@ cdef class Exchange(BackendReadGate):
     cdef public object compressor
     cdef public object conn_headers
     cdef public object connect_task
-    cdef public object current
+    cdef public Request current
     cdef public object deadline
     cdef public Deadlines deadlines
     cdef public object drain_mark
@@ -79,7 +79,7 @@ cdef class Exchange(BackendReadGate):
     cdef public object loop
     cdef public object out
     cdef public object out_mark
-    cdef public object parsing
+    cdef public Request parsing
     cdef public object paused
     cdef public object peer_ip
     cdef public object peer_ip_bytes
@@ -120,13 +120,14 @@ cdef class Exchange(BackendReadGate):
     cpdef _write(self, data)
     cpdef _admit(self, Request request, bint keep_alive)
     cpdef _admitted(self, Request request)
+    @cython.locals(settings=ListenerSettings, route=Route, scheduler=Scheduler, backend=Backend)
     cpdef _start(self, Request request)
     cpdef _match_rules(self, table, Request request, client_ip)
     cpdef _connect(self, Backend backend)
     @cython.locals(request=Request)
     cpdef _attach(self, HttpUpstream upstream)
     cpdef _release_backend(self)
-    @cython.locals(request=Request)
+    @cython.locals(request=Request, settings=ListenerSettings, head=bytes)
     cpdef upstream_headers(self, HttpUpstream upstream)
     cpdef _send_head(self, Request request, list out, status, bint unsized, bint bodiless)
     cpdef upstream_body(self, data)
