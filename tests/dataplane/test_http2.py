@@ -254,6 +254,26 @@ def test_no_server_answers_503_on_the_stream_and_the_connection_lives(dataplane,
     assert (first.status, second.status) == (503, 503)
 
 
+def test_a_backend_switching_protocols_on_a_stream_gets_a_502_and_the_connection_lives(
+    h2_listener, ca
+):
+    # Only an HTTP/1.1 exchange that forwarded a WebSocket upgrade can carry a tunnel; a stream's
+    # exchange has none to give a backend that answers 101, so the stream gets the node's 502.
+    port, web = h2_listener(
+        lambda r: (
+            Reply(status=101, headers=[("Connection", "Upgrade"), ("Upgrade", "websocket")])
+            if r.target == "/switch"
+            else Reply(body=b"ok")
+        )
+    )
+    with H2Client(port, trusting(ca)) as client:
+        switched = client.get("/switch")
+        after = client.get("/after")
+    assert switched.status == 502
+    assert (after.status, after.body) == (200, b"ok")
+    assert [request.target for request in web.requests] == ["/switch", "/after"]
+
+
 def test_an_answer_of_the_node_its_own_is_framed_as_http2_fields(dataplane, ca):
     # The node's 503 reaches the stream as its head and body, not as HTTP/1.1 bytes: its fields
     # are lower case, without the connection-specific ones, and a HEAD gets the head only.
