@@ -176,13 +176,7 @@ class ListenerLog:
             received, sent = proxy.received, proxy.sent
             bytes_in, bytes_out = received - proxy.in_mark, sent - proxy.out_mark
             proxy.in_mark, proxy.out_mark = received, sent
-        transport = proxy.transport
-        # An HTTP/2 or HTTP/3 request's transport is its stream (dataplane.protocols.streams),
-        # which belongs to an Http2Connection or an Http3Connection.
-        version = f"HTTP/{request.version}"
-        connection = getattr(transport, "connection", None)
-        if connection is not None:
-            version = "HTTP/3" if type(connection).__name__ == "Http3Connection" else "HTTP/2"
+        version = proxy.http_version(request)
         # Request fields set only once what they record happened (dataplane.protocols.http).
         server = getattr(request, "server", None) or proxy.backend
         connect_at = getattr(request, "connect_at", 0.0)
@@ -222,8 +216,8 @@ class ListenerLog:
         if version == "HTTP/3":
             # QUIC is TLS 1.3 always (RFC 9001); aioquic shows no SSLObject.
             entry["tls_version"] = "TLSv1.3"
-        elif transport is not None:
-            entry.update(tls_fields(transport.get_extra_info("ssl_object")))
+        else:
+            entry.update(tls_fields(proxy.client_tls()))
         self.add(entry)
 
     def tcp(self, proxy: TcpProxy, termination: str) -> None:

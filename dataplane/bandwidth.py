@@ -15,10 +15,10 @@ How it is enforced here:
   instead the *source* of the bytes stops being read until the debt is paid. Over any window the
   bytes sent are at most rate x time + burst + the last chunk written.
 - `ThrottledWriter` does that for one direction of one connection: every write goes straight to
-  the transport and is charged to the bucket; when the bucket is in debt it calls the
-  connection's `pause_reading` for the other side and schedules `resume_reading` with
-  `loop.call_later`, checking the bucket again when the timer fires, because other connections
-  of the listener may have spent the refill meanwhile.
+  the client (a transport, or an HTTP/2 or HTTP/3 stream) and is charged to the bucket; when the
+  bucket is in debt it calls the connection's `pause_reading` for the other side and schedules
+  `resume_reading` with `loop.call_later`, checking the bucket again when the timer fires,
+  because other connections of the listener may have spent the refill meanwhile.
 - Datagram listeners have no source to pause: a UDP datagram the client should get while the
   bucket is in debt is dropped (`TokenBucket.admit`), as a policer on a router does; QUIC's own
   congestion control treats such losses as congestion. HTTP/3 response bodies are shaped at the
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final
 
 # Burst of a listener's bucket: what a connection may send at once after an idle spell. A tenth of
@@ -175,6 +175,10 @@ def _no_source() -> None:
     """What a closed writer pauses and resumes: its connection is gone."""
 
 
+def _no_sink(data: bytes) -> None:
+    """Where a closed writer's bytes go: its connection is gone."""
+
+
 class ThrottledWriter:
     """Writes one direction of a connection through a listener's bucket.
 
@@ -184,18 +188,19 @@ class ThrottledWriter:
     the connection's own, so it can combine this reason to pause with its other ones.
     """
 
-    __slots__ = ("_bucket", "_handle", "_loop", "_pause", "_resume", "_since", "transport")
+    __slots__ = ("_bucket", "_handle", "_loop", "_pause", "_resume", "_send", "_since")
 
     def __init__(
         self,
-        transport: asyncio.WriteTransport,
+        send: Callable[[bytes], None],
         bucket: TokenBucket,
         *,
         pause_reading: Callable[[], None],
         resume_reading: Callable[[], None],
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        self.transport = transport
+        # Where the bytes go: a transport's write, or an HTTP/2 or HTTP/3 stream's body.
+        self._send = send
         self._bucket = bucket
         self._pause = pause_reading
         self._resume = resume_reading
@@ -210,15 +215,8 @@ class ThrottledWriter:
         return self._handle is not None
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        self._send(data)
         wait = self._bucket.take(len(data))
-        if wait > 0.0 and self._handle is None:
-            self._begin_pause(wait)
-
-    def writelines(self, chunks: Iterable[bytes]) -> None:
-        chunks = list(chunks)
-        self.transport.writelines(chunks)
-        wait = self._bucket.take(sum(len(chunk) for chunk in chunks))
         if wait > 0.0 and self._handle is None:
             self._begin_pause(wait)
 
@@ -244,7 +242,8 @@ class ThrottledWriter:
             self._handle.cancel()
             self._handle = None
             self._bucket.pause_ended(self._since)
-        # The callbacks are bound methods of the connection, which holds this writer: without
-        # them a closed connection is freed by reference counting, not left to the cycle
-        # collector.
+        # The callbacks are bound methods of the connection (or of its stream), which holds this
+        # writer: without them a closed connection is freed by reference counting, not left to
+        # the cycle collector.
         self._pause = self._resume = _no_source
+        self._send = _no_sink

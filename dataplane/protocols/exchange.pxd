@@ -99,7 +99,6 @@ cdef class Exchange(BackendReadGate):
     cdef public object throttled
     cdef public object timer_at
     cdef public object timer_tick
-    cdef public object transport
     cdef public object tunnel
     cdef public object upstream
     cdef public object writer
@@ -150,3 +149,8 @@ cdef class Exchange(BackendReadGate):
     cpdef _ended(self, Request request, status, termination)
     cpdef _teardown(self)
     cpdef _close(self)
+    cpdef _abort(self)
+    # The client side, each codec's own.
+    cpdef _sender(self)
+    cpdef bint _client_closing(self)
+    cpdef _end_client(self, bint abort)

@@ -70,7 +70,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from dataplane.balancing import Backend
@@ -340,7 +340,10 @@ class Exchange(BackendReadGate):
     A codec subclasses it (dataplane.protocols.http.HttpProxy, dataplane.protocols.streams.
     StreamProxy), and calls `_begin_request`, `on_header` per field and `_admit` for a head,
     `on_body` and `on_message_complete` for the body. Its hooks: `_send_head`, `_send_answer`,
-    `_continue`, `_exchange_done`, `upstream_interim` and `_begin_tunnel`.
+    `_continue`, `_exchange_done`, `upstream_interim` and `_begin_tunnel`, and the client side
+    (`_write`, `_pause`, `_resume`, `_end_client` and the rest of that section): the exchange
+    holds no transport, so a codec whose client is not a socket (an HTTP/2 or HTTP/3 stream)
+    does not pretend to be one.
     """
 
     # Whether `received` and `sent` are counted (dataplane.accesslog.CountsBytes).
@@ -392,7 +395,6 @@ class Exchange(BackendReadGate):
         "throttled",
         "timer_at",
         "timer_tick",
-        "transport",
         "tunnel",
         "upstream",
         "writer",
@@ -407,8 +409,7 @@ class Exchange(BackendReadGate):
         self.loop = runtime.loop
         # A listener keeps its counters across generations.
         self.stats = runtime.stats
-        # the client: where its response bytes go, and who it is
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        # the client: who it is (its codec knows where its response bytes go)
         self.peer_ip = ""
         self.peer_ip_bytes = b""
         self.peer_port = 0
@@ -482,8 +483,7 @@ class Exchange(BackendReadGate):
         if settings.srcport:
             lines += b"X-Forwarded-Client-srcport: %d\r\n" % self.peer_port
         if settings.clientcert:
-            ssl_object = self.transport.get_extra_info("ssl_object")
-            lines += client_certificate_headers(ssl_object, settings.listener)
+            lines += client_certificate_headers(self.client_tls(), settings.listener)
         return lines
 
     def _adopt(self, settings: ListenerSettings) -> None:
@@ -503,20 +503,54 @@ class Exchange(BackendReadGate):
             self._bandwidth_resume()
         if bucket is not None:
             self.writer = ThrottledWriter(
-                self.transport,
+                self._sender(),
                 bucket,
                 pause_reading=self._bandwidth_pause,
                 resume_reading=self._bandwidth_resume,
                 loop=self.loop,
             )
 
+    # -- the client side: each codec says how its client is written to, paused and closed -------
+    # (dataplane.protocols.http: the connection's transport; dataplane.protocols.streams: the
+    # stream, through its connection's framing)
+
     def _write(self, data: bytes) -> None:
         """Write response bytes to the client, through the bandwidth limit when there is one."""
-        writer = self.writer
-        if writer is None:
-            self.transport.write(data)
-        else:
-            writer.write(data)
+        raise NotImplementedError
+
+    def _sender(self) -> Callable[[bytes], None]:
+        """What writes response bytes to the client as they are (the bandwidth limit's way)."""
+        raise NotImplementedError
+
+    def _pause(self, reason: int) -> None:
+        """Stop reading the client, for `reason` (one of the _PAUSE_ bits) among others."""
+        raise NotImplementedError
+
+    def _resume(self, reason: int) -> None:
+        """`reason` to stop reading the client is gone; read again once no other holds."""
+        raise NotImplementedError
+
+    def _send_answer(self, status: int, head: bytes, body: bytes, throttled: bool) -> None:
+        """Write an answer of the node's own: its head (HTTP/1.1 lines through the blank line)
+        and its body, through the bandwidth limit when `throttled` (an error goes out
+        regardless)."""
+        raise NotImplementedError
+
+    def _client_closing(self) -> bool:
+        """Is the client's side closing or closed already?"""
+        raise NotImplementedError
+
+    def _end_client(self, abort: bool) -> None:
+        """Close the client's side: after what is written, or at once when `abort`."""
+        raise NotImplementedError
+
+    def client_tls(self) -> ssl.SSLObject | None:
+        """The client's TLS session, when its connection has one this process terminates."""
+        raise NotImplementedError
+
+    def http_version(self, request: Request) -> str:
+        """The client's protocol, as an access log writes it ("HTTP/1.1", "HTTP/2")."""
+        raise NotImplementedError
 
     # -- request head ----------------------------------------------------------------------------
 
@@ -1401,17 +1435,6 @@ class Exchange(BackendReadGate):
         self.timer_at = now + settings.request_timeout
         self.timer_tick = self.deadlines.watch(self, self.timer_at)
 
-    def _pause(self, reason: int) -> None:
-        if not self.paused and not self.closed:
-            self.transport.pause_reading()
-        self.paused |= reason
-
-    def _resume(self, reason: int) -> None:
-        if self.paused & reason:
-            self.paused &= ~reason
-            if not self.paused and not self.closed:
-                self.transport.resume_reading()
-
     def _reject(self, status: int) -> None:
         """Answer with an error of the dataplane's own and close the connection."""
         if self.closed:
@@ -1443,16 +1466,6 @@ class Exchange(BackendReadGate):
         if request is not None and not getattr(request, "ended", 0.0):
             self._ended(request, status, _TERMINATIONS.get(status, "rejected"))
         self._close()
-
-    def _send_answer(self, status: int, head: bytes, body: bytes, throttled: bool) -> None:
-        """Write an answer of the node's own: its head (through the blank line) and its body,
-        through the bandwidth limit when `throttled` (an error goes out regardless). A stream's
-        proxy (dataplane.protocols.streams) sends the two as its codec's frames instead."""
-        if throttled:
-            self._write(head + body)
-        else:
-            self.sent += len(head) + len(body)
-            self.transport.write(head + body)
 
     def _continue(self) -> None:
         """Tell a client that waits for it (Expect: 100-continue) to send its request body, where
@@ -1497,16 +1510,16 @@ class Exchange(BackendReadGate):
         self._release_backend()
 
     def _close(self) -> None:
-        if self.closed and self.transport.is_closing():
+        if self.closed and self._client_closing():
             return
         self.closed = True
         self._teardown()
-        self.transport.close()
+        self._end_client(False)
 
     def _abort(self) -> None:
         self.closed = True
         self._teardown()
-        self.transport.abort()
+        self._end_client(True)
 
     def shutdown(self) -> None:
         """Graceful: close now if idle, otherwise after the response in flight."""
@@ -1516,6 +1529,6 @@ class Exchange(BackendReadGate):
 
     def abort(self) -> None:
         """Immediate: a stopped or removed listener cuts its connections (seed 003)."""
-        if not self.closed or not self.transport.is_closing():
+        if not self.closed or not self._client_closing():
             self.termination = "listener_stopped"
             self._abort()

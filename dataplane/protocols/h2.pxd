@@ -20,6 +20,7 @@ cdef class Http2Connection:
     cdef public object runtime
     cdef public object session
     cdef public object settings
+    cdef public object ssl_object
     cdef public object stats
     cdef public dict streams
     cdef public object transport

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any
 
 from dataplane.nghttp2 import (
@@ -66,6 +67,9 @@ class Http2Connection:
     compile as an extension type (h2.pxd).
     """
 
+    # The client's protocol, as the access log writes it (dataplane.protocols.streams).
+    version = "HTTP/2"
+
     __slots__ = (
         "closed",
         "draining",
@@ -81,6 +85,7 @@ class Http2Connection:
         "runtime",
         "session",
         "settings",
+        "ssl_object",
         "stats",
         "streams",
         "transport",
@@ -95,6 +100,8 @@ class Http2Connection:
         self.stats = runtime.stats
         self.settings: ListenerSettings = runtime.settings  # type: ignore[assignment]
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        # The client's TLS session: its streams' client-certificate headers and log lines.
+        self.ssl_object: ssl.SSLObject | None = None
         self.session: Session | None = None
         self.streams: dict[int, Stream] = {}
         # Streams whose backend is paused until nghttp2 has sent enough of their response.
@@ -118,6 +125,7 @@ class Http2Connection:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.ssl_object = transport.get_extra_info("ssl_object")
         settings = self.runtime.settings
         if settings is None:
             self.closed = True

@@ -15,6 +15,7 @@ cdef class HttpProxy(Exchange):
     cdef public object parser
     cdef public object queue
     cdef public object registered
+    cdef public object transport
 
     # accesslog.CountingHttpProxy may still override these in Python.
     cpdef _serve(self, settings)
@@ -28,3 +29,10 @@ cdef class HttpProxy(Exchange):
     cpdef _send_head(self, Request request, list out, status, bint unsized, bint bodiless)
     cpdef _continue(self)
     cpdef _go_idle(self, now)
+    cpdef _write(self, data)
+    cpdef _sender(self)
+    cpdef _pause(self, reason)
+    cpdef _resume(self, reason)
+    cpdef _send_answer(self, status, bytes head, bytes body, bint throttled)
+    cpdef bint _client_closing(self)
+    cpdef _end_client(self, bint abort)

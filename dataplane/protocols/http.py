@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httptools
@@ -53,7 +55,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class HttpProxy(Exchange):
     """The client side of one HTTP or HTTPS connection: its HTTP/1.1 codec, and its exchange."""
 
-    __slots__ = ("early", "head_bytes", "head_mark", "parser", "queue", "registered")
+    __slots__ = ("early", "head_bytes", "head_mark", "parser", "queue", "registered", "transport")
 
     # The exchange's __init__ is the codec's: the codec's own fields begin with the connection
     # (one Python-level call less per connection than an __init__ of its own).
@@ -304,6 +306,51 @@ class HttpProxy(Exchange):
             self._close()
             return
         self._set_deadline(self.settings.idle_timeout, now)
+
+    # -- the client side: the connection's transport ---------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        writer = self.writer
+        if writer is None:
+            self.transport.write(data)
+        else:
+            writer.write(data)
+
+    def _sender(self) -> Callable[[bytes], None]:
+        return self.transport.write
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
+
+    def _send_answer(self, status: int, head: bytes, body: bytes, throttled: bool) -> None:
+        if throttled:
+            self._write(head + body)
+        else:
+            self.sent += len(head) + len(body)
+            self.transport.write(head + body)
+
+    def _client_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def _end_client(self, abort: bool) -> None:
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def client_tls(self) -> ssl.SSLObject | None:
+        return self.transport.get_extra_info("ssl_object")
+
+    def http_version(self, request: Request) -> str:
+        return "HTTP/" + request.version
 
     # -- WebSocket tunnel ------------------------------------------------------------------------
 

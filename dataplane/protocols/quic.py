@@ -230,15 +230,6 @@ def _ignore_termination() -> None:
     """A terminated connection's handler of its own termination, already handled."""
 
 
-class _NoTls:
-    """What a stream's proxy asks of the transport: QUIC has no TLS object to show it."""
-
-    __slots__ = ()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-
 class Http3Connection(QuicConnectionProtocol):
     """One client's QUIC connection: HTTP/3 framing in, one proxied stream per request."""
 
@@ -259,7 +250,9 @@ class Http3Connection(QuicConnectionProtocol):
         # Streams whose backend is paused until aioquic has sent enough of their response.
         self.held: set[Stream] = set()
         self.writing_paused = False
-        self.transport = _NoTls()
+        # QUIC is TLS 1.3 always (RFC 9001), but aioquic shows no SSLObject to read it from.
+        self.ssl_object = None
+        self.version = "HTTP/3"
         self.registered = False
         # The counters this connection is counted in as active.
         self.stats = self.runtime.stats

@@ -5,6 +5,9 @@
 from dataplane.protocols.exchange cimport Exchange, Request
 
 
+cdef class ProxiedStream
+
+
 cdef class Stream:
     cdef public object connection
     cdef public object out
@@ -13,11 +16,19 @@ cdef class Stream:
 
 
 cdef class StreamProxy(Exchange):
+    cdef public ProxiedStream stream
+
     cpdef _connection_headers(self, settings)
     cpdef _send_head(self, Request request, list out, status, bint unsized, bint bodiless)
     cpdef _exchange_done(self, bint keep_alive, now)
     cpdef _send_answer(self, status, bytes head, bytes body, bint throttled)
     cpdef _continue(self)
+    cpdef _write(self, data)
+    cpdef _sender(self)
+    cpdef _pause(self, reason)
+    cpdef _resume(self, reason)
+    cpdef bint _client_closing(self)
+    cpdef _end_client(self, bint abort)
 
 
 cdef class ProxiedStream(Stream):

@@ -7,10 +7,10 @@ the exchange (dataplane.protocols.exchange) an HTTP/1.1 client's request goes th
 request head arrives as the codec's field list and goes through the same field checks,
 forwarding rules, persistence, managed headers, compression, bandwidth, pooled backend
 connections, timeouts, counters and access log, and the dataplane's own 502/503/504 answers are
-the same. The `ProxiedStream` is the exchange's client side: a response head, the backend's or
-one of the node's own answers, reaches it as a call (`respond`) and the body as the bytes the
-exchange writes, which become the codec's HEADERS and DATA. Nothing is written as HTTP/1.1 to be
-parsed back.
+the same. The `ProxiedStream` is the exchange's client: a response head, the backend's or one of
+the node's own answers, reaches it as a call (`respond`) and the body as `send_body`, which
+become the codec's HEADERS and DATA. Nothing is written as HTTP/1.1 to be parsed back, and no
+stream poses as a transport.
 
 A codec's connection offers what `StreamConnection` lists.
 """
@@ -18,7 +18,9 @@ A codec's connection offers what `StreamConnection` lists.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Protocol
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from dataplane.accesslog import CountsBytes
 from dataplane.nghttp2 import CANCEL, INTERNAL_ERROR, PROTOCOL_ERROR, Outbound
@@ -35,7 +37,10 @@ class StreamConnection(Protocol):
 
     runtime: ListenerHandle
     loop: asyncio.AbstractEventLoop
-    transport: Any
+    # The client's TLS session (None for QUIC: aioquic shows none), and its protocol as an
+    # access log writes it.
+    ssl_object: ssl.SSLObject | None
+    version: str
     streams: dict[int, Stream]
     peer_ip: str
     peer_port: int
@@ -103,14 +108,18 @@ class StreamProxy(Exchange):
     The connection was accepted (access control, counters) once; a stream only takes its peer
     address and its per-connection header lines, computed once per listener generation. The
     request head arrives as the codec's field list and goes through the same field checks and
-    forwarding code as an HTTP/1.1 client's, without being written out and parsed again.
+    forwarding code as an HTTP/1.1 client's, without being written out and parsed again. Its
+    client side is the `ProxiedStream`, called by name: a response head (`respond`), body bytes
+    (`send_body`), the end (`complete`), holding the request body back (`hold`, `release`), or
+    a reset (`end`).
     """
 
-    __slots__ = ()
+    __slots__ = ("stream",)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        connection: StreamConnection = transport.connection  # type: ignore[attr-defined]
+    def attach(self, stream: ProxiedStream) -> None:
+        """The exchange begins on `stream`: the connection's client, its own request."""
+        self.stream = stream
+        connection = stream.connection
         self.peer_ip, self.peer_port = connection.peer_ip, connection.peer_port
         self.peer_ip_bytes = connection.peer_ip_bytes
         self.xff_line = connection.xff_line
@@ -158,7 +167,7 @@ class StreamProxy(Exchange):
             self._reject(self.reject_status or 400)
 
     def _connection_headers(self, settings: ListenerSettings) -> bytes:
-        connection: StreamConnection = self.transport.connection  # type: ignore[attr-defined]
+        connection = self.stream.connection
         cached = connection.header_lines
         if cached is None or cached[0] is not settings:
             cached = connection.header_lines = (
@@ -177,30 +186,67 @@ class StreamProxy(Exchange):
         head = b"".join(out)
         self.stats.bytes_out += len(head)
         self.sent += len(head)
-        self.transport.respond(status, head, bodiless)  # type: ignore[attr-defined]
+        self.stream.respond(status, head, bodiless)
 
     def _exchange_done(self, keep_alive: bool, now: float) -> None:
         """The stream ends with its one response."""
-        self.transport.response_complete()  # type: ignore[attr-defined]
+        self.stream.complete()
         self._close()
+
+    def _continue(self) -> None:
+        """No interim response on a stream: the codecs send final responses only, and a client
+        that asked for 100-continue sends its body after its own wait (RFC 9110 10.1.1)."""
+
+    # -- the client side: the stream -------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        writer = self.writer
+        if writer is None:
+            self.stream.send_body(data)
+        else:
+            writer.write(data)
+
+    def _sender(self) -> Callable[[bytes], None]:
+        return self.stream.send_body
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and not self.closed:
+            self.stream.hold()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closed:
+                self.stream.release()
 
     def _send_answer(self, status: int, head: bytes, body: bytes, throttled: bool) -> None:
         """An answer of the node's own (an error, a rule's redirect or fixed response, a 429):
         its head to the codec as fields, its body as DATA."""
-        transport = self.transport
+        stream = self.stream
         self.sent += len(head)
-        transport.respond(status, head, not body)  # type: ignore[attr-defined]
+        stream.respond(status, head, not body)
         if body:
             if throttled:
                 self._write(body)
             else:
                 self.sent += len(body)
-                transport.write(body)
-        transport.response_complete()  # type: ignore[attr-defined]
+                stream.send_body(body)
+        stream.complete()
 
-    def _continue(self) -> None:
-        """No interim response on a stream: the codecs send final responses only, and a client
-        that asked for 100-continue sends its body after its own wait (RFC 9110 10.1.1)."""
+    def _client_closing(self) -> bool:
+        return self.stream.closing
+
+    def _end_client(self, abort: bool) -> None:
+        # A stream cut before its response is complete is reset: CANCEL when the exchange gave
+        # up on it (a stopped listener, a backend cut mid-response), INTERNAL_ERROR otherwise.
+        self.stream.end(CANCEL if abort else INTERNAL_ERROR)
+
+    def client_tls(self) -> ssl.SSLObject | None:
+        return self.stream.connection.ssl_object
+
+    def http_version(self, request: Request) -> str:
+        return self.stream.connection.version
 
 
 class CountingStreamProxy(CountsBytes, StreamProxy):
@@ -215,12 +261,12 @@ _END = b""
 
 
 class ProxiedStream(Stream):
-    """One stream served by a StreamProxy; it is also the proxy's transport.
+    """One stream served by a StreamProxy: the exchange's client.
 
-    The request head and body go to the proxy as calls (the body re-chunked by the proxy when
-    its length is unknown). The response comes as calls too, whether a backend's or the node's
-    own: its head as HTTP/1.1 lines the codec turns into fields (`respond`), its body as the
-    bytes the proxy writes, its end as `response_complete`.
+    The request head and body go to the exchange as calls (the body re-chunked by the exchange
+    when its length is unknown). The response comes as calls too, whether a backend's or the
+    node's own: its head as HTTP/1.1 lines the codec turns into fields (`respond`), its body as
+    `send_body`, its end as `complete`.
     """
 
     __slots__ = (
@@ -244,8 +290,8 @@ class ProxiedStream(Stream):
         self.closing = False
         self.responded = False
         self.backend_paused = False
-        # Request body pieces the proxy is not reading yet, with the frame credit each carries;
-        # _END marks the end of the body.
+        # Request body pieces the exchange is not reading yet, with the frame credit each
+        # carries; _END marks the end of the body.
         self.pending: list[tuple[bytes, int]] = []
         runtime = connection.runtime
         # A listener whose access log is on counts each stream's bytes for its lines.
@@ -262,7 +308,7 @@ class ProxiedStream(Stream):
         chunked: bool,
     ) -> None:
         proxy = self.proxy
-        proxy.connection_made(self)  # type: ignore[arg-type]
+        proxy.attach(self)
         if not self.closing:
             proxy.begin(method, path, host, fields, chunked=chunked)
             if self.request_ended and not proxy.closed:
@@ -298,6 +344,18 @@ class ProxiedStream(Stream):
             proxy.received += len(data)
             proxy.on_body(data)
 
+    def hold(self) -> None:
+        """The exchange takes no more of the request body for now."""
+        self.reading = False
+
+    def release(self) -> None:
+        """The exchange takes the request body again: what waited goes first."""
+        self.reading = True
+        while self.pending and self.reading and not self.closing:
+            data, credit = self.pending.pop(0)
+            self._deliver(data)
+            self.connection.acknowledge(self.stream_id, credit)
+
     def cancel(self) -> None:
         if self.closing:
             return
@@ -311,10 +369,7 @@ class ProxiedStream(Stream):
         if not self.closing:
             self.proxy.abort()
 
-    # -- the transport the proxy writes to -------------------------------------------------------
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.connection.transport.get_extra_info(name, default)
+    # -- the response ----------------------------------------------------------------------------
 
     def respond(self, status: int, head: bytes, end_stream: bool) -> None:
         """The response head, as HTTP/1.1 lines that the codec turns into its fields (nghttp2
@@ -324,39 +379,19 @@ class ProxiedStream(Stream):
         self.responded = True
         self.connection.send_head(self, status, head, end_stream=end_stream or self.head_request)
 
-    def response_complete(self) -> None:
+    def send_body(self, data: bytes) -> None:
+        """Response body bytes, framed as the codec's DATA."""
+        if data and not self.closing and not self.out.end:
+            self.connection.send_data(self, data)
+
+    def complete(self) -> None:
         """The response is all written: the stream ends once it is sent."""
         if self.responded and not self.closing and not self.out.end:
             self.connection.finish(self)
 
-    def write(self, data: bytes) -> None:
-        # Response body only: the head came as `respond`.
-        if data and not self.closing and not self.out.end:
-            self.connection.send_data(self, data)
-
-    def writelines(self, chunks: Any) -> None:
-        self.write(b"".join(chunks))
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-        while self.pending and self.reading and not self.closing:
-            data, credit = self.pending.pop(0)
-            self._deliver(data)
-            self.connection.acknowledge(self.stream_id, credit)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self._end(INTERNAL_ERROR)
-
-    def abort(self) -> None:
-        self._end(CANCEL)
-
-    def _end(self, code: int) -> None:
+    def end(self, code: int) -> None:
+        """The exchange is over: a stream whose response is not complete is reset with `code`,
+        so the client does not take what it got for all of it."""
         if self.closing:
             return
         self.closing = True
@@ -364,8 +399,6 @@ class ProxiedStream(Stream):
             self.connection.acknowledge(self.stream_id, credit)
         self.pending.clear()
         if not self.out.end:
-            # The proxy gave up before a complete response: the client must not take what it
-            # got for all of it.
             self.connection.reset(self, code)
         self.connection.loop.call_soon(self._proxy_lost)
 
@@ -374,7 +407,7 @@ class ProxiedStream(Stream):
         if proxy is None:
             return
         proxy.connection_lost(None)
-        # The proxy holds this stream as its transport: dropping it now frees the stream by
+        # The exchange holds this stream as its client: dropping it now frees the stream by
         # reference counting instead of leaving a cycle per stream to the collector (8,000
         # instructions per request).
         self.proxy = None

@@ -122,7 +122,7 @@ class TcpProxy(BackendReadGate):
         stats.requests += 1
         if settings.bucket is not None:
             self.writer = ThrottledWriter(
-                transport,  # type: ignore[arg-type]
+                transport.write,  # type: ignore[attr-defined]
                 settings.bucket,
                 pause_reading=self._bandwidth_pause,
                 resume_reading=self._bandwidth_resume,

@@ -171,7 +171,7 @@ def make_writer(bucket: TokenBucket):
     transport = RecordingTransport()
     events: list[str] = []
     writer = ThrottledWriter(
-        transport,
+        transport.write,
         bucket,
         pause_reading=lambda: events.append("pause"),
         resume_reading=lambda: events.append("resume"),
@@ -184,7 +184,8 @@ def test_writes_within_budget_pass_without_pausing():
     writer, transport, loop, events = make_writer(TokenBucket(1000, 500, clock=FakeClock()))
 
     writer.write(b"a" * 200)
-    writer.writelines([b"b" * 100, b"c" * 200])
+    writer.write(b"b" * 100)
+    writer.write(b"c" * 200)
 
     assert transport.written == [b"a" * 200, b"b" * 100, b"c" * 200]
     assert events == []
@@ -215,7 +216,8 @@ def test_writes_while_paused_add_debt_without_pausing_twice():
     writer, _, loop, events = make_writer(TokenBucket(1000, 500, clock=clock))
     writer.write(b"x" * 800)
 
-    writer.writelines([b"y" * 100, b"z" * 100])
+    writer.write(b"y" * 100)
+    writer.write(b"z" * 100)
 
     assert events == ["pause"]
     assert len(loop.timers) == 1
@@ -271,7 +273,7 @@ class BackendSide(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.writer = ThrottledWriter(
-            self.client,
+            self.client.write,
             self.bucket,
             pause_reading=transport.pause_reading,
             resume_reading=transport.resume_reading,

@@ -165,7 +165,7 @@ def test_writes_within_budget_count_nothing_and_a_pause_counts_once_with_its_len
     bucket = TokenBucket(1000, 500, clock=clock)
     loop = FakeLoop()
     writer = ThrottledWriter(
-        RecordingTransport(),  # type: ignore[arg-type]
+        RecordingTransport().write,
         bucket,
         pause_reading=lambda: None,
         resume_reading=lambda: None,
@@ -173,7 +173,8 @@ def test_writes_within_budget_count_nothing_and_a_pause_counts_once_with_its_len
     )
 
     writer.write(b"a" * 200)
-    writer.writelines([b"b" * 100, b"c" * 200])
+    writer.write(b"b" * 100)
+    writer.write(b"c" * 200)
     assert (bucket.pauses, bucket.paused_seconds) == (0, 0.0)
 
     writer.write(b"x" * 300)  # 300 bytes of debt: 0.3 s
