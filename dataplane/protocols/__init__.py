@@ -9,7 +9,6 @@ Each listener generation is compiled once into `ListenerSettings` with its `Rout
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,7 +39,6 @@ __all__ = [
     "Route",
     "ServerGroupRuntime",
     "compile_acl",
-    "fits_request_line",
     "managed_headers",
 ]
 
@@ -58,21 +56,6 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_UNSAFE_IN_TARGET = re.compile(rb"[\x00-\x20\x7f]")
-
-
-def fits_request_line(method: bytes, path: bytes, authority: bytes) -> bool:
-    """Whether HTTP/2 or HTTP/3 pseudo-headers survive as an HTTP/1.1 request line and Host.
-
-    Their libraries refuse CR, LF and NUL, but a space or tab would still split the line.
-    """
-    return (
-        bool(method)
-        and _TOKEN.issuperset(method)
-        and not _UNSAFE_IN_TARGET.search(path)
-        and not _UNSAFE_IN_TARGET.search(authority)
-    )
 
 
 class ServerGroupRuntime:

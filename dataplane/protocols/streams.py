@@ -23,8 +23,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from dataplane.accesslog import CountsBytes
+from dataplane.heads import fits_request_line
 from dataplane.nghttp2 import CANCEL, INTERNAL_ERROR, PROTOCOL_ERROR, Outbound
-from dataplane.protocols import HOP_BY_HOP, fits_request_line
+from dataplane.protocols import HOP_BY_HOP
 from dataplane.protocols.exchange import Exchange, Request, _clock, _Reject
 
 if TYPE_CHECKING:

@@ -1,5 +1,6 @@
-"""dataplane.heads.special_lines against the regular expression it replaced, on ordinary and
-hostile response heads: the same lines, the same spans, in the same order."""
+"""dataplane.heads against the Python it replaced, on ordinary and hostile input: special_lines
+finds the same response lines, spans and order as the regular expression did, and
+fits_request_line gives the same answer as the set and the regular expression."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 import re
 
 import pytest
-from dataplane.heads import special_lines
+from dataplane.heads import fits_request_line, special_lines
 
 # The reference: what the proxy matched before, over the lower-cased head.
 REFERENCE = re.compile(
@@ -68,3 +69,50 @@ def test_a_large_head_with_many_lines():
     found = special_lines(head)
     assert found == reference(head)
     assert len(found) == 1333
+
+
+# The reference for pseudo-headers: a token for the method (RFC 9110 5.6.2), and no control
+# byte, space or DEL in the target or the authority.
+TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+UNSAFE_IN_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+
+
+def fits_reference(method: bytes, path: bytes, authority: bytes) -> bool:
+    return (
+        bool(method)
+        and TOKEN.issuperset(method)
+        and not UNSAFE_IN_TARGET.search(path)
+        and not UNSAFE_IN_TARGET.search(authority)
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "authority", "fits"),
+    [
+        (b"GET", b"/", b"example.com", True),
+        (b"M-SEARCH", b"*", b"", True),
+        (b"", b"/", b"a", False),
+        (b"GE T", b"/", b"a", False),
+        (b"GET", b"/a b", b"a", False),
+        (b"GET", b"/a\tb", b"a", False),
+        (b"GET", b"/a", b"a\x7f", False),
+        (b"GET", b"/a", b"a b", False),
+        (b"G\xc3\xa9T", b"/", b"a", False),
+        (b"GET", b"/caf\xc3\xa9", b"h\xc3\xb4te", True),
+    ],
+)
+def test_pseudo_headers_that_fit_a_request_line(method, path, authority, fits):
+    assert fits_request_line(method, path, authority) is fits
+    assert fits_reference(method, path, authority) is fits
+
+
+def test_every_byte_in_every_place_answers_as_the_reference():
+    for byte in range(256):
+        one = bytes([byte])
+        for args in ((one, b"/", b"a"), (b"GET", b"/" + one, b"a"), (b"GET", b"/", one)):
+            assert fits_request_line(*args) is fits_reference(*args), args
+
+
+def test_none_is_refused_not_read():
+    with pytest.raises(TypeError):
+        fits_request_line(b"GET", None, b"a")
