@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Scans of HTTP heads in C: the response header lines the HTTP proxy handles itself, found in
-one pass, and whether an HTTP/2 or HTTP/3 request's pseudo-headers fit an HTTP/1.1 request line.
+"""Scans of HTTP heads in C: where a backend's response head lies in what it sent, the response
+header lines the HTTP proxy handles itself, found in one pass, and whether an HTTP/2 or HTTP/3
+request's pseudo-headers fit an HTTP/1.1 request line.
 
 A backend's response head passes to the client as it came, except for the lines the proxy
 frames or rewrites itself (dataplane.protocols.exchange, upstream_headers): the framing fields
@@ -17,6 +18,10 @@ Built always, like the HTTP/2 binding (setup.py): the proxy's Python form uses i
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memchr
+
+
+cdef extern from "string.h":
+    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 
 # The names, as the proxy compares them (`name == b"etag"`).
 CONTENT_LENGTH = b"content-length"
@@ -139,3 +144,19 @@ def fits_request_line(bytes method not None, bytes path not None, bytes authorit
         if not _TOKEN[text[i]]:
             return False
     return _fits_target(path) and _fits_target(authority)
+
+
+def head_span(bytes buffer not None, Py_ssize_t start):
+    """(start, end) of the head that llhttp has just parsed in `buffer` from `start`: the empty
+    lines allowed before a status line skipped, `end` the position of the "\\r\\n\\r\\n" that
+    ends it (llhttp insists on CRLF line ends and refuses obs-fold, so the first one does), or
+    -1 when there is none."""
+    cdef const char *text = PyBytes_AS_STRING(buffer)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(buffer)
+    cdef const char *found
+    if start < 0 or start > size:
+        raise IndexError("start outside the buffer")
+    while start < size and (text[start] == 13 or text[start] == 10):
+        start += 1
+    found = <const char *>memmem(text + start, size - start, b"\r\n\r\n", 4)
+    return start, -1 if found == NULL else found - text

@@ -26,13 +26,14 @@ import ssl
 
 import httptools
 
+from dataplane.heads import head_span
+
 log = logging.getLogger(__name__)
 
 # (address, port, TLS context or None): a connection made under one context (verified against a
 # CA, or not verified) is never lent to a group that wants another.
 PoolKey = tuple[str, int, ssl.SSLContext | None]
 
-_LINE_BREAKS = (b"\r", b"\n")
 # Like the request side's MAX_HEADER_BYTES (dataplane.protocols.exchange).
 MAX_RESPONSE_HEAD = 64 * 1024
 
@@ -269,12 +270,8 @@ class HttpUpstream:
             buffer = self.buffer = b"".join(self.partial)
             self.partial = []
             self.partial_size = 0
-        if buffer[start : start + 1] in _LINE_BREAKS:
-            # Empty lines before a status line are allowed, and skipped.
-            start = len(buffer) - len(buffer[start:].lstrip(b"\r\n"))
-        # llhttp insists on CRLF line ends and refuses obs-fold, so the head it accepted ends at
-        # the first empty line.
-        end = buffer.find(b"\r\n\r\n", start)
+        # Empty lines before a status line are allowed, and skipped.
+        start, end = head_span(buffer, start)
         self.cursor = end + 4
         self.head_total += end + 4 - start
         if self.head_total > MAX_RESPONSE_HEAD:

@@ -568,6 +568,11 @@ class Exchange(BackendReadGate):
         self.head_size = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.on_field(name, name.lower(), value)
+
+    def on_field(self, name: bytes, lower: bytes, value: bytes) -> None:
+        """One request field; `lower` is its name in lower case (HTTP/2 and HTTP/3 names are
+        lower case already, and are not lowered again)."""
         request: Request = self.parsing  # type: ignore[assignment]
         size = len(name) + len(value) + 4
         self.head_size += size
@@ -575,7 +580,6 @@ class Exchange(BackendReadGate):
         if self.head_size > MAX_HEADER_BYTES or len(request.headers) > MAX_HEADERS:
             self.reject_status = 431
             raise _Reject
-        lower = name.lower()
         kind = _REQUEST_HEADERS.get(lower, _PLAIN)
         if kind == _PLAIN:
             if lower not in self.settings.drop_headers and lower not in _DISGUISED:

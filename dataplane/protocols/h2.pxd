@@ -2,6 +2,8 @@
 # becomes an extension type, its fields C fields and its calls to itself per stream C calls. Every
 # name in its __slots__ is declared here (tests/dataplane/test_compiled_modules.py keeps the lists
 # equal). The .py stays the source.
+cimport cython
+
 from dataplane.protocols.streams cimport Stream
 
 
@@ -28,7 +30,18 @@ cdef class Http2Connection:
     cdef public object writing_paused
     cdef public object xff_line
 
+    # nghttp2's events for a stream: the stream, looked up by id, is called in C.
+    @cython.locals(stream=Stream)
+    cpdef on_data(self, stream_id, data, credit)
+    @cython.locals(stream=Stream)
+    cpdef on_end(self, stream_id)
+    @cython.locals(stream=Stream)
+    cpdef on_close(self, stream_id, code)
+
     # A stream is a Stream (its fields C fields), never None.
+    cpdef send_head(self, Stream stream, status, head, end_stream)
+    cpdef send_data(self, Stream stream, data, credit=*)
+    cpdef finish(self, Stream stream, trailers=*)
     cpdef _head_submitted(self, Stream stream, submitted, end_stream)
     cpdef pump(self, Stream stream)
     cpdef _done(self, Stream stream)

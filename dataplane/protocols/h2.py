@@ -271,7 +271,7 @@ class Http2Connection:
             submitted = self.session.respond(stream.stream_id, headers, body)  # type: ignore[union-attr]
             self._head_submitted(stream, submitted, end_stream)
 
-    def send_head(self, stream: Stream, status: int, head: bytes, *, end_stream: bool) -> None:
+    def send_head(self, stream: Stream, status: int, head: bytes, end_stream: bool) -> None:
         if self.streams.get(stream.stream_id) is stream and not self.closed:
             body = None if end_stream else stream.out
             submitted = self.session.respond_head(stream.stream_id, status, head, body)  # type: ignore[union-attr]

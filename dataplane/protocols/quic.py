@@ -387,7 +387,7 @@ class Http3Connection(QuicConnectionProtocol):
             stream.out.end = stream.out.ended = True
             self._done(stream)
 
-    def send_head(self, stream: Stream, status: int, head: bytes, *, end_stream: bool) -> None:
+    def send_head(self, stream: Stream, status: int, head: bytes, end_stream: bool) -> None:
         self.send_headers(stream, head_fields(status, head), end_stream=end_stream)
 
     def send_data(self, stream: Stream, data: bytes, credit: int = 0) -> None:

@@ -1,6 +1,6 @@
 # The compiled build's declarations for dataplane/protocols/streams.py (setup.py): a stream's
-# exchange and its transport become extension types, so the exchange's own C calls stay C calls
-# for an HTTP/2 or HTTP/3 stream too. Every name in each __slots__ is declared here
+# exchange and its client stream become extension types, so the exchange's own C calls stay C
+# calls for an HTTP/2 or HTTP/3 stream too, and the exchange calls its stream in C. Every name in each __slots__ is declared here
 # (tests/dataplane/test_compiled_modules.py keeps the lists equal). The .py stays the source.
 from dataplane.protocols.exchange cimport Exchange, Request
 
@@ -13,6 +13,15 @@ cdef class Stream:
     cdef public object out
     cdef public object request_ended
     cdef public object stream_id
+
+    # What the connection calls per stream: C calls where it holds the stream as a Stream.
+    cpdef request_data(self, data, credit)
+    cpdef request_end(self)
+    cpdef request_trailers(self, headers)
+    cpdef cancel(self)
+    cpdef stop(self)
+    cpdef pause_backend(self)
+    cpdef resume_backend(self)
 
 
 cdef class StreamProxy(Exchange):
@@ -39,3 +48,14 @@ cdef class ProxiedStream(Stream):
     cdef public StreamProxy proxy
     cdef public object reading
     cdef public object responded
+
+    # The exchange's calls on its client, and the stream's on itself.
+    cpdef _feed(self, data, credit)
+    cpdef _deliver(self, data)
+    cpdef hold(self)
+    cpdef release(self)
+    cpdef respond(self, status, head, end_stream)
+    cpdef send_body(self, data)
+    cpdef complete(self)
+    cpdef end(self, code)
+    cpdef _proxy_lost(self)

@@ -55,7 +55,7 @@ class StreamConnection(Protocol):
         self, stream: Stream, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
     ) -> None: ...
 
-    def send_head(self, stream: Stream, status: int, head: bytes, *, end_stream: bool) -> None:
+    def send_head(self, stream: Stream, status: int, head: bytes, end_stream: bool) -> None:
         """A response head as HTTP/1.1 lines (see `head_fields`)."""
 
     def send_data(self, stream: Stream, data: bytes, credit: int = 0) -> None: ...
@@ -152,9 +152,11 @@ class StreamProxy(Exchange):
         try:
             # nghttp2 has refused connection-specific fields, uppercase names and a
             # Content-Length that the DATA frames contradict (RFC 9113 8.2.2, 8.1.1).
-            self.on_header(b"host", host)
+            # The codecs' libraries have refused uppercase names (RFC 9113 8.2.1, RFC 9114
+            # 4.2): each name is its own lower case.
+            self.on_field(b"host", b"host", host)
             for name, value in fields:
-                self.on_header(name, value)
+                self.on_field(name, name, value)
             self.in_head = False
             if method == b"CONNECT":
                 self.reject_status = 405
@@ -378,7 +380,7 @@ class ProxiedStream(Stream):
         if self.closing:
             return
         self.responded = True
-        self.connection.send_head(self, status, head, end_stream=end_stream or self.head_request)
+        self.connection.send_head(self, status, head, end_stream or self.head_request)
 
     def send_body(self, data: bytes) -> None:
         """Response body bytes, framed as the codec's DATA."""

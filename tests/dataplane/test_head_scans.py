@@ -1,6 +1,7 @@
 """dataplane.heads against the Python it replaced, on ordinary and hostile input: special_lines
-finds the same response lines, spans and order as the regular expression did, and
-fits_request_line gives the same answer as the set and the regular expression."""
+finds the same response lines, spans and order as the regular expression did, head_span the same
+bounds as lstrip and find did, and fits_request_line gives the same answer as the set and the
+regular expression."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 import re
 
 import pytest
-from dataplane.heads import fits_request_line, special_lines
+from dataplane.heads import fits_request_line, head_span, special_lines
 
 # The reference: what the proxy matched before, over the lower-cased head.
 REFERENCE = re.compile(
@@ -116,3 +117,41 @@ def test_every_byte_in_every_place_answers_as_the_reference():
 def test_none_is_refused_not_read():
     with pytest.raises(TypeError):
         fits_request_line(b"GET", None, b"a")
+
+
+def span_reference(buffer: bytes, start: int) -> tuple[int, int]:
+    start = len(buffer) - len(buffer[start:].lstrip(b"\r\n"))
+    return start, buffer.find(b"\r\n\r\n", start)
+
+
+@pytest.mark.parametrize(
+    ("buffer", "start"),
+    [
+        (b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody", 0),
+        (b"xx\r\n\r\n\nHTTP/1.1 200 OK\r\n\r\n", 2),
+        (b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", 19),
+        (b"HTTP/1.1 200 OK\r\nA: b\r\n", 0),
+        (b"\r\n\r\n", 0),
+        (b"\r\n\r\n", 4),
+        (b"", 0),
+        (b"HTTP/1.1 200 OK\r\n\r", 0),
+    ],
+)
+def test_head_span_as_lstrip_and_find(buffer, start):
+    assert head_span(buffer, start) == span_reference(buffer, start)
+
+
+def test_head_span_of_random_buffers():
+    pieces = [b"\r", b"\n", b"\r\n", b"\r\n\r\n", b"HTTP/1.1 200 OK", b"A: b", b"\x00", b" "]
+    rng = random.Random(20261204)
+    for _ in range(3000):
+        buffer = b"".join(rng.choice(pieces) for _ in range(rng.randrange(12)))
+        start = rng.randrange(len(buffer) + 1)
+        assert head_span(buffer, start) == span_reference(buffer, start), (buffer, start)
+
+
+def test_head_span_refuses_a_start_outside_the_buffer():
+    with pytest.raises(IndexError):
+        head_span(b"abc", 4)
+    with pytest.raises(IndexError):
+        head_span(b"abc", -1)

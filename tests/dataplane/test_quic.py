@@ -60,6 +60,14 @@ class StreamReset(ConnectionResetError):
         self.code = code
 
 
+class ConnectionClosed(ConnectionError):
+    """The listener closed the whole QUIC connection; `code` is its error code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"connection closed by the listener with code {code:#x}")
+        self.code = code
+
+
 class H3Client(QuicConnectionProtocol):
     """A small HTTP/3 client on aioquic: one future per request stream."""
 
@@ -99,6 +107,12 @@ class H3Client(QuicConnectionProtocol):
         return int(head[b":status"]), head, bytes(self.bodies.pop(stream_id, b""))
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.ConnectionTerminated):
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionClosed(event.error_code))
+            self.pending.clear()
+            return
         if isinstance(event, events.StreamReset):
             future = self.pending.pop(event.stream_id, None)
             if future is not None and not future.done():

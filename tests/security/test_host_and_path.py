@@ -17,7 +17,7 @@ from tests.dataplane import conftest as dataplane_fixtures
 from tests.dataplane.conftest import certificate_entry, server_group, snapshot
 from tests.dataplane.h2client import H2Client
 from tests.dataplane.test_https import https_listener, trusting
-from tests.dataplane.test_quic import SERVER_NAME, StreamReset
+from tests.dataplane.test_quic import SERVER_NAME, ConnectionClosed, StreamReset
 from tests.fixtures.ports import free_port
 from tests.security import raw_http
 from tests.security.raw_http import (
@@ -401,6 +401,21 @@ async def test_http3_a_host_equal_to_authority_is_one_host(quic):
         )
     assert status == 200
     assert backend.requests[0].all("Host") == [SERVER_NAME]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", [b"Host", b"X-Forwarded-For", b"Content-Length"])
+async def test_http3_an_uppercase_field_name_is_refused(quic, name):
+    # RFC 9114 4.2: malformed; aioquic closes the connection with H3_MESSAGE_ERROR. The exchange
+    # takes an HTTP/3 name as its own lower case, so an uppercase "Host" must never reach it as a
+    # plain field beside :authority.
+    backend = await quic.backend("web")
+    _, port = await quic.listener(quic.settings(backend))
+    async with quic.client(port) as client:
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.request(b"GET", b"/r", [(name, b"0")])
+    assert closed.value.code == ErrorCode.H3_MESSAGE_ERROR
+    assert backend.requests == []
 
 
 # -- header names that CGI-style backends read as a managed header --------------------------------
