@@ -25,6 +25,7 @@ COMPILED = (
     "dataplane/deadlines.py",
     "dataplane/protocols/exchange.py",
     "dataplane/protocols/gate.py",
+    "dataplane/protocols/handle.py",
     "dataplane/protocols/h2.py",
     "dataplane/protocols/http.py",
     "dataplane/protocols/settings.py",

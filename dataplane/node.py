@@ -43,21 +43,19 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dataplane.accesslog import AccessLogs, AccessLogWriter, ListenerLog, http_protocol
+from dataplane.accesslog import AccessLogs, AccessLogWriter, http_protocol
 from dataplane.balancing import Backend
 from dataplane.bandwidth import TokenBucket, burst_for, mbit_to_bytes_per_s
 from dataplane.config import Listener, ServerGroup, Snapshot
-from dataplane.deadlines import Deadlines
 from dataplane.descriptors import EXHAUSTED, DescriptorReserve
 from dataplane.health import HealthChecker, HealthCheckSpec, server_report
 from dataplane.outlier import OutlierDetector, passive_report
-from dataplane.protocols import ListenerSettings, ServerGroupRuntime
-from dataplane.protocols.http import HttpProxy
+from dataplane.protocols import ListenerHandle, ListenerSettings, ServerGroupRuntime
 from dataplane.protocols.quic import QuicListener, alt_svc_value, quic_configuration
 from dataplane.protocols.tcp import TcpProxy
 from dataplane.protocols.udp import UdpListener, UdpSettings, bind_udp, start_udp_listener
 from dataplane.slowstart import SlowStart
-from dataplane.stats import ListenerStats, count_handshakes
+from dataplane.stats import count_handshakes
 from dataplane.throttle import carry_over
 from dataplane.tls import (
     TlsContextCache,
@@ -104,42 +102,31 @@ class _Retry:
         self.due = due
 
 
-class ListenerRuntime:
-    """One listener on this node: its socket, server, settings, connections and counters."""
+class ListenerRuntime(ListenerHandle):
+    """One listener on this node: its socket, server, settings, connections and counters. Its
+    protocols see only the ListenerHandle part."""
 
     __slots__ = (
-        "access_log",
         "bind_key",
         "bucket",
         "config",
-        "connections",
         "datagram",
-        "deadlines",
-        "descriptors",
         "fingerprint",
         "group",
         "id",
-        "loop",
         "permanent",
         "reason",
         "server",
         "server_context",
-        "settings",
         "sock",
-        "stats",
         "status",
     )
 
     def __init__(self, listener_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
         self.id = listener_id
-        self.loop = loop
         self.config: Listener | None = None
         self.fingerprint: tuple | None = None
-        self.settings: ListenerSettings | None = None
-        self.stats = ListenerStats()
-        self.connections: set[HttpProxy | TcpProxy] = set()
-        # The timeouts of its HTTP connections and streams, on one loop timer.
-        self.deadlines = Deadlines(loop)
         self.status = "stopped"
         self.reason = ""
         # A failure only a new snapshot can cure: not retried.
@@ -150,14 +137,10 @@ class ListenerRuntime:
         self.bind_key: tuple[str, str, int] | None = None
         # UDP and QUIC listeners: the protocol serving the UDP socket.
         self.datagram: UdpListener | QuicListener | None = None
-        # The node's descriptor reserve: its protocols report running out of descriptors here.
-        self.descriptors: DescriptorReserve | None = None
         # The server group runtime serving this listener (for status).
         self.group: ServerGroupRuntime | None = None
         # The bandwidth bucket, kept across generations while the limit is unchanged.
         self.bucket: TokenBucket | None = None
-        # The access log while the listener's switch is on (dataplane.accesslog).
-        self.access_log: ListenerLog | None = None
 
     def close_socket(self) -> None:
         """Stop accepting: close the server and the listening socket."""

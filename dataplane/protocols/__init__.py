@@ -8,12 +8,12 @@ Each listener generation is compiled once into `ListenerSettings` with its `Rout
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from dataplane.balancing import Backend
 from dataplane.config import ServerGroup
+from dataplane.protocols.handle import ListenerHandle
 from dataplane.protocols.settings import (
     CLIENTCERT_HEADERS,
     ListenerSettings,
@@ -23,13 +23,9 @@ from dataplane.protocols.settings import (
 )
 
 if TYPE_CHECKING:
-    from dataplane.accesslog import ListenerLog
-    from dataplane.deadlines import Deadlines
-    from dataplane.descriptors import DescriptorReserve
     from dataplane.health import HealthChecker
     from dataplane.outlier import OutlierDetector
     from dataplane.slowstart import SlowStart
-    from dataplane.stats import ListenerStats
 
 __all__ = [
     "CLIENTCERT_HEADERS",
@@ -97,23 +93,3 @@ class ServerGroupRuntime:
         self.outlier: OutlierDetector | None = None
         # Seed 002: shared by every listener of the group, so they all see one ramp per server.
         self.slow_start = slow_start
-
-
-class ListenerHandle(Protocol):
-    """What a protocol needs of its listener on this node, and all it gets: the node's
-    `ListenerRuntime` is one, but no protocol module imports the node.
-
-    `settings` is the compiled current generation (None once the listener stopped): new
-    connections and requests read it, those in flight keep the generation they started on.
-    """
-
-    settings: ListenerSettings | None
-    loop: asyncio.AbstractEventLoop
-    stats: ListenerStats
-    # Open client connections, cut when the listener stops (seed 003).
-    connections: set[Any]
-    access_log: ListenerLog | None
-    # The node's descriptor guard: told when an accept or connect ran out of descriptors.
-    descriptors: DescriptorReserve | None
-    # The listener's timer for its connections' and streams' deadlines.
-    deadlines: Deadlines

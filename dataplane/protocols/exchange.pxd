@@ -7,6 +7,7 @@ cimport cython
 from dataplane.balancing cimport Backend, Scheduler
 from dataplane.deadlines cimport Deadlines
 from dataplane.protocols.gate cimport BackendReadGate
+from dataplane.protocols.handle cimport ListenerHandle
 from dataplane.protocols.settings cimport ListenerSettings, Route
 from dataplane.stats cimport ListenerStats
 from dataplane.upstream cimport HttpUpstream
@@ -91,7 +92,7 @@ cdef class Exchange(BackendReadGate):
     cdef public object response_mark
     cdef public object response_started
     cdef public Route route
-    cdef public object runtime
+    cdef public ListenerHandle runtime
     cdef public object sent
     cdef public ListenerSettings settings
     cdef public ListenerStats stats

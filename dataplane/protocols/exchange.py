@@ -100,7 +100,7 @@ from dataplane.tls import client_certificate_headers
 _clock = time.monotonic
 
 if TYPE_CHECKING:
-    from dataplane.protocols import ListenerHandle
+    from dataplane.protocols.handle import ListenerHandle
     from dataplane.protocols.settings import ListenerSettings, Route
     from dataplane.throttle import QpsLimiter
     from dataplane.upstream import HttpUpstream
@@ -404,11 +404,12 @@ class Exchange(BackendReadGate):
 
     def __init__(self, runtime: ListenerHandle) -> None:
         # shared state
+        # Read through the typed field: C field reads in the compiled build.
         self.runtime = runtime
-        self.settings: ListenerSettings = runtime.settings  # type: ignore[assignment]
-        self.loop = runtime.loop
+        self.settings: ListenerSettings = self.runtime.settings  # type: ignore[assignment]
+        self.loop = self.runtime.loop
         # A listener keeps its counters across generations.
-        self.stats = runtime.stats
+        self.stats = self.runtime.stats
         # the client: who it is (its codec knows where its response bytes go)
         self.peer_ip = ""
         self.peer_ip_bytes = b""
@@ -430,7 +431,7 @@ class Exchange(BackendReadGate):
         # (dataplane.deadlines), at `timer_at`, of `deadline`, which is the idle deadline
         # between requests and the backend's answer deadline during one; `timer_tick` is 0
         # while no check is due
-        self.deadlines = runtime.deadlines
+        self.deadlines = self.runtime.deadlines
         self.timer_tick = 0
         self.timer_at = 0.0
         self.deadline = 0.0

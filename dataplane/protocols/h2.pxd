@@ -4,6 +4,7 @@
 # equal). The .py stays the source.
 cimport cython
 
+from dataplane.protocols.handle cimport ListenerHandle
 from dataplane.protocols.streams cimport Stream
 
 
@@ -19,7 +20,7 @@ cdef class Http2Connection:
     cdef public object peer_ip_bytes
     cdef public object peer_port
     cdef public object registered
-    cdef public object runtime
+    cdef public ListenerHandle runtime
     cdef public object session
     cdef public object settings
     cdef public object ssl_object

@@ -43,7 +43,8 @@ from dataplane.protocols.exchange import MAX_HEADER_BYTES
 from dataplane.protocols.streams import Stream, start_proxied
 
 if TYPE_CHECKING:
-    from dataplane.protocols import ListenerHandle, ListenerSettings
+    from dataplane.protocols import ListenerSettings
+    from dataplane.protocols.handle import ListenerHandle
 
 log = logging.getLogger(__name__)
 

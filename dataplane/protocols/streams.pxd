@@ -27,6 +27,8 @@ cdef class Stream:
 cdef class StreamProxy(Exchange):
     cdef public ProxiedStream stream
 
+    cpdef attach(self, ProxiedStream stream)
+    cpdef begin(self, method, path, host, list fields, bint chunked)
     cpdef _connection_headers(self, settings)
     cpdef _send_head(self, Request request, list out, status, bint unsized, bint bodiless)
     cpdef _exchange_done(self, bint keep_alive, now)
@@ -50,6 +52,7 @@ cdef class ProxiedStream(Stream):
     cdef public object responded
 
     # The exchange's calls on its client, and the stream's on itself.
+    cpdef start(self, method, path, host, list fields, bint chunked)
     cpdef _feed(self, data, credit)
     cpdef _deliver(self, data)
     cpdef hold(self)

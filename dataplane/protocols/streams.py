@@ -133,19 +133,16 @@ class StreamProxy(Exchange):
         path: bytes,
         host: bytes,
         fields: list[tuple[bytes, bytes]],
-        *,
         chunked: bool,
     ) -> None:
         """One request head from the stream: checked and started as an HTTP/1.1 client's."""
         self._begin_request(_clock())
         if self.counts_bytes:
             # What the head carried, as its fields: the codec's framing and compression aside.
-            self.received += (
-                len(method)
-                + len(path)
-                + len(host)
-                + sum(len(name) + len(value) for name, value in fields)
-            )
+            received = len(method) + len(path) + len(host)
+            for name, value in fields:
+                received += len(name) + len(value)
+            self.received += received
         request: Request = self.parsing  # type: ignore[assignment]
         request.url = path
         request.method = method
@@ -307,13 +304,12 @@ class ProxiedStream(Stream):
         path: bytes,
         host: bytes,
         fields: list[tuple[bytes, bytes]],
-        *,
         chunked: bool,
     ) -> None:
         proxy = self.proxy
         proxy.attach(self)
         if not self.closing:
-            proxy.begin(method, path, host, fields, chunked=chunked)
+            proxy.begin(method, path, host, fields, chunked)
             if self.request_ended and not proxy.closed:
                 proxy.on_message_complete()
 
@@ -492,9 +488,7 @@ def start_proxied(
         stream.backend_paused = True
     # RFC 9113 8.3.1: :authority is the host. The proxy checks it as any client's; with no
     # authority at all, the request says so with an empty Host, as HTTP/1.1 does.
-    stream.start(
-        method, path, authority or host or b"", fields, chunked=not ended and not has_length
-    )
+    stream.start(method, path, authority or host or b"", fields, not ended and not has_length)
     if connection.writing_paused and not stream.closing:
         stream.proxy.pause_writing()
     return stream
