@@ -77,7 +77,7 @@ from dataplane.balancing import Backend
 from dataplane.bandwidth import ThrottledWriter
 from dataplane.compression import Compressor, choose_encoding
 from dataplane.descriptors import EXHAUSTED
-from dataplane.heads import special_lines
+from dataplane.heads import field_line, special_lines
 from dataplane.hostnames import HOST_FIELD
 from dataplane.protocols.gate import BackendReadGate
 from dataplane.protocols.settings import CLIENTCERT_HEADERS
@@ -584,7 +584,7 @@ class Exchange(BackendReadGate):
         kind = _REQUEST_HEADERS.get(lower, _PLAIN)
         if kind == _PLAIN:
             if lower not in self.settings.drop_headers and lower not in _DISGUISED:
-                request.headers.append(b"%s: %s\r\n" % (name, value))
+                request.headers.append(field_line(name, value))
         elif kind == _HOST:
             if request.host is not None:
                 # RFC 9112 3.2: two Host fields name no host; the rules and the backend could
@@ -603,7 +603,7 @@ class Exchange(BackendReadGate):
             request.cookies.append(value)
         elif kind == _CONTENT_LENGTH:
             request.content_length = value
-            request.headers.append(b"Content-Length: %s\r\n" % value)
+            request.headers.append(field_line(b"Content-Length", value))
         elif kind == _TRANSFER_ENCODING:
             if request.transfer_encoding is None:
                 request.transfer_encoding = []
@@ -618,12 +618,12 @@ class Exchange(BackendReadGate):
             request.accept_encoding = (
                 value if request.accept_encoding is None else request.accept_encoding + b"," + value
             )
-            request.headers.append(b"%s: %s\r\n" % (name, value))
+            request.headers.append(field_line(name, value))
         elif kind == _EXPECT:
             if value.strip().lower() == b"100-continue":
                 request.expect_continue = True
             else:
-                request.headers.append(b"%s: %s\r\n" % (name, value))
+                request.headers.append(field_line(name, value))
         elif lower == b"upgrade":
             request.upgrade = True
             request.upgrade_value = value.strip()

@@ -1,7 +1,7 @@
 """dataplane.heads against the Python it replaced, on ordinary and hostile input: special_lines
 finds the same response lines, spans and order as the regular expression did, head_span the same
 bounds as lstrip and find did, and fits_request_line gives the same answer as the set and the
-regular expression."""
+regular expression; field_line builds what bytes formatting did."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import random
 import re
 
 import pytest
-from dataplane.heads import fits_request_line, head_span, special_lines
+from dataplane.heads import field_line, fits_request_line, head_span, special_lines
 
 # The reference: what the proxy matched before, over the lower-cased head.
 REFERENCE = re.compile(
@@ -135,6 +135,10 @@ def span_reference(buffer: bytes, start: int) -> tuple[int, int]:
         (b"\r\n\r\n", 4),
         (b"", 0),
         (b"HTTP/1.1 200 OK\r\n\r", 0),
+        (b"HTTP/1.1 200 OK\r\r\n\r\r\n\r\n", 0),
+        (b"\r\r\r\n\r\n", 0),
+        (b"A\r\n\r\n", 0),
+        (b"A\r\n\r", 0),
     ],
 )
 def test_head_span_as_lstrip_and_find(buffer, start):
@@ -155,3 +159,18 @@ def test_head_span_refuses_a_start_outside_the_buffer():
         head_span(b"abc", 4)
     with pytest.raises(IndexError):
         head_span(b"abc", -1)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(b"User-Agent", b"curl/8"), (b"x", b""), (b"", b""), (b"A" * 70000, b"\x00\xff" * 9000)],
+)
+def test_field_line_as_bytes_formatting(name, value):
+    assert field_line(name, value) == b"%s: %s\r\n" % (name, value)
+
+
+def test_field_line_refuses_what_is_not_bytes():
+    with pytest.raises(TypeError):
+        field_line(b"a", None)
+    with pytest.raises(TypeError):
+        field_line("a", b"b")
