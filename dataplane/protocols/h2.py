@@ -33,6 +33,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from dataplane.heads import field_line
 from dataplane.nghttp2 import (
     NO_ERROR,
     REFUSED_STREAM,
@@ -143,7 +144,7 @@ class Http2Connection:
             transport.abort()
             return
         self.peer_ip_bytes = self.peer_ip.encode()
-        self.xff_line = b"X-Forwarded-For: %s\r\n" % self.peer_ip_bytes
+        self.xff_line = field_line(b"X-Forwarded-For", self.peer_ip_bytes)
         self.registered = True
         self.runtime.connections.add(self)  # type: ignore[arg-type]
         self.stats.active_connections += 1

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from dataplane.heads import field_line
 from dataplane.protocols.exchange import (
     _PAUSE_DONE,
     _PAUSE_PIPELINE,
@@ -111,7 +112,7 @@ class HttpProxy(Exchange):
     def _serve(self, settings: ListenerSettings) -> None:
         """Ready to read requests from a client whose peer address is known and accepted."""
         self.peer_ip_bytes = self.peer_ip.encode()
-        self.xff_line = b"X-Forwarded-For: %s\r\n" % self.peer_ip_bytes
+        self.xff_line = field_line(b"X-Forwarded-For", self.peer_ip_bytes)
         self.conn_headers = self._connection_headers(settings)
         self._use_bucket(settings)
         self.parser = httptools.HttpRequestParser(self)

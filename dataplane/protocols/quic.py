@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from dataplane.heads import field_line
 from dataplane.nghttp2 import CANCEL, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM
 from dataplane.protocols.streams import Stream, head_fields, start_proxied
 from dataplane.tls import TlsError
@@ -271,7 +272,7 @@ class Http3Connection(QuicConnectionProtocol):
             self.peer = addr
             self.peer_ip, self.peer_port = addr[0], addr[1]
             self.peer_ip_bytes = self.peer_ip.encode()
-            self.xff_line = b"X-Forwarded-For: %s\r\n" % self.peer_ip_bytes
+            self.xff_line = field_line(b"X-Forwarded-For", self.peer_ip_bytes)
             self.header_lines = None
         super().datagram_received(data, addr)
         # Acknowledgements arrive in datagrams: they are what drains a stream's buffer.
