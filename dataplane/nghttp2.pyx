@@ -430,9 +430,11 @@ cdef class Session:
         # A copy, lowered in place: nghttp2 copies every name and value when submitting.
         memcpy(text, PyBytes_AS_STRING(head), size)
         text[size] = 0
-        for i in range(size):
-            if text[i] == 10:
-                count += 1
+        # A field per line at most: the lines counted with memchr, not byte by byte.
+        found = <const char *>memchr(text, 10, size)
+        while found != NULL:
+            count += 1
+            found = <const char *>memchr(found + 1, 10, size - (found + 1 - text))
         nva = <nghttp2_nv *>PyMem_Malloc(sizeof(nghttp2_nv) * count)
         if nva == NULL:
             PyMem_Free(text)

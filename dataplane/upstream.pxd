@@ -48,6 +48,7 @@ cdef class HttpUpstream:
     cpdef on_body(self, body)
     @cython.locals(owner=Owner)
     cpdef on_message_complete(self)
+    cpdef bint reusable(self)
     cpdef write(self, data)
     cpdef close(self)
 

@@ -321,8 +321,10 @@ class HttpUpstream:
 
     # -- control ---------------------------------------------------------------------------------
 
-    @property
-    def keep_alive(self) -> bool:
+    def reusable(self) -> bool:
+        """Whether another request may follow on this connection: it is open, and the response
+        just read allowed it (HTTP/1.1 without Connection: close). A method, not a property,
+        so that the exchange calls it in C."""
         return not self.closed and self.parser.should_keep_alive()
 
     def write(self, data: bytes) -> None:

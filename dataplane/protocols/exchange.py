@@ -1254,7 +1254,7 @@ class Exchange(BackendReadGate):
         if self.rechunk:
             self.out.append(_LAST_CHUNK)
         request: Request = self.current  # type: ignore[assignment]
-        self._finish(upstream, upstream.keep_alive and request.complete)
+        self._finish(upstream, upstream.reusable() and request.complete)
 
     def _begin_tunnel(self, upstream: HttpUpstream, head: bytes) -> None:
         """The backend switched to WebSocket: only a codec that forwarded the upgrade (HTTP/1.1)
