@@ -23,11 +23,12 @@ TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DJANGO_
 # FERRY_PURE_PYTHON=1 skips compiling and runs every module from its source.
 HOT_PATH := $(wildcard dataplane/*.py dataplane/*.pxd dataplane/*.pyx dataplane/protocols/*.py dataplane/protocols/*.pxd)
 
-$(STAMP): pyproject.toml setup.py dataplane/nghttp2.pyx
-	@# nghttp2's header and library, for the HTTP/2 engine's binding (dataplane/nghttp2.pyx).
-	@if [ ! -f /usr/include/nghttp2/nghttp2.h ]; then \
-	  echo "Installing Debian's libnghttp2-dev for the HTTP/2 engine"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnghttp2-dev; \
+$(STAMP): pyproject.toml setup.py dataplane/nghttp2.pyx dataplane/tlsrecords.pyx
+	@# nghttp2's and OpenSSL's headers and libraries, for the HTTP/2 engine's binding
+	@# (dataplane/nghttp2.pyx) and the TLS record pump (dataplane/tlsrecords.pyx).
+	@if [ ! -f /usr/include/nghttp2/nghttp2.h ] || [ ! -f /usr/include/openssl/ssl.h ]; then \
+	  echo "Installing Debian's libnghttp2-dev and libssl-dev for the native bindings"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnghttp2-dev libssl-dev; \
 	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

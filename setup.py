@@ -2,6 +2,8 @@
 
 - dataplane/nghttp2.pyx: the HTTP/2 engine's binding to nghttp2 (always built; the Makefile
   installs Debian's libnghttp2-dev, its header and shared library, before pip runs this).
+- dataplane/tlsrecords.pyx: a finished TLS session's records moved by OpenSSL from C (always
+  built; links the libssl that Python's own ssl module uses, whose headers the Makefile installs).
 - dataplane/heads.pyx: the scan of a backend's response head for the lines the proxy handles
   (always built: both forms of the proxy use it).
 - The hot path: the plain `.py` modules in COMPILED are also compiled by Cython into extension
@@ -30,6 +32,7 @@ COMPILED = (
     "dataplane/protocols/http.py",
     "dataplane/protocols/settings.py",
     "dataplane/protocols/streams.py",
+    "dataplane/protocols/tls_layer.py",
     "dataplane/stats.py",
     "dataplane/upstream.py",
 )
@@ -50,6 +53,9 @@ extensions = cythonize(
     [
         Extension("dataplane.nghttp2", ["dataplane/nghttp2.pyx"], libraries=["nghttp2"]),
         Extension("dataplane.heads", ["dataplane/heads.pyx"]),
+        Extension(
+            "dataplane.tlsrecords", ["dataplane/tlsrecords.pyx"], libraries=["ssl", "crypto"]
+        ),
     ],
     compiler_directives={"language_level": "3"},
 )

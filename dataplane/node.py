@@ -53,6 +53,7 @@ from dataplane.outlier import OutlierDetector, passive_report
 from dataplane.protocols import ListenerHandle, ListenerSettings, ServerGroupRuntime
 from dataplane.protocols.quic import QuicListener, alt_svc_value, quic_configuration
 from dataplane.protocols.tcp import TcpProxy
+from dataplane.protocols.tls_layer import TlsLayer
 from dataplane.protocols.udp import UdpListener, UdpSettings, bind_udp, start_udp_listener
 from dataplane.slowstart import SlowStart
 from dataplane.stats import count_handshakes
@@ -815,12 +816,17 @@ class Node:
         protocol = http_protocol if listener.is_http else TcpProxy
         runtime.descriptors = self.descriptors
         self.descriptors.watch(runtime.loop)
+
+        def accept() -> asyncio.Protocol:
+            if context is None:
+                return protocol(runtime)
+            # The node's own TLS layer, not the event loop's (dataplane.protocols.tls_layer).
+            return TlsLayer(context, protocol(runtime), TLS_HANDSHAKE_TIMEOUT)
+
         return await runtime.loop.create_server(
-            lambda: protocol(runtime),
+            accept,
             sock=runtime.sock.dup(),  # type: ignore[union-attr]
-            ssl=context,
             backlog=LISTEN_BACKLOG,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None,
         )
 
     def _stop_accepting(self) -> None:
