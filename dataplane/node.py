@@ -53,6 +53,7 @@ from dataplane.outlier import OutlierDetector, passive_report
 from dataplane.protocols import ListenerHandle, ListenerSettings, ServerGroupRuntime
 from dataplane.protocols.quic import QuicListener, alt_svc_value, quic_configuration
 from dataplane.protocols.tcp import TcpProxy
+from dataplane.protocols.tls_layer import HANDSHAKE_TIMEOUT as TLS_HANDSHAKE_TIMEOUT
 from dataplane.protocols.tls_layer import TlsLayer
 from dataplane.protocols.udp import UdpListener, UdpSettings, bind_udp, start_udp_listener
 from dataplane.slowstart import SlowStart
@@ -75,7 +76,6 @@ log = logging.getLogger(__name__)
 logging.getLogger("quic").setLevel(logging.WARNING)
 
 LISTEN_BACKLOG = 1024
-TLS_HANDSHAKE_TIMEOUT = 10.0
 # Backoff of a failed listener's retries: the first soon (a port freed a moment later), then
 # doubling, capped so that a listener serves again within 8 s of its cause going away. A retry is
 # a bind() or a context build, cheap enough to repeat that often for as long as it takes.
