@@ -13,7 +13,8 @@ without lowering the head or making a match object per line.
 The pseudo-header check ran as a set comparison and two regular-expression searches at some
 4,000 instructions a stream; here it is one pass over each value.
 
-Built always, like the HTTP/2 binding (setup.py): the proxy's Python form uses it too.
+Built always, like the HTTP/2 binding (setup.py): the proxy's Python form uses it too. The
+functions are `cpdef` (heads.pxd), so the compiled hot path calls them in C.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -80,11 +81,13 @@ cdef inline object _special(const char *text, Py_ssize_t size):
     return None
 
 
-def special_lines(bytes head):
+cpdef list special_lines(bytes head):
     """The lines of `head` whose name (any case) is one the proxy handles, in order: a list of
     (name, start, end, value_start), where head[start:end] is "\\r\\nName: value" up to the
     line's CR and `name` is one of this module's constants. A line counts only with its name
     right before the colon, as RFC 9112 5 writes it."""
+    if head is None:
+        raise TypeError("bytes expected, not None")
     cdef const char *text = PyBytes_AS_STRING(head)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(head)
     cdef Py_ssize_t start = 0, line, colon, end
@@ -127,10 +130,12 @@ cdef inline bint _fits_target(bytes value) noexcept:
     return True
 
 
-def fits_request_line(bytes method not None, bytes path not None, bytes authority not None):
+cpdef bint fits_request_line(bytes method, bytes path, bytes authority) except -1:
     """Whether HTTP/2 or HTTP/3 pseudo-headers survive as an HTTP/1.1 request line and Host.
 
     Their libraries refuse CR, LF and NUL, but a space or tab would still split the line."""
+    if method is None or path is None or authority is None:
+        raise TypeError("bytes expected, not None")
     cdef const unsigned char *text = <const unsigned char *>PyBytes_AS_STRING(method)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(method)
     cdef Py_ssize_t i
@@ -142,11 +147,13 @@ def fits_request_line(bytes method not None, bytes path not None, bytes authorit
     return _fits_target(path) and _fits_target(authority)
 
 
-def head_span(bytes buffer not None, Py_ssize_t start):
+cpdef tuple head_span(bytes buffer, Py_ssize_t start):
     """(start, end) of the head that llhttp has just parsed in `buffer` from `start`: the empty
     lines allowed before a status line skipped, `end` the position of the "\\r\\n\\r\\n" that
     ends it (llhttp insists on CRLF line ends and refuses obs-fold, so the first one does), or
     -1 when there is none."""
+    if buffer is None:
+        raise TypeError("bytes expected, not None")
     cdef const char *text = PyBytes_AS_STRING(buffer)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(buffer)
     cdef Py_ssize_t at
@@ -166,8 +173,10 @@ def head_span(bytes buffer not None, Py_ssize_t start):
         at = found - text + 1
 
 
-def field_line(bytes name not None, bytes value not None):
+cpdef bytes field_line(bytes name, bytes value):
     """b"Name: value\\r\\n", built at once: a request field as the proxy forwards it."""
+    if name is None or value is None:
+        raise TypeError("bytes expected, not None")
     cdef Py_ssize_t name_size = PyBytes_GET_SIZE(name)
     cdef Py_ssize_t value_size = PyBytes_GET_SIZE(value)
     cdef bytes line = PyBytes_FromStringAndSize(NULL, name_size + value_size + 4)

@@ -2,6 +2,8 @@
 # dataplane/protocols/http.pxd. Every name in each __slots__ is declared here.
 cimport cython
 
+from dataplane.heads cimport head_span
+
 
 cdef class HttpUpstream
 

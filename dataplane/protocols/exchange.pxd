@@ -6,6 +6,7 @@ cimport cython
 
 from dataplane.balancing cimport Backend, Scheduler
 from dataplane.deadlines cimport Deadlines
+from dataplane.heads cimport field_line, special_lines
 from dataplane.protocols.gate cimport BackendReadGate
 from dataplane.protocols.handle cimport ListenerHandle
 from dataplane.protocols.settings cimport ListenerSettings, Route

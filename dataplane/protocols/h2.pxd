@@ -4,6 +4,8 @@
 # equal). The .py stays the source.
 cimport cython
 
+from dataplane.heads cimport field_line
+
 from dataplane.protocols.handle cimport ListenerHandle
 from dataplane.protocols.streams cimport Stream
 

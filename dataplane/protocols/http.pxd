@@ -4,6 +4,8 @@
 # the lists equal). The .py stays the source.
 cimport cython
 
+from dataplane.heads cimport field_line
+
 from dataplane.protocols.exchange cimport Exchange, Request
 from dataplane.upstream cimport HttpUpstream
 

@@ -3,6 +3,7 @@
 # calls for an HTTP/2 or HTTP/3 stream too, and the exchange calls its stream in C. Every name in each __slots__ is declared here
 # (tests/dataplane/test_compiled_modules.py keeps the lists equal). The .py stays the source.
 from dataplane.protocols.exchange cimport Exchange, Request
+from dataplane.heads cimport fits_request_line
 
 
 cdef class ProxiedStream

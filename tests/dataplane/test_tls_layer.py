@@ -5,6 +5,7 @@ hostile clients."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import ssl
@@ -19,12 +20,9 @@ import trustme
 from dataplane import tlsrecords
 from dataplane.protocols.tls_layer import SslObjectPump, TlsLayer, record_pump
 from tests.dataplane.conftest import WAIT, LoopThread, read_until_closed, wait_until
+from tests.fixtures.resources import open_fds, rss_kib
 
 PUMPS = {"openssl-from-c": record_pump, "ssl-object": SslObjectPump}
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @dataclass
@@ -172,6 +170,8 @@ def test_a_bare_tcp_close_after_the_handshake_is_eof_then_lost(server):
         pytest.param(b"\x17\x03\x03\x00\x20" + b"\x00" * 32, id="forged"),
         # Longer than any TLS record may be (RFC 8446 5.2: 2^14 + 256).
         pytest.param(b"\x17\x03\x03\xff\xff" + b"\x00" * 65535, id="oversized"),
+        # A second ClientHello in the clear once TLS 1.3 has finished its handshake.
+        pytest.param(b"\x16\x03\x03\x00\x04\x01\x00\x00\x00", id="handshake-again"),
     ],
 )
 def test_a_bad_record_ends_the_session_with_an_error(server, record):
@@ -243,9 +243,10 @@ def test_plain_http_on_the_tls_port_is_closed_and_never_reaches_the_codec(server
     assert server.codecs[0].events == []
 
 
-def test_abandoned_and_hostile_clients_leave_no_descriptor_behind(server):
-    before = open_fds()
-    for round_ in range(40):
+def test_abandoned_and_hostile_clients_leave_no_descriptor_or_memory_behind(server):
+    server.thread.call(gc.collect)
+    before, rss_before = open_fds(), rss_kib()
+    for round_ in range(200):
         client = connect(server.port)
         kind = round_ % 4
         if kind == 0:
@@ -272,3 +273,6 @@ def test_abandoned_and_hostile_clients_leave_no_descriptor_behind(server):
         lambda: all(codec.events[-1:] == ["lost"] for codec in server.codecs if codec.events)
     )
     assert wait_until(lambda: open_fds() <= before + 2)
+    # 400 connections: a leak of 25 KiB each would show.
+    server.thread.call(gc.collect)
+    assert rss_kib() - rss_before < 10_000

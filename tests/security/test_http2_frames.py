@@ -47,6 +47,7 @@ from tests.dataplane.conftest import (
 )
 from tests.dataplane.test_https import https_listener, trusting
 from tests.fixtures.ports import free_port
+from tests.fixtures.resources import rss_kib
 from tests.security.raw_backend import RawBackend, RawConnection, hold
 from tests.security.raw_http import fds_return
 
@@ -102,15 +103,6 @@ def request_fields(
         (b":authority", authority.encode()),
         (b":path", path.encode()),
     ]
-
-
-def rss_kib() -> int:
-    """Resident memory of this process, which runs the node (tests/dataplane/conftest.py)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 @dataclass
