@@ -284,13 +284,14 @@ native = _NativeSsl()
 class AlertingSSLObject(ssl.SSLObject):
     """A server-side SSLObject whose failed handshake still sends OpenSSL's alert to the client.
 
-    asyncio's and uvloop's SSL protocols close the transport as soon as do_handshake() raises,
-    without writing out what OpenSSL left in the outgoing memory BIO: the fatal alert (CPython
-    gh-98078; uvloop's sslproto is a port of the same code). The client sees a bare close and
-    cannot tell a missing certificate from a network fault. Here the first failure is reported
-    as "want read" instead, which makes the protocol flush the BIO as after any handshake step;
-    the real error is raised on the next call, which comes with the client's close (a client
-    closes on a fatal alert) or its next bytes, and the handshake timeout ends the rest.
+    A TLS layer that aborts as soon as do_handshake() raises loses the fatal alert OpenSSL left in
+    the outgoing memory BIO: asyncio's and uvloop's drop it unsent (CPython gh-98078), and an
+    abort with the client's bytes unread sends a reset that can destroy it in flight. The client
+    then sees a bare close and cannot tell a missing certificate from a network fault. Here the
+    first failure is reported as "want read" instead, which makes the node's TLS layer
+    (dataplane.protocols.tls_layer) flush the BIO as after any handshake step and keep the
+    connection; the real error is raised on the next call, which comes with the client's close
+    (a client closes on a fatal alert) or its next bytes, and the handshake timeout ends the rest.
 
     A failure with no alert to send (plain HTTP on a TLS port: OpenSSL sends none) is raised at
     once: that client is waiting for an HTTP answer, not closing, so waiting for it would hold the

@@ -13,6 +13,7 @@ from dataplane.protocols.streams cimport Stream
 cdef class Http2Connection:
     cdef public object closed
     cdef public object draining
+    cdef public list ended_streams
     cdef public object flush_scheduled
     cdef public object header_lines
     cdef public object held

@@ -75,6 +75,7 @@ class Http2Connection:
     __slots__ = (
         "closed",
         "draining",
+        "ended_streams",
         "flush_scheduled",
         "header_lines",
         "held",
@@ -106,6 +107,7 @@ class Http2Connection:
         self.ssl_object: ssl.SSLObject | None = None
         self.session: Session | None = None
         self.streams: dict[int, Stream] = {}
+        self.ended_streams: list[Stream] = []
         # Streams whose backend is paused until nghttp2 has sent enough of their response.
         self.held: set[Stream] = set()
         self.peer_ip = ""

@@ -248,6 +248,7 @@ class Http3Connection(QuicConnectionProtocol):
         self.xff_line = b""
         self.header_lines = None
         self.streams: dict[int, Stream] = {}
+        self.ended_streams: list[Stream] = []
         # Streams whose backend is paused until aioquic has sent enough of their response.
         self.held: set[Stream] = set()
         self.writing_paused = False

@@ -2,6 +2,8 @@
 # exchange and its client stream become extension types, so the exchange's own C calls stay C
 # calls for an HTTP/2 or HTTP/3 stream too, and the exchange calls its stream in C. Every name in each __slots__ is declared here
 # (tests/dataplane/test_compiled_modules.py keeps the lists equal). The .py stays the source.
+cimport cython
+
 from dataplane.protocols.exchange cimport Exchange, Request
 from dataplane.heads cimport fits_request_line
 
@@ -63,3 +65,7 @@ cdef class ProxiedStream(Stream):
     cpdef complete(self)
     cpdef end(self, code)
     cpdef _proxy_lost(self)
+
+
+@cython.locals(stream=ProxiedStream)
+cpdef reap(list ended)

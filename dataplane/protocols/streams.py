@@ -50,6 +50,8 @@ class StreamConnection(Protocol):
     # StreamProxy's header lines for one listener generation: (settings, lines).
     header_lines: tuple[ListenerSettings, bytes] | None
     writing_paused: bool
+    # Streams whose exchange is yet to hear that the stream has ended (see `reap`).
+    ended_streams: list[ProxiedStream]
 
     def send_headers(
         self, stream: Stream, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
@@ -260,6 +262,14 @@ class CountingStreamProxy(CountsBytes, StreamProxy):
 _END = b""
 
 
+def reap(ended: list[ProxiedStream]) -> None:
+    """The exchanges of streams that have ended hear that their client is gone."""
+    streams = ended[:]
+    ended.clear()
+    for stream in streams:
+        stream._proxy_lost()
+
+
 class ProxiedStream(Stream):
     """One stream served by a StreamProxy: the exchange's client.
 
@@ -397,9 +407,15 @@ class ProxiedStream(Stream):
         for _, credit in self.pending:
             self.connection.acknowledge(self.stream_id, credit)
         self.pending.clear()
+        connection = self.connection
         if not self.out.end:
-            self.connection.reset(self, code)
-        self.connection.loop.call_soon(self._proxy_lost)
+            connection.reset(self, code)
+        # Not from inside the exchange's own call that ended it: a callback in the next loop
+        # iteration tells it, one for every stream of the connection that ends meanwhile.
+        ended = connection.ended_streams
+        if not ended:
+            connection.loop.call_soon(reap, ended)
+        ended.append(self)
 
     def _proxy_lost(self) -> None:
         proxy = self.proxy

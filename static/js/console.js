@@ -19,18 +19,30 @@ document.addEventListener("click", (event) => {
 });
 // Advanced Settings remember whether they are open across the protocol switch's re-render, in
 // the hidden field inside them (toggle does not bubble, so listen while capturing).
+function rememberOpen(details) {
+  const field = details.querySelector("[name=advanced_open]");
+  if (field) field.value = details.open ? "1" : "";
+}
 document.addEventListener(
   "toggle",
   (event) => {
     const details = event.target;
-    if (!(details instanceof HTMLDetailsElement) || !details.hasAttribute("data-remember-open")) {
-      return;
+    if (details instanceof HTMLDetailsElement && details.hasAttribute("data-remember-open")) {
+      rememberOpen(details);
     }
-    const field = details.querySelector("[name=advanced_open]");
-    if (field) field.value = details.open ? "1" : "";
   },
   true,
 );
+// The toggle event comes asynchronously: a protocol switch sent right after a click on the
+// summary can leave before it. The request takes the state as it is when it is sent.
+document.body?.addEventListener("htmx:configRequest", (event) => {
+  document.querySelectorAll("details[data-remember-open]").forEach((details) => {
+    rememberOpen(details);
+    if (details.querySelector("[name=advanced_open]")) {
+      event.detail.parameters.advanced_open = details.open ? "1" : "";
+    }
+  });
+});
 // A filter select applies on change; without JavaScript its form has a Filter button.
 document.addEventListener("change", (event) => {
   if (event.target.matches("select[data-submit-on-change]")) event.target.form.requestSubmit();
@@ -44,6 +56,7 @@ document.body?.addEventListener("htmx:beforeSwap", (event) => {
 // A second click on Submit while the first request is on its way sends nothing more; the
 // server also recognises a repeated wizard submit by its token.
 document.addEventListener("submit", (event) => {
+  event.target.querySelectorAll("details[data-remember-open]").forEach(rememberOpen);
   event.target.querySelectorAll("[data-submit-once]").forEach((button) => {
     setTimeout(() => { button.disabled = true; }, 0);
   });
