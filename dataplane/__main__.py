@@ -26,6 +26,7 @@ import uvloop
 from dataplane.accesslog import DEFAULT_KEEP
 from dataplane.compiled import is_compiled
 from dataplane.control import MAX_BODY, ControlApi
+from dataplane.eventloop import skip_transport_index
 from dataplane.handover import WorkerRegistry, ask_to_drain, retire
 from dataplane.node import Node
 from dataplane.protocols import http
@@ -124,6 +125,7 @@ def _worker_count(text: str) -> int:
 
 async def serve(args: argparse.Namespace, token: str) -> int:
     loop = asyncio.get_running_loop()
+    skip_transport_index(loop)
     registry = WorkerRegistry(args.state_dir)
     # Workers a killed node left behind, still serving its last snapshot.
     orphans = registry.survivors()

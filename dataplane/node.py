@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
 import time
@@ -817,11 +818,15 @@ class Node:
         runtime.descriptors = self.descriptors
         self.descriptors.watch(runtime.loop)
 
-        def accept() -> asyncio.Protocol:
-            if context is None:
-                return protocol(runtime)
-            # The node's own TLS layer, not the event loop's (dataplane.protocols.tls_layer).
-            return TlsLayer(context, protocol(runtime), TLS_HANDSHAKE_TIMEOUT)
+        accept: Callable[[], asyncio.Protocol]
+        if context is None:
+            # Called by the loop in C, with no Python frame per connection.
+            accept = functools.partial(protocol, runtime)
+        else:
+
+            def accept() -> asyncio.Protocol:
+                # The node's own TLS layer, not the event loop's (dataplane.protocols.tls_layer).
+                return TlsLayer(context, protocol(runtime), TLS_HANDSHAKE_TIMEOUT)
 
         return await runtime.loop.create_server(
             accept,

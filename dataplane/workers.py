@@ -40,6 +40,7 @@ from urllib.parse import quote, urlencode
 from dataplane.accesslog import DEFAULT_KEEP, DEFAULT_MAX_BYTES, AccessLogWriter
 from dataplane.config import Snapshot
 from dataplane.control import MAX_BODY, ControlApi
+from dataplane.eventloop import skip_transport_index
 from dataplane.handover import WorkerRegistry
 from dataplane.node import GenerationConflict, Node, StaleGeneration
 from dataplane.stats import add_histograms
@@ -517,6 +518,7 @@ async def serve_worker(
     access_log: AccessLogWriter | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
+    skip_transport_index(loop)
     # The kernel spreads connections over the workers and each worker has its own buckets, so each
     # enforces its part of every bandwidth limit.
     node = Node(reuse_port=True, bandwidth_share=1.0 / workers, access_log=access_log)

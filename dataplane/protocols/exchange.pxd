@@ -19,6 +19,8 @@ cdef int _PLAIN, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _HOP, _HOST, 
 cdef int _EXPECT, _ACCEPT_ENCODING
 cdef dict _REQUEST_HEADERS
 cdef frozenset _DISGUISED
+# Hosts already found well formed: a C-level set lookup per request.
+cdef set _VALID_HOSTS
 
 
 cdef class Request:

@@ -247,8 +247,11 @@ class TlsLayer:
             self.ended = True
             self._end_of_session()
             return
-        # A key update or a session ticket OpenSSL answered while reading.
-        self._flush()
+        # A key update or a session ticket OpenSSL answered while reading (the pump's own check
+        # of its outgoing BIO: a C call, where the BIO's `pending` is a Python property).
+        records = pump.drain()
+        if records:
+            self.tcp.write(records)
 
     def _flush(self) -> None:
         if self.outgoing.pending:

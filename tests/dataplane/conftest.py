@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from dataplane.config import Snapshot
+from dataplane.eventloop import skip_transport_index
 from dataplane.node import Node
 
 T = TypeVar("T")
@@ -42,6 +43,8 @@ class LoopThread:
 
     def __init__(self) -> None:
         self.loop = uvloop.new_event_loop()
+        # As the node runs its own (dataplane.__main__, dataplane.workers).
+        skip_transport_index(self.loop)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
