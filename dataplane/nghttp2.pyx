@@ -24,19 +24,11 @@ from libc.string cimport memchr, memcmp, memcpy
 
 
 cdef extern from "nghttp2/nghttp2.h":
-    ctypedef struct nghttp2_session:
-        pass
     ctypedef struct nghttp2_session_callbacks:
         pass
     ctypedef struct nghttp2_option:
         pass
 
-    ctypedef struct nghttp2_nv:
-        uint8_t *name
-        uint8_t *value
-        size_t namelen
-        size_t valuelen
-        uint8_t flags
 
     ctypedef struct nghttp2_frame_hd:
         size_t length
@@ -209,14 +201,6 @@ cdef class Outbound:
     window reopens only then.
     """
 
-    cdef public object chunks
-    cdef public Py_ssize_t size
-    cdef public bint end
-    cdef public bint ended
-    cdef public object trailers
-    cdef public object on_sent
-    cdef Py_ssize_t offset
-
     def __init__(self, on_sent=None):
         self.chunks = deque()
         self.size = 0
@@ -226,7 +210,7 @@ cdef class Outbound:
         self.trailers = None
         self.on_sent = on_sent
 
-    def add(self, bytes data, Py_ssize_t credit=0):
+    cpdef add(self, bytes data, Py_ssize_t credit=0):
         self.chunks.append((data, credit))
         self.size += PyBytes_GET_SIZE(data)
 
@@ -240,30 +224,6 @@ cdef class Session:
     peer (its stream limit is known from the first) and owner.on_goaway when the peer goes away.
     Both call on_data, on_end, on_trailers and on_close.
     """
-
-    cdef nghttp2_session *session
-    cdef object owner
-    cdef readonly bint client
-    # Header fields of the HEADERS block being received, by stream.
-    cdef dict gathering
-    cdef Py_ssize_t gathered_bytes
-    cdef Py_ssize_t max_header_list
-    # Streams whose request head passed max_header_list: answered 431 here, never opened.
-    cdef set oversized
-    # Response bodies nghttp2 pulls from, by stream.
-    cdef public dict outbound
-    # Streams whose last response frame was handed to nghttp2 during data_to_send.
-    cdef public list finished
-    cdef Py_ssize_t chunk_bytes
-    cdef object on_request
-    cdef object on_response
-    cdef object on_goaway
-    cdef object on_settings
-    cdef object on_data
-    cdef object on_end
-    cdef object on_trailers
-    cdef object on_close
-    cdef object error
 
     def __cinit__(self):
         self.session = NULL
@@ -342,7 +302,7 @@ cdef class Session:
 
     # -- input ------------------------------------------------------------------------------------
 
-    def receive(self, bytes data):
+    cpdef receive(self, bytes data):
         """Feed bytes from the peer; raises Http2Error when the connection must end."""
         cdef ssize_t rv = nghttp2_session_mem_recv(
             self.session, <const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)
@@ -366,7 +326,7 @@ cdef class Session:
 
     # -- output -----------------------------------------------------------------------------------
 
-    def data_to_send(self):
+    cpdef data_to_send(self):
         """Every frame nghttp2 has ready, as one bytes object (b"" when none)."""
         cdef const uint8_t *chunk
         cdef ssize_t n = nghttp2_session_mem_send(self.session, &chunk)
@@ -389,7 +349,7 @@ cdef class Session:
             raise Http2Error(nghttp2_strerror(<int>n).decode())
         return b"".join(parts)
 
-    def respond(self, int32_t stream_id, list headers, Outbound out=None):
+    cpdef respond(self, int32_t stream_id, list headers, Outbound out=None):
         """Send a response head; with `out`, a body follows from it. Returns False when the
         stream is gone."""
         cdef nghttp2_nv *nva = _fields(headers)
@@ -413,7 +373,7 @@ cdef class Session:
             del self.outbound[stream_id]
         return rv
 
-    def respond_head(self, int32_t stream_id, int status, bytes head, Outbound out=None):
+    cpdef respond_head(self, int32_t stream_id, int status, bytes head, Outbound out=None):
         """Send a response head given as the lines of an HTTP/1.1 one ("HTTP/1.1 200 OK\\r\\n"
         then "Name: value\\r\\n" each): names lowered, values trimmed, connection-specific
         fields left out (RFC 9113 8.2.2), no Python object per field. With `out`, a body follows
@@ -505,15 +465,15 @@ cdef class Session:
             self.outbound[stream_id] = out
         return stream_id
 
-    def resume(self, int32_t stream_id):
+    cpdef resume(self, int32_t stream_id):
         """The stream's Outbound has more to send (or its end)."""
         nghttp2_session_resume_data(self.session, stream_id)
 
-    def reset(self, int32_t stream_id, uint32_t code):
+    cpdef reset(self, int32_t stream_id, uint32_t code):
         self.outbound.pop(stream_id, None)
         nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, stream_id, code)
 
-    def acknowledge(self, int32_t stream_id, size_t size):
+    cpdef acknowledge(self, int32_t stream_id, size_t size):
         """`size` bytes of the stream's DATA were taken: reopen the windows by as much."""
         if nghttp2_session_consume(self.session, stream_id, size) != 0:
             nghttp2_session_consume_connection(self.session, size)

@@ -609,7 +609,12 @@ class Exchange(BackendReadGate):
                 request.transfer_encoding = []
             request.transfer_encoding.append(value)
         elif kind == _CONNECTION:
-            tokens = [token.strip().lower() for token in value.split(b",")]
+            value = value.lower()
+            # Most clients send one option ("close", "keep-alive"): no split for those.
+            if value in _CONNECTION_TOKENS:
+                tokens = [value]
+            else:
+                tokens = [token.strip() for token in value.split(b",")]
             if request.connection_tokens is None:
                 request.connection_tokens = tokens
             else:
@@ -803,7 +808,7 @@ class Exchange(BackendReadGate):
         headers = request.headers
         if request.connection_tokens:
             # Headers the client named in Connection are hop-by-hop too.
-            dropped = set(request.connection_tokens) - _CONNECTION_TOKENS
+            dropped = [t for t in request.connection_tokens if t not in _CONNECTION_TOKENS]
             if dropped:
                 headers = [h for h in headers if h.split(b":", 1)[0].lower() not in dropped]
         parts += headers

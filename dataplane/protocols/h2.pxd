@@ -7,32 +7,23 @@ cimport cython
 from dataplane.heads cimport field_line
 
 from dataplane.protocols.handle cimport ListenerHandle
-from dataplane.protocols.streams cimport Stream
+from dataplane.nghttp2 cimport Session
+from dataplane.protocols.streams cimport Stream, StreamConnection
 
 
-cdef class Http2Connection:
+cdef class Http2Connection(StreamConnection):
     cdef public object closed
     cdef public object draining
-    cdef public list ended_streams
     cdef public object flush_scheduled
-    cdef public object header_lines
     cdef public object held
     cdef public object idle_timer
-    cdef public object loop
-    cdef public object peer_ip
-    cdef public object peer_ip_bytes
-    cdef public object peer_port
     cdef public object registered
-    cdef public ListenerHandle runtime
-    cdef public object session
+    # None until the connection is made and after it is lost; used only while not closed.
+    cdef public Session session
     cdef public object settings
-    cdef public object ssl_object
     cdef public object stats
-    cdef public dict streams
     cdef public object transport
     cdef public object upstreams
-    cdef public object writing_paused
-    cdef public object xff_line
 
     # nghttp2's events for a stream: the stream, looked up by id, is called in C.
     @cython.locals(stream=Stream)
@@ -42,10 +33,14 @@ cdef class Http2Connection:
     @cython.locals(stream=Stream)
     cpdef on_close(self, stream_id, code)
 
-    # A stream is a Stream (its fields C fields), never None.
+    # StreamConnection's calls, redeclared as Cython requires of an override. A stream is a
+    # Stream (its fields C fields), never None.
     cpdef send_head(self, Stream stream, status, head, end_stream)
     cpdef send_data(self, Stream stream, data, credit=*)
     cpdef finish(self, Stream stream, trailers=*)
+    cpdef reset(self, Stream stream, code)
+    cpdef refuse(self, stream_id, code)
+    cpdef acknowledge(self, stream_id, credit)
     cpdef _head_submitted(self, Stream stream, submitted, end_stream)
     cpdef pump(self, Stream stream)
     cpdef _done(self, Stream stream)

@@ -41,7 +41,7 @@ from dataplane.nghttp2 import (
     Session,
 )
 from dataplane.protocols.exchange import MAX_HEADER_BYTES
-from dataplane.protocols.streams import Stream, start_proxied
+from dataplane.protocols.streams import Stream, StreamConnection, start_proxied
 
 if TYPE_CHECKING:
     from dataplane.protocols import ListenerSettings
@@ -62,7 +62,7 @@ SEND_LOW_WATER = 64 * 1024
 # -- the connection ------------------------------------------------------------------------------
 
 
-class Http2Connection:
+class Http2Connection(StreamConnection):
     """The client side of one HTTP/2 connection: frames in, streams out.
 
     An asyncio protocol by its methods rather than by inheriting asyncio.Protocol, so that it can
@@ -75,26 +75,15 @@ class Http2Connection:
     __slots__ = (
         "closed",
         "draining",
-        "ended_streams",
         "flush_scheduled",
-        "header_lines",
         "held",
         "idle_timer",
-        "loop",
-        "peer_ip",
-        "peer_ip_bytes",
-        "peer_port",
         "registered",
-        "runtime",
         "session",
         "settings",
-        "ssl_object",
         "stats",
-        "streams",
         "transport",
         "upstreams",
-        "writing_paused",
-        "xff_line",
     )
 
     def __init__(self, runtime: ListenerHandle) -> None:

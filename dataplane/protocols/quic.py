@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from dataplane.heads import field_line
 from dataplane.nghttp2 import CANCEL, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM
-from dataplane.protocols.streams import Stream, head_fields, start_proxied
+from dataplane.protocols.streams import Stream, StreamConnection, head_fields, start_proxied
 from dataplane.tls import TlsError
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ def _ignore_termination() -> None:
     """A terminated connection's handler of its own termination, already handled."""
 
 
-class Http3Connection(QuicConnectionProtocol):
+class Http3Connection(QuicConnectionProtocol, StreamConnection):
     """One client's QUIC connection: HTTP/3 framing in, one proxied stream per request."""
 
     def __init__(self, quic: QuicConnection, listener: QuicListener) -> None:
@@ -366,7 +366,7 @@ class Http3Connection(QuicConnectionProtocol):
         self._unregister(stopping=True)
         self.close()
 
-    # -- what the streams send (dataplane.protocols.streams.StreamConnection) ---------------------
+    # -- what the streams send (StreamConnection) ------------------------------------------------
 
     def send_headers(
         self, stream: Stream, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False

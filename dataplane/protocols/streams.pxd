@@ -5,15 +5,41 @@
 cimport cython
 
 from dataplane.protocols.exchange cimport Exchange, Request
+from dataplane.protocols.handle cimport ListenerHandle
 from dataplane.heads cimport fits_request_line
+from dataplane.nghttp2 cimport Outbound
 
 
 cdef class ProxiedStream
+cdef class Stream
+
+
+# A stream's connection, HTTP/2 or HTTP/3: its fields are C fields and its calls C calls for
+# every stream (the HTTP/3 connection, a Python subclass, is called through its overrides).
+cdef class StreamConnection:
+    cdef public list ended_streams
+    cdef public object header_lines
+    cdef public object loop
+    cdef public object peer_ip
+    cdef public object peer_ip_bytes
+    cdef public object peer_port
+    cdef public ListenerHandle runtime
+    cdef public object ssl_object
+    cdef public dict streams
+    cdef public object writing_paused
+    cdef public object xff_line
+
+    cpdef send_head(self, Stream stream, status, head, end_stream)
+    cpdef send_data(self, Stream stream, data, credit=*)
+    cpdef finish(self, Stream stream, trailers=*)
+    cpdef reset(self, Stream stream, code)
+    cpdef refuse(self, stream_id, code)
+    cpdef acknowledge(self, stream_id, credit)
 
 
 cdef class Stream:
-    cdef public object connection
-    cdef public object out
+    cdef public StreamConnection connection
+    cdef public Outbound out
     cdef public object request_ended
     cdef public object stream_id
 

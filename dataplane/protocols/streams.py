@@ -12,15 +12,14 @@ the node's own answers, reaches it as a call (`respond`) and the body as `send_b
 become the codec's HEADERS and DATA. Nothing is written as HTTP/1.1 to be parsed back, and no
 stream poses as a transport.
 
-A codec's connection offers what `StreamConnection` lists.
+A codec's connection is a `StreamConnection`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from dataplane.accesslog import CountsBytes
 from dataplane.heads import fits_request_line
@@ -29,46 +28,61 @@ from dataplane.protocols import HOP_BY_HOP
 from dataplane.protocols.exchange import Exchange, Request, _clock, _Reject
 
 if TYPE_CHECKING:
-    from dataplane.protocols import ListenerHandle, ListenerSettings
+    from dataplane.protocols import ListenerSettings
 
 
-class StreamConnection(Protocol):
-    """What streams need of the HTTP/2 or HTTP/3 connection they belong to. Error codes are
-    HTTP/2's (RFC 9113 section 7); an HTTP/3 connection maps them to its own."""
+class StreamConnection:
+    """What streams need of the HTTP/2 or HTTP/3 connection they belong to: the base class of
+    both codecs' connections (dataplane.protocols.h2.Http2Connection, dataplane.protocols.quic.
+    Http3Connection), so that in the compiled build a stream reads these fields and makes these
+    calls in C. Each connection also has `version`, its protocol as an access log writes it, and
+    `send_headers` (gRPC's responses). Error codes are HTTP/2's (RFC 9113 section 7); an HTTP/3
+    connection maps them to its own."""
 
-    runtime: ListenerHandle
-    loop: asyncio.AbstractEventLoop
-    # The client's TLS session (None for QUIC: aioquic shows none), and its protocol as an
-    # access log writes it.
-    ssl_object: ssl.SSLObject | None
-    version: str
-    streams: dict[int, Stream]
-    peer_ip: str
-    peer_port: int
-    peer_ip_bytes: bytes
-    xff_line: bytes
-    # StreamProxy's header lines for one listener generation: (settings, lines).
-    header_lines: tuple[ListenerSettings, bytes] | None
-    writing_paused: bool
-    # Streams whose exchange is yet to hear that the stream has ended (see `reap`).
-    ended_streams: list[ProxiedStream]
+    __slots__ = (
+        "ended_streams",
+        "header_lines",
+        "loop",
+        "peer_ip",
+        "peer_ip_bytes",
+        "peer_port",
+        "runtime",
+        "ssl_object",
+        "streams",
+        "writing_paused",
+        "xff_line",
+    )
 
-    def send_headers(
-        self, stream: Stream, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
-    ) -> None: ...
+    # Set by each connection's __init__:
+    # runtime: ListenerHandle; loop: asyncio.AbstractEventLoop;
+    # ssl_object: ssl.SSLObject | None, the client's TLS session (None for QUIC: aioquic shows
+    #     none);
+    # streams: dict[int, Stream]; peer_ip: str; peer_port: int; peer_ip_bytes: bytes;
+    # xff_line: bytes;
+    # header_lines: tuple[ListenerSettings, bytes] | None, StreamProxy's header lines for one
+    #     listener generation;
+    # writing_paused: bool;
+    # ended_streams: list[ProxiedStream], streams whose exchange is yet to hear that the stream
+    #     has ended (see `reap`).
 
     def send_head(self, stream: Stream, status: int, head: bytes, end_stream: bool) -> None:
         """A response head as HTTP/1.1 lines (see `head_fields`)."""
+        raise NotImplementedError
 
-    def send_data(self, stream: Stream, data: bytes, credit: int = 0) -> None: ...
+    def send_data(self, stream: Stream, data: bytes, credit: int = 0) -> None:
+        raise NotImplementedError
 
-    def finish(self, stream: Stream, trailers: list[tuple[bytes, bytes]] | None = None) -> None: ...
+    def finish(self, stream: Stream, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        raise NotImplementedError
 
-    def reset(self, stream: Stream, code: int) -> None: ...
+    def reset(self, stream: Stream, code: int) -> None:
+        raise NotImplementedError
 
-    def refuse(self, stream_id: int, code: int) -> None: ...
+    def refuse(self, stream_id: int, code: int) -> None:
+        raise NotImplementedError
 
-    def acknowledge(self, stream_id: int, credit: int) -> None: ...
+    def acknowledge(self, stream_id: int, credit: int) -> None:
+        raise NotImplementedError
 
 
 class Stream:
@@ -303,7 +317,7 @@ class ProxiedStream(Stream):
         # Request body pieces the exchange is not reading yet, with the frame credit each
         # carries; _END marks the end of the body.
         self.pending: list[tuple[bytes, int]] = []
-        runtime = connection.runtime
+        runtime = self.connection.runtime
         # A listener whose access log is on counts each stream's bytes for its lines.
         kind = StreamProxy if runtime.access_log is None else CountingStreamProxy
         self.proxy = kind(runtime)

@@ -229,6 +229,23 @@ def test_hop_by_hop_headers_are_removed_both_ways(dataplane, backends):
     assert b"x-app: 1" in head
 
 
+def test_connection_options_count_in_any_case_and_over_repeated_fields(dataplane, backends):
+    web = backends("web")
+    port = serve(dataplane, [server_group(web)])
+    # A second Connection field names a header too; "CLOSE" in capitals still ends the
+    # connection once the response is sent (raw_exchange reads until the node closes).
+    response = raw_exchange(
+        port,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: CLOSE\r\nConnection: X-Secret\r\n"
+        b"X-Secret: 1\r\nX-Kept: yes\r\n\r\n",
+    )
+    assert response.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nconnection: close\r\n" in response.split(b"\r\n\r\n", 1)[0].lower() + b"\r\n"
+    recorded = web.requests[0]
+    assert recorded.header("X-Secret") is None
+    assert recorded.header("X-Kept") == "yes"
+
+
 def test_retrieve_client_ip_feeds_source_ip_hash(dataplane, backends):
     a, b, c = backends("a"), backends("b"), backends("c")
     trusted = {"enabled": True, "trusted": ["0.0.0.0/0"]}
