@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """HTTP heads in C: where a backend's response head lies in what it sent, the response header
 lines the HTTP proxy handles itself, found in one pass, whether an HTTP/2 or HTTP/3 request's
-pseudo-headers fit an HTTP/1.1 request line, and a request field's line as it is forwarded.
+pseudo-headers fit an HTTP/1.1 request line, a request field's line as it is forwarded, and the
+version of a request line read off its bytes.
 
 A backend's response head passes to the client as it came, except for the lines the proxy
 frames or rewrites itself (dataplane.protocols.exchange, upstream_headers): the framing fields
@@ -188,3 +189,41 @@ cpdef bytes field_line(bytes name, bytes value):
     text[name_size + value_size + 2] = 13
     text[name_size + value_size + 3] = 10
     return line
+
+
+cdef inline bint _has_line_break(bytes text) noexcept:
+    cdef const char *start = PyBytes_AS_STRING(text)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(text)
+    return memchr(start, b"\r", size) != NULL or memchr(start, b"\n", size) != NULL
+
+
+cpdef int line_version(bytes data, bytes method, bytes url) except -1:
+    """11 or 10 when `data` begins with exactly `method` SP `url` SP "HTTP/1.1" (or "HTTP/1.0")
+    CRLF, else 0: leading empty lines, a line not all there, any other form.
+
+    httptools gives a request's version only formatted as a string, about 2,300 instructions, and
+    a request that ends its connection needs it; for most such connections (one request, its head
+    in the connection's first read) the HTTP/1.1 codec reads it off the line llhttp has just
+    accepted (dataplane.protocols.http). The line is the first of `data`: neither `method` nor
+    `url` may hold a CR or LF (llhttp refuses such a line anyway).
+    """
+    cdef Py_ssize_t m = PyBytes_GET_SIZE(method)
+    cdef Py_ssize_t u = PyBytes_GET_SIZE(url)
+    cdef Py_ssize_t end = m + 1 + u + 9  # the CR
+    cdef const char *line = PyBytes_AS_STRING(data)
+    if end + 2 > PyBytes_GET_SIZE(data) or line[end] != b"\r" or line[end + 1] != b"\n":
+        return 0
+    if (
+        _has_line_break(method)
+        or _has_line_break(url)
+        or memcmp(line, PyBytes_AS_STRING(method), m) != 0
+        or line[m] != b" "
+        or memcmp(line + m + 1, PyBytes_AS_STRING(url), u) != 0
+        or memcmp(line + m + 1 + u, b" HTTP/1.", 8) != 0
+    ):
+        return 0
+    if line[end - 1] == b"1":
+        return 11
+    if line[end - 1] == b"0":
+        return 10
+    return 0

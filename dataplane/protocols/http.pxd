@@ -4,7 +4,7 @@
 # the lists equal). The .py stays the source.
 cimport cython
 
-from dataplane.heads cimport field_line
+from dataplane.heads cimport field_line, line_version
 
 from dataplane.protocols.exchange cimport Exchange, Request
 from dataplane.upstream cimport HttpUpstream
@@ -12,6 +12,7 @@ from dataplane.upstream cimport HttpUpstream
 
 cdef class HttpProxy(Exchange):
     cdef public object early
+    cdef public object first_read
     cdef public object head_bytes
     cdef public object head_mark
     cdef public object parser

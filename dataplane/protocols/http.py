@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from dataplane.heads import field_line
+from dataplane.heads import field_line, line_version
 from dataplane.protocols.exchange import (
     _PAUSE_DONE,
     _PAUSE_PIPELINE,
@@ -56,7 +56,16 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class HttpProxy(Exchange):
     """The client side of one HTTP or HTTPS connection: its HTTP/1.1 codec, and its exchange."""
 
-    __slots__ = ("early", "head_bytes", "head_mark", "parser", "queue", "registered", "transport")
+    __slots__ = (
+        "early",
+        "first_read",
+        "head_bytes",
+        "head_mark",
+        "parser",
+        "queue",
+        "registered",
+        "transport",
+    )
 
     # The exchange's __init__ is the codec's: the codec's own fields begin with the connection
     # (one Python-level call less per connection than an __init__ of its own).
@@ -74,6 +83,9 @@ class HttpProxy(Exchange):
         self.head_bytes = 0
         # Requests read while one is in flight (pipelining).
         self.queue: collections.deque[Request] = collections.deque()
+        # The connection's first read, until its first request head is complete (the version of
+        # a request that ends the connection is read off it: on_headers_complete).
+        self.first_read: bytes | None = None
         settings = self.settings
         if self.runtime.settings is None:
             # The listener stopped while this connection was still in its TLS handshake.
@@ -122,6 +134,8 @@ class HttpProxy(Exchange):
         if self.closed:
             return
         self.reads += 1
+        if self.reads == 1:
+            self.first_read = data
         self.stats.bytes_in += len(data)
         if self.tunnel:
             upstream = self.upstream
@@ -218,6 +232,11 @@ class HttpProxy(Exchange):
         if self.closed:
             # Bytes after a request that ended the connection are not requests any more.
             return
+        first_read = self.first_read
+        if first_read is not None:
+            self.first_read = None
+            if self.head_mark != 0:
+                first_read = None  # another request came first in that read
         parser = self.parser
         request.method = parser.get_method()  # type: ignore[union-attr]
         if request.method == b"CONNECT":
@@ -229,7 +248,18 @@ class HttpProxy(Exchange):
             # Only HTTP/1.1 stays alive without asking; this spares formatting the version.
             request.version = "1.1"
         else:
-            version = request.version = parser.get_http_version()  # type: ignore[union-attr]
+            # Read off the connection's first read when it begins with this request's line
+            # (heads.line_version); httptools formats it otherwise.
+            known = 0
+            if first_read is not None:
+                known = line_version(first_read, request.method, request.url)
+            if known == 11:
+                version = "1.1"
+            elif known == 10:
+                version = "1.0"
+            else:
+                version = parser.get_http_version()  # type: ignore[union-attr]
+            request.version = version
             if version not in {"1.0", "1.1"}:
                 # httptools also reads "HTTP/2.0" and "HTTP/0.9" request lines.
                 self.reject_status = 505

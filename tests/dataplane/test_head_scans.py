@@ -1,7 +1,8 @@
 """dataplane.heads against the Python it replaced, on ordinary and hostile input: special_lines
 finds the same response lines, spans and order as the regular expression did, head_span the same
 bounds as lstrip and find did, and fits_request_line gives the same answer as the set and the
-regular expression; field_line builds what bytes formatting did."""
+regular expression; field_line builds what bytes formatting did; line_version reads a request
+line's version exactly where httptools' would be, and nowhere else."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import random
 import re
 
 import pytest
-from dataplane.heads import field_line, fits_request_line, head_span, special_lines
+from dataplane.heads import field_line, fits_request_line, head_span, line_version, special_lines
 
 # The reference: what the proxy matched before, over the lower-cased head.
 REFERENCE = re.compile(
@@ -174,3 +175,55 @@ def test_field_line_refuses_what_is_not_bytes():
         field_line(b"a", None)
     with pytest.raises(TypeError):
         field_line("a", b"b")
+
+
+def reference_version(data: bytes, method: bytes, url: bytes) -> int:
+    line, crlf, _ = data.partition(b"\r\n")
+    if not crlf or b"\r" in line or b"\n" in line:
+        return 0
+    if line[: -len(b" HTTP/1.1")] != method + b" " + url:
+        return 0
+    return {b" HTTP/1.1": 11, b" HTTP/1.0": 10}.get(line[-len(b" HTTP/1.1") :], 0)
+
+
+@pytest.mark.parametrize(
+    ("data", "method", "url"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET", b"/"),
+        (b"GET / HTTP/1.0\r\n", b"GET", b"/"),
+        (b"POST /a?b=HTTP/1.1 HTTP/1.0\r\n", b"POST", b"/a?b=HTTP/1.1"),
+        (b"GET http://x/ HTTP/1.1\r\n", b"GET", b"http://x/"),
+        (b"\r\nGET / HTTP/1.1\r\n", b"GET", b"/"),  # an empty line first
+        (b"GET  / HTTP/1.1\r\n", b"GET", b"/"),  # two spaces
+        (b"GET / HTTP/1.1 \r\n", b"GET", b"/"),
+        (b"GET / HTTP/1.1\r", b"GET", b"/"),  # the line not all there
+        (b"GET / HTTP/1.1", b"GET", b"/"),
+        (b"GET / HTTP/2.0\r\n", b"GET", b"/"),
+        (b"GET / HTTP/1.2\r\n", b"GET", b"/"),
+        (b"GET / http/1.1\r\n", b"GET", b"/"),
+        (b"GET /b HTTP/1.1\r\n", b"GET", b"/a"),  # another request's line
+        (b"PUT / HTTP/1.1\r\n", b"GET", b"/"),
+        (b"GET \r\n HTTP/1.1\r\n", b"GET", b"\r\n"),  # a line break in the target
+        (b"G\nT / HTTP/1.1\r\n", b"G\nT", b"/"),
+        (b"", b"GET", b"/"),
+        (b"G", b"GET", b"/"),
+        (b"GET / HTTP/1.1\r\n", b"GET", b"/" * 70000),  # longer than the data
+    ],
+)
+def test_line_version_as_partition(data, method, url):
+    assert line_version(data, method, url) == reference_version(data, method, url)
+
+
+def test_line_version_of_random_lines():
+    generator = random.Random(5)
+    alphabet = b" /HTP1.0\r\nGE"
+    for _ in range(20000):
+        data = bytes(generator.choice(alphabet) for _ in range(generator.randrange(0, 24)))
+        method = b"GET"[: generator.randrange(0, 4)]
+        url = bytes(generator.choice(alphabet) for _ in range(generator.randrange(0, 4)))
+        assert line_version(data, method, url) == reference_version(data, method, url), data
+
+
+def test_line_version_refuses_what_is_not_bytes():
+    with pytest.raises(TypeError):
+        line_version(bytearray(b"GET / HTTP/1.1\r\n"), b"GET", b"/")  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from tests.dataplane.conftest import (
     get,
     listener,
     raw_exchange,
+    read_until_closed,
     server_group,
     snapshot,
     split_responses,
@@ -470,6 +471,73 @@ def test_chunked_response_is_passed_to_http_1_1_and_1_0_clients(dataplane, backe
     assert b"transfer-encoding" not in head.lower()
     assert b"Connection: close" in head
     assert content == body
+
+
+def _dechunk(data: bytes) -> tuple[bytes, bytes]:
+    """A chunked body at the start of `data`, and what follows it."""
+    body = b""
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert data.startswith(b"\r\n")
+            return body, data[2:]
+        body += data[:size]
+        assert data[size : size + 2] == b"\r\n"
+        data = data[size + 2 :]
+
+
+def _send_slowly(port: int, data: bytes) -> bytes:
+    """One byte per write, so the request line reaches the node over many reads."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for index in range(len(data)):
+            sock.sendall(data[index : index + 1])
+            time.sleep(0.002)
+        return read_until_closed(sock)
+
+
+@pytest.mark.parametrize(
+    ("how", "request_bytes", "chunked"),
+    [
+        ("one read", b"GET /a HTTP/1.0\r\nHost: a\r\n\r\n", [False]),
+        ("one read", b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", [True]),
+        ("one read", b"\r\n\r\nGET /a HTTP/1.0\r\nHost: a\r\n\r\n", [False]),
+        ("one read", b"GET /a?q=HTTP/1.1 HTTP/1.0\r\nHost: a\r\n\r\n", [False]),
+        (
+            "one read",
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.0\r\nHost: a\r\n\r\n",
+            [True, False],
+        ),
+        ("byte by byte", b"GET /a HTTP/1.0\r\nHost: a\r\n\r\n", [False]),
+        ("byte by byte", b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", [True]),
+    ],
+)
+def test_the_version_of_a_request_ending_its_connection_however_its_line_arrives(
+    dataplane, backends, how, request_bytes, chunked
+):
+    """The version of a request that ends its connection is read off the connection's first read
+    when that read begins with the request line (protocols.http._line_version), and asked of
+    httptools otherwise: either way an HTTP/1.0 client gets a close-delimited body and an HTTP/1.1
+    client a chunked one."""
+    body = b"0123456789" * 50
+    web = backends("web", lambda request: Reply(body=body, chunked=True))
+    port = serve(dataplane, [server_group(web)])
+    if how == "one read":
+        response = raw_exchange(port, request_bytes)
+    else:
+        response = _send_slowly(port, request_bytes)
+    for expected in chunked:
+        head, _, response = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        if expected:
+            assert b"transfer-encoding: chunked" in head.lower()
+            received, response = _dechunk(response)
+            assert received == body
+        else:
+            assert b"transfer-encoding" not in head.lower()
+            assert response == body
+    assert len(web.requests) == len(chunked)
 
 
 def test_large_bodies_stream_both_ways(dataplane, backends):
