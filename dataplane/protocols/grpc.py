@@ -94,6 +94,11 @@ FAILED_CALL = {b"2": 500, b"13": 500, b"14": 503, b"15": 500}
 # it safe to send again, and a larger body is not held in memory for that.
 REPLAY_LIMIT = 64 * 1024
 MAX_REFUSALS = 3
+# A backend frees a slot of its concurrent-stream limit once it has finished a stream on its own
+# side, which can lag the stream's end as the node saw it (grpcio's does): a refused call sent
+# again at once can meet the same full limit, and nghttp2's queued streams with it. Each attempt
+# after a refusal waits twice as long as the one before: 5, 10 and 20 ms.
+REFUSAL_BACKOFF = 0.005
 # Time allowed to open a connection to a backend before the call tries another one.
 CONNECT_TIMEOUT = 5.0
 
@@ -400,6 +405,7 @@ class GrpcStream(Stream):
     """One gRPC call: a client stream relayed to a stream on a backend connection."""
 
     __slots__ = (
+        "again",
         "backend",
         "client_ip",
         "headers",
@@ -435,6 +441,8 @@ class GrpcStream(Stream):
         # the stream (`unprocessed`); None past REPLAY_LIMIT or once answered.
         self.replay: bytearray | None = bytearray()
         self.refusals = 0
+        # The wait before sending a refused call again (REFUSAL_BACKOFF).
+        self.again: asyncio.TimerHandle | None = None
         # `backend` holds the server while the call counts in its `active`; `server` is the
         # one the call went to last, whose health its outcome says something of.
         self.backend: Backend | None = None
@@ -737,6 +745,14 @@ class GrpcStream(Stream):
             return
         self.refusals += 1
         self._rewind()
+        self.again = self.connection.loop.call_later(
+            REFUSAL_BACKOFF * 2 ** (self.refusals - 1), self._send_again, backend
+        )
+
+    def _send_again(self, backend: Backend) -> None:
+        self.again = None
+        if self.backend is not backend or self.connection.streams.get(self.stream_id) is not self:
+            return  # the call ended meanwhile
         upstream = self.upstream
         if upstream is not None and upstream.usable:
             self._attach(upstream)
@@ -778,7 +794,10 @@ class GrpcStream(Stream):
         self.timer = None
         if self.responded or self.connection.streams.get(self.stream_id) is not self:
             return
-        if self.upstream is not None:
+        if self.again is not None:
+            self.again.cancel()
+            self.again = None
+        elif self.upstream is not None:
             self.upstream.reset(self.upstream_id)
         self._release()
         self._observe(504)  # the server that did not answer in time (dataplane.outlier)
@@ -805,7 +824,11 @@ class GrpcStream(Stream):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.upstream is not None:
+        if self.again is not None:
+            # Waiting to be sent again: the refused stream is closed already.
+            self.again.cancel()
+            self.again = None
+        elif self.upstream is not None:
             self.upstream.reset(self.upstream_id)
         self._release()
         self._drop_response()

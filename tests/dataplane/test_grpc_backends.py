@@ -23,10 +23,11 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import pytest
+from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
-from dataplane.protocols.grpc import REPLAY_LIMIT
+from dataplane.protocols.grpc import MAX_REFUSALS, REFUSAL_BACKOFF, REPLAY_LIMIT
 from tests.dataplane import test_grpc
 from tests.dataplane.conftest import wait_until
 from tests.dataplane.test_grpc import SERVICE, EchoServer, grpc_group
@@ -459,6 +460,69 @@ def test_a_call_over_the_replay_limit_fails_when_its_backend_goes_away(
     assert "not sent again" in error.value.details()
     assert len(backend.sockets) == 1
     assert backend.closed[0].wait(10)
+
+
+class RefusingBackend(ScriptedBackend):
+    """Refuses its first `refusals` streams unprocessed (RST_STREAM REFUSED_STREAM, RFC 9113 8.7)
+    and answers the rest; records when each stream's HEADERS arrived."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.arrivals: list[float] = []
+        self.refused: set[tuple[int, int]] = set()
+        super().__init__()
+
+    def on_request(
+        self, sock: socket.socket, conn: h2.connection.H2Connection, index: int, stream_id: int
+    ) -> None:
+        self.arrivals.append(time.monotonic())
+        if len(self.arrivals) <= self.refusals:
+            self.refused.add((index, stream_id))
+            conn.reset_stream(stream_id, error_code=ErrorCodes.REFUSED_STREAM)
+
+    def on_end(
+        self, sock: socket.socket, conn: h2.connection.H2Connection, index: int, stream_id: int
+    ) -> None:
+        if (index, stream_id) not in self.refused:
+            super().on_end(sock, conn, index, stream_id)
+
+
+def test_a_refused_call_goes_again_after_a_growing_wait_and_succeeds(
+    grpc_listener, scripted_backends
+):
+    """A backend frees a stream slot only once it has finished a stream on its own side, so each
+    attempt after a refusal waits twice as long as the last (REFUSAL_BACKOFF): the call gets
+    through on the same connection once the backend takes it."""
+    backend = scripted_backends(RefusingBackend(refusals=MAX_REFUSALS))
+    channel = grpc_listener(grpc_group(ports=[backend.port]))
+    say = channel.unary_unary(f"/{SERVICE}/Say")
+    assert say(b"hello", timeout=10) == b"got 5 bytes"
+    assert len(backend.arrivals) == MAX_REFUSALS + 1
+    assert len(backend.sockets) == 1
+    # The node's own timers set these lower bounds (uvloop may fire one a millisecond early).
+    arrivals = backend.arrivals
+    gaps = [arrivals[n + 1] - arrivals[n] for n in range(len(arrivals) - 1)]
+    assert REFUSAL_BACKOFF == 0.005
+    for gap, least in zip(gaps, (0.005, 0.010, 0.020), strict=True):
+        assert gap >= least - 0.002, gaps
+
+
+def test_a_call_refused_every_time_fails_unavailable_saying_how_often_it_was_sent(
+    grpc_listener, scripted_backends
+):
+    backend = scripted_backends(RefusingBackend(refusals=1000))
+    channel = grpc_listener(grpc_group(ports=[backend.port]))
+    say = channel.unary_unary(f"/{SERVICE}/Say")
+    with pytest.raises(grpc.RpcError) as error:
+        say(b"hello", timeout=10)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    sent = MAX_REFUSALS + 1
+    assert error.value.details() == f"the backend refused the stream (sent {sent} times)"
+    assert len(backend.arrivals) == MAX_REFUSALS + 1
+    # The next call on the same client channel is served the same way, not stuck.
+    with pytest.raises(grpc.RpcError):
+        say(b"again", timeout=10)
+    assert len(backend.arrivals) == 2 * (MAX_REFUSALS + 1)
 
 
 def test_calls_a_backend_going_away_took_finish_on_its_connection(grpc_listener, scripted_backends):
