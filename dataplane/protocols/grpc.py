@@ -794,11 +794,7 @@ class GrpcStream(Stream):
         self.timer = None
         if self.responded or self.connection.streams.get(self.stream_id) is not self:
             return
-        if self.again is not None:
-            self.again.cancel()
-            self.again = None
-        elif self.upstream is not None:
-            self.upstream.reset(self.upstream_id)
+        self._stop_backend_stream()
         self._release()
         self._observe(504)  # the server that did not answer in time (dataplane.outlier)
         self._fail(DEADLINE_EXCEEDED, "the backend did not answer within the response timeout")
@@ -824,14 +820,18 @@ class GrpcStream(Stream):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self._stop_backend_stream()
+        self._release()
+        self._drop_response()
+
+    def _stop_backend_stream(self) -> None:
+        """The call gives up its backend stream: reset it, or, while the call waits to be sent
+        again (`again`), only stop waiting, as the refused stream is closed already."""
         if self.again is not None:
-            # Waiting to be sent again: the refused stream is closed already.
             self.again.cancel()
             self.again = None
         elif self.upstream is not None:
             self.upstream.reset(self.upstream_id)
-        self._release()
-        self._drop_response()
 
     def _release(self) -> None:
         backend = self.backend

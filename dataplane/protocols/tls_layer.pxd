@@ -27,6 +27,7 @@ cdef class TlsLayer:
     cpdef _handshake(self)
     @cython.locals(pump=RecordPump)
     cpdef _deliver(self)
+    @cython.locals(pump=RecordPump)
     cpdef _flush(self)
     cpdef _end_of_session(self)
     cpdef _fail(self, exc)

@@ -247,15 +247,21 @@ class TlsLayer:
             self.ended = True
             self._end_of_session()
             return
-        # A key update or a session ticket OpenSSL answered while reading (the pump's own check
-        # of its outgoing BIO: a C call, where the BIO's `pending` is a Python property).
-        records = pump.drain()
-        if records:
-            self.tcp.write(records)
+        # A key update or a session ticket OpenSSL answered while reading.
+        self._flush()
 
     def _flush(self) -> None:
-        if self.outgoing.pending:
-            self.tcp.write(self.outgoing.read())
+        """What OpenSSL wrote to the outgoing BIO, to the client: through the pump once there is
+        one (a C call, where the BIO's `pending` is a Python property)."""
+        pump = self.pump
+        if pump is not None:
+            records = pump.drain()
+        elif self.outgoing.pending:
+            records = self.outgoing.read()
+        else:
+            return
+        if records:
+            self.tcp.write(records)
 
     def _end_of_session(self) -> None:
         """The client's close_notify or TCP FIN: the codec hears of it, then the session ends."""
