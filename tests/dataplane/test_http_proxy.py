@@ -24,6 +24,7 @@ from tests.dataplane.conftest import (
     wait_until,
 )
 from tests.fixtures.ports import free_port
+from tests.fixtures.resources import open_fds, rss_kib
 
 
 def serve(dataplane, groups, **settings):
@@ -538,6 +539,32 @@ def test_the_version_of_a_request_ending_its_connection_however_its_line_arrives
             assert b"transfer-encoding" not in head.lower()
             assert response == body
     assert len(web.requests) == len(chunked)
+
+
+def test_abandoned_connections_with_a_partial_first_read_leave_nothing_behind(dataplane, backends):
+    """Each connection's first read is held until its first head is complete (the request line's
+    version is read off it): 300 clients that send part of a request (a long line, a line and
+    some headers, a line split mid-version) and go leave no descriptor and little memory; the
+    listener still answers."""
+    web = backends("web")
+    port = serve(dataplane, [server_group(web)])
+    partial = [
+        b"GET /" + b"a" * 6000,
+        b"GET / HTTP/1.0\r\nHost: a\r\nX-Long: " + b"b" * 6000,
+        b"GET / HTTP/1.",
+    ]
+    before, rss_before = open_fds(), rss_kib()
+    for _ in range(100):
+        sockets = []
+        for data in partial:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+            sock.sendall(data)
+            sockets.append(sock)
+        for sock in sockets:
+            sock.close()
+    assert wait_until(lambda: open_fds() <= before + 2)
+    assert rss_kib() - rss_before < 10_000
+    assert raw_exchange(port, b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").startswith(b"HTTP/1.1 200 ")
 
 
 def test_large_bodies_stream_both_ways(dataplane, backends):
